@@ -1,0 +1,398 @@
+//! One PCI device as sysfs shows it.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::{self, ConfigHeader};
+use super::resource::{self, Bar, BarKind};
+use crate::bdf::Bdf;
+use crate::sysroot::{SysError, SysRoot};
+
+/// Reading a device failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PciError {
+    #[error("PCI device {bdf} not found: no {path}; list devices with `vfioctl devices`")]
+    NotFound { bdf: Bdf, path: String },
+    #[error("PCI device {bdf}: reading sysfs")]
+    Sys {
+        bdf: Bdf,
+        #[source]
+        source: SysError,
+    },
+    #[error("PCI device {bdf}: malformed {file}: {reason}")]
+    Malformed {
+        bdf: Bdf,
+        file: &'static str,
+        reason: String,
+    },
+    #[error("listing PCI devices")]
+    List {
+        #[source]
+        source: SysError,
+    },
+}
+
+/// PCIe link state (current and maximum), from `current_link_speed` & co.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub current_speed: Option<String>,
+    pub current_width: Option<u32>,
+    pub max_speed: Option<String>,
+    pub max_width: Option<u32>,
+}
+
+impl Link {
+    /// True when the link trained below what both ends can do (a GPU at x8 or 2.5 GT/s).
+    pub fn degraded(&self) -> bool {
+        let w = matches!((self.current_width, self.max_width), (Some(c), Some(m)) if c < m);
+        let s = matches!((&self.current_speed, &self.max_speed), (Some(c), Some(m)) if c != m);
+        w || s
+    }
+}
+
+/// SR-IOV physical function state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sriov {
+    pub total_vfs: u32,
+    pub num_vfs: u32,
+}
+
+/// A BAR covered by the Resizable BAR capability (`resourceN_resize`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResizableBar {
+    pub index: u8,
+    /// Supported sizes in bytes, smallest first (bit n of the file = 2^(n+20) bytes).
+    pub sizes: Vec<u64>,
+}
+
+/// Everything vfioctl knows about one PCI function.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciDevice {
+    pub bdf: Bdf,
+    pub vendor: u16,
+    pub device: u16,
+    pub subsystem_vendor: Option<u16>,
+    pub subsystem_device: Option<u16>,
+    /// 24-bit class code (`0x030200` = 3D controller).
+    pub class: u32,
+    pub revision: Option<u8>,
+    /// Bound driver (`nvidia`, `vfio-pci`, `pcieport`), from the `driver` link.
+    pub driver: Option<String>,
+    /// `driver_override`, `None` when unset (the kernel prints `(null)`).
+    pub driver_override: Option<String>,
+    pub iommu_group: Option<u32>,
+    /// Other members of the IOMMU group (this device excluded), sorted.
+    pub iommu_group_peers: Vec<Bdf>,
+    /// Bridges above this device, nearest first (root port last).
+    pub parents: Vec<Bdf>,
+    /// The sysfs device directory (host-absolute, symlinks resolved).
+    pub sysfs_path: PathBuf,
+    pub is_pcie: bool,
+    pub is_bridge: bool,
+    pub multifunction: bool,
+    pub link: Option<Link>,
+    pub numa_node: Option<i32>,
+    /// Enabled reset methods in order; `None` when the device has none (no `reset_method`).
+    pub reset_methods: Option<Vec<String>>,
+    pub boot_vga: Option<bool>,
+    pub sriov: Option<Sriov>,
+    /// `D0`, `D3hot`, `D3cold`, ...
+    pub power_state: Option<String>,
+    pub d3cold_allowed: Option<bool>,
+    pub resizable_bars: Vec<ResizableBar>,
+    /// BARs 0-5: assigned ones from `resource`, plus BARs that config space shows but that
+    /// were never assigned (`assigned: false`).
+    pub bars: Vec<Bar>,
+    /// A vfio driver owns the device (`vfio-dev/` exists: vfio-pci or a variant driver).
+    pub vfio_dev: bool,
+    /// Devices linked as consumers (`consumer:pci:<bdf>`): NVIDIA links a GPU's HDA
+    /// function this way.
+    pub consumers: Vec<Bdf>,
+}
+
+fn parse_hex<T: TryFrom<u64>>(s: &str) -> Option<T> {
+    let h = s.trim().strip_prefix("0x").unwrap_or(s.trim());
+    u64::from_str_radix(h, 16)
+        .ok()
+        .and_then(|v| T::try_from(v).ok())
+}
+
+/// Every PCI device under `/sys/bus/pci/devices`, sorted by address. Entries that are not
+/// addresses are ignored.
+pub fn enumerate(root: &SysRoot) -> Result<Vec<Bdf>, PciError> {
+    let names = root
+        .list("/sys/bus/pci/devices")
+        .map_err(|source| PciError::List { source })?;
+    let mut out: Vec<Bdf> = names.iter().filter_map(|n| n.parse().ok()).collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Members of IOMMU group `group`, sorted.
+pub fn iommu_group_members(root: &SysRoot, group: u32) -> Result<Vec<Bdf>, SysError> {
+    let names = root.list(format!("/sys/kernel/iommu_groups/{group}/devices"))?;
+    let mut v: Vec<Bdf> = names.iter().filter_map(|n| n.parse().ok()).collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Driver names that own a device for DMA purposes and leave its group usable by VFIO
+/// (`driver_managed_dma`): vfio-pci and its variants, pci-stub, pcieport.
+pub fn is_vfio_driver(name: &str) -> bool {
+    name == "vfio-pci" || name == "vfio_pci" || name.contains("vfio")
+}
+
+impl PciDevice {
+    /// Read one device. Attributes that a device lacks are `None`, not errors; a device
+    /// that does not exist is [`PciError::NotFound`].
+    pub fn read(root: &SysRoot, bdf: Bdf) -> Result<PciDevice, PciError> {
+        let dir = bdf.sysfs_path();
+        if !root.exists(&dir) {
+            return Err(PciError::NotFound { bdf, path: dir });
+        }
+        let sys = |source| PciError::Sys { bdf, source };
+        let attr = |name: &str| root.read_attr_opt(format!("{dir}/{name}")).map_err(sys);
+
+        let cfg_bytes = match root.read_bytes(format!("{dir}/config")) {
+            Ok(b) => Some(b),
+            Err(e) if e.is_not_found() || e.is_permission_denied() => None,
+            Err(e) => return Err(sys(e)),
+        };
+        let header: Option<ConfigHeader> = cfg_bytes.as_deref().and_then(|b| config::parse(b).ok());
+
+        let id = |name: &'static str, from_cfg: Option<u32>| -> Result<Option<u32>, PciError> {
+            match attr(name)? {
+                Some(s) => parse_hex::<u32>(&s).map(Some).ok_or(PciError::Malformed {
+                    bdf,
+                    file: name,
+                    reason: format!("not a hex number: {s:?}"),
+                }),
+                None => Ok(from_cfg),
+            }
+        };
+        let vendor =
+            id("vendor", header.as_ref().map(|h| h.vendor.into()))?.ok_or(PciError::Malformed {
+                bdf,
+                file: "vendor",
+                reason: "missing, and no config space to read it from".into(),
+            })? as u16;
+        let device = id("device", header.as_ref().map(|h| h.device.into()))?.unwrap_or(0) as u16;
+        let class = id("class", header.as_ref().map(|h| h.class))?.unwrap_or(0);
+        let subsystem_vendor = id("subsystem_vendor", None)?.map(|v| v as u16);
+        let subsystem_device = id("subsystem_device", None)?.map(|v| v as u16);
+        let revision = id("revision", header.as_ref().map(|h| h.revision.into()))?.map(|v| v as u8);
+
+        let driver = root.link_name(format!("{dir}/driver")).map_err(sys)?;
+        let driver_override = attr("driver_override")?.filter(|s| s != "(null)" && !s.is_empty());
+        let iommu_group = match root.link_name(format!("{dir}/iommu_group")).map_err(sys)? {
+            Some(n) => Some(n.parse::<u32>().map_err(|_| PciError::Malformed {
+                bdf,
+                file: "iommu_group",
+                reason: format!("link target {n:?} is not a group number"),
+            })?),
+            None => None,
+        };
+        let iommu_group_peers = match iommu_group {
+            Some(g) => iommu_group_members(root, g)
+                .map_err(sys)?
+                .into_iter()
+                .filter(|b| *b != bdf)
+                .collect(),
+            None => Vec::new(),
+        };
+
+        let sysfs_path = root.canonicalize(&dir).map_err(sys)?;
+        // Parents: every path component after the host bridge that is an address,
+        // excluding the device itself; nearest first.
+        let mut parents: Vec<Bdf> = sysfs_path
+            .components()
+            .filter_map(|c| c.as_os_str().to_str()?.parse::<Bdf>().ok())
+            .filter(|b| *b != bdf)
+            .collect();
+        parents.reverse();
+
+        let is_pcie = root.exists(format!("{dir}/max_link_speed"))
+            || root.exists(format!("{dir}/current_link_speed"));
+        let link = if is_pcie {
+            let width = |n: &str| -> Result<Option<u32>, PciError> {
+                Ok(attr(n)?.and_then(|s| s.parse().ok()))
+            };
+            Some(Link {
+                current_speed: attr("current_link_speed")?,
+                current_width: width("current_link_width")?,
+                max_speed: attr("max_link_speed")?,
+                max_width: width("max_link_width")?,
+            })
+        } else {
+            None
+        };
+
+        let header_type = header.as_ref().map(|h| h.header_type);
+        let is_bridge = header_type == Some(1) || class >> 8 == 0x0604;
+
+        let numa_node = attr("numa_node")?.and_then(|s| s.parse().ok());
+        let reset_methods = attr("reset_method")?
+            .map(|s| s.split_whitespace().map(String::from).collect::<Vec<_>>());
+        let boot_vga = attr("boot_vga")?.map(|s| s == "1");
+        let sriov = match attr("sriov_totalvfs")? {
+            Some(t) => Some(Sriov {
+                total_vfs: t.parse().unwrap_or(0),
+                num_vfs: attr("sriov_numvfs")?
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+            }),
+            None => None,
+        };
+        let power_state = attr("power_state")?;
+        let d3cold_allowed = attr("d3cold_allowed")?.map(|s| s == "1");
+
+        let mut resizable_bars = Vec::new();
+        for i in 0..6u8 {
+            if let Some(s) = attr(&format!("resource{i}_resize"))? {
+                let bits = parse_hex::<u64>(&s).unwrap_or(0);
+                let sizes = (0..64)
+                    .filter(|b| bits & (1u64 << b) != 0)
+                    .map(|b| 1u64 << (b + 20))
+                    .collect();
+                resizable_bars.push(ResizableBar { index: i, sizes });
+            }
+        }
+
+        let bars = Self::read_bars(root, bdf, &dir, header.as_ref(), is_bridge)?;
+        let vfio_dev = root.exists(format!("{dir}/vfio-dev"));
+        let consumers = root
+            .list_opt(&dir)
+            .map_err(sys)?
+            .iter()
+            .filter_map(|n| n.strip_prefix("consumer:pci:")?.parse().ok())
+            .collect();
+
+        Ok(PciDevice {
+            bdf,
+            vendor,
+            device,
+            subsystem_vendor,
+            subsystem_device,
+            class,
+            revision,
+            driver,
+            driver_override,
+            iommu_group,
+            iommu_group_peers,
+            parents,
+            sysfs_path,
+            is_pcie,
+            is_bridge,
+            multifunction: header.as_ref().is_some_and(|h| h.multifunction),
+            link,
+            numa_node,
+            reset_methods,
+            boot_vga,
+            sriov,
+            power_state,
+            d3cold_allowed,
+            resizable_bars,
+            bars,
+            vfio_dev,
+            consumers,
+        })
+    }
+
+    fn read_bars(
+        root: &SysRoot,
+        bdf: Bdf,
+        dir: &str,
+        header: Option<&ConfigHeader>,
+        is_bridge: bool,
+    ) -> Result<Vec<Bar>, PciError> {
+        let text = match root.read_string(format!("{dir}/resource")) {
+            Ok(t) => t,
+            Err(e) if e.is_not_found() => String::new(),
+            Err(e) => return Err(PciError::Sys { bdf, source: e }),
+        };
+        let lines = resource::parse(&text).map_err(|e| PciError::Malformed {
+            bdf,
+            file: "resource",
+            reason: e.to_string(),
+        })?;
+        let nbars = if is_bridge { 2 } else { 6 };
+        let mut bars: Vec<Bar> = lines
+            .iter()
+            .take(nbars)
+            .enumerate()
+            .filter_map(|(i, l)| Bar::from_line(i as u8, l))
+            .collect();
+        // BARs config space has but `resource` does not show: never assigned.
+        if let Some(h) = header {
+            for cb in &h.bars {
+                if bars.iter().any(|b| b.index == cb.index) {
+                    continue;
+                }
+                bars.push(Bar {
+                    index: cb.index,
+                    start: 0,
+                    size: None,
+                    kind: if cb.io {
+                        BarKind::Io
+                    } else if cb.is_64bit {
+                        BarKind::Mem64
+                    } else {
+                        BarKind::Mem32
+                    },
+                    is_64bit: cb.is_64bit,
+                    prefetchable: cb.prefetchable,
+                    io: cb.io,
+                    assigned: false,
+                    above_4g: false,
+                    flags: 0,
+                });
+            }
+        }
+        bars.sort_by_key(|b| b.index);
+        Ok(bars)
+    }
+
+    pub fn is_gpu(&self) -> bool {
+        self.class >> 16 == 0x03
+    }
+
+    /// `vendor:device` as lspci -n prints it.
+    pub fn id(&self) -> String {
+        format!("{:04x}:{:04x}", self.vendor, self.device)
+    }
+
+    pub fn unassigned_bars(&self) -> impl Iterator<Item = &Bar> {
+        self.bars.iter().filter(|b| !b.assigned)
+    }
+
+    /// True when the driver (if any) leaves the IOMMU group usable by VFIO: none,
+    /// a vfio driver, pci-stub, or (for bridges) pcieport.
+    pub fn is_vfio_safe(&self) -> bool {
+        match self.driver.as_deref() {
+            None => true,
+            Some(d) => {
+                is_vfio_driver(d)
+                    || self.vfio_dev
+                    || d == "pci-stub"
+                    || (d == "pcieport" && self.is_bridge)
+            }
+        }
+    }
+
+    /// Sum of the sizes of 64-bit prefetchable BARs (what a root port's `pref64-reserve`
+    /// must hold) and of 32-bit non-prefetchable memory BARs (`mem-reserve`).
+    pub fn bar_totals(&self) -> (u64, u64) {
+        let mut pref64 = 0;
+        let mut mem32 = 0;
+        for b in &self.bars {
+            let size = b.size.unwrap_or(0);
+            if b.is_64bit && b.prefetchable {
+                pref64 += size;
+            } else if !b.io {
+                mem32 += size;
+            }
+        }
+        (pref64, mem32)
+    }
+}

@@ -1,0 +1,224 @@
+//! The single seam for host files.
+//!
+//! Every read and write of `/sys`, `/proc`, `/dev`, `/etc`, `/var/lib` and `/lib/modules`
+//! goes through a [`SysRoot`]. On a real host the root is `/`; tests point it at a fixture
+//! tree laid out exactly as Linux lays out sysfs (relative symlinks included), so the code
+//! that runs in production is the code the tests run.
+
+use std::fs;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+/// An I/O failure on one host path. The path is the host-absolute one (as a person would
+/// look for it), not the fixture-prefixed one, unless the root is not `/`, in which case the
+/// full path is shown so fixture problems can be found.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {}", path.display())]
+pub struct SysError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl SysError {
+    pub fn is_not_found(&self) -> bool {
+        self.source.kind() == io::ErrorKind::NotFound
+    }
+    pub fn is_permission_denied(&self) -> bool {
+        self.source.kind() == io::ErrorKind::PermissionDenied
+    }
+}
+
+/// A root directory under which host-absolute paths are resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SysRoot {
+    root: PathBuf,
+}
+
+impl Default for SysRoot {
+    fn default() -> Self {
+        Self::host()
+    }
+}
+
+impl SysRoot {
+    /// The machine itself (`/`).
+    pub fn host() -> Self {
+        Self {
+            root: PathBuf::from("/"),
+        }
+    }
+
+    /// A tree whose `sys/`, `proc/`, `dev/`, ... stand for the host's.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// True when this is the real machine (`/`).
+    pub fn is_host(&self) -> bool {
+        self.root == Path::new("/")
+    }
+
+    /// Resolve a host-absolute path (`/sys/bus/pci/devices`) under the root.
+    ///
+    /// `..` components are dropped rather than followed, so a caller cannot climb out of
+    /// the root by accident; BDFs and driver names are validated before they get here.
+    pub fn path(&self, abs: impl AsRef<Path>) -> PathBuf {
+        let mut out = self.root.clone();
+        for c in abs.as_ref().components() {
+            if let Component::Normal(part) = c {
+                out.push(part);
+            }
+        }
+        out
+    }
+
+    /// Map a path under the root back to its host-absolute form (for messages and for
+    /// symlink targets that were canonicalized inside a fixture tree).
+    pub fn strip(&self, full: &Path) -> PathBuf {
+        match full.strip_prefix(&self.root) {
+            Ok(rel) => Path::new("/").join(rel),
+            Err(_) => full.to_path_buf(),
+        }
+    }
+
+    fn err(&self, op: &'static str, abs: &Path, source: io::Error) -> SysError {
+        SysError {
+            op,
+            path: if self.is_host() {
+                abs.to_path_buf()
+            } else {
+                self.path(abs)
+            },
+            source,
+        }
+    }
+
+    pub fn exists(&self, abs: impl AsRef<Path>) -> bool {
+        self.path(abs).exists()
+    }
+
+    /// `exists` without following a final symlink.
+    pub fn exists_nofollow(&self, abs: impl AsRef<Path>) -> bool {
+        fs::symlink_metadata(self.path(abs)).is_ok()
+    }
+
+    pub fn is_dir(&self, abs: impl AsRef<Path>) -> bool {
+        self.path(abs).is_dir()
+    }
+
+    pub fn read_bytes(&self, abs: impl AsRef<Path>) -> Result<Vec<u8>, SysError> {
+        let abs = abs.as_ref();
+        fs::read(self.path(abs)).map_err(|e| self.err("read", abs, e))
+    }
+
+    pub fn read_string(&self, abs: impl AsRef<Path>) -> Result<String, SysError> {
+        let abs = abs.as_ref();
+        let bytes = self.read_bytes(abs)?;
+        String::from_utf8(bytes).map_err(|e| {
+            self.err(
+                "read (not UTF-8)",
+                abs,
+                io::Error::new(io::ErrorKind::InvalidData, e),
+            )
+        })
+    }
+
+    /// Read a one-value attribute, trimmed.
+    pub fn read_attr(&self, abs: impl AsRef<Path>) -> Result<String, SysError> {
+        Ok(self.read_string(abs)?.trim().to_string())
+    }
+
+    /// Read a one-value attribute; `None` when the file does not exist (many sysfs
+    /// attributes exist only for some devices).
+    pub fn read_attr_opt(&self, abs: impl AsRef<Path>) -> Result<Option<String>, SysError> {
+        match self.read_attr(abs) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The final component of a symlink's target (`driver -> ../../bus/pci/drivers/nvidia`
+    /// gives `nvidia`); `None` when the link does not exist.
+    pub fn link_name(&self, abs: impl AsRef<Path>) -> Result<Option<String>, SysError> {
+        let abs = abs.as_ref();
+        match fs::read_link(self.path(abs)) {
+            Ok(t) => Ok(t.file_name().map(|n| n.to_string_lossy().into_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err("readlink", abs, e)),
+        }
+    }
+
+    /// The host-absolute canonical path (symlinks resolved inside the root).
+    pub fn canonicalize(&self, abs: impl AsRef<Path>) -> Result<PathBuf, SysError> {
+        let abs = abs.as_ref();
+        let full = fs::canonicalize(self.path(abs)).map_err(|e| self.err("resolve", abs, e))?;
+        Ok(self.strip(&full))
+    }
+
+    /// Sorted entry names of a directory; an absent directory is an error.
+    pub fn list(&self, abs: impl AsRef<Path>) -> Result<Vec<String>, SysError> {
+        let abs = abs.as_ref();
+        let rd = fs::read_dir(self.path(abs)).map_err(|e| self.err("list", abs, e))?;
+        let mut names = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| self.err("list", abs, e))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Like [`list`](Self::list) but an absent directory is an empty list.
+    pub fn list_opt(&self, abs: impl AsRef<Path>) -> Result<Vec<String>, SysError> {
+        match self.list(abs) {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_not_found() => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Write a sysfs attribute the way `echo -n value > attr` does: one `write(2)` of the
+    /// whole value, no truncation games. sysfs store functions see exactly these bytes.
+    pub fn write_attr(&self, abs: impl AsRef<Path>, value: &str) -> Result<(), SysError> {
+        use std::io::Write;
+        let abs = abs.as_ref();
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path(abs))
+            .map_err(|e| self.err("open for write", abs, e))?;
+        f.write_all(value.as_bytes())
+            .map_err(|e| self.err("write", abs, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_stays_under_root() {
+        let r = SysRoot::new("/tmp/fx");
+        assert_eq!(r.path("/sys/bus/pci"), PathBuf::from("/tmp/fx/sys/bus/pci"));
+        assert_eq!(r.path("/sys/../../etc"), PathBuf::from("/tmp/fx/sys/etc"));
+        assert_eq!(
+            SysRoot::host().path("/proc/cmdline"),
+            PathBuf::from("/proc/cmdline")
+        );
+    }
+
+    #[test]
+    fn strip_maps_back() {
+        let r = SysRoot::new("/tmp/fx");
+        assert_eq!(
+            r.strip(Path::new("/tmp/fx/sys/devices/pci0000:00")),
+            PathBuf::from("/sys/devices/pci0000:00")
+        );
+    }
+}

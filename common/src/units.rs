@@ -1,0 +1,112 @@
+//! Byte sizes as people write them: `16M`, `32G`, `128GiB`, `0x800000000`.
+
+use std::fmt;
+
+const UNITS: [(&str, u64); 6] = [
+    ("E", 1 << 60),
+    ("P", 1 << 50),
+    ("T", 1 << 40),
+    ("G", 1 << 30),
+    ("M", 1 << 20),
+    ("K", 1 << 10),
+];
+
+/// Format a size the short way used in tables and QEMU options: `32G`, `16M`, `4K`,
+/// `1536M`; bytes that are not a whole KiB print as plain numbers.
+pub fn short(bytes: u64) -> String {
+    for (suffix, unit) in UNITS {
+        if bytes >= unit && bytes % unit == 0 {
+            return format!("{}{}", bytes / unit, suffix);
+        }
+    }
+    bytes.to_string()
+}
+
+/// A size with one decimal for humans (`1.5G`) when not a whole unit.
+pub fn human(bytes: u64) -> String {
+    for (suffix, unit) in UNITS {
+        if bytes >= unit {
+            if bytes % unit == 0 {
+                return format!("{}{}", bytes / unit, suffix);
+            }
+            return format!("{:.1}{}", bytes as f64 / unit as f64, suffix);
+        }
+    }
+    format!("{bytes}B")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid size {input:?}: expected a number with an optional K/M/G/T suffix, e.g. 8G or 256M"
+)]
+pub struct SizeError {
+    pub input: String,
+}
+
+/// Parse `8G`, `8GiB`, `8g`, `256M`, `4096`, `0x200000000`.
+pub fn parse(input: &str) -> Result<u64, SizeError> {
+    let err = || SizeError {
+        input: input.to_string(),
+    };
+    let s = input.trim();
+    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16).map_err(|_| err());
+    }
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    if digits_end == 0 {
+        return Err(err());
+    }
+    let n: u64 = s[..digits_end].parse().map_err(|_| err())?;
+    let suffix = s[digits_end..].to_ascii_uppercase();
+    let mult: u64 = match suffix.trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        "P" => 1 << 50,
+        _ => return Err(err()),
+    };
+    n.checked_mul(mult).ok_or_else(err)
+}
+
+/// A size that prints short and parses from people's notation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Size(pub u64);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&short(self.0))
+    }
+}
+
+impl std::str::FromStr for Size {
+    type Err = SizeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse(s).map(Size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        for (s, n) in [
+            ("16M", 16u64 << 20),
+            ("32G", 32 << 30),
+            ("128G", 128 << 30),
+            ("4K", 4096),
+        ] {
+            assert_eq!(parse(s).unwrap(), n);
+            assert_eq!(short(n), s);
+        }
+        assert_eq!(parse("8GiB").unwrap(), 8 << 30);
+        assert_eq!(parse("0x800000000").unwrap(), 32 << 30);
+        assert_eq!(short(1536 << 20), "1536M");
+        assert!(parse("G").is_err());
+        assert!(parse("12X").is_err());
+        assert!(parse("99999999999T").is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! What every command gets: where the host is (`--root`) and how to print.
+
+use std::path::PathBuf;
+
+use vfioctl_common::SysRoot;
+
+/// Per-invocation settings shared by every command.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// Root under which `/sys`, `/proc`, `/dev`, `/etc`, `/lib/modules` and `/var/lib`
+    /// are read and written (`--root`, `VFIOCTL_ROOT`; `/` on a real host).
+    pub root: SysRoot,
+    /// Print machine-readable JSON instead of tables (`--json`).
+    pub json: bool,
+}
+
+impl Context {
+    pub fn new(root: SysRoot, json: bool) -> Self {
+        Self { root, json }
+    }
+
+    /// vfioctl's persistent state (the bind ledger), `/var/lib/vfioctl` under the root.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.path("/var/lib/vfioctl")
+    }
+}

@@ -1,0 +1,132 @@
+//! Exit codes a nightly job can branch on, and the error type the command line prints.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success: everything checked passed (warnings allowed) |
+//! | 1 | a check failed (`check`: a host or device check has status `fail`) |
+//! | 2 | usage or input error (bad selector, BDF, flag, profile, missing file) |
+//! | 3 | validation failed (the guest reports the device or driver is not right) |
+//! | 4 | boot timeout: the guest (agent) did not become ready in time |
+//! | 5 | regression: a scenario that passed before fails now |
+//! | 6 | refused: a safety rule stopped an operation (device in use, boot VGA, ...) |
+//! | 7 | operation failed and was rolled back (bind, plug, unplug) |
+//! | 8 | infrastructure error (QEMU missing or crashed, I/O error, tool not installed) |
+
+use std::fmt;
+
+/// A documented process exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Exit {
+    Ok = 0,
+    CheckFailed = 1,
+    Usage = 2,
+    ValidationFailed = 3,
+    BootTimeout = 4,
+    Regression = 5,
+    Refused = 6,
+    OperationFailed = 7,
+    Infrastructure = 8,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e.code())
+    }
+}
+
+/// Library errors say what exit code they map to and, where the fix is known, a hint.
+pub trait Diagnose: std::error::Error {
+    /// A one-line fix ("add intel_iommu=on to the kernel command line").
+    fn hint(&self) -> Option<String> {
+        None
+    }
+    fn exit(&self) -> Exit {
+        Exit::Infrastructure
+    }
+}
+
+/// What a command returns when it fails: the error chain, a hint and the exit code.
+pub struct Failure {
+    pub error: Box<dyn std::error::Error + Send + Sync + 'static>,
+    pub hint: Option<String>,
+    pub exit: Exit,
+}
+
+impl Failure {
+    pub fn new(exit: Exit, error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self {
+            error: error.into(),
+            hint: None,
+            exit,
+        }
+    }
+    pub fn usage(msg: impl fmt::Display) -> Self {
+        Self::new(Exit::Usage, msg.to_string())
+    }
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The error and its causes, outermost first, each once.
+    pub fn chain(&self) -> Vec<String> {
+        let mut out = vec![self.error.to_string()];
+        let mut cur = self.error.source();
+        while let Some(e) = cur {
+            let s = e.to_string();
+            if !out.iter().any(|o| o.contains(&s)) {
+                out.push(s);
+            }
+            cur = e.source();
+        }
+        out
+    }
+}
+
+impl<E: Diagnose + Send + Sync + 'static> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let hint = e.hint();
+        let exit = e.exit();
+        Self {
+            error: Box::new(e),
+            hint,
+            exit,
+        }
+    }
+}
+
+impl fmt::Debug for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.chain().join(": "))
+    }
+}
+
+impl Diagnose for vfioctl_common::PciError {
+    fn exit(&self) -> Exit {
+        match self {
+            vfioctl_common::PciError::NotFound { .. } => Exit::Usage,
+            _ => Exit::Infrastructure,
+        }
+    }
+}
+
+impl Diagnose for vfioctl_common::bdf::SelectorError {
+    fn exit(&self) -> Exit {
+        Exit::Usage
+    }
+}
+
+impl Diagnose for vfioctl_common::BdfError {
+    fn exit(&self) -> Exit {
+        Exit::Usage
+    }
+}
+
+impl Diagnose for vfioctl_common::SysError {}
