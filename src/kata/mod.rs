@@ -190,7 +190,10 @@ pub fn configure(
     };
     let applied = patch::apply(&mut doc, &wants, annotate, &path)?;
     patch::check_result(&doc, &target)?;
-    let config = doc.to_string();
+    let mut config = doc.to_string();
+    if let Some((_, text)) = old {
+        config = match_line_endings(text, config);
+    }
     let diff = old.map(|(p, text)| {
         let new_name = config_path.unwrap_or(p);
         similar::TextDiff::from_lines(text, config.as_str())
@@ -255,4 +258,14 @@ pub fn artefact(flag: &'static str, p: &Path) -> Result<PathBuf, KataError> {
         flag,
         path: p.to_path_buf(),
     })
+}
+
+/// Keys toml_edit inserts end in `\n`; in a file saved with CRLF throughout, give them
+/// CRLF too so the file keeps one line-ending style.
+fn match_line_endings(base: &str, out: String) -> String {
+    let crlf = base.matches("\r\n").count();
+    if crlf == 0 || crlf != base.matches('\n').count() {
+        return out;
+    }
+    out.replace("\r\n", "\n").replace('\n', "\r\n")
 }
