@@ -6,7 +6,10 @@
 //! | `plan.rs` | the plan TOML model and its validation |
 //! | `step.rs` | the scenario lifecycle state machine (with the cleanup path) |
 
+pub mod history;
 pub mod plan;
+pub mod results;
+pub mod schedule;
 pub mod step;
 
 pub use plan::{DeviceSpec, Expect, Firmware, Kind, Plan, PlanError, PlugMode, Reserve, Scenario};
