@@ -7,10 +7,13 @@
 //! | `step.rs` | the scenario lifecycle state machine (with the cleanup path) |
 
 pub mod history;
+pub mod html;
+pub mod junit;
 pub mod plan;
 pub mod results;
 pub mod schedule;
 pub mod step;
+mod testdata;
 
 pub use plan::{DeviceSpec, Expect, Firmware, Kind, Plan, PlanError, PlugMode, Reserve, Scenario};
 pub use step::{Machine, Shape, State, Step};
