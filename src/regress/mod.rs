@@ -6,6 +6,7 @@
 //! | `plan.rs` | the plan TOML model and its validation |
 //! | `step.rs` | the scenario lifecycle state machine (with the cleanup path) |
 
+pub mod exec;
 pub mod history;
 pub mod html;
 pub mod junit;
