@@ -201,6 +201,8 @@ impl Expr {
         match self {
             Expr::Sym(s) => match s.as_str() {
                 "y" | "m" | "n" => s.clone(),
+                // a number written without quotes is a constant, not a symbol
+                _ if super::config::parse_num(s).is_some() => s.clone(),
                 _ => match cfg.get(s) {
                     None => "n".into(),
                     Some(Value::Str(v)) => v.clone(),
@@ -470,7 +472,7 @@ impl KconfigTree {
             };
             let dep = |text: String, e: &str| -> Option<Dep> {
                 Expr::parse(e).ok().map(|expr| Dep {
-                    text,
+                    text: text.split_whitespace().collect::<Vec<_>>().join(" "),
                     expr,
                     file: rel.to_path_buf(),
                     line: n,
@@ -764,7 +766,7 @@ mod tests {
         );
         let h = &t.get("HIDDEN").unwrap()[0];
         assert!(!h.has_prompt);
-        assert_eq!(h.deps[0].text, "depends on A &&   B");
+        assert_eq!(h.deps[0].text, "depends on A && B");
         assert_eq!(h.deps[1].text, "depends on PCI");
         assert_eq!(t.selectors("HIDDEN")[0].by, "SEL");
         assert!(!t.get("PCI").unwrap()[0].has_prompt);
