@@ -176,6 +176,8 @@ pub fn prepare(
         return Err(src_err("not found".into()));
     }
     let given = std::fs::canonicalize(&given).map_err(io(&given, "cannot resolve"))?;
+    // one extraction at a time per lab (parallel tests, several worktrees)
+    let _lock = super::build::Lock::take(&cache.join(".lock"), || {})?;
     let sha = sha256_cached(&given, &cache.join("checksums.json"))?;
     let pinned = sha == pin.sha256;
     if !pinned && !allow_unpinned {

@@ -46,8 +46,6 @@ pub fn kernel_tree() -> Result<PathBuf, String> {
     }
     let logdir = lab().join("kernel-build/test-logs");
     std::fs::create_dir_all(&logdir).map_err(|e| e.to_string())?;
-    let _lock = kernel::build::Lock::take(&lab().join("kernel-build/locks/source.lock"), || {})
-        .map_err(|e| e.to_string())?;
     let t = kernel::source::prepare(
         None,
         &pins.kernel,
