@@ -422,3 +422,144 @@ pub fn notes(req: &Request, sel: &Selection) -> Vec<String> {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kata::host::{Function, Group};
+    use crate::kata::version::{KataVersion, Runtime};
+    use vfioctl_common::Bdf;
+
+    fn gpu(bus: u8, func: u8, class: u32, bar: u64) -> Function {
+        Function {
+            bdf: Bdf::new(0, bus, 0, func),
+            id: "10de:2330".into(),
+            vendor: 0x10de,
+            class,
+            driver: Some("vfio-pci".into()),
+            selected: func == 0,
+            pcie: true,
+            bridge: false,
+            pref64_bytes: bar,
+            largest_bar: bar,
+        }
+    }
+
+    /// `n` groups, each a GPU plus its HDA function (the RTX layout of #4211).
+    fn sel(n: u8, bar: u64) -> Selection {
+        Selection {
+            groups: (0..n)
+                .map(|i| Group {
+                    number: 100 + u32::from(i),
+                    functions: vec![gpu(i + 1, 0, 0x030000, bar), gpu(i + 1, 1, 0x040300, 0)],
+                })
+                .collect(),
+        }
+    }
+
+    fn req(v: &str, rt: Runtime, mode: PlugMode) -> Request {
+        Request {
+            target: Target::new(v.parse::<KataVersion>().unwrap(), rt).unwrap(),
+            mode,
+            artefacts: Artefacts::default(),
+        }
+    }
+
+    #[test]
+    fn sixteen_ports_is_the_limit_on_every_version() {
+        for (v, rt, mode, key) in [
+            ("3.1.0", Runtime::Go, PlugMode::Hot, "pcie_root_port"),
+            ("3.4.0", Runtime::Go, PlugMode::Cold, "cold_plug_vfio"),
+            ("3.4.0", Runtime::Go, PlugMode::Hot, "hot_plug_vfio"),
+            ("3.6.0", Runtime::Go, PlugMode::Cold, "pcie_root_port"),
+            ("4.1.0", Runtime::Rs, PlugMode::Cold, "pcie_root_port"),
+        ] {
+            let r = req(v, rt, mode);
+            assert!(
+                check(&r, &sel(8, 0)).is_ok(),
+                "8 GPUs + 8 HDA = 16 ports fit"
+            );
+            match check(&r, &sel(9, 0)) {
+                Err(KataError::TooManyPorts {
+                    key: k,
+                    needed: 18,
+                    max: 16,
+                    ..
+                }) => assert_eq!(k, key, "{v}"),
+                other => panic!("{v}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn plug_keys_per_scheme_never_both() {
+        let s = sel(1, 0);
+        let get = |w: &[Want], k: &str| w.iter().find(|x| x.key == k).map(|x| x.rule.clone());
+        let w = plan(&req("3.6.0", Runtime::Go, PlugMode::Cold), &s);
+        assert_eq!(
+            get(&w, "cold_plug_vfio"),
+            Some(Rule::Set(Val::str("root-port")))
+        );
+        assert_eq!(
+            get(&w, "hot_plug_vfio"),
+            Some(Rule::Reset(Val::str("no-port")))
+        );
+        assert_eq!(
+            get(&w, "pcie_root_port"),
+            Some(Rule::Range { min: 2, max: 16 })
+        );
+        let w = plan(&req("3.6.0", Runtime::Go, PlugMode::Hot), &s);
+        assert_eq!(
+            get(&w, "hot_plug_vfio"),
+            Some(Rule::Set(Val::str("root-port")))
+        );
+        assert_eq!(
+            get(&w, "cold_plug_vfio"),
+            Some(Rule::Reset(Val::str("no-port")))
+        );
+        let w = plan(&req("3.3.0", Runtime::Go, PlugMode::Cold), &s);
+        assert_eq!(get(&w, "pcie_root_port"), None);
+        assert_eq!(get(&w, "pcie_switch_port"), None);
+        let w = plan(&req("3.1.0", Runtime::Go, PlugMode::Hot), &s);
+        assert_eq!(
+            get(&w, "hotplug_vfio_on_root_bus"),
+            Some(Rule::Set(Val::Bool(true)))
+        );
+        assert_eq!(get(&w, "hot_plug_vfio"), None);
+        assert_eq!(get(&w, "cold_plug_vfio"), None);
+        let w = plan(&req("4.1.0", Runtime::Rs, PlugMode::Hot), &s);
+        assert_eq!(get(&w, "hot_plug_vfio"), None);
+        assert_eq!(
+            get(&w, "cold_plug_vfio"),
+            Some(Rule::Reset(Val::str("no-port")))
+        );
+        assert!(check(&req("3.1.0", Runtime::Go, PlugMode::Cold), &s).is_err());
+    }
+
+    #[test]
+    fn large_gpus_raise_memory_and_agent_timeout() {
+        let small = plan(
+            &req("4.1.0", Runtime::Go, PlugMode::Cold),
+            &sel(1, 256 << 20),
+        );
+        assert!(!small
+            .iter()
+            .any(|w| w.key == "default_memory" || w.key == "kernel_params"));
+        let big = plan(
+            &req("4.1.0", Runtime::Go, PlugMode::Cold),
+            &sel(1, 32 << 30),
+        );
+        let keys: Vec<&str> = big.iter().map(|w| w.key).collect();
+        for k in ["default_memory", "dial_timeout", "kernel_params"] {
+            assert!(keys.contains(&k), "{k}: {keys:?}");
+        }
+        let rs = plan(
+            &req("4.1.0", Runtime::Rs, PlugMode::Cold),
+            &sel(1, 32 << 30),
+        );
+        assert!(rs
+            .iter()
+            .any(|w| w.key == "reconnect_timeout_ms" && w.rule == Rule::AtLeast(1_200_000)));
+        assert!(big.iter().all(|w| !w.reason.is_empty()));
+    }
+}
