@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::error::KataError;
 use super::host::{Selection, LARGE_BAR};
 use super::version::{port, KeyScheme, PlugMode, Target};
+use crate::vm::ports::{self, DeviceBars, Firmware, PhysBits};
 
 pub const HQ: &str = "hypervisor.qemu";
 pub const AGENT: &str = "agent.kata";
@@ -376,6 +377,10 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
         } else {
             "hot plug: Kata's root ports reserve no memory window, so the guest must reassign them (#835)".into()
         };
+        let why = match (req.mode, reserves(sel)) {
+            (PlugMode::Hot, Some(r)) => format!("{why}; Kata's ports reserve nothing where {r}"),
+            _ => why,
+        };
         w.push(want(
             HQ,
             "kernel_params",
@@ -384,6 +389,65 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
         ));
     }
     w
+}
+
+/// What `vfioctl vm` would reserve on each port (its BAR-sized root ports), to show
+/// what Kata's reserve-less ports are missing: `0000:1b:00.0 needs pref64-reserve=128G`.
+fn reserves(sel: &Selection) -> Option<String> {
+    let devs: Vec<DeviceBars> = sel
+        .port_functions()
+        .iter()
+        .map(|f| f.bars.clone())
+        .collect();
+    let p = ports::plan(
+        &devs,
+        0,
+        Firmware::Ovmf,
+        NV_MEMORY_MIB as u64 * MIB,
+        WIDE_CPU,
+    )
+    .ok()?;
+    let v: Vec<String> = p
+        .ports
+        .iter()
+        .filter_map(|port| {
+            Some(format!(
+                "{} needs pref64-reserve={}",
+                port.sized_for.as_ref()?,
+                vfioctl_common::units::short(port.pref64_reserve?)
+            ))
+        })
+        .collect();
+    (!v.is_empty()).then(|| v.join(", "))
+}
+
+const MIB: u64 = 1 << 20;
+/// A host CPU with 46 physical address bits (what OVMF clamps to): the window needed
+/// is then bounded by the BARs, not by the CPU.
+const WIDE_CPU: PhysBits = PhysBits {
+    bits: 46,
+    max: None,
+};
+
+/// The 64-bit MMIO window the guest needs for the large BARs, as `vfioctl vm` sizes it.
+fn window_note(sel: &Selection) -> Option<String> {
+    let large = sel.large_bar_functions();
+    if large.is_empty() {
+        return None;
+    }
+    let devs: Vec<DeviceBars> = large.iter().map(|f| f.bars.clone()).collect();
+    let p = ports::plan(
+        &devs,
+        0,
+        Firmware::Ovmf,
+        NV_MEMORY_MIB as u64 * MIB,
+        WIDE_CPU,
+    )
+    .ok()?;
+    Some(format!(
+        "the large BARs need a {} 64-bit MMIO window in the guest (vfioctl vm's root-port sizing): Kata's NVIDIA template boots OVMF (firmware = \"/opt/kata/share/ovmf/OVMF.fd\"), which sizes it; with SeaBIOS (firmware = \"\") QEMU's default 32G hole is too small and the guest depends on pci=realloc pci=nocrs",
+        vfioctl_common::units::short(p.window64)
+    ))
 }
 
 /// Things deliberately not set, for --explain.
@@ -406,6 +470,9 @@ pub fn notes(req: &Request, sel: &Selection) -> Vec<String> {
                 g.number
             ));
         }
+    }
+    if let Some(n) = window_note(sel) {
+        v.push(n);
     }
     if req.target.scheme() == KeyScheme::PortsImplicit {
         v.push(format!(
@@ -442,6 +509,13 @@ mod tests {
             bridge: false,
             pref64_bytes: bar,
             largest_bar: bar,
+            bars: DeviceBars {
+                label: format!("0000:{bus:02x}:00.{func}"),
+                bdf: None,
+                pref64: if bar > 0 { vec![bar] } else { vec![] },
+                mem32: vec![16 << 20],
+                io: vec![],
+            },
         }
     }
 
