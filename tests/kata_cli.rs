@@ -308,3 +308,52 @@ fn base_that_is_not_qemu_or_not_toml() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("not valid TOML"));
 }
+
+/// The `$ vfioctl ...` examples of the README's kata section run as documented: exit 0
+/// unless the line says `# exit N`; the ctr line shown is what --explain prints.
+#[test]
+fn readme_examples_run() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("<!-- section: kata -->").expect("kata section");
+    let rest = &readme[start + 1..];
+    let section = &rest[..rest.find("<!-- section:").unwrap_or(rest.len())];
+    let mut ran = 0;
+    let mut explain_out = String::new();
+    for line in section.lines() {
+        let Some(cmd) = line.strip_prefix("$ vfioctl ") else {
+            continue;
+        };
+        let (cmd, comment) = cmd.split_once('#').unwrap_or((cmd, ""));
+        let want: i32 = comment
+            .trim()
+            .strip_prefix("exit ")
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .map(|s| s.parse().unwrap())
+            .unwrap_or(0);
+        let o = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
+            .args(cmd.split_whitespace())
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("VFIOCTL_ROOT")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(want), "{cmd}: {}", text(&o.stderr));
+        if cmd.contains("--kata-version 3.1.0 --explain") {
+            explain_out = text(&o.stderr);
+        }
+        ran += 1;
+    }
+    assert!(ran >= 6, "only {ran} examples found");
+    let ctr = section
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "sudo ctr run --rm -t --runtime io.containerd.kata.v2 --runtime-config-path",
+            )
+        })
+        .expect("ctr line in README");
+    assert!(
+        explain_out.contains(ctr),
+        "README ctr line not in:\n{explain_out}"
+    );
+}
