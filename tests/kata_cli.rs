@@ -214,7 +214,7 @@ fn device_not_on_vfio_pci_names_the_bind_command() {
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o.stderr);
     assert!(
-        err.contains("0000:52:00.0 is on nvidia instead of vfio-pci"),
+        err.contains("0000:52:00.0 is not bound to vfio-pci (driver nvidia)"),
         "{err}"
     );
     assert!(err.contains("hint: `vfioctl bind 0000:52:00.0`"), "{err}");
@@ -356,4 +356,73 @@ fn readme_examples_run() {
         explain_out.contains(ctr),
         "README ctr line not in:\n{explain_out}"
     );
+}
+
+/// The foundation's fixture trees: a V100S server (two on vfio-pci), a desktop whose
+/// GPU is on nvidia, a host with the IOMMU off, one with Above 4G Decoding off.
+#[test]
+fn foundation_fixture_trees() {
+    let o = vfioctl("gpu-server", &["--json", "--kata-version", "3.6.0"]);
+    assert!(o.status.success(), "{}", text(&o.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["groups"], serde_json::json!([9, 11]));
+    assert_eq!(v["ports"], 2);
+    let keys: Vec<&str> = v["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["key"].as_str().unwrap())
+        .collect();
+    for k in [
+        "default_memory",
+        "dial_timeout",
+        "kernel_params",
+        "pcie_root_port",
+    ] {
+        assert!(keys.contains(&k), "V100S 32G BARs: {k} in {keys:?}");
+    }
+
+    let o = vfioctl("workstation", &["--gpu", "0000:01:00.0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("hint: `vfioctl bind 0000:01:00.0`"));
+
+    let o = vfioctl("iommu-off", &["--gpu", "0000:01:00.0"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("no IOMMU group") && err.contains("intel_iommu=on"),
+        "{err}"
+    );
+}
+
+/// A GPU on vfio-pci whose 32G BAR the host firmware never placed (Above 4G Decoding
+/// off): not viable, exit 1 with the firmware hint. Built from the foundation's
+/// no-above-4g tree with the GPU moved to vfio-pci, as `vfioctl bind` would leave it.
+#[test]
+fn unassigned_bar_is_not_viable() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(fixture("no-above-4g"))
+        .arg(dir.path().join("t"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let root = dir.path().join("t");
+    let dev = root.join("sys/devices/pci0000:00/0000:00:03.0/0000:03:00.0");
+    let _ = std::fs::remove_file(dev.join("driver"));
+    std::os::unix::fs::symlink("../../../../bus/pci/drivers/vfio-pci", dev.join("driver")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
+        .arg("--root")
+        .arg(&root)
+        .args(["kata", "config", "--gpu", "0000:03:00.0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("0000:03:00.0: BAR1 was never assigned"),
+        "{err}"
+    );
+    assert!(err.contains("Above 4G Decoding"), "{err}");
 }

@@ -129,6 +129,14 @@ impl Selection {
                 } else {
                     md.driver.as_deref().is_some_and(is_vfio_pci)
                 };
+                if ok && !f.bridge {
+                    if let Some(b) = md.unassigned_bars().next() {
+                        return Err(KataError::UnassignedBar {
+                            bdf: m,
+                            bar: b.index,
+                        });
+                    }
+                }
                 if !ok {
                     bad.push(Holder {
                         bdf: m,
