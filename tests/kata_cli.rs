@@ -426,3 +426,43 @@ fn unassigned_bar_is_not_viable() {
     );
     assert!(err.contains("Above 4G Decoding"), "{err}");
 }
+
+#[test]
+fn vfio_mode_vfio_with_a_multifunction_group_is_not_viable() {
+    let base = fixture("kata/configuration-hand-edited-3.6.toml");
+    let o = vfioctl(
+        "kata-ws",
+        &["--gpu", "0000:01:00.0", "--base", base.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("vfio_mode = \"vfio\" with IOMMU group 13"),
+        "{err}"
+    );
+    assert!(err.contains("vfio_mode = \"guest-kernel\""), "{err}");
+    // Single-function groups are fine, and vfio mode then needs the guest IOMMU on.
+    let o = vfioctl("kata-dgx", &["--json", "--base", base.to_str().unwrap()]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s = v["settings"].as_array().unwrap();
+    let iommu = s
+        .iter()
+        .find(|s| s["key"] == "enable_iommu")
+        .expect("enable_iommu planned");
+    assert_eq!(iommu["value"], true);
+    assert_eq!(iommu["changed"], false, "the file already has it");
+}
+
+#[test]
+fn kubelet_socket_in_a_4_1_base_is_explained() {
+    let base = fixture("kata/configuration-qemu-nvidia-gpu-4.1.toml");
+    let o = vfioctl("kata-dgx", &["--json", "--base", base.to_str().unwrap()]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n.as_str().unwrap().contains("pod_resource_api_sock")));
+}

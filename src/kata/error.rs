@@ -75,6 +75,8 @@ pub enum KataError {
         version: KataVersion,
         functions: String,
     },
+    #[error("vfio_mode = \"vfio\" with IOMMU group {group} holding {functions}: Kata gives each function its own root port, so the guest sees them in separate groups and the agent refuses them (\"is not in guest IOMMU group\", #2900)")]
+    VfioModeSplitsGroup { group: u32, functions: String },
     #[error("{key} = {value} together with {other} = {other_value}: {why}")]
     Conflict {
         key: &'static str,
@@ -146,6 +148,9 @@ impl Diagnose for KataError {
             KataError::TooManyPorts { max, .. } => format!(
                 "select fewer devices with --gpu (each PCIe function of their groups takes a port; at most {max})"
             ),
+            KataError::VfioModeSplitsGroup { .. } => {
+                "set [runtime] vfio_mode = \"guest-kernel\" in the base file, or pass only single-function groups".into()
+            }
             KataError::Conflict { other, .. } => format!("remove {other} from the file or set it to its default"),
             KataError::BaseRead { .. } | KataError::BaseParse { .. } => {
                 "pass Kata's configuration.toml, e.g. /opt/kata/share/defaults/kata-containers/configuration-qemu-nvidia-gpu.toml".into()
@@ -167,6 +172,7 @@ impl Diagnose for KataError {
             | KataError::NoIommuGroup { .. }
             | KataError::NotBound { .. }
             | KataError::UnassignedBar { .. }
+            | KataError::VfioModeSplitsGroup { .. }
             | KataError::GroupNotViable { .. }
             | KataError::TooManyPorts { .. } => Exit::CheckFailed,
             KataError::Write { .. } => Exit::Infrastructure,

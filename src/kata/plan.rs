@@ -88,12 +88,25 @@ pub struct Artefacts {
     pub image: Option<PathBuf>,
 }
 
+/// `[runtime] vfio_mode`: who binds the device in the guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VfioMode {
+    /// The guest's own driver (nvidia) binds it: the generated file's choice.
+    #[default]
+    GuestKernel,
+    /// The guest binds it to vfio-pci and the container sees /dev/vfio/N.
+    Vfio,
+}
+
 /// What the run asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Request {
     pub target: Target,
     pub mode: PlugMode,
     pub artefacts: Artefacts,
+    /// From the base file's `[runtime] vfio_mode` (guest-kernel when absent or generating).
+    pub vfio_mode: VfioMode,
 }
 
 /// The guest kernel parameters that let the guest reassign bridge windows for BARs the
@@ -125,6 +138,24 @@ pub fn check(req: &Request, sel: &Selection) -> Result<(), KataError> {
             key: "cold_plug_vfio",
             version: t.version,
         });
+    }
+    if req.vfio_mode == VfioMode::Vfio {
+        if let Some(g) = sel
+            .groups
+            .iter()
+            .find(|g| g.functions.iter().filter(|f| f.takes_port()).count() > 1)
+        {
+            return Err(KataError::VfioModeSplitsGroup {
+                group: g.number,
+                functions: g
+                    .functions
+                    .iter()
+                    .filter(|f| f.takes_port())
+                    .map(|f| f.bdf.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
     }
     let needed = sel.ports_needed();
     if needed > t.max_ports() {
@@ -332,6 +363,15 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
         }
     }
 
+    if req.vfio_mode == VfioMode::Vfio {
+        w.push(want(
+            HQ,
+            "enable_iommu",
+            Rule::Set(Val::Bool(true)),
+            "vfio_mode = \"vfio\" (base file): the guest binds the devices to vfio-pci, which needs IOMMU groups in the guest",
+        ));
+    }
+
     // GPU flavour.
     if sel.has_nvidia_gpu() {
         w.push(want(
@@ -452,9 +492,10 @@ fn window_note(sel: &Selection) -> Option<String> {
 
 /// Things deliberately not set, for --explain.
 pub fn notes(req: &Request, sel: &Selection) -> Vec<String> {
-    let mut v = vec![
-        "enable_iommu left alone: with vfio_mode = \"guest-kernel\" the guest driver binds directly; only vfio_mode = \"vfio\" needs a guest IOMMU".to_string(),
-    ];
+    let mut v = Vec::new();
+    if req.vfio_mode == VfioMode::GuestKernel {
+        v.push("enable_iommu left alone: with vfio_mode = \"guest-kernel\" the guest driver binds directly; only vfio_mode = \"vfio\" needs a guest IOMMU".to_string());
+    }
     for f in sel.non_pcie() {
         v.push(format!(
             "{} is conventional PCI: Kata puts it behind a pci-bridge (default_bridges), it takes no root port",
@@ -536,6 +577,7 @@ mod tests {
             target: Target::new(v.parse::<KataVersion>().unwrap(), rt).unwrap(),
             mode,
             artefacts: Artefacts::default(),
+            vfio_mode: VfioMode::GuestKernel,
         }
     }
 
@@ -608,6 +650,22 @@ mod tests {
             Some(Rule::Reset(Val::str("no-port")))
         );
         assert!(check(&req("3.1.0", Runtime::Go, PlugMode::Cold), &s).is_err());
+        // vfio_mode = "vfio" with GPU + HDA: one root port each, two guest groups.
+        let mut r = req("3.6.0", Runtime::Go, PlugMode::Cold);
+        r.vfio_mode = VfioMode::Vfio;
+        assert!(matches!(
+            check(&r, &s),
+            Err(KataError::VfioModeSplitsGroup { group: 100, .. })
+        ));
+        let single = Selection {
+            groups: vec![Group {
+                number: 7,
+                functions: vec![gpu(1, 0, 0x030200, 0)],
+            }],
+        };
+        assert!(check(&r, &single).is_ok());
+        let w = plan(&r, &single);
+        assert_eq!(get(&w, "enable_iommu"), Some(Rule::Set(Val::Bool(true))));
     }
 
     #[test]
