@@ -116,7 +116,7 @@ pub fn encode_frame(payload: &[u8]) -> Vec<u8> {
 }
 
 /// Write one frame and flush.
-pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> Result<(), FrameError> {
+pub fn write_frame<W: Write + ?Sized>(w: &mut W, payload: &[u8]) -> Result<(), FrameError> {
     w.write_all(&encode_frame(payload))?;
     w.flush()?;
     Ok(())
@@ -124,7 +124,7 @@ pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> Result<(), FrameError>
 
 /// Read one frame's payload, refusing payloads above `max`. A clean end of stream before
 /// the first header byte is [`FrameError::Eof`].
-pub fn read_frame(r: &mut impl Read, max: u32) -> Result<Vec<u8>, FrameError> {
+pub fn read_frame<R: Read + ?Sized>(r: &mut R, max: u32) -> Result<Vec<u8>, FrameError> {
     let mut h = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
