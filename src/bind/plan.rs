@@ -205,7 +205,10 @@ pub fn plan(
                 format!("already on {}", d.driver.as_deref().unwrap_or("vfio")),
             )
         } else {
-            (Action::Bind { to: target(d) }, "selected".to_string())
+            (
+                Action::Bind { to: target(d) },
+                "named on the command line".to_string(),
+            )
         };
         groups
             .entry(group)
