@@ -237,7 +237,7 @@ fn failure_details(x: &mut String, s: &ScenarioResult) {
 
 /// One scenario's trend chart: boot, plug and validate times over `runs` (oldest first).
 fn trend_chart(x: &mut String, runs: &[&RunResults], key: &str) {
-    let (w, h, pad_l, pad_b, pad_t) = (440.0, 190.0, 52.0, 26.0, 22.0);
+    let (w, h, pad_l, pad_b, pad_t) = (440.0, 200.0, 52.0, 26.0, 38.0);
     let data: Vec<(Step, Vec<Option<u64>>)> = TREND_STEPS
         .iter()
         .map(|s| (*s, series(runs, key, *s)))
@@ -327,11 +327,11 @@ fn trend_chart(x: &mut String, runs: &[&RunResults], key: &str) {
         }
         flush(x, &mut seg);
     }
-    let mut lx = pad_l + 160.0;
+    let mut lx = pad_l;
     for (step, _) in &data {
         let _ = writeln!(
             x,
-            "<rect x=\"{lx}\" y=\"6\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"15\" font-size=\"11\">{}</text>",
+            "<rect x=\"{lx}\" y=\"20\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"29\" font-size=\"11\">{}</text>",
             step_colour(*step),
             lx + 13.0,
             step.name()
