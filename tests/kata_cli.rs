@@ -466,3 +466,36 @@ fn kubelet_socket_in_a_4_1_base_is_explained() {
         .iter()
         .any(|n| n.as_str().unwrap().contains("pod_resource_api_sock")));
 }
+
+/// On a terminal, --base shows the diff instead of the file (util-linux `script` gives
+/// the command a pty).
+#[test]
+fn base_on_a_terminal_shows_the_diff() {
+    if Command::new("script").arg("--version").output().is_err() {
+        println!("SKIPPED: `script` (util-linux) not installed, no pty to test with");
+        return;
+    }
+    let base = fixture("kata/configuration-qemu-3.4.toml");
+    let cmd = format!(
+        "{} --root {} kata config --base {}",
+        env!("CARGO_BIN_EXE_vfioctl"),
+        fixture("kata-dgx").display(),
+        base.display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stdout));
+    let out = text(&o.stdout).replace("\r\n", "\n");
+    assert!(
+        out.starts_with(&format!("--- {}\n+++ ", base.display())),
+        "{out}"
+    );
+    assert!(out.contains("+cold_plug_vfio = \"root-port\""), "{out}");
+    assert!(out.contains("sudo ctr run"), "{out}");
+    assert!(
+        !out.contains("\n[runtime]\n"),
+        "the whole file is not printed: {out}"
+    );
+}
