@@ -184,6 +184,13 @@ pub struct Confirmed {
     pub evidence: PciEvidence,
     /// Seconds from `device_add` to the guest's confirmation.
     pub seconds: f64,
+    /// Host unix time when `device_add` returned.
+    #[serde(default)]
+    pub device_add_unix: Option<f64>,
+    /// Host unix time of the guest kernel's first message about the device (its own
+    /// enumeration timestamp, mapped through the agent's uptime), when known.
+    #[serde(default)]
+    pub guest_enumerated_unix: Option<f64>,
 }
 
 fn id_pair(root: &SysRoot, gpu: &GpuSpec) -> String {
@@ -226,6 +233,13 @@ pub async fn confirm(
     }
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 /// Guest address of a root port at `addr` (`0x10.1`) on pcie.0.
 pub fn guest_port_bdf(addr: &str) -> Option<Bdf> {
     let (slot, func) = addr.split_once('.')?;
@@ -249,6 +263,9 @@ fn confirm_agent(
         source: Box::new(e),
     };
     let mut c = AgentClient::connect(t, Duration::from_secs(10)).map_err(agent_err)?;
+    // Map guest uptime to host time once: boot = now - uptime (off by the vsock RTT).
+    let hello = c.hello().map_err(agent_err)?;
+    let guest_boot_unix = unix_now() - hello.uptime_s;
     let (vendor, device) = pair.split_once(':').unwrap_or(("", ""));
     let (vendor, device) = (
         u16::from_str_radix(vendor, 16).unwrap_or(0),
@@ -286,6 +303,11 @@ fn confirm_agent(
                 }
             }
             let log = c.kernel_log(None, Some(2000)).map_err(agent_err)?;
+            let first_ts = log
+                .records
+                .iter()
+                .find(|r| r.text.contains(&bdf) && r.text.contains(pair))
+                .map(|r| r.ts_us);
             ev.lines = log
                 .records
                 .iter()
@@ -326,6 +348,8 @@ fn confirm_agent(
                 guest_bdf: bdf,
                 evidence: ev,
                 seconds: start.elapsed().as_secs_f64(),
+                device_add_unix: None,
+                guest_enumerated_unix: first_ts.map(|ts| guest_boot_unix + ts as f64 / 1e6),
             });
         }
         if !lifecycle::qemu_alive(rec) {
@@ -383,6 +407,8 @@ async fn confirm_serial(
                     guest_bdf: ev.bdf.clone(),
                     evidence: ev,
                     seconds: start.elapsed().as_secs_f64(),
+                    device_add_unix: None,
+                    guest_enumerated_unix: None,
                 });
             }
         }
@@ -516,7 +542,9 @@ pub async fn plug(
             .await
             .map_err(qemu_err)?;
     }
-    if let Err(e) = qmp.run(&spec.device_add()).await {
+    let added = qmp.run(&spec.device_add()).await;
+    let device_add_unix = unix_now();
+    if let Err(e) = added {
         if let Some(m) = spec.memdev_id() {
             let _ = qmp.execute_raw("object-del", Some(json!({"id": m}))).await;
         }
@@ -532,7 +560,8 @@ pub async fn plug(
         guest_bdf: None,
     });
     match confirm(rec, gpu, &env.root, &port, offset, Duration::from_secs(60)).await {
-        Ok(c) => {
+        Ok(mut c) => {
+            c.device_add_unix = Some(device_add_unix);
             if let Some(p) = rec.plugged.iter_mut().find(|p| p.id == spec.id) {
                 p.guest_bdf = Some(c.guest_bdf.clone());
             }
