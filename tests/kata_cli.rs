@@ -466,3 +466,75 @@ fn kubelet_socket_in_a_4_1_base_is_explained() {
         .iter()
         .any(|n| n.as_str().unwrap().contains("pod_resource_api_sock")));
 }
+
+/// On a terminal, --base shows the diff instead of the file (util-linux `script` gives
+/// the command a pty).
+#[test]
+fn base_on_a_terminal_shows_the_diff() {
+    if Command::new("script").arg("--version").output().is_err() {
+        println!("SKIPPED: `script` (util-linux) not installed, no pty to test with");
+        return;
+    }
+    let base = fixture("kata/configuration-qemu-3.4.toml");
+    let cmd = format!(
+        "{} --root {} kata config --base {}",
+        env!("CARGO_BIN_EXE_vfioctl"),
+        fixture("kata-dgx").display(),
+        base.display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stdout));
+    let out = text(&o.stdout).replace("\r\n", "\n");
+    assert!(
+        out.starts_with(&format!("--- {}\n+++ ", base.display())),
+        "{out}"
+    );
+    assert!(out.contains("+cold_plug_vfio = \"root-port\""), "{out}");
+    assert!(out.contains("sudo ctr run"), "{out}");
+    assert!(
+        !out.contains("\n[runtime]\n"),
+        "the whole file is not printed: {out}"
+    );
+}
+
+/// A conventional PCI function in the group (256-byte config space, no link
+/// attributes) takes no root port: Kata puts it behind a pci-bridge.
+#[test]
+fn conventional_pci_function_takes_no_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("t");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(fixture("kata-ws"))
+        .arg(&root)
+        .status()
+        .unwrap()
+        .success());
+    let hda = root.join("sys/devices/pci0000:00/0000:00:01.0/0000:01:00.1");
+    let cfg = std::fs::read(hda.join("config")).unwrap();
+    std::fs::write(hda.join("config"), &cfg[..256]).unwrap();
+    for f in [
+        "current_link_speed",
+        "current_link_width",
+        "max_link_speed",
+        "max_link_width",
+    ] {
+        std::fs::remove_file(hda.join(f)).unwrap();
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
+        .arg("--root")
+        .arg(&root)
+        .args(["--json", "kata", "config", "--gpu", "0000:01:00.0"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ports"], 1);
+    assert!(v["notes"].as_array().unwrap().iter().any(|n| n
+        .as_str()
+        .unwrap()
+        .starts_with("0000:01:00.1 is conventional PCI")));
+}

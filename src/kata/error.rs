@@ -67,7 +67,7 @@ pub enum KataError {
         bdf: Bdf,
         others: Vec<Holder>,
     },
-    #[error("{key} = {needed}: {functions} need {needed} PCIe ports, Kata {version} allows at most {max}")]
+    #[error("{key}: {functions} need {needed} PCIe ports (one per function), Kata {version} creates at most {max}")]
     TooManyPorts {
         key: &'static str,
         needed: u32,

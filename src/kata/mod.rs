@@ -161,8 +161,8 @@ pub struct Base<'a> {
     pub doc: DocumentMut,
 }
 
-/// Plan and produce the file. Pure apart from nothing: the selection and base are
-/// already read.
+/// Plan and produce the file. No I/O: the selection and the base file were read by the
+/// caller ([`select`], [`read_base`]).
 pub fn configure(
     choice: TargetChoice,
     mode: Option<PlugMode>,

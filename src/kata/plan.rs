@@ -298,7 +298,9 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
                 HQ,
                 "pcie_root_port",
                 ports_rule.clone(),
-                ports_why.clone(),
+                format!(
+                    "{ports_why}; runtime-rs hot-plugs into these ports (no hot_plug_vfio key)"
+                ),
             ));
         }
     }
