@@ -132,7 +132,13 @@ pub fn report(f: &Failure, json: bool) {
             "exit_code": f.exit.code(),
             "exit": f.exit,
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        // A closed stdout (`| head`) must not turn into a panic.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        );
     } else {
         eprintln!("error: {}", chain[0]);
         for cause in &chain[1..] {
@@ -181,13 +187,4 @@ pub fn selectors(
         v.push(vfioctl_common::Selector::Class { class });
     }
     Ok(v)
-}
-
-/// A placeholder for a subcommand whose issue has not landed; an honest error, not a
-/// fake result.
-pub(crate) fn not_yet(what: &str) -> Result<Exit, Failure> {
-    Err(Failure::new(
-        Exit::Infrastructure,
-        format!("`vfioctl {what}` is not implemented in this build"),
-    ))
 }
