@@ -499,3 +499,50 @@ fn unbind_and_restore_need_a_ledger_entry() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("nothing to restore"));
 }
+
+#[test]
+fn unbind_refuses_while_a_vm_holds_the_group_and_restores_when_released() {
+    let t = copy("bind-bridge-pair");
+    // What a completed bind leaves: the override, the ledger entry, QEMU holding the group.
+    fs::write(
+        t.path()
+            .join("sys/bus/pci/devices/0000:01:00.0/driver_override"),
+        "vfio-pci\n",
+    )
+    .unwrap();
+    fs::create_dir_all(t.path().join("var/lib/vfioctl")).unwrap();
+    let entry = serde_json::json!({
+        "version": 1,
+        "devices": {"0000:01:00.0": {
+            "original_driver": "e1000e", "original_override": null, "target_driver": "vfio-pci",
+            "iommu_group": 2, "module_loaded_by_vfioctl": false, "sriov_numvfs": null,
+            "state": "on-vfio", "persisted": false, "since": 0, "plan": "t"}}
+    });
+    fs::write(
+        t.path().join("var/lib/vfioctl/ledger.json"),
+        entry.to_string(),
+    )
+    .unwrap();
+    let fd = t.path().join("proc/4711/fd");
+    fs::create_dir_all(&fd).unwrap();
+    fs::write(t.path().join("proc/4711/comm"), "qemu-system-x86\n").unwrap();
+    std::os::unix::fs::symlink("/dev/vfio/2", fd.join("23")).unwrap();
+
+    let o = vfioctl(t.path(), &["unbind", "0000:01:00.0"], &[]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("qemu-system-x86 (pid 4711) has /dev/vfio/2 open"),
+        "{err}"
+    );
+    assert_eq!(ledger(t.path()).len(), 1);
+
+    fs::remove_file(fd.join("23")).unwrap();
+    let o = vfioctl(t.path(), &["--json", "unbind", "0000:01:00.0"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["devices"][0]["driver"], "e1000e", "{v}");
+    assert_eq!(v["devices"][0]["state"], "restored", "{v}");
+    assert_eq!(override_of(t.path(), "0000:01:00.0"), None);
+    assert!(ledger(t.path()).is_empty());
+}
