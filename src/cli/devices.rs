@@ -1,4 +1,5 @@
 //! `vfioctl devices`.
+use crate::pci::{list, select};
 use crate::{Context, Exit, Failure};
 
 #[derive(Debug, clap::Args)]
@@ -10,6 +11,24 @@ pub struct Args {
     pub class: Option<vfioctl_common::ClassFilter>,
 }
 
-pub fn run(_ctx: &Context, _args: Args) -> Result<Exit, Failure> {
-    super::not_yet("devices")
+pub fn run(ctx: &Context, args: Args) -> Result<Exit, Failure> {
+    let sels = super::selectors(&args.selectors, None)?;
+    let mut devs = select(&ctx.root, &sels, false)?;
+    if let Some(c) = args.class {
+        devs.retain(|d| c.matches(d.class));
+    }
+    let ids = list::names_for(&ctx.root, &devs);
+    let entries: Vec<list::DeviceEntry> = if ctx.json {
+        devs.iter()
+            .map(|d| list::DeviceEntry::new(d, &ids))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    match crate::output::emit(ctx, &entries, |out| list::write_table(out, &devs, &ids)) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure::new(Exit::Infrastructure, e))
+        }
+        _ => Ok(Exit::Ok),
+    }
 }

@@ -132,7 +132,13 @@ pub fn report(f: &Failure, json: bool) {
             "exit_code": f.exit.code(),
             "exit": f.exit,
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        // A closed stdout (`| head`) must not turn into a panic.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        );
     } else {
         eprintln!("error: {}", chain[0]);
         for cause in &chain[1..] {

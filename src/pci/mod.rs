@@ -1,4 +1,18 @@
 //! The PCI model (shared with the guest agent, in `vfioctl-common`) plus host-only
-//! helpers: names from pci.ids and device listing.
+//! helpers:
+//!
+//! - [`names`]: vendor, device and class names from pci.ids (lazy; numeric when absent);
+//! - [`select`]: picking devices by BDF, vendor:device or class;
+//! - [`list`]: `vfioctl devices` as JSON entries and as a table;
+//! - [`fixture`]: writes realistic sysfs/procfs trees (the test fixtures, the benchmark).
 pub use vfioctl_common::pci::*;
 pub use vfioctl_common::{Bdf, ClassFilter, Selector};
+
+pub mod fixture;
+pub mod list;
+pub mod names;
+pub mod select;
+
+pub use list::{BarEntry, DeviceEntry};
+pub use names::PciIds;
+pub use select::{select, SelectError};

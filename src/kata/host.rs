@@ -1,0 +1,261 @@
+//! What Kata will plug for the selected devices: their IOMMU groups, which functions take
+//! a PCIe port, and whether the groups can be handed over at all.
+//!
+//! Kata passes a whole IOMMU group (`GetAllVFIODevicesFromIOMMUGroup`), skipping host
+//! bridges (0x0600) and PCI-PCI bridges (0x0604) (`checkIgnorePCIClass`), and gives
+//! **every PCIe function its own root port** (bus `rp<N>`, `PCIeDevicesPerPort`).
+//! [`select`] does the I/O; [`Selection::from_devices`] is the pure check.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use vfioctl_common::pci::enumerate;
+use vfioctl_common::{Bdf, PciDevice, Selector, SysRoot};
+
+use super::error::{Holder, KataError};
+use crate::vm::ports::DeviceBars;
+
+/// A BAR this large (or larger) does not fit below 4 GiB: the guest must map it in
+/// 64-bit MMIO space, which is what "large PCI bar devices" in Kata's docs and issues
+/// (#835, #1704, runtime#2432) are about.
+pub const LARGE_BAR: u64 = 4 << 30;
+
+/// One function of a selected group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Function {
+    pub bdf: Bdf,
+    /// `vendor:device`.
+    pub id: String,
+    pub vendor: u16,
+    pub class: u32,
+    pub driver: Option<String>,
+    /// Named with --gpu (or picked by default), not just a group companion.
+    pub selected: bool,
+    pub pcie: bool,
+    /// Host or PCI-PCI bridge: Kata skips it, it takes no port.
+    pub bridge: bool,
+    /// Sum of the 64-bit prefetchable BARs.
+    pub pref64_bytes: u64,
+    /// The largest BAR.
+    pub largest_bar: u64,
+    /// The BARs as the VM's root-port sizing sees them.
+    pub bars: DeviceBars,
+}
+
+impl Function {
+    fn from_device(d: &PciDevice, selected: bool) -> Self {
+        let (pref64, _) = d.bar_totals();
+        Function {
+            bdf: d.bdf,
+            id: d.id(),
+            vendor: d.vendor,
+            class: d.class,
+            driver: d.driver.clone(),
+            selected,
+            pcie: d.is_pcie,
+            bridge: is_skipped_bridge(d),
+            pref64_bytes: pref64,
+            largest_bar: d.bars.iter().filter_map(|b| b.size).max().unwrap_or(0),
+            bars: DeviceBars::from_pci(d),
+        }
+    }
+
+    pub fn is_gpu(&self) -> bool {
+        self.class >> 16 == 0x03
+    }
+
+    /// Takes its own PCIe port in the VM.
+    pub fn takes_port(&self) -> bool {
+        self.pcie && !self.bridge
+    }
+
+    pub fn large_bar(&self) -> bool {
+        self.largest_bar >= LARGE_BAR
+    }
+}
+
+/// Kata's `checkIgnorePCIClass`: host bridges and PCI-PCI bridges stay on the host.
+fn is_skipped_bridge(d: &PciDevice) -> bool {
+    matches!(d.class >> 8, 0x0600 | 0x0604) || d.is_bridge
+}
+
+/// One IOMMU group Kata will pass.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Group {
+    pub number: u32,
+    pub functions: Vec<Function>,
+}
+
+/// The selected devices and their groups, checked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Selection {
+    pub groups: Vec<Group>,
+}
+
+impl Selection {
+    /// Check the groups of `selected` among `devices` (every device of those groups must
+    /// be in `devices`): each selected device and each non-bridge companion on vfio-pci,
+    /// bridges on pcieport or no driver.
+    pub fn from_devices(devices: &[PciDevice], selected: &[Bdf]) -> Result<Self, KataError> {
+        let by_bdf: BTreeMap<Bdf, &PciDevice> = devices.iter().map(|d| (d.bdf, d)).collect();
+        let mut groups: BTreeMap<u32, Vec<Function>> = BTreeMap::new();
+        let chosen: BTreeSet<Bdf> = selected.iter().copied().collect();
+        for &bdf in &chosen {
+            let d = by_bdf.get(&bdf).ok_or(KataError::NoMatch {
+                selector: bdf.to_string(),
+            })?;
+            let group = d.iommu_group.ok_or(KataError::NoIommuGroup { bdf })?;
+            if !d.driver.as_deref().is_some_and(is_vfio_pci) {
+                return Err(KataError::NotBound {
+                    bdf,
+                    driver: d.driver.clone(),
+                });
+            }
+            if groups.contains_key(&group) {
+                continue;
+            }
+            let mut members = vec![bdf];
+            members.extend(d.iommu_group_peers.iter().copied());
+            members.sort();
+            let mut functions = Vec::new();
+            let mut bad = Vec::new();
+            for m in members {
+                let Some(md) = by_bdf.get(&m) else {
+                    continue;
+                };
+                let f = Function::from_device(md, chosen.contains(&m));
+                let ok = if f.bridge {
+                    md.is_vfio_safe()
+                } else {
+                    md.driver.as_deref().is_some_and(is_vfio_pci)
+                };
+                if ok && !f.bridge {
+                    if let Some(b) = md.unassigned_bars().next() {
+                        return Err(KataError::UnassignedBar {
+                            bdf: m,
+                            bar: b.index,
+                        });
+                    }
+                }
+                if !ok {
+                    bad.push(Holder {
+                        bdf: m,
+                        driver: md.driver.clone(),
+                    });
+                }
+                functions.push(f);
+            }
+            if !bad.is_empty() {
+                return Err(KataError::GroupNotViable {
+                    group,
+                    bdf,
+                    others: bad,
+                });
+            }
+            groups.insert(group, functions);
+        }
+        Ok(Selection {
+            groups: groups
+                .into_iter()
+                .map(|(number, functions)| Group { number, functions })
+                .collect(),
+        })
+    }
+
+    pub fn functions(&self) -> impl Iterator<Item = &Function> {
+        self.groups.iter().flat_map(|g| g.functions.iter())
+    }
+
+    /// The functions that take a PCIe port, in group order.
+    pub fn port_functions(&self) -> Vec<&Function> {
+        self.functions().filter(|f| f.takes_port()).collect()
+    }
+
+    pub fn ports_needed(&self) -> u32 {
+        self.port_functions().len() as u32
+    }
+
+    /// Conventional PCI functions: Kata puts them behind a pci-bridge, not on a port.
+    pub fn non_pcie(&self) -> Vec<&Function> {
+        self.functions().filter(|f| !f.pcie && !f.bridge).collect()
+    }
+
+    pub fn group_numbers(&self) -> Vec<u32> {
+        self.groups.iter().map(|g| g.number).collect()
+    }
+
+    pub fn large_bar_functions(&self) -> Vec<&Function> {
+        self.functions().filter(|f| f.large_bar()).collect()
+    }
+
+    /// GPUs with a large BAR: what Kata's NVIDIA template sizes memory and timeouts for.
+    pub fn large_gpus(&self) -> Vec<&Function> {
+        self.functions()
+            .filter(|f| f.is_gpu() && f.large_bar())
+            .collect()
+    }
+
+    pub fn has_nvidia_gpu(&self) -> bool {
+        self.functions().any(|f| f.is_gpu() && f.vendor == 0x10de)
+    }
+
+    /// `0000:01:00.0, 0000:01:00.1` for messages.
+    pub fn describe_ports(&self) -> String {
+        self.port_functions()
+            .iter()
+            .map(|f| f.bdf.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn is_vfio_pci(driver: &str) -> bool {
+    vfioctl_common::pci::device::is_vfio_driver(driver)
+}
+
+/// Read the devices named by `selectors` (default: every GPU bound to vfio-pci) and
+/// their group companions through `root`, then check them.
+pub fn select(root: &SysRoot, selectors: &[Selector]) -> Result<Selection, KataError> {
+    let all = enumerate(root)?;
+    let mut devices = BTreeMap::new();
+    for bdf in &all {
+        devices.insert(*bdf, PciDevice::read(root, *bdf)?);
+    }
+    let mut chosen = BTreeSet::new();
+    if selectors.is_empty() {
+        let gpus: Vec<&PciDevice> = devices.values().filter(|d| d.is_gpu()).collect();
+        for d in &gpus {
+            if d.driver.as_deref().is_some_and(is_vfio_pci) {
+                chosen.insert(d.bdf);
+            }
+        }
+        if chosen.is_empty() {
+            return Err(KataError::NoDevices {
+                gpus: gpus
+                    .iter()
+                    .map(|d| Holder {
+                        bdf: d.bdf,
+                        driver: d.driver.clone(),
+                    })
+                    .collect(),
+            });
+        }
+    } else {
+        for s in selectors {
+            let hits: Vec<Bdf> = devices
+                .values()
+                .filter(|d| s.matches(d.bdf, d.vendor, d.device, d.class))
+                .map(|d| d.bdf)
+                .collect();
+            if hits.is_empty() {
+                return Err(KataError::NoMatch {
+                    selector: s.to_string(),
+                });
+            }
+            chosen.extend(hits);
+        }
+    }
+    let list: Vec<PciDevice> = devices.into_values().collect();
+    let chosen: Vec<Bdf> = chosen.into_iter().collect();
+    Selection::from_devices(&list, &chosen)
+}

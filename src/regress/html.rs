@@ -1,0 +1,465 @@
+//! The static HTML report: one self-contained file (inline CSS and SVG, no scripts, no
+//! network), meant to be looked at rather than read.
+//!
+//! Top to bottom: the verdict with its exit code; regressions; the pass/fail matrix
+//! (scenario x step, each cell its time, coloured by result, cleanup runs marked); a
+//! timeline of the run (when each scenario ran and its steps, which shows what `--jobs`
+//! bought); every scenario that failed (as expected or not) with its failing step and
+//! the log excerpts (serial log, guest dmesg, QMP error); and trend charts of boot,
+//! plug and validate times across the last runs from the history directory.
+
+use std::fmt::Write;
+
+use super::history::series;
+use super::junit::esc;
+use super::results::{fmt_ms, Outcome, RunResults, ScenarioResult, StepStatus};
+use super::step::Step;
+use crate::Exit;
+
+const CSS: &str = r#"
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
+header{padding:18px 28px;color:#fff}
+header.ok{background:#1f7a45}header.regression{background:#b3261e}header.infra{background:#8a5a00}
+header h1{margin:0;font-size:22px}header p{margin:4px 0 0;opacity:.92}
+main{padding:8px 28px 40px;max-width:1400px}
+h2{font-size:17px;margin:28px 0 10px}
+.counts span{display:inline-block;margin:0 14px 0 0}
+table{border-collapse:collapse;background:#fff;box-shadow:0 1px 2px #0002}
+th,td{padding:6px 10px;border:1px solid #e3e6ea;text-align:left;white-space:nowrap}
+th{background:#eef0f3;font-weight:600}
+td.ok{background:#e5f5ea}td.fail{background:#fbe0de;font-weight:600}td.cleanup{background:#fff3d6}
+td.skip{color:#98a0ab}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.badge{padding:2px 8px;border-radius:10px;font-size:12px;font-weight:600;color:#fff}
+.b-passed,.b-failed-as-expected{background:#1f7a45}.b-FAILED,.b-UNEXPECTED-PASS{background:#b3261e}
+.b-ERROR{background:#8a5a00}.b-skipped{background:#7b8491}
+.regressions{background:#fbe0de;border-left:5px solid #b3261e;padding:10px 16px}
+details{background:#fff;margin:10px 0;padding:8px 14px;box-shadow:0 1px 2px #0002}
+summary{cursor:pointer;font-weight:600}
+pre{background:#14171c;color:#e6e6e6;padding:10px;overflow:auto;max-height:360px;font-size:12px}
+.hint{color:#5b4300}
+.charts{display:flex;flex-wrap:wrap;gap:14px}
+.chart{background:#fff;box-shadow:0 1px 2px #0002;padding:8px}
+.muted{color:#6b7380}
+"#;
+
+/// Colours of the trend series and the timeline segments, per step.
+fn step_colour(step: Step) -> &'static str {
+    match step {
+        Step::Check => "#9aa5b1",
+        Step::Bind => "#7e57c2",
+        Step::VmUp => "#1e66d0",
+        Step::Plug => "#e07b00",
+        Step::Validate => "#1f9d55",
+        Step::Unplug => "#c2185b",
+        Step::VmDown => "#607d8b",
+        Step::Restore => "#5d4037",
+    }
+}
+
+const TREND_STEPS: [Step; 3] = [Step::VmUp, Step::Plug, Step::Validate];
+
+fn verdict(exit: Exit) -> (&'static str, &'static str) {
+    match exit {
+        Exit::Ok => ("ok", "all scenarios as expected"),
+        Exit::Regression => ("regression", "regression: not as expected"),
+        _ => ("infra", "infrastructure error"),
+    }
+}
+
+fn badge(o: Outcome) -> String {
+    format!(
+        "<span class=\"badge b-{}\">{}</span>",
+        o.label().replace(' ', "-"),
+        o.label()
+    )
+}
+
+fn matrix(x: &mut String, r: &RunResults) {
+    x.push_str(
+        "<table><tr><th>scenario</th><th>devices</th><th>plug</th><th>expect</th><th>outcome</th>",
+    );
+    for s in Step::ALL {
+        let _ = write!(x, "<th>{}</th>", s.name());
+    }
+    x.push_str("<th>total</th></tr>\n");
+    for s in &r.scenarios {
+        let _ = write!(
+            x,
+            "<tr><td><a href=\"#s-{id}\">{name}</a></td><td>{dev}</td><td>{plug}</td><td>{exp}</td><td>{b}</td>",
+            id = esc(&s.key()),
+            name = esc(&s.key()),
+            dev = esc(&s.devices.join(", ")),
+            plug = match s.plug {
+                super::plan::PlugMode::Hot => "hot",
+                super::plan::PlugMode::Cold => "cold",
+            },
+            exp = esc(&match (&s.expect.step, &s.expect.outcome[..]) {
+                (Some(st), "fail") => format!("fail at {st}"),
+                (_, o) => o.to_string(),
+            }),
+            b = badge(s.outcome)
+        );
+        for step in Step::ALL {
+            let runs: Vec<_> = s.steps.iter().filter(|x| x.step == step).collect();
+            match runs.last() {
+                None => x.push_str("<td class=\"skip\">–</td>"),
+                Some(st) => {
+                    let class = match (&st.status, st.cleanup) {
+                        (StepStatus::Failed, _) => "fail",
+                        (StepStatus::Ok, true) => "cleanup",
+                        (StepStatus::Ok, false) => "ok",
+                    };
+                    let title = st
+                        .failure
+                        .as_ref()
+                        .map(|f| f.message.clone())
+                        .or_else(|| st.note.clone())
+                        .unwrap_or_default();
+                    let _ = write!(
+                        x,
+                        "<td class=\"{class} num\" title=\"{}\">{}{}</td>",
+                        esc(&title),
+                        fmt_ms(st.ms),
+                        if st.cleanup { " ⟲" } else { "" }
+                    );
+                }
+            }
+        }
+        let _ = writeln!(x, "<td class=\"num\">{}</td></tr>", fmt_ms(s.wall_ms));
+    }
+    x.push_str("</table>\n<p class=\"muted\">⟲ ran as cleanup after a failure; hover a cell for the step's note or error.</p>\n");
+}
+
+fn timeline(x: &mut String, r: &RunResults) {
+    let total = r
+        .scenarios
+        .iter()
+        .map(|s| s.start_ms + s.wall_ms)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let (w, row, left) = (900.0, 22.0, 200.0);
+    let h = row * r.scenarios.len() as f64 + 30.0;
+    let scale = (w - left - 20.0) / total as f64;
+    let _ = writeln!(
+        x,
+        "<svg width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"run timeline\" style=\"background:#fff\">"
+    );
+    for (i, s) in r.scenarios.iter().enumerate() {
+        let y = 8.0 + row * i as f64;
+        let _ = writeln!(
+            x,
+            "<text x=\"6\" y=\"{}\" font-size=\"12\">{}</text>",
+            y + 13.0,
+            esc(&s.key())
+        );
+        let mut t = s.start_ms;
+        for st in &s.steps {
+            let bx = left + t as f64 * scale;
+            let bw = (st.ms as f64 * scale).max(1.0);
+            let stroke = if st.status == StepStatus::Failed {
+                " stroke=\"#b3261e\" stroke-width=\"2\""
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                x,
+                "<rect x=\"{bx:.1}\" y=\"{y}\" width=\"{bw:.1}\" height=\"{}\" fill=\"{}\"{stroke}><title>{}: {} {}</title></rect>",
+                row - 6.0,
+                step_colour(st.step),
+                esc(&s.key()),
+                st.step.name(),
+                fmt_ms(st.ms)
+            );
+            t += st.ms;
+        }
+    }
+    let axis_y = h - 8.0;
+    let _ = writeln!(
+        x,
+        "<text x=\"{left}\" y=\"{axis_y}\" font-size=\"11\" fill=\"#6b7380\">0</text><text x=\"{}\" y=\"{axis_y}\" font-size=\"11\" fill=\"#6b7380\" text-anchor=\"end\">{}</text>",
+        w - 20.0,
+        fmt_ms(total)
+    );
+    x.push_str("</svg>\n<p class=\"muted\">");
+    for s in Step::ALL {
+        let _ = write!(
+            x,
+            "<span style=\"color:{}\">■</span> {} &nbsp; ",
+            step_colour(s),
+            s.name()
+        );
+    }
+    x.push_str("</p>\n");
+}
+
+fn failure_details(x: &mut String, s: &ScenarioResult) {
+    let open = if s.outcome.as_expected() { "" } else { " open" };
+    let _ = writeln!(
+        x,
+        "<details id=\"s-{}\"{open}><summary>{} {}</summary>",
+        esc(&s.key()),
+        esc(&s.key()),
+        badge(s.outcome)
+    );
+    let _ = writeln!(x, "<p>{}</p>", esc(&s.summary));
+    for st in s.steps.iter().filter(|st| st.status == StepStatus::Failed) {
+        let Some(f) = &st.failure else { continue };
+        let _ = writeln!(
+            x,
+            "<p><b>{}{}</b> failed after {} (exit {}): {}</p>",
+            st.step.name(),
+            if st.cleanup { " (cleanup)" } else { "" },
+            fmt_ms(st.ms),
+            f.exit_code,
+            esc(&f.message)
+        );
+        if let Some(h) = &f.hint {
+            let _ = writeln!(x, "<p class=\"hint\">hint: {}</p>", esc(h));
+        }
+        for l in &f.logs {
+            let title = match l.source.as_str() {
+                "serial" => "serial log",
+                "dmesg" => "guest dmesg",
+                "qmp" => "QMP error",
+                other => other,
+            };
+            let _ = writeln!(
+                x,
+                "<p class=\"muted\">{}</p><pre>{}</pre>",
+                esc(title),
+                esc(&l.text)
+            );
+        }
+    }
+    x.push_str("</details>\n");
+}
+
+/// One scenario's trend chart: boot, plug and validate times over `runs` (oldest first).
+fn trend_chart(x: &mut String, runs: &[&RunResults], key: &str) {
+    let (w, h, pad_l, pad_b, pad_t) = (440.0, 200.0, 52.0, 26.0, 38.0);
+    let data: Vec<(Step, Vec<Option<u64>>)> = TREND_STEPS
+        .iter()
+        .map(|s| (*s, series(runs, key, *s)))
+        .filter(|(_, v)| v.iter().any(Option::is_some))
+        .collect();
+    let max = data
+        .iter()
+        .flat_map(|(_, v)| v.iter().flatten())
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let n = runs.len().max(2) as f64;
+    let px = |i: usize| pad_l + (w - pad_l - 12.0) * i as f64 / (n - 1.0);
+    let py = |v: u64| pad_t + (h - pad_t - pad_b) * (1.0 - v as f64 / max);
+    let _ = writeln!(
+        x,
+        "<div class=\"chart\"><svg width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{k} step times\">",
+        k = esc(key)
+    );
+    let _ = writeln!(
+        x,
+        "<text x=\"{pad_l}\" y=\"14\" font-size=\"13\" font-weight=\"600\">{}</text>",
+        esc(key)
+    );
+    // Axes and the max label.
+    let _ = writeln!(
+        x,
+        "<line x1=\"{pad_l}\" y1=\"{pad_t}\" x2=\"{pad_l}\" y2=\"{b}\" stroke=\"#c5cad1\"/><line x1=\"{pad_l}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#c5cad1\"/>",
+        b = h - pad_b,
+        r = w - 12.0
+    );
+    let _ = writeln!(
+        x,
+        "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\" fill=\"#6b7380\">{}</text><text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\" fill=\"#6b7380\">0</text>",
+        pad_l - 4.0,
+        pad_t + 4.0,
+        fmt_ms(max as u64),
+        pad_l - 4.0,
+        h - pad_b
+    );
+    // Runs where the scenario was not as expected: a red tick under the axis.
+    for (i, r) in runs.iter().enumerate() {
+        if let Some(s) = r.scenario(key) {
+            if !s.outcome.as_expected() {
+                let _ = writeln!(
+                    x,
+                    "<rect x=\"{:.1}\" y=\"{}\" width=\"6\" height=\"6\" fill=\"#b3261e\"><title>{}: {}</title></rect>",
+                    px(i) - 3.0,
+                    h - pad_b + 4.0,
+                    esc(&r.run_id),
+                    esc(&s.summary)
+                );
+            }
+        }
+    }
+    for (step, v) in &data {
+        let c = step_colour(*step);
+        // Break the line where a value is missing.
+        let mut seg: Vec<String> = Vec::new();
+        let flush = |x: &mut String, seg: &mut Vec<String>| {
+            if seg.len() > 1 {
+                let _ = writeln!(
+                    x,
+                    "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>",
+                    seg.join(" ")
+                );
+            }
+            seg.clear();
+        };
+        for (i, val) in v.iter().enumerate() {
+            match val {
+                Some(ms) => {
+                    seg.push(format!("{:.1},{:.1}", px(i), py(*ms)));
+                    let _ = writeln!(
+                        x,
+                        "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"><title>{} {}: {}</title></circle>",
+                        px(i),
+                        py(*ms),
+                        esc(&runs[i].run_id),
+                        step.name(),
+                        fmt_ms(*ms)
+                    );
+                }
+                None => flush(x, &mut seg),
+            }
+        }
+        flush(x, &mut seg);
+    }
+    let mut lx = pad_l;
+    for (step, _) in &data {
+        let _ = writeln!(
+            x,
+            "<rect x=\"{lx}\" y=\"20\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"29\" font-size=\"11\">{}</text>",
+            step_colour(*step),
+            lx + 13.0,
+            step.name()
+        );
+        lx += 78.0;
+    }
+    let _ = writeln!(
+        x,
+        "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\" fill=\"#6b7380\">{} runs, latest right</text>",
+        w - 12.0,
+        h - 2.0,
+        runs.len()
+    );
+    x.push_str("</svg></div>\n");
+}
+
+/// Render the report for `current`, with `past` runs (oldest first) for the trends.
+pub fn render(current: &RunResults, past: &[RunResults], chart_runs: usize) -> String {
+    let exit = current.exit();
+    let (class, word) = verdict(exit);
+    let c = current.counts();
+    let mut x = String::new();
+    let _ = writeln!(
+        x,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>vfioctl regress {plan} {id}: {word}</title><style>{CSS}</style></head><body>",
+        plan = esc(&current.plan),
+        id = esc(&current.run_id)
+    );
+    let _ = writeln!(
+        x,
+        "<header class=\"{class}\"><h1>{plan}: {word} (exit {code})</h1><p>run {id} on {host} · {jobs} job(s) · wall {wall} · vfioctl {ver}{merged}</p></header><main>",
+        plan = esc(&current.plan),
+        code = exit.code(),
+        id = esc(&current.run_id),
+        host = esc(&current.host),
+        jobs = current.jobs,
+        wall = fmt_ms(current.wall_ms),
+        ver = esc(&current.vfioctl),
+        merged = if current.merged.is_empty() {
+            String::new()
+        } else {
+            format!(" · merged from {}", esc(&current.merged.join(", ")))
+        }
+    );
+    let _ = writeln!(
+        x,
+        "<p class=\"counts\"><span><b>{}</b> scenarios</span><span><b>{}</b> as expected</span><span>{} passed</span><span>{} failed as expected</span><span><b>{}</b> failed</span><span><b>{}</b> unexpected passes</span><span><b>{}</b> errors</span><span>{} skipped</span><span><b>{}</b> regressions</span></p>",
+        c.total, c.as_expected, c.passed, c.expected_failures, c.failed, c.unexpected_passes, c.errors, c.skipped, c.regressions
+    );
+    if !current.regressions.is_empty() {
+        x.push_str("<h2>Regressions</h2><div class=\"regressions\"><ul>");
+        for r in &current.regressions {
+            let _ = write!(x, "<li>{}</li>", esc(&r.describe()));
+        }
+        x.push_str("</ul></div>\n");
+    }
+    x.push_str("<h2>Matrix</h2>\n");
+    matrix(&mut x, current);
+    x.push_str("<h2>Timeline</h2>\n");
+    timeline(&mut x, current);
+    let failing: Vec<_> = current
+        .scenarios
+        .iter()
+        .filter(|s| s.outcome != Outcome::Passed)
+        .collect();
+    if !failing.is_empty() {
+        x.push_str("<h2>Failures, errors and skips</h2>\n");
+        for s in failing {
+            failure_details(&mut x, s);
+        }
+    }
+    let start = past.len().saturating_sub(chart_runs.saturating_sub(1));
+    let mut runs: Vec<&RunResults> = past[start..].iter().collect();
+    runs.push(current);
+    let _ = writeln!(
+        x,
+        "<h2>Trends</h2><p class=\"muted\">Boot (vm-up), plug and validate times of the last {} runs; a red mark under the axis is a run where the scenario was not as expected.</p><div class=\"charts\">",
+        runs.len()
+    );
+    for s in &current.scenarios {
+        trend_chart(&mut x, &runs, &s.key());
+    }
+    x.push_str("</div></main></body></html>\n");
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::regress::history::detect;
+    use crate::regress::plan::HistoryCfg;
+    use crate::regress::testdata::{lab_history, lab_run};
+
+    #[test]
+    fn report_shows_verdict_matrix_failures_and_trends() {
+        let past = lab_history();
+        let mut cur = lab_run("20261122T020000Z", 9000);
+        cur.regressions = detect(&cur, &past, &HistoryCfg::default());
+        assert!(!cur.regressions.is_empty(), "the slow boot is a regression");
+        let h = render(&cur, &past, 20);
+        assert!(h.starts_with("<!DOCTYPE html>"));
+        assert!(h.contains("lab: regression: not as expected (exit 5)"));
+        assert!(h.contains("standin-8g-hot: vm-up took 9.0 s, median of last 5 runs 4.0 s"));
+        // Matrix cells, cleanup marks, the negative control's evidence.
+        assert!(h.contains("<td class=\"fail num\""));
+        assert!(h.contains("⟲"));
+        assert!(h.contains("failed as expected"));
+        assert!(h.contains("guest dmesg"));
+        assert!(h.contains("BAR 2: failed to assign"));
+        // Log text is escaped, and nothing executable or remote is in the page.
+        assert!(h.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(!h.contains("<script"));
+        assert!(!h.contains("http://") && !h.contains("https://"));
+        // One trend chart per scenario, six runs each (five past + current).
+        assert_eq!(
+            h.matches("aria-label=\"standin-8g-hot step times\"")
+                .count(),
+            1
+        );
+        assert!(h.contains("6 runs, latest right"));
+        assert_eq!(h.matches("<polyline").count(), 2 * 2 + 1, "{h}");
+    }
+
+    #[test]
+    fn all_green_report() {
+        let cur = lab_run("20261122T020000Z", 4000);
+        let h = render(&cur, &[], 20);
+        assert!(h.contains("lab: all scenarios as expected (exit 0)"));
+        assert!(h.contains("<header class=\"ok\">"));
+    }
+}

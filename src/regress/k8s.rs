@@ -1,0 +1,355 @@
+//! Fleet runs on Kubernetes: one Job per GPU node, built from the typed API structs of
+//! `k8s-openapi` (API version 1.33, the crate's earliest; Job, ConfigMap and the pod
+//! fields used here are stable since 1.26), so the manifests are valid by construction.
+//!
+//! Each Job:
+//! - is pinned to its node by required node affinity on `kubernetes.io/hostname`, and
+//!   tolerates the `nvidia.com/gpu` taint GPU nodes usually carry;
+//! - runs privileged (it binds devices and starts QEMU);
+//! - mounts from the host: `/sys` (binding goes through sysfs), `/dev/vfio` (group
+//!   nodes appear *after* the container started, which a privileged container's own
+//!   `/dev` snapshot does not show), `/lib/modules` (read-only, for modprobe of
+//!   vfio-pci), `/var/lib/vfioctl` (the bind ledger, so a later `vfioctl restore` on the
+//!   host can undo a crashed pod's bindings) and the results directory;
+//! - reads the plan from a ConfigMap emitted alongside;
+//! - writes `RESULTS/<node>/latest` and accumulates `RESULTS/<node>/history`, which
+//!   `vfioctl regress collect` merges;
+//! - maps vfioctl's exit codes to Job policy: a finding (exit 1-7, regression is 5)
+//!   fails the Job at once, an infrastructure error (8) is retried once.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, ConfigMap, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource,
+    HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    ObjectFieldSelector, PodSpec, PodTemplateSpec, SecurityContext, Toleration, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use sha2::{Digest, Sha256};
+
+use super::plan::Plan;
+
+/// What the manifests need besides the plan.
+#[derive(Clone, Debug)]
+pub struct FleetOpts {
+    pub nodes: Vec<String>,
+    /// A container image with vfioctl, QEMU and the guest artefacts.
+    pub image: String,
+    /// A vfioctl binary on the host to run instead of the image's (hostPath mount).
+    pub binary: Option<PathBuf>,
+    pub namespace: Option<String>,
+    /// Results directory on each node.
+    pub host_results: PathBuf,
+    pub jobs: usize,
+}
+
+pub const DEFAULT_IMAGE: &str = "localhost/vfioctl:latest";
+pub const DEFAULT_HOST_RESULTS: &str = "/var/lib/vfioctl/regress";
+
+/// A DNS-1123 label from any text: lower-case alphanumerics and '-', at most `max`
+/// characters; shortened names get a hash suffix so two long names stay distinct.
+pub fn dns_label(s: &str, max: usize) -> String {
+    let mut o: String = s
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    while o.contains("--") {
+        o = o.replace("--", "-");
+    }
+    let o = o.trim_matches('-').to_string();
+    if o.len() <= max && !o.is_empty() {
+        return o;
+    }
+    let h = Sha256::digest(s.as_bytes());
+    let suffix = format!("{:02x}{:02x}{:02x}", h[0], h[1], h[2]);
+    let keep = max.saturating_sub(suffix.len() + 1);
+    let head = o[..o.len().min(keep)].trim_end_matches('-');
+    if head.is_empty() {
+        suffix
+    } else {
+        format!("{head}-{suffix}")
+    }
+}
+
+fn labels(plan: &Plan, node: Option<&str>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "vfioctl".to_string()),
+        ("app.kubernetes.io/component".into(), "regress".into()),
+        ("vfioctl.dev/plan".into(), dns_label(&plan.name, 63)),
+    ]);
+    if let Some(n) = node {
+        l.insert("vfioctl.dev/node".into(), dns_label(n, 63));
+    }
+    l
+}
+
+fn host_path(name: &str, path: &str, kind: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.into(),
+            type_: Some(kind.into()),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+pub fn config_map_name(plan: &Plan) -> String {
+    dns_label(&format!("vfioctl-regress-{}-plan", plan.name), 63)
+}
+
+/// The ConfigMap that carries the plan text.
+pub fn config_map(plan: &Plan, plan_text: &str, opts: &FleetOpts) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(config_map_name(plan)),
+            namespace: opts.namespace.clone(),
+            labels: Some(labels(plan, None)),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            "plan.toml".to_string(),
+            plan_text.to_string(),
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
+/// The Job for one node.
+pub fn job(plan: &Plan, node: &str, opts: &FleetOpts) -> Job {
+    let results = opts.host_results.join(dns_label(node, 63));
+    let mut volumes = vec![
+        host_path("sys", "/sys", "Directory"),
+        host_path("dev-vfio", "/dev/vfio", "DirectoryOrCreate"),
+        host_path("lib-modules", "/lib/modules", "Directory"),
+        host_path("state", "/var/lib/vfioctl", "DirectoryOrCreate"),
+        host_path("results", &results.to_string_lossy(), "DirectoryOrCreate"),
+        Volume {
+            name: "plan".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(plan),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    let mut mounts = vec![
+        mount("sys", "/sys", false),
+        mount("dev-vfio", "/dev/vfio", false),
+        mount("lib-modules", "/lib/modules", true),
+        mount("state", "/var/lib/vfioctl", false),
+        mount("results", "/results", false),
+        mount("plan", "/etc/vfioctl/regress", true),
+    ];
+    let mut bin = "vfioctl".to_string();
+    if let Some(b) = &opts.binary {
+        volumes.push(host_path("vfioctl-bin", &b.to_string_lossy(), "File"));
+        mounts.push(mount("vfioctl-bin", "/opt/vfioctl/bin/vfioctl", true));
+        bin = "/opt/vfioctl/bin/vfioctl".into();
+    }
+    // Worst case: every scenario at every step limit, one at a time; plus slack.
+    let deadline: u64 = plan
+        .scenarios
+        .iter()
+        .map(|s| s.timeouts.total().as_secs())
+        .sum::<u64>()
+        + 600;
+    let container = Container {
+        name: "regress".into(),
+        image: Some(opts.image.clone()),
+        command: Some(vec![
+            bin,
+            "regress".into(),
+            "/etc/vfioctl/regress/plan.toml".into(),
+            "--jobs".into(),
+            opts.jobs.to_string(),
+            "--out".into(),
+            "/results/latest".into(),
+            "--history".into(),
+            "/results/history".into(),
+        ]),
+        env: Some(vec![EnvVar {
+            name: "VFIOCTL_NODE".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "spec.nodeName".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]),
+        security_context: Some(SecurityContext {
+            privileged: Some(true),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    Job {
+        metadata: ObjectMeta {
+            name: Some(dns_label(
+                &format!("vfioctl-regress-{}-{node}", plan.name),
+                63,
+            )),
+            namespace: opts.namespace.clone(),
+            labels: Some(labels(plan, Some(node))),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(1),
+            active_deadline_seconds: Some(deadline as i64),
+            ttl_seconds_after_finished: Some(7 * 24 * 3600),
+            pod_failure_policy: Some(PodFailurePolicy {
+                rules: vec![PodFailurePolicyRule {
+                    action: "FailJob".into(),
+                    on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                        container_name: Some("regress".into()),
+                        operator: "In".into(),
+                        values: vec![1, 2, 3, 4, 5, 6, 7],
+                    }),
+                    ..PodFailurePolicyRule::default()
+                }],
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(plan, Some(node))),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    affinity: Some(Affinity {
+                        node_affinity: Some(NodeAffinity {
+                            required_during_scheduling_ignored_during_execution: Some(
+                                NodeSelector {
+                                    node_selector_terms: vec![NodeSelectorTerm {
+                                        match_expressions: Some(vec![NodeSelectorRequirement {
+                                            key: "kubernetes.io/hostname".into(),
+                                            operator: "In".into(),
+                                            values: Some(vec![node.to_string()]),
+                                        }]),
+                                        ..NodeSelectorTerm::default()
+                                    }],
+                                },
+                            ),
+                            ..NodeAffinity::default()
+                        }),
+                        ..Affinity::default()
+                    }),
+                    tolerations: Some(vec![Toleration {
+                        key: Some("nvidia.com/gpu".into()),
+                        operator: Some("Exists".into()),
+                        effect: Some("NoSchedule".into()),
+                        ..Toleration::default()
+                    }]),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    }
+}
+
+/// The whole multi-document YAML: the plan ConfigMap, then one Job per node.
+pub fn manifests(
+    plan: &Plan,
+    plan_text: &str,
+    opts: &FleetOpts,
+) -> Result<String, serde_yaml::Error> {
+    let mut docs = vec![serde_yaml::to_string(&config_map(plan, plan_text, opts))?];
+    for n in &opts.nodes {
+        docs.push(serde_yaml::to_string(&job(plan, n, opts))?);
+    }
+    Ok(docs.iter().map(|d| format!("---\n{d}")).collect::<String>())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const PLAN: &str = "name = \"lab\"\n[[scenario]]\nname = \"gpu-hot\"\ndevices = [\"class:gpu\"]\ntimeouts = { boot = 600 }\n";
+
+    fn opts(nodes: &[&str]) -> FleetOpts {
+        FleetOpts {
+            nodes: nodes.iter().map(|s| s.to_string()).collect(),
+            image: "registry.example/vfioctl:0.1.0".into(),
+            binary: None,
+            namespace: Some("gpu-lab".into()),
+            host_results: DEFAULT_HOST_RESULTS.into(),
+            jobs: 2,
+        }
+    }
+
+    #[test]
+    fn manifests_for_two_nodes() {
+        let plan = Plan::parse(PLAN, Path::new("lab.toml"), &|_| None).unwrap();
+        let y = manifests(&plan, PLAN, &opts(&["gpu-node-a", "GPU_Node.B"])).unwrap();
+        insta::assert_snapshot!(y);
+        // Every document parses back as the typed object it claims to be.
+        let docs: Vec<&str> = y.split("---\n").filter(|d| !d.is_empty()).collect();
+        assert_eq!(docs.len(), 3);
+        let _: ConfigMap = serde_yaml::from_str(docs[0]).unwrap();
+        for d in &docs[1..] {
+            let j: Job = serde_yaml::from_str(d).unwrap();
+            let spec = j.spec.unwrap().template.spec.unwrap();
+            assert_eq!(
+                spec.containers[0]
+                    .security_context
+                    .as_ref()
+                    .unwrap()
+                    .privileged,
+                Some(true)
+            );
+        }
+    }
+
+    #[test]
+    fn host_binary_is_mounted_and_used() {
+        let plan = Plan::parse(PLAN, Path::new("lab.toml"), &|_| None).unwrap();
+        let mut o = opts(&["n1"]);
+        o.binary = Some("/usr/local/bin/vfioctl".into());
+        let j = job(&plan, "n1", &o);
+        let spec = j.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            spec.containers[0].command.as_ref().unwrap()[0],
+            "/opt/vfioctl/bin/vfioctl"
+        );
+        assert!(spec.volumes.unwrap().iter().any(|v| v
+            .host_path
+            .as_ref()
+            .is_some_and(|h| h.path == "/usr/local/bin/vfioctl")));
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert_eq!(dns_label("GPU_Node.B", 63), "gpu-node-b");
+        let long = "x".repeat(100);
+        let l = dns_label(&long, 63);
+        assert!(l.len() <= 63 && l.starts_with("xxx"), "{l}");
+        assert_ne!(
+            dns_label(&format!("{long}a"), 63),
+            dns_label(&format!("{long}b"), 63)
+        );
+        assert_eq!(dns_label("--", 63).len(), 6);
+    }
+}

@@ -1,0 +1,846 @@
+//! The plan file: which scenarios a regression run executes and what each must show.
+//!
+//! ```toml
+//! name = "lab"
+//!
+//! [defaults]
+//! firmware = "seabios"                       # seabios | ovmf
+//! kernel = "${VFIOCTL_LAB}/kernel/current/vmlinuz"
+//! memory = "1G"
+//! timeouts = { boot = 180, validate = 60 }   # seconds per step
+//!
+//! [history]                                  # regression detection
+//! window = 5          # compare against the median of the last 5 runs
+//! margin_pct = 50     # a step slower than median * 1.5 is a regression
+//! min_samples = 3
+//! min_delta_ms = 500
+//!
+//! [[scenario]]
+//! name = "standin-8g-hot"
+//! devices = ["emulated:8G"]                  # or 0000:41:00.0, 10de:20b9, class:gpu
+//! plug = "hot"                               # hot | cold
+//! vm = { pref64_reserve = "16G" }
+//!
+//! [[scenario]]
+//! name = "no-reserve"                        # negative control
+//! devices = ["emulated:8G"]
+//! plug = "hot"
+//! vm = { pref64_reserve = "none" }
+//! expect = { outcome = "fail", step = "validate", match = "BAR" }
+//! ```
+//!
+//! Parsing is two-stage: serde reads the raw TOML (unknown keys are errors, so typos do
+//! not silently fall back to defaults), then [`Plan::from_raw`] checks meaning and names
+//! the scenario and key of every problem.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use vfioctl_common::units::Size;
+use vfioctl_common::Selector;
+
+use super::step::Step;
+
+/// Everything wrong with a plan file; each names the file, the scenario and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("cannot read plan {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("plan {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("plan {path}: {}: {reason}", where_(scenario.as_deref(), key))]
+    Invalid {
+        path: PathBuf,
+        scenario: Option<String>,
+        key: String,
+        reason: String,
+    },
+}
+
+fn where_(scenario: Option<&str>, key: &str) -> String {
+    match scenario {
+        Some(s) => format!("scenario {s:?}, key `{key}`"),
+        None => format!("key `{key}`"),
+    }
+}
+
+impl crate::Diagnose for PlanError {
+    fn exit(&self) -> crate::Exit {
+        match self {
+            PlanError::Read { .. } | PlanError::Syntax { .. } | PlanError::Invalid { .. } => {
+                crate::Exit::Usage
+            }
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            PlanError::Read { .. } => {
+                Some("pass the path of a plan TOML file, e.g. scripts/lab-plan.toml".into())
+            }
+            PlanError::Syntax { .. } => Some(
+                "see `vfioctl regress --help` and the README section `regress` for the plan format"
+                    .into(),
+            ),
+            PlanError::Invalid { .. } => None,
+        }
+    }
+}
+
+/// A device a scenario passes through.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum DeviceSpec {
+    /// A host device (or every device) matching a selector; bound to vfio-pci first.
+    Host { selector: Selector },
+    /// An emulated stand-in: a device with one 64-bit prefetchable BAR of `bar` bytes
+    /// (ivshmem-plain backed by RAM), for labs without a GPU. Nothing is bound on the host.
+    Emulated {
+        #[serde(serialize_with = "ser_size")]
+        bar: Size,
+    },
+}
+
+/// Sizes print as people write them (`8G`); `Size` itself has no serde impl.
+fn ser_size<S: serde::Serializer>(v: &Size, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+impl DeviceSpec {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(size) = s.strip_prefix("emulated:") {
+            let bar: Size = size.parse().map_err(|e| format!("{e}"))?;
+            if bar.0 == 0 || !bar.0.is_power_of_two() {
+                return Err(format!(
+                    "emulated BAR size {size} must be a power of two (PCI BARs are), e.g. emulated:8G"
+                ));
+            }
+            return Ok(DeviceSpec::Emulated { bar });
+        }
+        s.parse::<Selector>()
+            .map(|selector| DeviceSpec::Host { selector })
+            .map_err(|e| format!("{e}; or an emulated stand-in such as emulated:8G"))
+    }
+
+    pub fn is_host(&self) -> bool {
+        matches!(self, DeviceSpec::Host { .. })
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Host { selector } => write!(f, "{selector}"),
+            DeviceSpec::Emulated { bar } => write!(f, "emulated:{bar}"),
+        }
+    }
+}
+
+/// When the device reaches the guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlugMode {
+    /// On the QEMU command line: the guest finds it at boot.
+    Cold,
+    /// `device_add` over QMP after the guest agent answers (what Kata does).
+    #[default]
+    Hot,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Firmware {
+    #[default]
+    Seabios,
+    Ovmf,
+}
+
+/// Which scenario shape runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// The device goes from the host (or QEMU's emulation) into one guest.
+    #[default]
+    Passthrough,
+    /// A guest with an emulated intel-iommu binds an emulated device with vfioctl and
+    /// passes it to a nested guest through vfio-pci.
+    Nested,
+}
+
+/// What a scenario must show for the run to count as expected.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Expect {
+    #[default]
+    Pass,
+    /// A negative control: it must fail, at `step` if given, with `pattern` in the error or
+    /// log excerpt if given, and not for an infrastructure reason (QEMU missing, I/O).
+    Fail {
+        step: Option<Step>,
+        #[serde(rename = "match")]
+        pattern: Option<String>,
+    },
+}
+
+impl Expect {
+    pub fn is_pass(&self) -> bool {
+        matches!(self, Expect::Pass)
+    }
+}
+
+/// Per-step time limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Timeouts(pub BTreeMap<Step, Duration>);
+
+impl Timeouts {
+    pub fn get(&self, step: Step) -> Duration {
+        self.0
+            .get(&step)
+            .copied()
+            .unwrap_or_else(|| step.default_timeout())
+    }
+    /// The longest the scenario can take: every step at its limit.
+    pub fn total(&self) -> Duration {
+        Step::ALL.iter().map(|s| self.get(*s)).sum()
+    }
+}
+
+/// Root-port reservation for the device's port (`pref64-reserve`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reserve {
+    /// Sized from the devices' BARs by the VM module (the default).
+    Auto,
+    /// No reservation at all: the negative control for large BARs.
+    None,
+    /// An explicit size.
+    Size(#[serde(serialize_with = "ser_size")] Size),
+}
+
+/// Per-scenario VM knobs passed to `vfioctl::vm`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VmKnobs {
+    #[serde(serialize_with = "ser_size")]
+    pub memory: Size,
+    pub cpus: u32,
+    pub pref64_reserve: Reserve,
+    /// Extra kernel command line for the guest.
+    pub append: Option<String>,
+}
+
+/// A validated scenario.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Scenario {
+    pub name: String,
+    pub kind: Kind,
+    pub devices: Vec<DeviceSpec>,
+    pub plug: PlugMode,
+    pub firmware: Firmware,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub expect: Expect,
+    pub timeouts: Timeouts,
+    pub vm: VmKnobs,
+    /// Extra exclusivity tokens: scenarios sharing one never run at the same time.
+    pub locks: Vec<String>,
+    pub description: Option<String>,
+}
+
+/// Settings for regression detection against the history directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryCfg {
+    /// How many past runs the step-time median is taken over.
+    pub window: usize,
+    /// A step is slower when it takes more than median * (1 + margin_pct/100).
+    pub margin_pct: u32,
+    /// Fewer past samples than this: no timing verdict.
+    pub min_samples: usize,
+    /// Differences below this many milliseconds are noise, whatever the ratio.
+    pub min_delta_ms: u64,
+    /// How many past runs the HTML trend charts show.
+    pub chart_runs: usize,
+}
+
+impl Default for HistoryCfg {
+    fn default() -> Self {
+        Self {
+            window: 5,
+            margin_pct: 50,
+            min_samples: 3,
+            min_delta_ms: 500,
+            chart_runs: 20,
+        }
+    }
+}
+
+/// Fleet defaults for `--emit k8s`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetCfg {
+    pub nodes: Vec<String>,
+    pub image: Option<String>,
+    pub namespace: Option<String>,
+}
+
+/// A validated plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub name: String,
+    /// The file it came from (relative paths in it are relative to its directory).
+    pub path: PathBuf,
+    pub scenarios: Vec<Scenario>,
+    pub history: HistoryCfg,
+    pub fleet: FleetCfg,
+}
+
+// ---- raw TOML ---------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    name: Option<String>,
+    #[serde(default)]
+    defaults: RawCommon,
+    #[serde(default)]
+    history: HistoryCfg,
+    #[serde(default)]
+    fleet: FleetCfg,
+    #[serde(default, rename = "scenario")]
+    scenarios: Vec<RawScenario>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommon {
+    firmware: Option<Firmware>,
+    plug: Option<PlugMode>,
+    kernel: Option<String>,
+    initrd: Option<String>,
+    memory: Option<String>,
+    cpus: Option<u32>,
+    #[serde(default)]
+    timeouts: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: Option<String>,
+    description: Option<String>,
+    kind: Option<Kind>,
+    #[serde(default)]
+    devices: Vec<String>,
+    firmware: Option<Firmware>,
+    plug: Option<PlugMode>,
+    kernel: Option<String>,
+    initrd: Option<String>,
+    expect: Option<RawExpect>,
+    #[serde(default)]
+    timeouts: BTreeMap<String, u64>,
+    #[serde(default)]
+    vm: RawVm,
+    #[serde(default)]
+    locks: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawExpect {
+    Word(String),
+    Table(RawExpectTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExpectTable {
+    outcome: String,
+    step: Option<String>,
+    #[serde(rename = "match")]
+    pattern: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVm {
+    memory: Option<String>,
+    cpus: Option<u32>,
+    pref64_reserve: Option<String>,
+    append: Option<String>,
+}
+
+/// Expand `${VAR}` and a leading `~/` in a path string; relative results are taken
+/// relative to `base`. `env` is injected so tests do not depend on the environment.
+pub fn expand_path(
+    raw: &str,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PathBuf, String> {
+    let mut out = String::new();
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated ${{ in {raw:?}"))?;
+        let var = &after[..end];
+        let val = env(var).ok_or_else(|| {
+            format!("{raw:?} uses ${{{var}}}, which is not set in the environment")
+        })?;
+        out.push_str(&val);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    if let Some(home_rel) = out.strip_prefix("~/") {
+        let home = env("HOME").ok_or_else(|| format!("{raw:?} uses ~ but HOME is not set"))?;
+        out = format!("{home}/{home_rel}");
+    }
+    let p = PathBuf::from(out);
+    Ok(if p.is_absolute() { p } else { base.join(p) })
+}
+
+fn timeouts(
+    defaults: &BTreeMap<String, u64>,
+    own: &BTreeMap<String, u64>,
+    err: &dyn Fn(String, String) -> PlanError,
+) -> Result<Timeouts, PlanError> {
+    let mut out = BTreeMap::new();
+    for (prefix, map) in [("defaults.timeouts", defaults), ("timeouts", own)] {
+        for (k, v) in map {
+            let step: Step = k
+                .parse()
+                .map_err(|e: String| err(format!("{prefix}.{k}"), e))?;
+            if *v == 0 {
+                return Err(err(
+                    format!("{prefix}.{k}"),
+                    "a timeout of 0 s would fail every run; give seconds > 0".into(),
+                ));
+            }
+            out.insert(step, Duration::from_secs(*v));
+        }
+    }
+    Ok(Timeouts(out))
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+impl Plan {
+    /// Read and validate a plan file, expanding `${VAR}` from the process environment.
+    pub fn load(path: &Path) -> Result<Plan, PlanError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PlanError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Plan::parse(&text, path, &|k| std::env::var(k).ok())
+    }
+
+    /// Parse plan text as if read from `path`.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Plan, PlanError> {
+        let raw: RawPlan = toml::from_str(text).map_err(|e| PlanError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        Plan::from_raw(raw, path, env)
+    }
+
+    fn from_raw(
+        raw: RawPlan,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Plan, PlanError> {
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let plan_err = |key: &str, reason: String| PlanError::Invalid {
+            path: path.to_path_buf(),
+            scenario: None,
+            key: key.to_string(),
+            reason,
+        };
+        let name = raw.name.clone().unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().to_lowercase().replace(['_', '.'], "-"))
+                .unwrap_or_else(|| "plan".into())
+        });
+        if !is_name(&name) {
+            return Err(plan_err(
+                "name",
+                format!("{name:?} must be lower-case letters, digits and '-' (at most 63), as it names files and Kubernetes Jobs"),
+            ));
+        }
+        if raw.scenarios.is_empty() {
+            return Err(plan_err(
+                "scenario",
+                "the plan has no [[scenario]] tables".into(),
+            ));
+        }
+        if raw.history.window == 0 {
+            return Err(plan_err("history.window", "must be at least 1".into()));
+        }
+        let d = &raw.defaults;
+        let mut seen = BTreeSet::new();
+        let mut scenarios = Vec::new();
+        for (i, s) in raw.scenarios.into_iter().enumerate() {
+            let label = s.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
+            let err = |key: String, reason: String| PlanError::Invalid {
+                path: path.to_path_buf(),
+                scenario: Some(label.clone()),
+                key,
+                reason,
+            };
+            let name = s
+                .name
+                .clone()
+                .ok_or_else(|| err("name".into(), "every scenario needs a name".into()))?;
+            if !is_name(&name) {
+                return Err(err(
+                    "name".into(),
+                    format!("{name:?} must be lower-case letters, digits and '-' (at most 63)"),
+                ));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(err(
+                    "name".into(),
+                    "two scenarios have this name; names must be unique".into(),
+                ));
+            }
+            let kind = s.kind.unwrap_or_default();
+            if s.devices.is_empty() {
+                return Err(err(
+                    "devices".into(),
+                    "list at least one device: a selector (0000:41:00.0, 10de:20b9, class:gpu) or an emulated stand-in (emulated:8G)".into(),
+                ));
+            }
+            let devices = s
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(j, d)| DeviceSpec::parse(d).map_err(|r| err(format!("devices[{j}]"), r)))
+                .collect::<Result<Vec<_>, _>>()?;
+            if kind == Kind::Nested && devices.iter().any(DeviceSpec::is_host) {
+                return Err(err(
+                    "devices".into(),
+                    "a nested scenario passes an emulated device through an emulated IOMMU; host selectors do not apply".into(),
+                ));
+            }
+            let path_of = |key: &str, v: &Option<String>, dv: &Option<String>| {
+                v.as_ref()
+                    .or(dv.as_ref())
+                    .map(|p| expand_path(p, &base, env).map_err(|r| err(key.into(), r)))
+                    .transpose()
+            };
+            let kernel = path_of("kernel", &s.kernel, &d.kernel)?;
+            let initrd = path_of("initrd", &s.initrd, &d.initrd)?;
+            let expect = match s.expect {
+                None => Expect::Pass,
+                Some(RawExpect::Word(w)) => {
+                    parse_outcome(&w, None, None).map_err(|r| err("expect".into(), r))?
+                }
+                Some(RawExpect::Table(t)) => {
+                    parse_outcome(&t.outcome, t.step.as_deref(), t.pattern)
+                        .map_err(|r| err("expect".into(), r))?
+                }
+            };
+            let timeouts = timeouts(&d.timeouts, &s.timeouts, &err)?;
+            let size = |key: &str, v: Option<&String>, default: &str| -> Result<Size, PlanError> {
+                v.map(String::as_str)
+                    .unwrap_or(default)
+                    .parse::<Size>()
+                    .map_err(|e| err(key.into(), e.to_string()))
+            };
+            let memory = size(
+                "vm.memory",
+                s.vm.memory.as_ref().or(d.memory.as_ref()),
+                "1G",
+            )?;
+            if memory.0 < (128 << 20) {
+                return Err(err(
+                    "vm.memory".into(),
+                    format!("{memory} is too small for a guest; give at least 128M"),
+                ));
+            }
+            let pref64_reserve = match s.vm.pref64_reserve.as_deref() {
+                None | Some("auto") => Reserve::Auto,
+                Some("none") => Reserve::None,
+                Some(v) => Reserve::Size(v.parse::<Size>().map_err(|e| {
+                    err(
+                        "vm.pref64_reserve".into(),
+                        format!("{e}, or \"auto\" / \"none\""),
+                    )
+                })?),
+            };
+            let cpus = s.vm.cpus.or(d.cpus).unwrap_or(1);
+            if cpus == 0 {
+                return Err(err("vm.cpus".into(), "must be at least 1".into()));
+            }
+            scenarios.push(Scenario {
+                name,
+                kind,
+                devices,
+                plug: s.plug.or(d.plug).unwrap_or_default(),
+                firmware: s.firmware.or(d.firmware).unwrap_or_default(),
+                kernel,
+                initrd,
+                expect,
+                timeouts,
+                vm: VmKnobs {
+                    memory,
+                    cpus,
+                    pref64_reserve,
+                    append: s.vm.append,
+                },
+                locks: s.locks,
+                description: s.description,
+            });
+        }
+        Ok(Plan {
+            name,
+            path: path.to_path_buf(),
+            scenarios,
+            history: raw.history,
+            fleet: raw.fleet,
+        })
+    }
+
+    pub fn scenario(&self, name: &str) -> Option<&Scenario> {
+        self.scenarios.iter().find(|s| s.name == name)
+    }
+}
+
+fn parse_outcome(
+    word: &str,
+    step: Option<&str>,
+    pattern: Option<String>,
+) -> Result<Expect, String> {
+    match word {
+        "pass" => {
+            if step.is_some() || pattern.is_some() {
+                return Err("`step` and `match` only apply to outcome = \"fail\"".into());
+            }
+            Ok(Expect::Pass)
+        }
+        "fail" => Ok(Expect::Fail {
+            step: step.map(str::parse).transpose()?,
+            pattern,
+        }),
+        other => Err(format!(
+            "outcome {other:?} is neither \"pass\" nor \"fail\" (a negative control)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "VFIOCTL_LAB" => Some("/lab".into()),
+            "HOME" => Some("/home/u".into()),
+            _ => None,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Plan, PlanError> {
+        Plan::parse(text, Path::new("/plans/lab.toml"), &env)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    const GOOD: &str = r#"
+name = "lab"
+[defaults]
+kernel = "${VFIOCTL_LAB}/kernel/current/vmlinuz"
+timeouts = { boot = 200 }
+
+[[scenario]]
+name = "hot"
+devices = ["emulated:8G"]
+vm = { pref64_reserve = "16G" }
+
+[[scenario]]
+name = "neg"
+devices = ["emulated:8G"]
+plug = "cold"
+firmware = "ovmf"
+initrd = "rootfs/initrd.img"
+vm = { pref64_reserve = "none", memory = "2G", cpus = 2 }
+expect = { outcome = "fail", step = "validate", match = "no space" }
+timeouts = { validate = 10 }
+locks = ["big"]
+
+[[scenario]]
+name = "gpu"
+devices = ["0000:41:00.0", "10de:*", "class:gpu"]
+expect = "pass"
+"#;
+
+    #[test]
+    fn good_plan_parses_with_defaults_applied() {
+        let p = parse(GOOD).unwrap();
+        assert_eq!(p.name, "lab");
+        assert_eq!(p.scenarios.len(), 3);
+        let hot = &p.scenarios[0];
+        assert_eq!(hot.plug, PlugMode::Hot);
+        assert_eq!(hot.firmware, Firmware::Seabios);
+        assert_eq!(
+            hot.kernel,
+            Some(PathBuf::from("/lab/kernel/current/vmlinuz"))
+        );
+        assert_eq!(
+            hot.devices,
+            vec![DeviceSpec::Emulated { bar: Size(8 << 30) }]
+        );
+        assert_eq!(hot.vm.pref64_reserve, Reserve::Size(Size(16 << 30)));
+        assert_eq!(hot.timeouts.get(Step::VmUp), Duration::from_secs(200));
+        assert_eq!(hot.timeouts.get(Step::Plug), Step::Plug.default_timeout());
+        let neg = &p.scenarios[1];
+        assert_eq!(neg.plug, PlugMode::Cold);
+        assert_eq!(neg.firmware, Firmware::Ovmf);
+        assert_eq!(neg.initrd, Some(PathBuf::from("/plans/rootfs/initrd.img")));
+        assert_eq!(neg.vm.pref64_reserve, Reserve::None);
+        assert_eq!(neg.vm.memory, Size(2 << 30));
+        assert_eq!(neg.vm.cpus, 2);
+        assert_eq!(
+            neg.expect,
+            Expect::Fail {
+                step: Some(Step::Validate),
+                pattern: Some("no space".into())
+            }
+        );
+        assert_eq!(neg.timeouts.get(Step::Validate), Duration::from_secs(10));
+        assert_eq!(neg.locks, vec!["big".to_string()]);
+        assert_eq!(p.scenarios[2].devices.len(), 3);
+        assert!(p.scenarios[2].devices.iter().all(DeviceSpec::is_host));
+        assert_eq!(p.history, HistoryCfg::default());
+    }
+
+    #[test]
+    fn errors_name_the_scenario_and_key() {
+        let e = err("[[scenario]]\nname = \"a\"\ndevices = [\"emulated:3G\"]\n");
+        assert!(e.contains("scenario \"a\", key `devices[0]`"), "{e}");
+        assert!(e.contains("power of two"), "{e}");
+
+        let e = err("[[scenario]]\nname = \"a\"\ndevices = [\"zz:yy\"]\n");
+        assert!(
+            e.contains("key `devices[0]`") && e.contains("emulated:8G"),
+            "{e}"
+        );
+
+        let e = err("[[scenario]]\nname = \"a\"\ndevices = []\n");
+        assert!(e.contains("scenario \"a\", key `devices`"), "{e}");
+
+        let e = err("[[scenario]]\ndevices = [\"emulated:8G\"]\n");
+        assert!(e.contains("scenario \"#1\", key `name`"), "{e}");
+
+        let e = err("[[scenario]]\nname = \"a\"\ndevices = [\"emulated:8G\"]\n[[scenario]]\nname = \"a\"\ndevices = [\"emulated:8G\"]\n");
+        assert!(e.contains("unique"), "{e}");
+
+        let e = err(
+            "[[scenario]]\nname = \"a\"\ndevices = [\"emulated:8G\"]\ntimeouts = { bogus = 3 }\n",
+        );
+        assert!(
+            e.contains("key `timeouts.bogus`") && e.contains("vm-up"),
+            "{e}"
+        );
+
+        let e = err(
+            "[[scenario]]\nname = \"a\"\ndevices = [\"emulated:8G\"]\ntimeouts = { plug = 0 }\n",
+        );
+        assert!(e.contains("key `timeouts.plug`"), "{e}");
+
+        let e =
+            err("[[scenario]]\nname = \"a\"\ndevices = [\"emulated:8G\"]\nexpect = \"maybe\"\n");
+        assert!(e.contains("key `expect`") && e.contains("maybe"), "{e}");
+
+        let e = err("[[scenario]]\nname = \"a\"\ndevices = [\"emulated:8G\"]\nexpect = { outcome = \"fail\", step = \"boot2\" }\n");
+        assert!(e.contains("key `expect`") && e.contains("boot2"), "{e}");
+
+        let e = err("[[scenario]]\nname = \"a\"\ndevices = [\"emulated:8G\"]\nkernel = \"${NOPE}/vmlinuz\"\n");
+        assert!(e.contains("key `kernel`") && e.contains("NOPE"), "{e}");
+
+        let e = err("[[scenario]]\nname = \"a\"\ndevices = [\"emulated:8G\"]\nvm = { pref64_reserve = \"lots\" }\n");
+        assert!(e.contains("key `vm.pref64_reserve`"), "{e}");
+
+        let e = err(
+            "[[scenario]]\nname = \"a\"\ndevices = [\"emulated:8G\"]\nvm = { memory = \"64M\" }\n",
+        );
+        assert!(e.contains("key `vm.memory`"), "{e}");
+
+        let e = err("[[scenario]]\nname = \"Big One\"\ndevices = [\"emulated:8G\"]\n");
+        assert!(e.contains("key `name`"), "{e}");
+
+        let e =
+            err("[[scenario]]\nname = \"n\"\nkind = \"nested\"\ndevices = [\"0000:01:00.0\"]\n");
+        assert!(e.contains("scenario \"n\", key `devices`"), "{e}");
+
+        let e = err("name = \"x\"\n");
+        assert!(e.contains("no [[scenario]]"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_syntax_errors_with_location() {
+        let e = err("[[scenario]]\nname = \"a\"\ndevices = [\"emulated:8G\"]\nplugg = \"hot\"\n");
+        assert!(e.contains("plugg") && e.contains("/plans/lab.toml"), "{e}");
+        let e = err("[[scenario]]\nname = \"a\"\ndevices = [\"emulated:8G\"]\nplug = \"warm\"\n");
+        assert!(e.contains("warm"), "{e}");
+    }
+
+    #[test]
+    fn plan_name_defaults_to_file_stem() {
+        let p = Plan::parse(
+            "[[scenario]]\nname = \"a\"\ndevices = [\"emulated:8G\"]\n",
+            Path::new("/x/My_Plan.toml"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(p.name, "my-plan");
+    }
+
+    #[test]
+    fn expand_path_cases() {
+        let b = Path::new("/base");
+        assert_eq!(
+            expand_path("a/b", b, &env).unwrap(),
+            PathBuf::from("/base/a/b")
+        );
+        assert_eq!(expand_path("/a", b, &env).unwrap(), PathBuf::from("/a"));
+        assert_eq!(
+            expand_path("~/k", b, &env).unwrap(),
+            PathBuf::from("/home/u/k")
+        );
+        assert_eq!(
+            expand_path("${VFIOCTL_LAB}/k", b, &env).unwrap(),
+            PathBuf::from("/lab/k")
+        );
+        assert!(expand_path("${VFIOCTL_LAB/k", b, &env).is_err());
+    }
+
+    #[test]
+    fn device_specs_round_trip_through_display() {
+        for s in ["emulated:8G", "0000:41:00.0", "10de:20b9", "10de:*"] {
+            assert_eq!(DeviceSpec::parse(s).unwrap().to_string(), s);
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! QEMU's command line as a pure function of the resolved launch description: an argument
+//! vector, never a shell string. Snapshot-tested.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use vfioctl_common::units;
+
+use super::accel::Accel;
+use super::devices::PlugSpec;
+use super::ports::{Firmware, Plan};
+use super::profile::HotplugMode;
+use super::vsock::VsockBackend;
+
+/// Everything `vm up` decided, ready to become argv.
+#[derive(Clone, Debug, Serialize)]
+pub struct Launch {
+    pub name: String,
+    pub qemu: PathBuf,
+    pub accel: Accel,
+    pub vcpus: u32,
+    pub memory: u64,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub disk: Option<PathBuf>,
+    pub cmdline: String,
+    pub firmware: Firmware,
+    pub ovmf_code: PathBuf,
+    /// The VM's private copy of OVMF_VARS.
+    pub ovmf_vars: PathBuf,
+    pub hotplug: HotplugMode,
+    pub plan: Plan,
+    pub vsock: VsockBackend,
+    pub cold: Vec<PlugSpec>,
+    pub qmp_socket: PathBuf,
+    pub serial_log: PathBuf,
+    pub pid_file: PathBuf,
+    pub extra: Vec<String>,
+}
+
+fn p(x: &std::path::Path) -> String {
+    x.display().to_string()
+}
+
+/// The argument vector (argv[0] is the QEMU binary).
+pub fn qemu_argv(l: &Launch) -> Vec<String> {
+    let mut a: Vec<String> = vec![p(&l.qemu)];
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+    push(&["-name", &format!("vfioctl-{},debug-threads=on", l.name)]);
+    let shared_mem = matches!(l.vsock, VsockBackend::VhostUser { .. });
+    let mut machine = format!("q35,accel={}", l.accel);
+    if shared_mem {
+        machine.push_str(",memory-backend=mem0");
+    }
+    push(&["-machine", &machine]);
+    let cpu = match (l.accel, l.plan.phys_bits) {
+        (Accel::Kvm, _) => "host".to_string(),
+        (Accel::Tcg, Some(b)) => format!("qemu64,phys-bits={b}"),
+        (Accel::Tcg, None) => "qemu64".to_string(),
+    };
+    push(&["-cpu", &cpu]);
+    push(&["-smp", &l.vcpus.to_string()]);
+    push(&["-m", &units::short(l.memory)]);
+    if shared_mem {
+        // vhost-user needs guest RAM the backend can map.
+        push(&[
+            "-object",
+            &format!(
+                "memory-backend-memfd,id=mem0,size={},share=on",
+                units::short(l.memory)
+            ),
+        ]);
+    }
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
+    push(&["-serial", &format!("file:{}", p(&l.serial_log))]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", p(&l.qmp_socket)),
+    ]);
+    push(&["-pidfile", &p(&l.pid_file)]);
+    if l.firmware == Firmware::Ovmf {
+        push(&[
+            "-drive",
+            &format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                p(&l.ovmf_code)
+            ),
+        ]);
+        push(&[
+            "-drive",
+            &format!("if=pflash,format=raw,unit=1,file={}", p(&l.ovmf_vars)),
+        ]);
+    }
+    if let Some(k) = &l.kernel {
+        push(&["-kernel", &p(k)]);
+        push(&["-append", &l.cmdline]);
+    }
+    if let Some(i) = &l.initrd {
+        push(&["-initrd", &p(i)]);
+    }
+    if let Some(d) = &l.disk {
+        push(&["-drive", &format!("file={},if=virtio,format=raw", p(d))]);
+    }
+    push(&["-global", &l.hotplug.global()]);
+    if let Some(h) = l.plan.pci_hole64_size {
+        push(&[
+            "-global",
+            &format!("q35-pcihost.pci-hole64-size={}", units::short(h)),
+        ]);
+    }
+    if let Some(mb) = l.plan.ovmf_mmio64_mb {
+        push(&[
+            "-fw_cfg",
+            &format!("name=opt/ovmf/X-PciMmio64Mb,string={mb}"),
+        ]);
+    }
+    for port in &l.plan.ports {
+        push(&["-device", &port.qemu_device()]);
+    }
+    match &l.vsock {
+        VsockBackend::None => {}
+        VsockBackend::Vhost { cid } => push(&[
+            "-device",
+            &format!("vhost-vsock-pci,id=vsock0,guest-cid={cid}"),
+        ]),
+        VsockBackend::VhostUser { socket, .. } => {
+            push(&[
+                "-chardev",
+                &format!("socket,id=vsock0chr,path={}", p(socket)),
+            ]);
+            push(&[
+                "-device",
+                "vhost-user-vsock-pci,id=vsock0,chardev=vsock0chr",
+            ]);
+        }
+    }
+    for c in &l.cold {
+        let args = c.cli_args();
+        a.extend(args);
+    }
+    a.extend(l.extra.iter().cloned());
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::ports::{self, DeviceBars, PhysBits};
+    use crate::vm::profile::GpuSpec;
+
+    fn launch(
+        firmware: Firmware,
+        accel: Accel,
+        vsock: VsockBackend,
+        devs: &[DeviceBars],
+    ) -> Launch {
+        let plan = ports::plan(
+            devs,
+            1,
+            firmware,
+            1 << 30,
+            if accel == Accel::Kvm {
+                PhysBits::host(46)
+            } else {
+                PhysBits::TCG
+            },
+        )
+        .unwrap();
+        Launch {
+            name: "lab".into(),
+            qemu: "qemu-system-x86_64".into(),
+            accel,
+            vcpus: 2,
+            memory: 1 << 30,
+            kernel: Some("/lab/vmlinuz".into()),
+            initrd: Some("/lab/initrd.gz".into()),
+            disk: None,
+            cmdline: "console=ttyS0 quiet".into(),
+            firmware,
+            ovmf_code: "/usr/share/OVMF/OVMF_CODE.fd".into(),
+            ovmf_vars: "/run/vfioctl/lab/OVMF_VARS.fd".into(),
+            hotplug: HotplugMode::Acpi,
+            plan,
+            vsock,
+            cold: Vec::new(),
+            qmp_socket: "/run/vfioctl/lab/qmp.sock".into(),
+            serial_log: "/run/vfioctl/lab/serial.log".into(),
+            pid_file: "/run/vfioctl/lab/qemu.pid".into(),
+            extra: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn tcg_lab_with_vhost_user_vsock() {
+        let l = launch(
+            Firmware::Seabios,
+            Accel::Tcg,
+            VsockBackend::VhostUser {
+                cid: 3,
+                socket: "/run/vfioctl/lab/vhost-vsock.sock".into(),
+                uds_path: "/run/vfioctl/lab/vsock.uds".into(),
+            },
+            &[DeviceBars::emulated(8 << 30)],
+        );
+        insta::assert_snapshot!(qemu_argv(&l).join("\n"));
+    }
+
+    #[test]
+    fn kvm_ovmf_vhost_vsock_cold_plugged_gpu() {
+        let gpu = DeviceBars {
+            label: "0000:41:00.0".into(),
+            bdf: "0000:41:00.0".parse().ok(),
+            pref64: vec![128 << 30, 32 << 20],
+            mem32: vec![16 << 20],
+            io: vec![],
+        };
+        let mut l = launch(
+            Firmware::Ovmf,
+            Accel::Kvm,
+            VsockBackend::Vhost { cid: 3 },
+            &[gpu],
+        );
+        l.hotplug = HotplugMode::Native;
+        l.cold.push(PlugSpec {
+            id: "gpu0".into(),
+            port: "rp0".into(),
+            gpu: GpuSpec::Vfio {
+                bdf: "0000:41:00.0".parse().unwrap(),
+            },
+        });
+        insta::assert_snapshot!(qemu_argv(&l).join("\n"));
+    }
+}
