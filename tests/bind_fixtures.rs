@@ -546,3 +546,79 @@ fn unbind_refuses_while_a_vm_holds_the_group_and_restores_when_released() {
     assert_eq!(override_of(t.path(), "0000:01:00.0"), None);
     assert!(ledger(t.path()).is_empty());
 }
+
+// ---- the foundation's machine snapshots ---------------------------------------------------
+
+#[test]
+fn workstation_gpu_goes_with_its_hda_and_the_boot_vga_needs_force() {
+    let root = SysRoot::new(fixture("workstation"));
+    let plan = plan_for(&root, &["0000:01:00.0"], false).unwrap();
+    let g = &plan.groups[0];
+    let got: Vec<(String, Role, Option<&str>)> = g
+        .members
+        .iter()
+        .map(|m| (m.bdf.to_string(), m.role, m.target()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("0000:01:00.0".into(), Role::Selected, Some("vfio-pci")),
+            ("0000:01:00.1".into(), Role::Companion, Some("vfio-pci")),
+            ("0000:00:01.0".into(), Role::Bridge, None),
+        ]
+    );
+    let t = copy("workstation");
+    let o = vfioctl(t.path(), &["bind", "--dry-run", "0000:01:00.0"], &[]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("boot VGA"),
+        "{}",
+        text(&o)
+    );
+    let o = vfioctl(
+        t.path(),
+        &["bind", "--dry-run", "--force", "0000:01:00.0"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains("echo 0000:01:00.1 > /sys/bus/pci/drivers/snd_hda_intel/unbind"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn gpu_server_class_selection_keeps_gpus_already_on_vfio() {
+    let root = SysRoot::new(fixture("gpu-server"));
+    let plan = plan_for(&root, &["10de:1df6"], false).unwrap();
+    let moves: Vec<String> = plan.to_bind().map(|m| m.bdf.to_string()).collect();
+    assert_eq!(moves, vec!["0000:c3:00.0", "0000:c4:00.0"]);
+    let kept: Vec<String> = plan
+        .groups
+        .iter()
+        .flat_map(|g| &g.members)
+        .filter(|m| m.target().is_none())
+        .map(|m| format!("{} {}", m.bdf, m.reason))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            "0000:43:00.0 already on vfio-pci",
+            "0000:44:00.0 already on vfio-pci"
+        ]
+    );
+}
+
+#[test]
+fn iommu_off_host_says_how_to_turn_it_on() {
+    let t = copy("iommu-off");
+    let o = vfioctl(t.path(), &["bind", "--dry-run", "0000:01:00.0"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no IOMMU group") && err.contains("intel_iommu=on"),
+        "{err}"
+    );
+}

@@ -106,7 +106,11 @@ fn print_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
                         .unwrap_or_default()
                 ),
                 action,
-                format!("{role}: {}", m.reason),
+                if m.role == Role::Selected && m.reason == "selected" {
+                    "selected".to_string()
+                } else {
+                    format!("{role}: {}", m.reason)
+                },
             ]);
         }
         let mut buf = Vec::new();
