@@ -622,3 +622,27 @@ fn iommu_off_host_says_how_to_turn_it_on() {
         "{err}"
     );
 }
+
+#[test]
+fn readme_bind_example_is_what_vfioctl_prints() {
+    let readme =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let block = readme
+        .split("<!-- bind-example -->\n```console\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("README has the bind example");
+    let (cmd, want) = block.split_once('\n').unwrap();
+    let args: Vec<&str> = cmd
+        .trim_start_matches("$ vfioctl ")
+        .split_whitespace()
+        .collect();
+    assert_eq!(args[0], "--root");
+    let t = copy(args[1].trim_start_matches("tests/fixtures/"));
+    let o = vfioctl(t.path(), &args[2..], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim_end(),
+        want.trim_end()
+    );
+}

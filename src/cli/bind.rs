@@ -106,11 +106,7 @@ fn print_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
                         .unwrap_or_default()
                 ),
                 action,
-                if m.role == Role::Selected && m.reason == "selected" {
-                    "selected".to_string()
-                } else {
-                    format!("{role}: {}", m.reason)
-                },
+                format!("{role}: {}", m.reason),
             ]);
         }
         let mut buf = Vec::new();
