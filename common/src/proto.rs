@@ -494,7 +494,11 @@ pub fn classify(text: &str) -> Option<(FindingKind, Severity)> {
     {
         return Some((FindingKind::Firmware, Severity::Error));
     }
-    if lower.contains("pciehp") || lower.contains("acpiphp") || lower.contains("hotplug") {
+    if lower.contains("pciehp")
+        || lower.contains("acpiphp")
+        || lower.contains("shpchp")
+        || (lower.contains("hotplug") && lower.contains("pci"))
+    {
         if lower.contains("no space") {
             return Some((FindingKind::Hotplug, Severity::Error));
         }
@@ -790,6 +794,7 @@ mod tests {
             KmsgRecord::parse("3,817,1,-;NVRM: GPU 0000:01:00.0: RmInitAdapter failed! (0x22:0x56:742)").unwrap(),
             KmsgRecord::parse("4,818,1,-;nvidia 0000:01:00.0: Direct firmware load for nvidia/535.129.03/gsp_ga10x.bin failed with error -2").unwrap(),
             KmsgRecord::parse("6,819,1,-;Run /init as init process").unwrap(),
+            KmsgRecord::parse("6,819,1,-;smpboot: Allowing 1 CPUs, 0 hotplug CPUs").unwrap(),
             KmsgRecord::parse("6,820,1,-;NVRM: loading NVIDIA UNIX x86_64 Kernel Module  535.129.03").unwrap(),
         ];
         let f = findings(&recs);

@@ -1,1 +1,88 @@
-//! See the crate docs; filled in by its issue.
+//! Binding devices to vfio-pci and giving them back (`vfioctl bind`, `unbind`, `restore`).
+//!
+//! | file | what |
+//! |---|---|
+//! | [`plan`] | the pure group-aware planner (selected devices, companions, bridges) |
+//! | [`safety`] | in-use rules: mounted disks, routed NICs, open GPU nodes, boot VGA |
+//! | [`state`] | the per-device state machine (host driver -> unbound -> vfio -> restored) |
+//! | [`apply`] | carrying out a plan with verification and whole-plan rollback; restore |
+//! | [`ledger`] | the crash-safe record of what each device had before |
+//! | [`driver`] | vfio variant choice from `modules.alias`, module loading |
+//! | [`write`] | sysfs writes with a timeout (in a child), the test-only fault hook |
+//! | [`persist`] | boot-time overrides in driverctl's format |
+
+pub mod apply;
+pub mod driver;
+pub mod error;
+pub mod ledger;
+pub mod persist;
+pub mod plan;
+pub mod safety;
+pub mod state;
+pub mod write;
+
+pub use apply::{execute, restore, BindReport, Options, RestoreReport};
+pub use error::BindError;
+pub use ledger::{Entry, Ledger};
+pub use plan::{plan, Action, GroupPlan, Member, Plan, Role, SysWrite};
+pub use safety::{assess, HostUse, Refusal, RefusalKind};
+pub use state::{BindState, Tracker};
+
+use std::collections::BTreeMap;
+
+use vfioctl_common::pci::enumerate;
+use vfioctl_common::{Bdf, PciDevice, Selector, SysRoot};
+
+/// Resolve selectors to devices, in address order, without duplicates.
+pub fn select(root: &SysRoot, selectors: &[Selector]) -> Result<Vec<PciDevice>, BindError> {
+    let all = enumerate(root)?;
+    let mut out: BTreeMap<Bdf, PciDevice> = BTreeMap::new();
+    for s in selectors {
+        let mut hit = false;
+        if let Selector::Bdf { bdf } = s {
+            let d = PciDevice::read(root, *bdf)?;
+            out.insert(d.bdf, d);
+            continue;
+        }
+        for b in &all {
+            let d = PciDevice::read(root, *b)?;
+            if s.matches(d.bdf, d.vendor, d.device, d.class) {
+                hit = true;
+                out.insert(d.bdf, d);
+            }
+        }
+        if !hit {
+            return Err(BindError::NoMatch {
+                selector: s.to_string(),
+            });
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+/// Everything the planner needs to see for `selected`: their group members and the
+/// devices linked to them as consumers (and those devices' groups).
+pub fn neighbourhood(
+    root: &SysRoot,
+    selected: &[PciDevice],
+) -> Result<BTreeMap<Bdf, PciDevice>, BindError> {
+    let mut known: BTreeMap<Bdf, PciDevice> = selected.iter().map(|d| (d.bdf, d.clone())).collect();
+    let mut todo: Vec<Bdf> = selected
+        .iter()
+        .flat_map(|d| {
+            d.iommu_group_peers
+                .iter()
+                .chain(d.consumers.iter())
+                .copied()
+        })
+        .collect();
+    while let Some(b) = todo.pop() {
+        if known.contains_key(&b) {
+            continue;
+        }
+        let d = PciDevice::read(root, b)?;
+        todo.extend(d.iommu_group_peers.iter().copied());
+        known.insert(b, d);
+    }
+    Ok(known)
+}

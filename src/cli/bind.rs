@@ -1,4 +1,14 @@
-//! `vfioctl bind`, `unbind`, `restore`.
+//! `vfioctl bind`, `unbind`, `restore`: argument parsing and printing; the work is in
+//! [`crate::bind`].
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+use vfioctl_common::{Bdf, PciDevice, Selector};
+
+use crate::bind::{self, driver, plan::class_name, safety, BindError, Plan, Refusal, Role};
+use crate::output::{emit, Table};
 use crate::{Context, Exit, Failure};
 
 #[derive(Debug, clap::Args)]
@@ -22,7 +32,7 @@ pub struct BindArgs {
     /// Override in-use refusals that can be overridden (never the root filesystem's disk).
     #[arg(long)]
     pub force: bool,
-    /// Also write a boot-time override so the binding survives a reboot.
+    /// Also write a boot-time override (/etc/driverctl.d/pci-<bdf>, driverctl's format).
     #[arg(long)]
     pub persist: bool,
 }
@@ -49,12 +59,353 @@ pub struct RestoreArgs {
     pub timeout: u64,
 }
 
-pub fn run_bind(_ctx: &Context, _a: BindArgs) -> Result<Exit, Failure> {
-    super::not_yet("bind")
+#[derive(Serialize)]
+struct BindOutput<'a> {
+    plan: &'a Plan,
+    /// In-use findings that --force overrode.
+    forced: Vec<Refusal>,
+    dry_run: bool,
+    /// --dry-run: the module load and every sysfs/file write, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    writes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<bind::BindReport>,
 }
-pub fn run_unbind(_ctx: &Context, _a: UnbindArgs) -> Result<Exit, Failure> {
-    super::not_yet("unbind")
+
+fn print_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
+    let n = plan.to_bind().count();
+    writeln!(
+        out,
+        "plan: {n} device(s) to bind in {} IOMMU group(s)",
+        plan.groups.len()
+    )?;
+    for g in &plan.groups {
+        writeln!(out, "  IOMMU group {}", g.group)?;
+        let mut t = Table::new(&["", "device", "id", "class", "driver", "action", "why"]);
+        for m in &g.members {
+            let role = match m.role {
+                Role::Selected => "selected",
+                Role::Companion => "companion",
+                Role::Bridge => "bridge",
+            };
+            let action = match m.target() {
+                Some(to) => format!("{} -> {to}", m.driver.as_deref().unwrap_or("(none)")),
+                None => "keep".into(),
+            };
+            t.row(vec![
+                "   ".into(),
+                m.bdf.to_string(),
+                m.id.clone(),
+                class_name(m.class).into(),
+                format!(
+                    "{}{}",
+                    m.driver.as_deref().unwrap_or("-"),
+                    m.driver_override
+                        .as_ref()
+                        .map(|o| format!(" (override {o})"))
+                        .unwrap_or_default()
+                ),
+                action,
+                format!("{role}: {}", m.reason),
+            ]);
+        }
+        let mut buf = Vec::new();
+        t.write(&mut buf)?;
+        // Skip the header's blank first column alignment noise: print as is.
+        out.write_all(&buf)?;
+    }
+    Ok(())
 }
-pub fn run_restore(_ctx: &Context, _a: RestoreArgs) -> Result<Exit, Failure> {
-    super::not_yet("restore")
+
+fn selectors(args: &[String]) -> Result<Vec<Selector>, Failure> {
+    super::selectors(args, None)
+}
+
+pub fn run_bind(ctx: &Context, a: BindArgs) -> Result<Exit, Failure> {
+    let root = &ctx.root;
+    let sel = selectors(&a.selectors)?;
+    let selected = bind::select(root, &sel)?;
+    let known = bind::neighbourhood(root, &selected)?;
+    let want = a.driver.clone();
+    let target = |d: &PciDevice| -> String {
+        if want == "auto" {
+            driver::auto_driver(root, d.bdf)
+        } else {
+            want.clone()
+        }
+    };
+    let bdfs: Vec<Bdf> = selected.iter().map(|d| d.bdf).collect();
+    let plan = bind::plan(&bdfs, &known, &target, a.no_companions)?;
+
+    // In-use safety for every device that will lose its driver.
+    let losing: Vec<&PciDevice> = plan
+        .to_bind()
+        .filter(|m| m.driver.is_some())
+        .filter_map(|m| known.get(&m.bdf))
+        .collect();
+    let usage = safety::HostUse::scan(root, &losing);
+    let findings: Vec<Refusal> = losing
+        .iter()
+        .flat_map(|d| bind::assess(d, &usage))
+        .collect();
+    let (forced, blocking): (Vec<Refusal>, Vec<Refusal>) =
+        findings.into_iter().partition(|r| a.force && r.forceable);
+
+    if !ctx.json {
+        let mut o = std::io::stdout().lock();
+        let _ = print_plan(&mut o, &plan);
+        for r in &forced {
+            let _ = writeln!(
+                o,
+                "warning: --force: {}: {} (would be refused: {})",
+                r.bdf, r.reason, r.release
+            );
+        }
+    }
+    if !blocking.is_empty() {
+        return Err(BindError::Refused(blocking).into());
+    }
+
+    if a.dry_run {
+        let mut writes = Vec::new();
+        for d in plan.drivers() {
+            if let Some(l) = driver::describe_load(root, &d) {
+                writes.push(l);
+            }
+        }
+        if !plan.is_noop() {
+            writes.push(format!(
+                "write {}/ledger.json (original driver and override of each device)",
+                bind::ledger::DIR
+            ));
+        }
+        writes.extend(plan.writes().iter().map(|w| w.to_string()));
+        if a.persist {
+            for m in plan.to_bind() {
+                writes.push(format!(
+                    "echo {} > {}",
+                    m.target().unwrap_or_default(),
+                    bind::persist::path(m.bdf)
+                ));
+            }
+        }
+        let v = BindOutput {
+            plan: &plan,
+            forced,
+            dry_run: true,
+            writes,
+            result: None,
+        };
+        emit(ctx, &v, |o| {
+            writeln!(o, "dry run: would do, in order:")?;
+            for w in &v.writes {
+                writeln!(o, "  {w}")?;
+            }
+            writeln!(
+                o,
+                "then verify each `driver` link and /dev/vfio/<group>; nothing was changed"
+            )
+        })
+        .map_err(|e| Failure::new(Exit::Infrastructure, e))?;
+        return Ok(Exit::Ok);
+    }
+    if plan.is_noop() {
+        let v = BindOutput {
+            plan: &plan,
+            forced,
+            dry_run: false,
+            writes: vec![],
+            result: None,
+        };
+        emit(ctx, &v, |o| {
+            writeln!(
+                o,
+                "nothing to do: every device is already on a vfio driver or needs none"
+            )
+        })
+        .map_err(|e| Failure::new(Exit::Infrastructure, e))?;
+        return Ok(Exit::Ok);
+    }
+
+    let opts = bind::Options {
+        timeout: Duration::from_secs(a.timeout),
+        persist: a.persist,
+    };
+    let report = bind::execute(root, &plan, &opts)?;
+    let v = BindOutput {
+        plan: &plan,
+        forced,
+        dry_run: false,
+        writes: vec![],
+        result: Some(report),
+    };
+    emit(ctx, &v, |o| {
+        let r = v.result.as_ref().expect("set");
+        for l in &r.loaded {
+            if let bind::driver::Loaded::Modprobe { module, .. } = l {
+                writeln!(o, "loaded module {module}")?;
+            }
+        }
+        for d in &r.devices {
+            writeln!(
+                o,
+                "{}: {} -> {} (verified)",
+                d.bdf,
+                d.from.as_deref().unwrap_or("(none)"),
+                d.to
+            )?;
+        }
+        for n in &r.group_nodes {
+            writeln!(o, "{n} ready")?;
+        }
+        for p in &r.persisted {
+            writeln!(o, "boot-time override written: {p}")?;
+        }
+        for w in &r.warnings {
+            writeln!(o, "warning: {w}")?;
+        }
+        Ok(())
+    })
+    .map_err(|e| Failure::new(Exit::Infrastructure, e))?;
+    Ok(Exit::Ok)
+}
+
+/// Ledger entries matching the selectors (BDFs directly; ids and classes through sysfs).
+fn ledger_matches(ctx: &Context, args: &[String]) -> Result<Vec<Bdf>, Failure> {
+    let sel = selectors(args)?;
+    let ledger = bind::Ledger::peek(&ctx.root)?.unwrap_or_default();
+    let mut out = BTreeSet::new();
+    for s in &sel {
+        let mut hit = false;
+        if let Selector::Bdf { bdf } = s {
+            if !ledger.devices.contains_key(bdf) {
+                return Err(BindError::NotInLedger { bdf: *bdf }.into());
+            }
+            out.insert(*bdf);
+            continue;
+        }
+        for b in ledger.devices.keys() {
+            if let Ok(d) = PciDevice::read(&ctx.root, *b) {
+                if s.matches(d.bdf, d.vendor, d.device, d.class) {
+                    out.insert(*b);
+                    hit = true;
+                }
+            }
+        }
+        if !hit {
+            return Err(BindError::NoMatch {
+                selector: format!("{s} in the ledger"),
+            }
+            .into());
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+fn print_restore(ctx: &Context, r: &bind::RestoreReport) -> Result<(), Failure> {
+    emit(ctx, r, |o| {
+        if r.devices.is_empty() {
+            writeln!(o, "ledger is empty: nothing to restore")?;
+        }
+        for d in &r.devices {
+            writeln!(
+                o,
+                "{}: back on {} (override {}), {}",
+                d.bdf,
+                d.driver.as_deref().unwrap_or("no driver"),
+                d.driver_override.as_deref().unwrap_or("unset"),
+                d.state
+            )?;
+            if let Some(p) = &d.persist_removed {
+                writeln!(o, "  removed {p}")?;
+            }
+        }
+        for m in &r.unloaded {
+            writeln!(o, "unloaded module {m} (vfioctl had loaded it)")?;
+        }
+        Ok(())
+    })
+    .map_err(|e| Failure::new(Exit::Infrastructure, e))
+}
+
+/// Refuse to take a device from vfio while a process (QEMU) has its group open.
+fn vfio_in_use(ctx: &Context, bdfs: &[Bdf]) -> Result<(), Failure> {
+    let ledger = bind::Ledger::peek(&ctx.root)?.unwrap_or_default();
+    let mut nodes: BTreeMap<String, Bdf> = BTreeMap::new();
+    for b in bdfs {
+        if let Some(g) = ledger.devices.get(b).and_then(|e| e.iommu_group) {
+            nodes.insert(format!("/dev/vfio/{g}"), *b);
+        }
+    }
+    let set: BTreeSet<String> = nodes.keys().cloned().collect();
+    let openers = safety::openers(&ctx.root, &set);
+    if openers.is_empty() {
+        return Ok(());
+    }
+    let refusals = openers
+        .iter()
+        .map(|o| Refusal {
+            bdf: nodes[&o.node],
+            kind: bind::RefusalKind::OpenDeviceNode,
+            reason: format!("{} (pid {}) has {} open", o.comm, o.pid, o.node),
+            release: "stop the VM using it (or device_del it over QMP) first".into(),
+            forceable: false,
+        })
+        .collect();
+    Err(BindError::Refused(refusals).into())
+}
+
+pub fn run_unbind(ctx: &Context, a: UnbindArgs) -> Result<Exit, Failure> {
+    let mut bdfs = ledger_matches(ctx, &a.selectors)?;
+    // The companions bound with them in the same plan and group go back too.
+    let ledger = bind::Ledger::peek(&ctx.root)?.unwrap_or_default();
+    let picked: Vec<(Option<u32>, String)> = bdfs
+        .iter()
+        .filter_map(|b| {
+            ledger
+                .devices
+                .get(b)
+                .map(|e| (e.iommu_group, e.plan.clone()))
+        })
+        .collect();
+    for (b, e) in &ledger.devices {
+        if picked
+            .iter()
+            .any(|(g, p)| *g == e.iommu_group && *p == e.plan)
+            && !bdfs.contains(b)
+        {
+            bdfs.push(*b);
+        }
+    }
+    bdfs.sort();
+    vfio_in_use(ctx, &bdfs)?;
+    let r = bind::restore(
+        &ctx.root,
+        Some(&bdfs),
+        Duration::from_secs(a.timeout),
+        a.persist,
+    )?;
+    print_restore(ctx, &r)?;
+    Ok(Exit::Ok)
+}
+
+pub fn run_restore(ctx: &Context, a: RestoreArgs) -> Result<Exit, Failure> {
+    let bdfs = if a.all {
+        if !a.selectors.is_empty() {
+            return Err(Failure::usage("give selectors or --all, not both"));
+        }
+        None
+    } else if a.selectors.is_empty() {
+        return Err(Failure::usage("name the devices to restore, or pass --all"));
+    } else {
+        Some(ledger_matches(ctx, &a.selectors)?)
+    };
+    let r = bind::restore(
+        &ctx.root,
+        bdfs.as_deref(),
+        Duration::from_secs(a.timeout),
+        false,
+    )?;
+    print_restore(ctx, &r)?;
+    Ok(Exit::Ok)
 }

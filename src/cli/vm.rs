@@ -1,12 +1,536 @@
-//! `vfioctl vm ...`.
+//! `vfioctl vm ...`: thin wrappers over `vfioctl::vm`.
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::output::{emit, Table};
+use crate::vm::accel::{self, Accel};
+use crate::vm::lifecycle::{self, Env};
+use crate::vm::plug;
+use crate::vm::ports::{self, DeviceBars, Firmware, PhysBits};
+use crate::vm::profile::{
+    AccelChoice, GpuSpec, HotplugMode, PlugWhen, Profile, Ready, VsockChoice,
+};
+use crate::vm::VmError;
 use crate::{Context, Exit, Failure};
+use vfioctl_common::{units, PciDevice};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum VmCommand {
-    /// Start a VM and wait until the guest agent answers; with --gpu, hotplug it too.
-    Up,
+    /// Start a VM and wait until the guest is ready; with --gpu, hotplug it too.
+    Up(Box<UpArgs>),
+    /// Stop a VM (unplug, power down, quit, kill) and remove its runtime directory.
+    Down(DownArgs),
+    /// Show one VM: state, processes, ports, plugged devices.
+    Status(NameArg),
+    /// List VMs under the runtime directory.
+    List,
+    /// Hotplug a GPU (or the emulated stand-in) into a running VM.
+    Plug(PlugArgs),
+    /// Unplug a device and wait until QEMU reports it deleted.
+    Unplug(UnplugArgs),
+    /// Print the root ports vfioctl would create for these devices, and why.
+    Plan(PlanArgs),
 }
 
-pub fn run(_ctx: &Context, _c: VmCommand) -> Result<Exit, Failure> {
-    super::not_yet("vm")
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Profile TOML (defaults are built in; flags override the file).
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Device to hotplug after boot (repeatable): a host BDF or emulated:<size>.
+    #[arg(long = "gpu", value_name = "BDF|emulated:SIZE")]
+    pub gpus: Vec<GpuSpec>,
+    /// Size a root port for this device without plugging it (repeatable).
+    #[arg(long = "port-for", value_name = "BDF|emulated:SIZE")]
+    pub port_for: Vec<GpuSpec>,
+    /// Cold-plug this device on QEMU's command line (repeatable).
+    #[arg(long = "cold", value_name = "BDF|emulated:SIZE")]
+    pub cold: Vec<GpuSpec>,
+    /// Total GPU root ports (spares beyond the devices get firmware default windows).
+    #[arg(long)]
+    pub gpu_ports: Option<usize>,
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    #[arg(long)]
+    pub disk: Option<PathBuf>,
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    #[arg(long)]
+    pub memory: Option<String>,
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    #[arg(long, value_enum)]
+    pub firmware: Option<Firmware>,
+    #[arg(long, value_enum)]
+    pub hotplug: Option<HotplugMode>,
+    #[arg(long, value_enum)]
+    pub accel: Option<AccelChoice>,
+    #[arg(long, value_enum)]
+    pub vsock: Option<VsockChoice>,
+    /// Readiness: `agent` or `serial:<marker>`.
+    #[arg(long)]
+    pub ready: Option<String>,
+    /// Seconds until the guest must be ready.
+    #[arg(long)]
+    pub boot_timeout: Option<u64>,
+    /// Resolve everything and print the QEMU command line; start nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DownArgs {
+    #[arg(default_value = "lab")]
+    pub name: String,
+    /// Seconds to wait for the guest to power off before `quit`.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NameArg {
+    #[arg(default_value = "lab")]
+    pub name: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlugArgs {
+    #[arg(default_value = "lab")]
+    pub name: String,
+    #[arg(long = "gpu", value_name = "BDF|emulated:SIZE")]
+    pub gpu: GpuSpec,
+    /// Root port to use (default: a free port sized for the device).
+    #[arg(long)]
+    pub port: Option<String>,
+    /// Bind the device to vfio-pci first (needs the bind module).
+    #[arg(long)]
+    pub bind: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UnplugArgs {
+    #[arg(default_value = "lab")]
+    pub name: String,
+    /// Device id (`gpu0`) or what was plugged (`emulated:8G`, a BDF).
+    #[arg(long)]
+    pub id: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    #[arg(long = "gpu", value_name = "BDF|emulated:SIZE", required = true)]
+    pub gpus: Vec<GpuSpec>,
+    #[arg(long, value_enum, default_value = "seabios")]
+    pub firmware: Firmware,
+    /// Guest RAM.
+    #[arg(long, default_value = "1G")]
+    pub memory: String,
+    /// Extra plain ports.
+    #[arg(long, default_value_t = 0)]
+    pub spare: usize,
+    /// Guest CPU: `tcg` (qemu64, phys-bits adjustable) or `host:<bits>` (KVM -cpu host);
+    /// default: probe this machine.
+    #[arg(long)]
+    pub cpu: Option<String>,
+}
+
+fn show<T: serde::Serialize>(
+    ctx: &Context,
+    v: &T,
+    human: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), Failure> {
+    emit(ctx, v, human).map_err(|e| Failure::new(Exit::Infrastructure, e))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(Exit::Infrastructure, e))
+}
+
+fn env(ctx: &Context) -> Env {
+    Env {
+        root: ctx.root.clone(),
+        base: crate::vm::state::run_base(),
+    }
+}
+
+/// The profile from defaults, --profile and flags.
+pub fn profile_from(a: &UpArgs) -> Result<Profile, Failure> {
+    let mut p = match &a.profile {
+        Some(f) => Profile::load(f)?,
+        None => Profile::default(),
+    };
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = &a.$f { p.$f = v.clone().into(); } )* };
+    }
+    set!(
+        name,
+        memory,
+        vcpus,
+        firmware,
+        hotplug,
+        accel,
+        vsock,
+        boot_timeout,
+        cmdline,
+        gpu_ports
+    );
+    if a.kernel.is_some() {
+        p.kernel = a.kernel.clone();
+    }
+    if a.initrd.is_some() {
+        p.initrd = a.initrd.clone();
+    }
+    if a.disk.is_some() {
+        p.disk = a.disk.clone();
+    }
+    if let Some(r) = &a.ready {
+        p.ready = Ready::parse(r).map_err(Failure::usage)?;
+    }
+    if p.kernel.is_none() && p.disk.is_none() {
+        p.kernel = crate::vm::profile::lab_kernel();
+    }
+    for (list, when) in [
+        (&a.gpus, PlugWhen::Hot),
+        (&a.port_for, PlugWhen::Port),
+        (&a.cold, PlugWhen::Cold),
+    ] {
+        for g in list {
+            p.devices.push(crate::vm::profile::DeviceEntry {
+                gpu: g.label(),
+                plug: when,
+            });
+        }
+    }
+    Ok(p)
+}
+
+pub fn run(ctx: &Context, c: VmCommand) -> Result<Exit, Failure> {
+    match c {
+        VmCommand::Up(a) => up(ctx, *a),
+        VmCommand::Down(a) => {
+            let r = runtime()?.block_on(lifecycle::down(
+                &env(ctx),
+                &a.name,
+                Duration::from_secs(a.timeout),
+            ))?;
+            show(ctx, &r, |o| {
+                writeln!(o, "vm {}: down ({})", r.name, r.steps.join("; "))
+            })?;
+            Ok(Exit::Ok)
+        }
+        VmCommand::Status(a) => {
+            let s = runtime()?.block_on(lifecycle::status(&env(ctx), &a.name))?;
+            show(ctx, &s, |o| {
+                writeln!(
+                    o,
+                    "vm {}: {} (pid {}, {}, QEMU {})",
+                    s.name,
+                    s.state,
+                    s.pid.map(|p| p.to_string()).unwrap_or("-".into()),
+                    s.accel,
+                    s.qemu_version.as_deref().unwrap_or("?")
+                )?;
+                if let Some(r) = &s.run_status {
+                    writeln!(o, "  QMP status: {r}")?;
+                }
+                writeln!(o, "  QMP socket: {}", s.qmp_socket.display())?;
+                if let Some(a) = &s.agent {
+                    writeln!(
+                        o,
+                        "  agent: {}",
+                        serde_json::to_string(a).unwrap_or_default()
+                    )?;
+                }
+                for p in &s.ports {
+                    let held = s.plugged.iter().find(|d| d.port == p.id);
+                    writeln!(
+                        o,
+                        "  {}: pref64 {} mem {} {}",
+                        p.id,
+                        p.pref64_reserve
+                            .map(units::short)
+                            .unwrap_or("default".into()),
+                        p.mem_reserve.map(units::short).unwrap_or("default".into()),
+                        held.map(|d| format!(
+                            "holds {} = {} (guest {})",
+                            d.id,
+                            d.gpu,
+                            d.guest_bdf.as_deref().unwrap_or("?")
+                        ))
+                        .unwrap_or_default()
+                    )?;
+                }
+                for w in &s.warnings {
+                    writeln!(o, "  warning: {w}")?;
+                }
+                if let Some(c) = &s.crash {
+                    writeln!(o, "{c}")?;
+                }
+                Ok(())
+            })?;
+            Ok(if s.state == crate::vm::VmState::Crashed {
+                Exit::Infrastructure
+            } else {
+                Exit::Ok
+            })
+        }
+        VmCommand::List => {
+            let l = lifecycle::list(&env(ctx));
+            let rows: Vec<_> = l.iter().map(|r| serde_json::json!({"name": r.name, "state": r.state, "pid": r.pid, "accel": r.accel, "plugged": r.plugged.iter().map(|p| &p.gpu).collect::<Vec<_>>(), "run_dir": r.run_dir})).collect();
+            show(ctx, &rows, |o| {
+                let mut t = Table::new(&["NAME", "STATE", "PID", "ACCEL", "PLUGGED"]);
+                for r in &l {
+                    t.row(vec![
+                        r.name.clone(),
+                        r.state.to_string(),
+                        r.pid.map(|p| p.to_string()).unwrap_or_default(),
+                        r.accel.to_string(),
+                        r.plugged
+                            .iter()
+                            .map(|p| p.gpu.clone())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ]);
+                }
+                t.write(o)
+            })?;
+            Ok(Exit::Ok)
+        }
+        VmCommand::Plug(a) => {
+            if a.bind {
+                return Err(Failure::new(
+                    Exit::Infrastructure,
+                    "--bind needs `vfioctl bind`, which this build lacks",
+                )
+                .with_hint(format!("bind first: vfioctl bind {}", a.gpu.label())));
+            }
+            let env = env(ctx);
+            let rt = runtime()?;
+            let c = rt.block_on(async {
+                let mut rec = lifecycle::load(&env, &a.name)?;
+                if rec.state == crate::vm::VmState::Crashed {
+                    return Err(lifecycle::crashed(&rec));
+                }
+                let qmp = crate::qmp::Qmp::connect(&rec.qmp_socket, Duration::from_secs(5))
+                    .await
+                    .map_err(|source| VmError::Qmp {
+                        name: a.name.clone(),
+                        source,
+                    })?;
+                plug::plug(&env, &mut rec, &qmp, &a.gpu, a.port.as_deref())
+                    .await
+                    .map(|c| (c, rec))
+            })?;
+            let (c, rec) = c;
+            let p = rec.plugged.last().cloned();
+            show(
+                ctx,
+                &serde_json::json!({"vm": rec.name, "plugged": p, "guest": c}),
+                |o| {
+                    writeln!(
+                        o,
+                        "vm {}: {} plugged on {} as {}; guest {} [{}] BARs {} in {:.2}s{}",
+                        rec.name,
+                        a.gpu.label(),
+                        p.as_ref().map(|p| p.port.as_str()).unwrap_or("?"),
+                        p.as_ref().map(|p| p.id.as_str()).unwrap_or("?"),
+                        c.guest_bdf,
+                        c.id_pair,
+                        c.evidence
+                            .assigned
+                            .iter()
+                            .map(|(i, r)| format!("{i}=[{r}]"))
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                        c.seconds,
+                        if c.evidence.above_4g() {
+                            " (above 4G)"
+                        } else {
+                            ""
+                        }
+                    )
+                },
+            )?;
+            Ok(Exit::Ok)
+        }
+        VmCommand::Unplug(a) => {
+            let env = env(ctx);
+            let secs = runtime()?.block_on(async {
+                let mut rec = lifecycle::load(&env, &a.name)?;
+                let id = rec
+                    .plugged
+                    .iter()
+                    .find(|p| p.id == a.id || p.gpu == a.id)
+                    .map(|p| p.id.clone())
+                    .unwrap_or(a.id.clone());
+                let qmp = crate::qmp::Qmp::connect(&rec.qmp_socket, Duration::from_secs(5))
+                    .await
+                    .map_err(|source| VmError::Qmp {
+                        name: a.name.clone(),
+                        source,
+                    })?;
+                plug::unplug(&env, &mut rec, &qmp, &id)
+                    .await
+                    .map(|s| (id, s))
+            })?;
+            show(
+                ctx,
+                &serde_json::json!({"vm": a.name, "unplugged": secs.0, "seconds": secs.1}),
+                |o| {
+                    writeln!(
+                        o,
+                        "vm {}: {} unplugged (DEVICE_DELETED after {:.2}s)",
+                        a.name, secs.0, secs.1
+                    )
+                },
+            )?;
+            Ok(Exit::Ok)
+        }
+        VmCommand::Plan(a) => plan(ctx, a),
+    }
+}
+
+fn up(ctx: &Context, a: UpArgs) -> Result<Exit, Failure> {
+    let profile = profile_from(&a)?;
+    let env = env(ctx);
+    if a.dry_run {
+        let (launch, rec) = lifecycle::prepare(&env, &profile)?;
+        show(
+            ctx,
+            &serde_json::json!({"argv": rec.argv, "plan": launch.plan, "warnings": rec.warnings}),
+            |o| {
+                for w in &rec.warnings {
+                    writeln!(o, "warning: {w}")?;
+                }
+                writeln!(o, "{}", rec.argv.join(" \\\n  "))
+            },
+        )?;
+        return Ok(Exit::Ok);
+    }
+    let rec = runtime()?.block_on(lifecycle::up(&env, &profile))?;
+    for w in &rec.warnings {
+        if !ctx.json {
+            eprintln!("warning: {w}");
+        }
+    }
+    show(ctx, &rec, |o| {
+        writeln!(
+            o,
+            "vm {}: {} in {:.1}s ({}, QEMU {}, pid {}); QMP {}",
+            rec.name,
+            rec.state,
+            rec.boot_seconds.unwrap_or(0.0),
+            rec.accel,
+            rec.qemu_version.as_deref().unwrap_or("?"),
+            rec.pid.unwrap_or(0),
+            rec.qmp_socket.display()
+        )?;
+        for p in &rec.plugged {
+            writeln!(
+                o,
+                "  {} = {} on {} (guest {})",
+                p.id,
+                p.gpu,
+                p.port,
+                p.guest_bdf.as_deref().unwrap_or("?")
+            )?;
+        }
+        Ok(())
+    })?;
+    Ok(Exit::Ok)
+}
+
+fn plan(ctx: &Context, a: PlanArgs) -> Result<Exit, Failure> {
+    let memory = units::parse(&a.memory).map_err(Failure::usage)?;
+    let cpu = match a.cpu.as_deref() {
+        Some("tcg") => PhysBits::TCG,
+        Some(s) if s.starts_with("host:") => PhysBits::host(
+            s[5..]
+                .parse()
+                .map_err(|_| Failure::usage("--cpu host:<bits>, e.g. host:46"))?,
+        ),
+        Some(s) => {
+            return Err(Failure::usage(format!(
+                "--cpu {s}: expected tcg or host:<bits>"
+            )))
+        }
+        None => {
+            let p = accel::probe(
+                &ctx.root,
+                std::path::Path::new("qemu-system-x86_64"),
+                AccelChoice::Auto,
+            )
+            .map_err(Failure::from)?;
+            match p.accel {
+                Accel::Kvm => PhysBits::host(p.host_phys_bits.unwrap_or(40)),
+                Accel::Tcg => PhysBits::TCG,
+            }
+        }
+    };
+    let mut bars = Vec::new();
+    for g in &a.gpus {
+        match g {
+            GpuSpec::Emulated { size } => bars.push(DeviceBars::emulated(*size)),
+            GpuSpec::Vfio { bdf } => {
+                let d = PciDevice::read(&ctx.root, *bdf)?;
+                bars.push(DeviceBars::from_pci(&d));
+                // Every other function of the slot gets its own port too.
+                for f in 0..8u8 {
+                    let other = bdf.with_function(f);
+                    if other != *bdf && !a.gpus.contains(&GpuSpec::Vfio { bdf: other }) {
+                        if let Ok(od) = PciDevice::read(&ctx.root, other) {
+                            bars.push(DeviceBars::from_pci(&od));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let p = ports::plan(&bars, a.spare, a.firmware, memory, cpu).map_err(Failure::from)?;
+    show(ctx, &p, |o| {
+        let mut t = Table::new(&["PORT", "ADDR", "CHASSIS/SLOT", "PREF64", "MEM", "IO", "FOR"]);
+        for r in &p.ports {
+            t.row(vec![
+                r.id.clone(),
+                r.addr.clone(),
+                format!("{}/{}", r.chassis, r.slot),
+                r.pref64_reserve
+                    .map(units::short)
+                    .unwrap_or("default".into()),
+                r.mem_reserve.map(units::short).unwrap_or("default".into()),
+                r.io_reserve.to_string(),
+                r.sized_for.clone().unwrap_or("(spare)".into()),
+            ]);
+        }
+        t.write(o)?;
+        writeln!(
+            o,
+            "firmware {}; 64-bit window {}{}{}{}",
+            p.firmware,
+            units::short(p.window64),
+            p.pci_hole64_size
+                .map(|h| format!("; -global q35-pcihost.pci-hole64-size={}", units::short(h)))
+                .unwrap_or_default(),
+            p.ovmf_mmio64_mb
+                .map(|m| format!("; -fw_cfg name=opt/ovmf/X-PciMmio64Mb,string={m}"))
+                .unwrap_or_default(),
+            p.phys_bits
+                .map(|b| format!("; phys-bits={b}"))
+                .unwrap_or_default()
+        )?;
+        writeln!(o, "why:")?;
+        for r in &p.reasons {
+            writeln!(o, "  - {r}")?;
+        }
+        Ok(())
+    })?;
+    Ok(Exit::Ok)
 }

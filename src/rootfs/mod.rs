@@ -1,1 +1,63 @@
-//! See the crate docs; filled in by its issue.
+//! Guest initramfs and disk images from `rootfs/*.toml` manifests: the static agent as
+//! `/init`, kernel modules resolved with their dependencies, firmware, busybox, extra
+//! files. [`cpio`] writes the archive deterministically; [`build`] puts it together.
+
+pub mod agent_bin;
+pub mod build;
+pub mod cpio;
+pub mod manifest;
+pub mod modules;
+
+use std::path::PathBuf;
+
+pub use build::{build, BuildOptions, BuildReport};
+pub use manifest::{Compression, Manifest, ManifestError};
+
+use crate::exit::{Diagnose, Exit};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("missing {what}: {}", path.display())]
+    Missing { what: String, path: PathBuf },
+    #[error("kernel module {name} is neither in modules.dep nor built into kernel {kver}")]
+    Module { name: String, kver: String },
+    #[error("{} is not a static executable", path.display())]
+    NotStatic { path: PathBuf },
+    #[error("{}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{cmd}` failed: {message}")]
+    Tool { cmd: String, message: String },
+}
+
+impl Diagnose for RootfsError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            RootfsError::NotStatic { .. } => Some(
+                "build the agent with RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --profile agent --target x86_64-unknown-linux-gnu -p vfioctl-agent; for busybox install busybox-static".into(),
+            ),
+            RootfsError::Module { .. } => Some(
+                "check the name with `modinfo -b ROOT -k KVER NAME`; remove it from the manifest if the kernel lacks it".into(),
+            ),
+            RootfsError::Tool { .. } => Some("run scripts/setup to install the build tools".into()),
+            _ => None,
+        }
+    }
+    fn exit(&self) -> Exit {
+        match self {
+            RootfsError::Manifest(_)
+            | RootfsError::Usage(_)
+            | RootfsError::Missing { .. }
+            | RootfsError::Module { .. }
+            | RootfsError::NotStatic { .. } => Exit::Usage,
+            _ => Exit::Infrastructure,
+        }
+    }
+}

@@ -1,15 +1,33 @@
 //! VM profiles, QEMU command lines, root-port sizing, lifecycle, hotplug.
+//!
+//! | file | what |
+//! |---|---|
+//! | [`profile`] | the TOML profile and its defaults |
+//! | [`ports`] | root ports sized from a device's BARs and the firmware's rules (pure) |
+//! | [`accel`] | KVM-or-TCG probe, host phys-bits |
+//! | [`vsock`] | vhost-vsock vs vhost-user-vsock and the agent transport |
+//! | [`argv`] | QEMU's argument vector (pure, snapshot-tested) |
+//! | [`devices`] | vfio-pci / ivshmem stand-in as `-device` and QMP arguments |
+//! | [`state`] | the lifecycle state machine, state file, runtime directories |
+//! | [`process`] | process groups, liveness, kill and reap |
+//! | [`lifecycle`] | `vm up/down/status/list` |
+//! | [`plug`] | hot plug/unplug over QMP, confirmed in the guest |
+//! | [`evidence`] | the guest kernel's PCI messages from the serial console |
 pub mod accel;
 pub mod argv;
 pub mod devices;
+pub mod error;
+pub mod evidence;
+pub mod lifecycle;
+pub mod plug;
 pub mod ports;
+pub mod process;
 pub mod profile;
 pub mod state;
 pub mod vsock;
 
-#[derive(Debug, thiserror::Error)]
-pub enum VmError {
-    #[error("KVM was requested but is not usable: {reason}")]
-    KvmUnusable { reason: String },
-}
-impl crate::Diagnose for VmError {}
+pub use error::VmError;
+pub use lifecycle::{down, list, status, up, Env};
+pub use ports::{DeviceBars, Firmware, PhysBits, Plan, PortPlan};
+pub use profile::{GpuSpec, Profile};
+pub use state::{VmRecord, VmState};

@@ -30,7 +30,6 @@ use serde::{Deserialize, Serialize};
 use vfioctl_common::units;
 use vfioctl_common::{Bdf, PciDevice};
 
-const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
@@ -435,6 +434,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    const KIB: u64 = 1 << 10;
 
     fn gpu(label: &str, pref: &[u64], mem: &[u64]) -> DeviceBars {
         DeviceBars {
@@ -450,7 +450,14 @@ mod tests {
     fn bar_16m_and_256m() {
         // A small GPU: 16M BAR0 registers, 256M BAR1 + 32M BAR3 prefetchable.
         let d = gpu("0000:01:00.0", &[256 * MIB, 32 * MIB], &[16 * MIB]);
-        let p = plan(&[d.clone()], 0, Firmware::Ovmf, GIB, PhysBits::TCG).unwrap();
+        let p = plan(
+            std::slice::from_ref(&d),
+            0,
+            Firmware::Ovmf,
+            GIB,
+            PhysBits::TCG,
+        )
+        .unwrap();
         let rp = &p.ports[0];
         assert_eq!(rp.pref64_reserve, Some(512 * MIB));
         assert_eq!(rp.mem_reserve, Some(16 * MIB));
@@ -505,7 +512,14 @@ mod tests {
     fn bar_32g() {
         // Measured: SeaBIOS needs pref64-reserve=64G and pci-hole64-size=128G for a 32G BAR.
         let d = gpu("0000:41:00.0", &[32 * GIB], &[16 * MIB]);
-        let s = plan(&[d.clone()], 0, Firmware::Seabios, GIB, PhysBits::TCG).unwrap();
+        let s = plan(
+            std::slice::from_ref(&d),
+            0,
+            Firmware::Seabios,
+            GIB,
+            PhysBits::TCG,
+        )
+        .unwrap();
         assert_eq!(s.ports[0].pref64_reserve, Some(64 * GIB));
         assert_eq!(s.pci_hole64_size, Some(128 * GIB));
         assert_eq!(s.phys_bits, None);
@@ -519,16 +533,37 @@ mod tests {
     fn bar_128g_with_the_nvidia_bar3() {
         let d = gpu("0000:41:00.0", &[128 * GIB, 32 * MIB], &[16 * MIB]);
         // TCG: 128G+32M -> 256G reserve, more than 40 bits' 128G window: raise phys-bits.
-        let o = plan(&[d.clone()], 0, Firmware::Ovmf, GIB, PhysBits::TCG).unwrap();
+        let o = plan(
+            std::slice::from_ref(&d),
+            0,
+            Firmware::Ovmf,
+            GIB,
+            PhysBits::TCG,
+        )
+        .unwrap();
         assert_eq!(o.ports[0].pref64_reserve, Some(256 * GIB));
         assert_eq!(o.phys_bits, Some(41), "2^41 / 8 = 256G");
         assert_eq!(o.ovmf_mmio64_mb, None);
         // KVM on a 40-bit host: fixed width, so X-PciMmio64Mb; 256G aligned at 256G ends at 512G.
-        let k = plan(&[d.clone()], 0, Firmware::Ovmf, GIB, PhysBits::host(40)).unwrap();
+        let k = plan(
+            std::slice::from_ref(&d),
+            0,
+            Firmware::Ovmf,
+            GIB,
+            PhysBits::host(40),
+        )
+        .unwrap();
         assert_eq!(k.ovmf_mmio64_mb, Some(256 * 1024));
         assert_eq!(k.phys_bits, None);
         // On a 38-bit host the aligned window ends at 512G > 2^38: refused up front.
-        let e = plan(&[d.clone()], 0, Firmware::Ovmf, GIB, PhysBits::host(38)).unwrap_err();
+        let e = plan(
+            std::slice::from_ref(&d),
+            0,
+            Firmware::Ovmf,
+            GIB,
+            PhysBits::host(38),
+        )
+        .unwrap_err();
         assert_eq!(
             e,
             PlanError::WindowTooLarge {
@@ -538,7 +573,14 @@ mod tests {
             }
         );
         // A 46-bit host: the dynamic window (8T) holds it.
-        let big = plan(&[d.clone()], 0, Firmware::Ovmf, GIB, PhysBits::host(46)).unwrap();
+        let big = plan(
+            std::slice::from_ref(&d),
+            0,
+            Firmware::Ovmf,
+            GIB,
+            PhysBits::host(46),
+        )
+        .unwrap();
         assert_eq!((big.ovmf_mmio64_mb, big.phys_bits), (None, None));
         // SeaBIOS: 512G reserve, 1T hole: needs 41 bits.
         let s = plan(&[d], 0, Firmware::Seabios, GIB, PhysBits::TCG).unwrap();

@@ -1,0 +1,234 @@
+//! The ledger: what every device vfioctl moved looked like before, so that `unbind` and
+//! `restore` put back exactly that (not "whatever the kernel picks").
+//!
+//! One JSON file, `/var/lib/vfioctl/ledger.json` under the root, rewritten atomically
+//! (temp file, fsync, rename, fsync of the directory) so a crash leaves the old or the new
+//! version, never half of one. `ledger.lock` next to it is held with `flock(LOCK_EX)` for
+//! the whole of a bind/unbind/restore, so two runs serialize.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use vfioctl_common::{Bdf, SysRoot};
+
+use super::error::BindError;
+use super::state::BindState;
+
+pub const DIR: &str = "/var/lib/vfioctl";
+
+/// One device's record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Driver before vfioctl touched it (`None`: driverless).
+    pub original_driver: Option<String>,
+    /// `driver_override` before (`None`: unset, the kernel's `(null)`).
+    pub original_override: Option<String>,
+    /// The driver vfioctl binds it to.
+    pub target_driver: String,
+    pub iommu_group: Option<u32>,
+    /// vfioctl loaded the target driver's module for this run.
+    pub module_loaded_by_vfioctl: bool,
+    /// `sriov_numvfs` before (PFs only).
+    pub sriov_numvfs: Option<u32>,
+    /// `binding` until verified, then `on-vfio`.
+    pub state: BindState,
+    /// A boot-time override was written for it (`--persist`).
+    pub persisted: bool,
+    /// Unix seconds when the entry was recorded.
+    pub since: u64,
+    /// The plan's id (the recording process id and time), to tell runs apart.
+    pub plan: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerFile {
+    pub version: u32,
+    pub devices: BTreeMap<Bdf, Entry>,
+}
+
+/// An open, locked ledger. The lock is released when this is dropped (or the process
+/// dies: flock locks die with their file descriptor).
+pub struct Ledger {
+    path: PathBuf,
+    dir: PathBuf,
+    _lock: Flock<File>,
+    pub data: LedgerFile,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BindError + '_ {
+    move |source| BindError::Ledger {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Ledger {
+    /// Where the ledger lives under `root`.
+    pub fn path(root: &SysRoot) -> PathBuf {
+        root.path(format!("{DIR}/ledger.json"))
+    }
+
+    /// Lock (waiting for another vfioctl run to finish) and read.
+    pub fn open(root: &SysRoot) -> Result<Ledger, BindError> {
+        let dir = root.path(DIR);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let lock_path = dir.join("ledger.lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        let lock = Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| io(&lock_path)(std::io::Error::from(e)))?;
+        let path = dir.join("ledger.json");
+        let data = match fs::read_to_string(&path) {
+            Ok(s) => serde_json::from_str(&s).map_err(|e| BindError::LedgerCorrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => LedgerFile {
+                version: 1,
+                devices: BTreeMap::new(),
+            },
+            Err(e) => return Err(io(&path)(e)),
+        };
+        Ok(Ledger {
+            path,
+            dir,
+            _lock: lock,
+            data,
+        })
+    }
+
+    /// Read without locking (for status output); `None` when there is no ledger.
+    pub fn peek(root: &SysRoot) -> Result<Option<LedgerFile>, BindError> {
+        let path = Self::path(root);
+        match fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(serde_json::from_str(&s).map_err(|e| {
+                BindError::LedgerCorrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Write the ledger atomically: temp file, fsync, rename over, fsync the directory.
+    pub fn save(&self) -> Result<(), BindError> {
+        let tmp = self
+            .dir
+            .join(format!(".ledger.json.{}.tmp", std::process::id()));
+        let text = serde_json::to_string_pretty(&self.data).expect("ledger serializes");
+        {
+            let mut f = File::create(&tmp).map_err(io(&tmp))?;
+            f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+            f.write_all(b"\n").map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        Ok(())
+    }
+
+    pub fn get(&self, bdf: &Bdf) -> Option<&Entry> {
+        self.data.devices.get(bdf)
+    }
+
+    pub fn record(&mut self, bdf: Bdf, e: Entry) {
+        self.data.devices.insert(bdf, e);
+    }
+
+    pub fn set_state(&mut self, bdf: &Bdf, s: BindState) {
+        if let Some(e) = self.data.devices.get_mut(bdf) {
+            e.state = s;
+        }
+    }
+
+    pub fn remove(&mut self, bdf: &Bdf) -> Option<Entry> {
+        self.data.devices.remove(bdf)
+    }
+
+    pub fn bdfs(&self) -> Vec<Bdf> {
+        self.data.devices.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            original_driver: Some("e1000e".into()),
+            original_override: None,
+            target_driver: "vfio-pci".into(),
+            iommu_group: Some(5),
+            module_loaded_by_vfioctl: false,
+            sriov_numvfs: None,
+            state: BindState::HostDriver,
+            persisted: false,
+            since: 0,
+            plan: "t".into(),
+        }
+    }
+
+    #[test]
+    fn save_and_reopen() {
+        let t = tempfile::tempdir().unwrap();
+        let root = SysRoot::new(t.path());
+        let bdf: Bdf = "0000:01:00.0".parse().unwrap();
+        {
+            let mut l = Ledger::open(&root).unwrap();
+            l.record(bdf, entry());
+            l.save().unwrap();
+        }
+        let l = Ledger::open(&root).unwrap();
+        assert_eq!(l.get(&bdf), Some(&entry()));
+        let names: Vec<_> = fs::read_dir(t.path().join("var/lib/vfioctl"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn lock_serializes_two_holders() {
+        let t = tempfile::tempdir().unwrap();
+        let root = SysRoot::new(t.path());
+        let first = Ledger::open(&root).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r2 = root.clone();
+        let h = std::thread::spawn(move || {
+            let _second = Ledger::open(&r2).unwrap();
+            tx.send(()).unwrap();
+        });
+        // The second open must block while the first holds the lock.
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(300))
+            .is_err());
+        drop(first);
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn corrupt_ledger_is_an_error_not_an_empty_one() {
+        let t = tempfile::tempdir().unwrap();
+        let root = SysRoot::new(t.path());
+        fs::create_dir_all(t.path().join("var/lib/vfioctl")).unwrap();
+        fs::write(t.path().join("var/lib/vfioctl/ledger.json"), "{not json").unwrap();
+        assert!(matches!(
+            Ledger::open(&root),
+            Err(BindError::LedgerCorrupt { .. })
+        ));
+    }
+}

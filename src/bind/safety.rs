@@ -1,0 +1,395 @@
+//! In-use safety: what on this host would break if a device lost its driver.
+//!
+//! [`HostUse::scan`] reads, through the [`SysRoot`]: mounts (`/proc/self/mountinfo`), block
+//! devices and their PCI parents (`/sys/block/*`, partitions, device-mapper `slaves/`),
+//! network interfaces (`/sys/class/net/*/device`, `operstate`) and their routes
+//! (`/proc/net/route`, `/proc/net/ipv6_route`), GPU device nodes (`/proc/driver/nvidia/gpus`,
+//! `drm/`) and which processes have them open (`/proc/*/fd`). [`assess`] is pure: it turns
+//! that snapshot into refusals for one device.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+
+use serde::Serialize;
+use vfioctl_common::{Bdf, PciDevice, SysRoot};
+
+/// Why a device may not be unbound, and how to release it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    pub bdf: Bdf,
+    pub kind: RefusalKind,
+    /// What holds the device ("/ (ext4 on nvme0n1p2)", "eth0 carries the default route").
+    pub reason: String,
+    /// How to release it.
+    pub release: String,
+    /// `--force` overrides it (never for the root filesystem's disk).
+    pub forceable: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefusalKind {
+    RootFilesystem,
+    MountedFilesystem,
+    NetworkRoute,
+    OpenDeviceNode,
+    BootVga,
+}
+
+/// One mounted filesystem.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mount {
+    pub mountpoint: String,
+    pub fstype: String,
+    pub source: String,
+    pub dev: String,
+}
+
+/// A process with a device node open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Opener {
+    pub pid: u32,
+    pub comm: String,
+    pub node: String,
+}
+
+/// What the host uses, keyed by the PCI device it hangs off.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HostUse {
+    /// Block device names (disks, partitions, dm devices stacked on them) per PCI device.
+    pub block: BTreeMap<Bdf, Vec<String>>,
+    /// `major:minor` per block device name.
+    pub block_dev: BTreeMap<String, String>,
+    pub mounts: Vec<Mount>,
+    /// Interface name, operstate, routes (destinations) per PCI device.
+    pub net: BTreeMap<Bdf, Vec<NetIf>>,
+    /// Device nodes per PCI device (`/dev/nvidia0`, `/dev/dri/card1`, `/dev/dri/renderD128`).
+    pub nodes: BTreeMap<Bdf, Vec<String>>,
+    /// Processes holding any node of interest.
+    pub openers: Vec<Opener>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NetIf {
+    pub name: String,
+    pub operstate: String,
+    /// Routes on this interface, as `default` or `dest/len`.
+    pub routes: Vec<String>,
+}
+
+fn pci_of(root: &SysRoot, abs: &str) -> Option<Bdf> {
+    // The nearest PCI address in the resolved sysfs path is the function that owns it.
+    let p = root.canonicalize(abs).ok()?;
+    p.components()
+        .rev()
+        .find_map(|c| c.as_os_str().to_str()?.parse::<Bdf>().ok())
+}
+
+impl HostUse {
+    /// Read everything the rules need for `devices` (node/opener scanning is limited to
+    /// those devices, the rest is host-wide and cheap).
+    pub fn scan(root: &SysRoot, devices: &[&PciDevice]) -> HostUse {
+        let mut u = HostUse::default();
+        u.scan_block(root);
+        u.mounts = read_mounts(root);
+        u.scan_net(root);
+        for d in devices {
+            let nodes = device_nodes(root, d);
+            if !nodes.is_empty() {
+                u.nodes.insert(d.bdf, nodes);
+            }
+        }
+        let wanted: BTreeSet<String> = u.nodes.values().flatten().cloned().collect();
+        if !wanted.is_empty() {
+            u.openers = openers(root, &wanted);
+        }
+        u
+    }
+
+    fn scan_block(&mut self, root: &SysRoot) {
+        let names = root.list_opt("/sys/block").unwrap_or_default();
+        let mut by_name: BTreeMap<String, Bdf> = BTreeMap::new();
+        for n in &names {
+            let dir = format!("/sys/block/{n}");
+            if let Ok(Some(dev)) = root.read_attr_opt(format!("{dir}/dev")) {
+                self.block_dev.insert(n.clone(), dev);
+            }
+            let parts: Vec<String> = root
+                .list_opt(&dir)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| {
+                    p.starts_with(n.as_str()) && root.exists(format!("{dir}/{p}/partition"))
+                })
+                .collect();
+            for p in &parts {
+                if let Ok(Some(dev)) = root.read_attr_opt(format!("{dir}/{p}/dev")) {
+                    self.block_dev.insert(p.clone(), dev);
+                }
+            }
+            if let Some(bdf) = pci_of(root, &dir) {
+                let e = self.block.entry(bdf).or_default();
+                e.push(n.clone());
+                e.extend(parts.iter().cloned());
+                by_name.insert(n.clone(), bdf);
+                for p in parts {
+                    by_name.insert(p, bdf);
+                }
+            }
+        }
+        // Stacked devices (dm-crypt, LVM, md): /sys/block/dm-0/slaves/nvme0n1p3.
+        for n in &names {
+            let slaves = root
+                .list_opt(format!("/sys/block/{n}/slaves"))
+                .unwrap_or_default();
+            let owners: BTreeSet<Bdf> = slaves
+                .iter()
+                .filter_map(|s| by_name.get(s).copied())
+                .collect();
+            for bdf in owners {
+                self.block.entry(bdf).or_default().push(n.clone());
+            }
+        }
+    }
+
+    fn scan_net(&mut self, root: &SysRoot) {
+        let mut routes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        if let Ok(text) = root.read_string("/proc/net/route") {
+            for line in text.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() < 8 {
+                    continue;
+                }
+                let dest = u32::from_str_radix(f[1], 16).unwrap_or(1);
+                let mask = u32::from_str_radix(f[7], 16).unwrap_or(0);
+                let r = if dest == 0 && mask == 0 {
+                    "default".to_string()
+                } else {
+                    let d = dest.to_le_bytes();
+                    format!("{}.{}.{}.{}/{}", d[0], d[1], d[2], d[3], mask.count_ones())
+                };
+                routes.entry(f[0].to_string()).or_default().push(r);
+            }
+        }
+        if let Ok(text) = root.read_string("/proc/net/ipv6_route") {
+            for line in text.lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() < 10 {
+                    continue;
+                }
+                let r = if f[0].bytes().all(|b| b == b'0') && f[1] == "00" {
+                    "default (IPv6)".to_string()
+                } else {
+                    format!("{}/{}", f[0], u8::from_str_radix(f[1], 16).unwrap_or(0))
+                };
+                // Link-local and multicast routes exist on every up interface; they carry
+                // no traffic anyone depends on.
+                if f[0].starts_with("fe80") || f[0].starts_with("ff") {
+                    continue;
+                }
+                routes.entry(f[9].to_string()).or_default().push(r);
+            }
+        }
+        for n in root.list_opt("/sys/class/net").unwrap_or_default() {
+            let Some(bdf) = pci_of(root, &format!("/sys/class/net/{n}/device")) else {
+                continue;
+            };
+            let operstate = root
+                .read_attr_opt(format!("/sys/class/net/{n}/operstate"))
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "unknown".into());
+            self.net.entry(bdf).or_default().push(NetIf {
+                routes: routes.get(&n).cloned().unwrap_or_default(),
+                name: n,
+                operstate,
+            });
+        }
+    }
+}
+
+/// `/proc/self/mountinfo`: `id parent major:minor root mountpoint opts ... - fstype source sopts`.
+pub fn read_mounts(root: &SysRoot) -> Vec<Mount> {
+    let text = root.read_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_once(" - ")?;
+            let a: Vec<&str> = a.split_whitespace().collect();
+            let b: Vec<&str> = b.split_whitespace().collect();
+            Some(Mount {
+                dev: a.get(2)?.to_string(),
+                mountpoint: unescape(a.get(4)?),
+                fstype: b.first()?.to_string(),
+                source: b.get(1).map(|s| unescape(s)).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// The device nodes a GPU is reached through: `/dev/nvidiaN` (minor from
+/// `/proc/driver/nvidia/gpus/<bdf>/information`) and the DRM nodes under `drm/`.
+pub fn device_nodes(root: &SysRoot, d: &PciDevice) -> Vec<String> {
+    let mut out = Vec::new();
+    let info = format!("/proc/driver/nvidia/gpus/{}/information", d.bdf);
+    if let Ok(text) = root.read_string(&info) {
+        for l in text.lines() {
+            if let Some(v) = l.strip_prefix("Device Minor:") {
+                if let Ok(n) = v.trim().parse::<u32>() {
+                    out.push(format!("/dev/nvidia{n}"));
+                }
+            }
+        }
+    }
+    for n in root
+        .list_opt(format!("{}/drm", d.bdf.sysfs_path()))
+        .unwrap_or_default()
+    {
+        if n.starts_with("card") || n.starts_with("renderD") {
+            out.push(format!("/dev/dri/{n}"));
+        }
+    }
+    out
+}
+
+/// Processes with any of `nodes` open, from `/proc/<pid>/fd/*` (named by `comm`).
+pub fn openers(root: &SysRoot, nodes: &BTreeSet<String>) -> Vec<Opener> {
+    let mut out = Vec::new();
+    let me = std::process::id();
+    for p in root.list_opt("/proc").unwrap_or_default() {
+        let Ok(pid) = p.parse::<u32>() else { continue };
+        if root.is_host() && pid == me {
+            continue;
+        }
+        let fd_dir = root.path(format!("/proc/{pid}/fd"));
+        let Ok(rd) = fs::read_dir(&fd_dir) else {
+            continue;
+        };
+        let mut seen = BTreeSet::new();
+        for e in rd.flatten() {
+            let Ok(t) = fs::read_link(e.path()) else {
+                continue;
+            };
+            let t = t.to_string_lossy().into_owned();
+            if nodes.contains(&t) && seen.insert(t.clone()) {
+                let comm = root
+                    .read_attr_opt(format!("/proc/{pid}/comm"))
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| "?".into());
+                out.push(Opener { pid, comm, node: t });
+            }
+        }
+    }
+    out
+}
+
+/// The refusals for unbinding `d` from its driver. Pure.
+pub fn assess(d: &PciDevice, u: &HostUse) -> Vec<Refusal> {
+    let mut out = Vec::new();
+    let refuse = |kind, reason: String, release: String, forceable| Refusal {
+        bdf: d.bdf,
+        kind,
+        reason,
+        release,
+        forceable,
+    };
+    if let Some(names) = u.block.get(&d.bdf) {
+        let devs: BTreeMap<&str, &str> = names
+            .iter()
+            .filter_map(|n| Some((u.block_dev.get(n)?.as_str(), n.as_str())))
+            .collect();
+        for m in &u.mounts {
+            let by_dev = devs.get(m.dev.as_str()).copied();
+            let by_src = m
+                .source
+                .strip_prefix("/dev/")
+                .and_then(|s| names.iter().find(|n| n.as_str() == s).map(String::as_str));
+            let Some(name) = by_dev.or(by_src) else {
+                continue;
+            };
+            if m.mountpoint == "/" {
+                out.push(refuse(
+                    RefusalKind::RootFilesystem,
+                    format!("{name} holds the root filesystem / ({})", m.fstype),
+                    "the root filesystem's disk is never unbound, not even with --force".into(),
+                    false,
+                ));
+            } else {
+                out.push(refuse(
+                    RefusalKind::MountedFilesystem,
+                    format!("{name} is mounted on {} ({})", m.mountpoint, m.fstype),
+                    format!("umount {}", m.mountpoint),
+                    true,
+                ));
+            }
+        }
+    }
+    for nif in u.net.get(&d.bdf).into_iter().flatten() {
+        if nif.operstate == "up" && !nif.routes.is_empty() {
+            let what = if nif.routes.iter().any(|r| r.starts_with("default")) {
+                "carries the default route".to_string()
+            } else {
+                format!("carries routes {}", nif.routes.join(", "))
+            };
+            out.push(refuse(
+                RefusalKind::NetworkRoute,
+                format!("network interface {} is up and {what}", nif.name),
+                format!(
+                    "move the traffic elsewhere, then `ip link set {} down`",
+                    nif.name
+                ),
+                true,
+            ));
+        }
+    }
+    if let Some(nodes) = u.nodes.get(&d.bdf) {
+        let holders: Vec<&Opener> = u
+            .openers
+            .iter()
+            .filter(|o| nodes.contains(&o.node))
+            .collect();
+        if !holders.is_empty() {
+            out.push(refuse(
+                RefusalKind::OpenDeviceNode,
+                format!("device nodes open in {}", describe_openers(&holders)),
+                "stop these processes (nvidia-persistenced: `nvidia-smi -pm 0`; the display manager; CUDA jobs)".into(),
+                true,
+            ));
+        }
+    }
+    if d.boot_vga == Some(true) {
+        out.push(refuse(
+            RefusalKind::BootVga,
+            "boot VGA device: the firmware console and display manager may be on it".into(),
+            "use another GPU for the console, or pass --force (the console goes dark; add video=efifb:off on kernels before 6.0)".into(),
+            true,
+        ));
+    }
+    out
+}
+
+pub fn describe_openers(o: &[&Opener]) -> String {
+    o.iter()
+        .map(|o| format!("{} (pid {}) has {}", o.comm, o.pid, o.node))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Who holds `d` right now (for a timed-out unbind): processes with its nodes open.
+pub fn holders_of(root: &SysRoot, d: &PciDevice) -> Vec<String> {
+    let nodes: BTreeSet<String> = device_nodes(root, d).into_iter().collect();
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    openers(root, &nodes)
+        .iter()
+        .map(|o| format!("{} (pid {}) has {}", o.comm, o.pid, o.node))
+        .collect()
+}

@@ -1,0 +1,665 @@
+//! `vfioctl rootfs build`: a manifest plus inputs to a deterministic initramfs (and
+//! optionally an ext4 image).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::cpio::{self, Entry, Kind};
+use super::manifest::{expand, parse_mode, Compression, FileItem, Manifest};
+use super::modules::{canonical, ModuleIndex, Resolved};
+use super::{agent_bin, RootfsError};
+
+/// Where the agent reads its settings and module list in the guest (see `guest/`).
+pub const AGENT_CONF: &str = "etc/vfioctl/agent.conf";
+pub const MODULES_LOAD: &str = "etc/vfioctl/modules.load";
+
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    pub manifest: PathBuf,
+    /// `lib/modules/KVER` itself, or a root that contains `lib/modules/KVER`.
+    pub kernel_modules: Option<PathBuf>,
+    pub kver: Option<String>,
+    pub out: PathBuf,
+    pub ext4: Option<PathBuf>,
+    pub agent: Option<PathBuf>,
+    pub firmware_dir: Option<PathBuf>,
+    /// Extra files: (host source, guest destination).
+    pub extra: Vec<(PathBuf, String)>,
+    /// Override the manifest's `agent.exec`.
+    pub exec: Option<bool>,
+    pub compression: Option<Compression>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModuleReport {
+    pub name: String,
+    /// Files shipped for it (dependencies first); empty when built in.
+    pub files: Vec<String>,
+    pub builtin: bool,
+    pub loaded_at_boot: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BuildReport {
+    pub manifest: String,
+    pub out: PathBuf,
+    pub bytes: u64,
+    pub uncompressed_bytes: u64,
+    pub sha256: String,
+    pub entries: usize,
+    pub compression: Compression,
+    pub agent: PathBuf,
+    pub agent_bytes: u64,
+    pub kver: Option<String>,
+    pub modules: Vec<ModuleReport>,
+    pub firmware: Vec<String>,
+    /// Optional inputs that were not found, with what they are.
+    pub missing_optional: Vec<String>,
+    pub ext4: Option<PathBuf>,
+    pub guest_hook_path: Option<String>,
+    pub build_ms: u64,
+}
+
+/// The staged tree: guest path (no leading `/`) -> entry.
+#[derive(Default)]
+struct Tree {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Tree {
+    fn dirs_for(&mut self, path: &str) {
+        let mut cur = String::new();
+        let parts: Vec<&str> = path.split('/').collect();
+        for p in &parts[..parts.len().saturating_sub(1)] {
+            if !cur.is_empty() {
+                cur.push('/');
+            }
+            cur.push_str(p);
+            self.entries.entry(cur.clone()).or_insert(Entry {
+                path: cur.clone(),
+                mode: 0o755,
+                kind: Kind::Dir,
+            });
+        }
+    }
+    fn add(&mut self, path: &str, mode: u32, kind: Kind) {
+        let path = path.trim_start_matches('/').to_string();
+        self.dirs_for(&path);
+        self.entries
+            .insert(path.clone(), Entry { path, mode, kind });
+    }
+    fn add_file(&mut self, src: &Path, dst: &str, mode: Option<u32>) -> Result<(), RootfsError> {
+        let data = read(src)?;
+        let mode = match mode {
+            Some(m) => m,
+            None => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::metadata(src)
+                    .map(|m| m.permissions().mode() & 0o7777)
+                    .unwrap_or(0o644)
+            }
+        };
+        self.add(dst, mode, Kind::File(data));
+        Ok(())
+    }
+    /// Copy a host directory tree under `dst`, symlinks as symlinks.
+    fn add_tree(&mut self, src: &Path, dst: &str) -> Result<(), RootfsError> {
+        let mut names: Vec<_> = std::fs::read_dir(src)
+            .map_err(|e| io_err(src, e))?
+            .filter_map(|e| e.ok())
+            .collect();
+        names.sort_by_key(|e| e.file_name());
+        for e in names {
+            let p = e.path();
+            let d = format!(
+                "{}/{}",
+                dst.trim_end_matches('/'),
+                e.file_name().to_string_lossy()
+            );
+            let ft = e.file_type().map_err(|err| io_err(&p, err))?;
+            if ft.is_symlink() {
+                let t = std::fs::read_link(&p).map_err(|err| io_err(&p, err))?;
+                self.add(&d, 0o777, Kind::Symlink(t.to_string_lossy().into_owned()));
+            } else if ft.is_dir() {
+                self.add(&d, 0o755, Kind::Dir);
+                self.add_tree(&p, &d)?;
+            } else if ft.is_file() {
+                self.add_file(&p, &d, None)?;
+            }
+        }
+        Ok(())
+    }
+    fn uncompressed_size(&self) -> u64 {
+        self.entries
+            .values()
+            .map(|e| match &e.kind {
+                Kind::File(d) => d.len() as u64,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> RootfsError {
+    RootfsError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, RootfsError> {
+    std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            RootfsError::Missing {
+                what: "input file".into(),
+                path: path.into(),
+            }
+        } else {
+            io_err(path, e)
+        }
+    })
+}
+
+/// Read a module file, decompressing `.xz`/`.zst` (with the xz/zstd tools) and `.gz`.
+fn read_module(path: &Path) -> Result<Vec<u8>, RootfsError> {
+    let name = path.to_string_lossy();
+    let tool = if name.ends_with(".xz") {
+        Some("xz")
+    } else if name.ends_with(".zst") {
+        Some("zstd")
+    } else {
+        None
+    };
+    if name.ends_with(".gz") {
+        use std::io::Read;
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&read(path)?[..])
+            .read_to_end(&mut out)
+            .map_err(|e| io_err(path, e))?;
+        return Ok(out);
+    }
+    match tool {
+        None => read(path),
+        Some(t) => {
+            let out = Command::new(t)
+                .args(["-dc"])
+                .arg(path)
+                .output()
+                .map_err(|e| RootfsError::Tool {
+                    cmd: format!("{t} -dc {}", path.display()),
+                    message: e.to_string(),
+                })?;
+            if !out.status.success() {
+                return Err(RootfsError::Tool {
+                    cmd: format!("{t} -dc {}", path.display()),
+                    message: String::from_utf8_lossy(&out.stderr).into_owned(),
+                });
+            }
+            Ok(out.stdout)
+        }
+    }
+}
+
+fn strip_compression(p: &str) -> &str {
+    p.strip_suffix(".xz")
+        .or_else(|| p.strip_suffix(".zst"))
+        .or_else(|| p.strip_suffix(".gz"))
+        .unwrap_or(p)
+}
+
+/// Find `lib/modules/KVER` from what the user gave.
+pub fn modules_dir(given: &Path, kver: Option<&str>) -> Result<(PathBuf, String), RootfsError> {
+    if given.join("modules.dep").is_file() {
+        let k = match kver {
+            Some(k) => k.to_string(),
+            None => given
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        return Ok((given.into(), k));
+    }
+    let base = given.join("lib/modules");
+    let kver = match kver {
+        Some(k) => k.to_string(),
+        None => {
+            let mut v: Vec<String> = std::fs::read_dir(&base)
+                .map_err(|e| io_err(&base, e))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            match v.as_slice() {
+                [one] => one.clone(),
+                _ => {
+                    return Err(RootfsError::Usage(format!(
+                        "{} holds {} kernels ({}); pass --kver",
+                        base.display(),
+                        v.len(),
+                        v.join(", ")
+                    )))
+                }
+            }
+        }
+    };
+    let dir = base.join(&kver);
+    if !dir.join("modules.dep").is_file() {
+        return Err(RootfsError::Missing {
+            what: format!("modules.dep for kernel {kver} (run depmod -b ROOT {kver})"),
+            path: dir.join("modules.dep"),
+        });
+    }
+    Ok((dir, kver))
+}
+
+/// Busybox applet paths (`bin/sh`, `sbin/ip`, ...) as the binary itself lists them.
+fn busybox_applets(busybox: &Path) -> Result<Vec<String>, RootfsError> {
+    let out = Command::new(busybox)
+        .arg("--list-full")
+        .output()
+        .map_err(|e| RootfsError::Tool {
+            cmd: format!("{} --list-full", busybox.display()),
+            message: e.to_string(),
+        })?;
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Build the archive.
+pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
+    let started = Instant::now();
+    let manifest = Manifest::load(&opts.manifest)?;
+    let base = opts
+        .manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut tree = Tree::default();
+    let mut missing = Vec::new();
+
+    // The skeleton every guest needs; /dev/console so PID 1 has a console before
+    // devtmpfs is mounted.
+    for d in [
+        "dev", "proc", "sys", "tmp", "run", "root", "etc", "var", "usr/bin", "bin", "sbin",
+    ] {
+        tree.add(d, 0o755, Kind::Dir);
+    }
+    tree.add("tmp", 0o1777, Kind::Dir);
+    tree.add("dev/console", 0o600, Kind::CharDev { major: 5, minor: 1 });
+    tree.add("dev/null", 0o666, Kind::CharDev { major: 1, minor: 3 });
+
+    // The agent.
+    let agent = agent_bin::resolve(opts.agent.as_deref())?;
+    let agent_data = read(&agent)?;
+    if agent_bin::is_static_elf(&agent_data) != Some(true) {
+        return Err(RootfsError::NotStatic {
+            path: agent.clone(),
+        });
+    }
+    let agent_bytes = agent_data.len() as u64;
+    tree.add("usr/bin/vfioctl-agent", 0o755, Kind::File(agent_data));
+    if manifest.agent.init {
+        tree.add(
+            "init",
+            0o777,
+            Kind::Symlink("/usr/bin/vfioctl-agent".into()),
+        );
+    }
+    let exec = opts.exec.unwrap_or(manifest.agent.exec);
+    tree.add(
+        AGENT_CONF,
+        0o644,
+        Kind::File(
+            format!(
+                "# written by vfioctl rootfs build from {}\nport={}\nexec={}\n",
+                manifest.name,
+                manifest.agent.port,
+                u8::from(exec)
+            )
+            .into_bytes(),
+        ),
+    );
+
+    // Busybox and its applets.
+    if manifest.busybox.include {
+        let bb = manifest
+            .busybox
+            .path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/bin/busybox"));
+        let data = read(&bb).map_err(|_| RootfsError::Missing {
+            what: "busybox (install busybox-static)".into(),
+            path: bb.clone(),
+        })?;
+        if agent_bin::is_static_elf(&data) != Some(true) {
+            return Err(RootfsError::NotStatic { path: bb });
+        }
+        tree.add("bin/busybox", 0o755, Kind::File(data));
+        for applet in busybox_applets(&bb)? {
+            let p = applet.trim_start_matches('/');
+            if p == "bin/busybox" || tree.entries.contains_key(p) || p == "init" {
+                continue;
+            }
+            tree.add(p, 0o777, Kind::Symlink("/bin/busybox".into()));
+        }
+    }
+
+    // Kernel modules, with dependencies, and the load list.
+    let mut module_reports = Vec::new();
+    let mut kver_out = None;
+    let wanted: Vec<(String, bool)> = manifest
+        .modules
+        .load
+        .iter()
+        .map(|m| (m.clone(), true))
+        .chain(manifest.modules.include.iter().map(|m| (m.clone(), false)))
+        .collect();
+    if !wanted.is_empty() {
+        let given = opts.kernel_modules.as_ref().ok_or_else(|| {
+            RootfsError::Usage(format!(
+                "manifest {} lists kernel modules: pass --kernel-modules DIR (and --kver)",
+                manifest.name
+            ))
+        })?;
+        let (dir, kver) = modules_dir(given, opts.kver.as_deref())?;
+        let dep = std::fs::read_to_string(dir.join("modules.dep"))
+            .map_err(|e| io_err(&dir.join("modules.dep"), e))?;
+        let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+        let idx = ModuleIndex::parse(&dep, &builtin);
+        let mut load_order: Vec<String> = Vec::new();
+        let mut shipped: Vec<String> = Vec::new();
+        for (name, load) in &wanted {
+            match idx.resolve(name) {
+                None => {
+                    return Err(RootfsError::Module {
+                        name: name.clone(),
+                        kver: kver.clone(),
+                    })
+                }
+                Some(Resolved::Builtin) => module_reports.push(ModuleReport {
+                    name: canonical(name),
+                    files: vec![],
+                    builtin: true,
+                    loaded_at_boot: false,
+                }),
+                Some(Resolved::Modules(paths)) => {
+                    for p in &paths {
+                        if !shipped.contains(p) {
+                            shipped.push(p.clone());
+                        }
+                        if *load && !load_order.contains(p) {
+                            load_order.push(p.clone());
+                        }
+                    }
+                    module_reports.push(ModuleReport {
+                        name: canonical(name),
+                        files: paths
+                            .iter()
+                            .map(|p| strip_compression(p).to_string())
+                            .collect(),
+                        builtin: false,
+                        loaded_at_boot: *load,
+                    });
+                }
+            }
+        }
+        let gdir = format!("lib/modules/{kver}");
+        for p in &shipped {
+            let data = read_module(&dir.join(p))?;
+            tree.add(
+                &format!("{gdir}/{}", strip_compression(p)),
+                0o644,
+                Kind::File(data),
+            );
+        }
+        tree.add(
+            &format!("{gdir}/modules.dep"),
+            0o644,
+            Kind::File(idx.dep_lines(&shipped).into_bytes()),
+        );
+        let list: String = load_order
+            .iter()
+            .map(|p| format!("/{gdir}/{}\n", strip_compression(p)))
+            .collect();
+        tree.add(
+            MODULES_LOAD,
+            0o644,
+            Kind::File(format!("# load order (dependencies first)\n{list}").into_bytes()),
+        );
+        kver_out = Some(kver);
+    }
+
+    // Firmware.
+    let fw_dir = opts
+        .firmware_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/lib/firmware"));
+    let mut firmware = Vec::new();
+    for f in &manifest.firmware.files {
+        let src = fw_dir.join(f);
+        tree.add_file(&src, &format!("lib/firmware/{f}"), Some(0o644))?;
+        firmware.push(f.clone());
+    }
+
+    // Files and trees from the manifest, then --extra.
+    let env = |k: &str| std::env::var(k).ok();
+    let resolve_src = |item: &FileItem| -> Result<Option<PathBuf>, String> {
+        match expand(&item.src, env) {
+            Ok(s) => {
+                let p = PathBuf::from(&s);
+                Ok(Some(if p.is_absolute() { p } else { base.join(p) }))
+            }
+            Err(var) => Err(format!("${{{var}}} is not set")),
+        }
+    };
+    let describe = |item: &FileItem, why: &str| {
+        format!(
+            "{} -> {}{}: {why}",
+            item.src,
+            item.dst,
+            item.label
+                .as_ref()
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default()
+        )
+    };
+    for (item, is_tree) in manifest
+        .files
+        .iter()
+        .map(|f| (f, false))
+        .chain(manifest.trees.iter().map(|t| (t, true)))
+    {
+        let src = match resolve_src(item) {
+            Ok(Some(p)) if p.exists() => p,
+            Ok(Some(p)) => {
+                let why = format!("{} does not exist", p.display());
+                if item.optional {
+                    missing.push(describe(item, &why));
+                    continue;
+                }
+                return Err(RootfsError::Missing {
+                    what: describe(item, "required"),
+                    path: p,
+                });
+            }
+            Ok(None) => continue,
+            Err(why) => {
+                if item.optional {
+                    missing.push(describe(item, &why));
+                    continue;
+                }
+                return Err(RootfsError::Usage(describe(item, &why)));
+            }
+        };
+        if is_tree {
+            tree.add_tree(&src, &item.dst)?;
+        } else {
+            let mode = item
+                .mode
+                .as_deref()
+                .map(parse_mode)
+                .transpose()
+                .map_err(RootfsError::Usage)?;
+            tree.add_file(&src, &item.dst, mode)?;
+        }
+    }
+    for s in &manifest.symlinks {
+        tree.add(&s.path, 0o777, Kind::Symlink(s.target.clone()));
+    }
+    for (src, dst) in &opts.extra {
+        if !dst.starts_with('/') {
+            return Err(RootfsError::Usage(format!(
+                "--extra {}:{dst}: the destination must be an absolute guest path",
+                src.display()
+            )));
+        }
+        tree.add_file(src, dst, None)?;
+    }
+
+    // Write.
+    let compression = opts
+        .compression
+        .clone()
+        .unwrap_or(manifest.compression.clone());
+    let entries: Vec<Entry> = tree.entries.values().cloned().collect();
+    let mut raw = Vec::new();
+    cpio::write(&mut raw, &entries, 0).map_err(|e| io_err(&opts.out, e))?;
+    let bytes = compress(&raw, &compression)?;
+    if let Some(parent) = opts.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+    }
+    let tmp = opts.out.with_extension("partial");
+    std::fs::write(&tmp, &bytes).map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, &opts.out).map_err(|e| io_err(&opts.out, e))?;
+
+    let ext4 = match &opts.ext4 {
+        Some(img) => {
+            write_ext4(&tree, img)?;
+            Some(img.clone())
+        }
+        None => None,
+    };
+
+    Ok(BuildReport {
+        manifest: manifest.name.clone(),
+        out: opts.out.clone(),
+        bytes: bytes.len() as u64,
+        uncompressed_bytes: tree.uncompressed_size(),
+        sha256: format!("{:x}", Sha256::digest(&bytes)),
+        entries: entries.len(),
+        compression,
+        agent,
+        agent_bytes,
+        kver: kver_out,
+        modules: module_reports,
+        firmware,
+        missing_optional: missing,
+        ext4,
+        guest_hook_path: manifest
+            .kata
+            .as_ref()
+            .and_then(|k| k.guest_hook_path.clone()),
+        build_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+fn compress(raw: &[u8], c: &Compression) -> Result<Vec<u8>, RootfsError> {
+    match c {
+        Compression::None => Ok(raw.to_vec()),
+        Compression::Gzip => {
+            // mtime 0 and a fixed OS byte: the same input gives the same bytes.
+            let mut enc = flate2::GzBuilder::new()
+                .mtime(0)
+                .operating_system(3)
+                .write(Vec::new(), flate2::Compression::best());
+            enc.write_all(raw)
+                .and_then(|_| enc.finish())
+                .map_err(|e| io_err(Path::new("<gzip>"), e))
+        }
+        Compression::Zstd => {
+            let cmd = "zstd -19 -q -c --no-progress";
+            let mut child = Command::new("zstd")
+                .args(["-19", "-q", "-c", "--no-progress"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| RootfsError::Tool {
+                    cmd: cmd.into(),
+                    message: format!("{e} (install zstd)"),
+                })?;
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            let data = raw.to_vec();
+            let writer = std::thread::spawn(move || stdin.write_all(&data));
+            let out = child.wait_with_output().map_err(|e| RootfsError::Tool {
+                cmd: cmd.into(),
+                message: e.to_string(),
+            })?;
+            let _ = writer.join();
+            if !out.status.success() {
+                return Err(RootfsError::Tool {
+                    cmd: cmd.into(),
+                    message: String::from_utf8_lossy(&out.stderr).into_owned(),
+                });
+            }
+            Ok(out.stdout)
+        }
+    }
+}
+
+/// An ext4 image of the same tree, through `mkfs.ext4 -d` (no mounts, no root needed).
+/// Device nodes are left out: the agent mounts devtmpfs.
+fn write_ext4(tree: &Tree, img: &Path) -> Result<(), RootfsError> {
+    let staging = img.with_extension("staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| io_err(&staging, e))?;
+    let result = (|| {
+        use std::os::unix::fs::PermissionsExt;
+        for e in tree.entries.values() {
+            let p = staging.join(&e.path);
+            match &e.kind {
+                Kind::Dir => std::fs::create_dir_all(&p).map_err(|err| io_err(&p, err))?,
+                Kind::File(d) => {
+                    std::fs::write(&p, d).map_err(|err| io_err(&p, err))?;
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode))
+                        .map_err(|err| io_err(&p, err))?;
+                }
+                Kind::Symlink(t) => {
+                    std::os::unix::fs::symlink(t, &p).map_err(|err| io_err(&p, err))?
+                }
+                Kind::CharDev { .. } => {}
+            }
+        }
+        let size_mib = tree.uncompressed_size() / (1 << 20) * 3 / 2 + 32;
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "vfioctl", "-E", "root_owner=0:0", "-d"])
+            .arg(&staging)
+            .arg(img)
+            .arg(format!("{size_mib}M"))
+            .output()
+            .map_err(|e| RootfsError::Tool {
+                cmd: "mkfs.ext4".into(),
+                message: format!("{e} (install e2fsprogs)"),
+            })?;
+        if !out.status.success() {
+            return Err(RootfsError::Tool {
+                cmd: format!("mkfs.ext4 -d {} {}", staging.display(), img.display()),
+                message: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}

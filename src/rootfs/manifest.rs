@@ -1,0 +1,265 @@
+//! `rootfs/*.toml`: what goes into a guest initramfs.
+//!
+//! ```toml
+//! name = "lab"
+//! compression = "gzip"            # gzip | zstd | none
+//!
+//! [agent]
+//! init = true                     # the agent is /init (PID 1)
+//! exec = false                    # allow arbitrary commands over the agent
+//! port = 1024
+//!
+//! [busybox]
+//! include = false                 # /bin/busybox (static) and its applet links
+//!
+//! [modules]
+//! load = ["vsock", "vmw_vsock_virtio_transport"]   # loaded at boot, dependencies first
+//! include = []                    # shipped, not loaded (modprobe them later)
+//!
+//! [firmware]
+//! files = []                      # relative to --firmware-dir (default /lib/firmware)
+//!
+//! [[file]]                        # src relative to the manifest, ${VAR} from the environment
+//! src = "files/hook.sh"
+//! dst = "/usr/share/oci/hooks/prestart/nvidia-container-toolkit.sh"
+//! mode = "0755"
+//! optional = false
+//! label = "what it is, for the missing-files report"
+//!
+//! [[tree]]                        # a whole directory, copied under dst
+//! src = "${NVIDIA_USERLAND}"
+//! dst = "/"
+//! optional = true
+//!
+//! [[symlink]]
+//! path = "/sbin/init"
+//! target = "/init"
+//!
+//! [kata]                          # recorded in the build report for Kata's configuration
+//! guest_hook_path = "/usr/share/oci/hooks"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    Zstd,
+    None,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub compression: Compression,
+    #[serde(default)]
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub busybox: BusyboxSection,
+    #[serde(default)]
+    pub modules: ModulesSection,
+    #[serde(default)]
+    pub firmware: FirmwareSection,
+    #[serde(default, rename = "file")]
+    pub files: Vec<FileItem>,
+    #[serde(default, rename = "tree")]
+    pub trees: Vec<FileItem>,
+    #[serde(default, rename = "symlink")]
+    pub symlinks: Vec<SymlinkItem>,
+    #[serde(default)]
+    pub kata: Option<KataSection>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    #[serde(default = "yes")]
+    pub init: bool,
+    #[serde(default)]
+    pub exec: bool,
+    #[serde(default = "default_port")]
+    pub port: u32,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            init: true,
+            exec: false,
+            port: default_port(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_port() -> u32 {
+    vfioctl_common::proto::DEFAULT_PORT
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusyboxSection {
+    #[serde(default)]
+    pub include: bool,
+    /// Default `/bin/busybox` (Debian's busybox-static).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModulesSection {
+    #[serde(default)]
+    pub load: Vec<String>,
+    #[serde(default)]
+    pub include: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareSection {
+    #[serde(default)]
+    pub files: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileItem {
+    pub src: String,
+    pub dst: String,
+    /// Octal, e.g. "0755"; default: the source's mode.
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub optional: bool,
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SymlinkItem {
+    pub path: String,
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KataSection {
+    #[serde(default)]
+    pub guest_hook_path: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("reading manifest {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("manifest {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Manifest {
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ManifestError::Parse {
+            path: path.into(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let m: Manifest = toml::from_str(text).map_err(|e| e.to_string())?;
+        for f in m.files.iter().chain(&m.trees) {
+            if let Some(mode) = &f.mode {
+                parse_mode(mode)?;
+            }
+            if !f.dst.starts_with('/') {
+                return Err(format!("dst {:?} must be an absolute guest path", f.dst));
+            }
+        }
+        Ok(m)
+    }
+}
+
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("mode {s:?} is not an octal permission like \"0755\""))
+}
+
+/// Expand `${VAR}` from `lookup`; `Err(VAR)` names the first unset variable.
+pub fn expand(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(j) = after.find('}') else {
+            out.push_str(&rest[i..]);
+            return Ok(out);
+        };
+        let var = &after[..j];
+        match lookup(var).filter(|v| !v.is_empty()) {
+            Some(v) => out.push_str(&v),
+            None => return Err(var.to_string()),
+        }
+        rest = &after[j + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_validates() {
+        let m = Manifest::parse(
+            r#"
+name = "x"
+[modules]
+load = ["vsock"]
+[[file]]
+src = "a"
+dst = "/b"
+mode = "0755"
+"#,
+        )
+        .unwrap();
+        assert!(m.agent.init && !m.agent.exec && m.agent.port == 1024);
+        assert_eq!(m.compression, Compression::Gzip);
+        assert!(Manifest::parse("name = \"x\"\nbogus = 1\n").is_err());
+        assert!(Manifest::parse("name = \"x\"\n[[file]]\nsrc=\"a\"\ndst=\"rel\"\n").is_err());
+        assert!(
+            Manifest::parse("name = \"x\"\n[[file]]\nsrc=\"a\"\ndst=\"/a\"\nmode=\"999\"\n")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn expands_variables() {
+        let env = |k: &str| (k == "A").then(|| "/opt/a".to_string());
+        assert_eq!(expand("${A}/bin", env).unwrap(), "/opt/a/bin");
+        assert_eq!(expand("plain", env).unwrap(), "plain");
+        assert_eq!(expand("${B}/x", env).unwrap_err(), "B");
+    }
+}

@@ -1,0 +1,580 @@
+//! Hot plug and unplug over QMP, confirmed in the guest.
+//!
+//! Plug: host pre-checks (vfio-pci bound, IOMMU group viable, `/dev/vfio/N` present),
+//! a port sized for the device, `object-add` (stand-in backend) + `device_add`, then the
+//! guest must report the device with every BAR assigned; if it does not, the device is
+//! unplugged again (rolled back) and the guest's own words are in the error.
+//! Unplug: subscribe, `device_del`, wait for `DEVICE_DELETED` with our id, retrying the
+//! "busy" answers; a timeout carries the guest's kernel log.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::json;
+use vfioctl_common::{units, Bdf, PciDevice, SysRoot};
+
+use super::devices::{PlugSpec, IVSHMEM_ID};
+use super::error::VmError;
+use super::evidence::{self, PciEvidence};
+use super::lifecycle::{self, Env};
+use super::process;
+use super::profile::{GpuSpec, HotplugMode};
+use super::state::{Plugged, VmRecord, VmState};
+use crate::qmp::{wait_event, Qmp, QmpError};
+use crate::{Diagnose, Exit};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlugError {
+    #[error("{bdf} is bound to {}, not vfio-pci", driver.as_deref().unwrap_or("no driver"))]
+    NotBound { bdf: Bdf, driver: Option<String> },
+    #[error("{bdf}: IOMMU group {group} is not viable: {}", members.iter().map(|(b, d)| format!("{b} ({})", d.as_deref().unwrap_or("no driver"))).collect::<Vec<_>>().join(", "))]
+    GroupNotViable {
+        bdf: Bdf,
+        group: u32,
+        members: Vec<(Bdf, Option<String>)>,
+    },
+    #[error("{bdf}: no IOMMU group (is the IOMMU on?)")]
+    NoGroup { bdf: Bdf },
+    #[error("{bdf}: /dev/vfio/{group} does not exist")]
+    NoVfioNode { bdf: Bdf, group: u32 },
+    #[error("no free root port fits {gpu} ({need} of 64-bit prefetchable BARs); ports: {ports}")]
+    NoPort {
+        gpu: String,
+        need: String,
+        ports: String,
+    },
+    #[error("root port {port} does not exist in VM {name} (ports: {ports})")]
+    UnknownPort {
+        name: String,
+        port: String,
+        ports: String,
+    },
+    #[error("root port {port} already holds {id}")]
+    PortBusy { port: String, id: String },
+    #[error("QEMU refused {gpu} on {port}: {desc}")]
+    Qemu {
+        gpu: String,
+        port: String,
+        desc: String,
+        peers: Vec<Bdf>,
+        #[source]
+        source: Box<QmpError>,
+    },
+    #[error("{gpu} on {port}: the guest found it at {bdf} but could not assign BAR {}: rolled back\n--- guest kernel ---\n{}", failed.iter().map(|(i, w)| format!("{i} ({w})")).collect::<Vec<_>>().join(", "), lines.join("\n"))]
+    NotAssigned {
+        gpu: String,
+        port: String,
+        bdf: String,
+        failed: Vec<(u8, String)>,
+        lines: Vec<String>,
+    },
+    #[error("{gpu} on {port}: the guest did not report the device within {secs}s: rolled back\n--- guest log (tail) ---\n{log}")]
+    NotSeen {
+        gpu: String,
+        port: String,
+        secs: u64,
+        log: String,
+    },
+    #[error("no device {id} plugged in VM {name}")]
+    NotPlugged { name: String, id: String },
+    #[error("{id}: no DEVICE_DELETED within {secs}s: the guest did not release the device\n--- guest log (tail) ---\n{log}")]
+    UnplugTimeout { id: String, secs: u64, log: String },
+    #[error("VM {name} is {state}: plug needs a ready VM")]
+    NotReady { name: String, state: String },
+}
+
+impl Diagnose for PlugError {
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            PlugError::NotBound { bdf, .. } => format!("`vfioctl bind {bdf}` first (or pass --bind)"),
+            PlugError::GroupNotViable { members, .. } => format!(
+                "bind every member of the group to vfio-pci: `vfioctl bind {}`",
+                members.iter().map(|(b, _)| b.to_string()).collect::<Vec<_>>().join(" ")
+            ),
+            PlugError::NoGroup { .. } => "enable the IOMMU: intel_iommu=on or amd_iommu=on on the host kernel command line".into(),
+            PlugError::NoVfioNode { .. } => "load vfio-pci and bind the device (`vfioctl bind`)".into(),
+            PlugError::NoPort { .. } => "start the VM with a port sized for it: `vfioctl vm up --gpu DEVICE` (or --port-for DEVICE)".into(),
+            PlugError::UnknownPort { .. } | PlugError::PortBusy { .. } => "`vfioctl vm status NAME` lists the ports and what they hold".into(),
+            PlugError::Qemu { desc, peers, .. } => {
+                if desc.contains("not viable") {
+                    format!("bind the other members of the IOMMU group to vfio-pci too: {}", peers.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" "))
+                } else if desc.contains("no such host device") {
+                    "check the address with `vfioctl devices`".into()
+                } else if desc.contains("Cannot allocate memory") || desc.contains("vfio_dma_map") || desc.contains("memlock") {
+                    "raise QEMU's locked-memory limit above the guest RAM (ulimit -l unlimited, or LimitMEMLOCK=infinity)".into()
+                } else if desc.contains("failed to open /dev/vfio") {
+                    "bind the device to vfio-pci and check /dev/vfio permissions".into()
+                } else {
+                    return None;
+                }
+            }
+            PlugError::NotAssigned { .. } => "the port's window is too small for the BARs: plug onto a port vfioctl sized (`vfioctl vm plan`), or use --firmware ovmf".into(),
+            PlugError::NotSeen { .. } => "the guest kernel needs hotplug support (CONFIG_HOTPLUG_PCI_PCIE / ACPI PCI hotplug)".into(),
+            PlugError::NotPlugged { .. } => "`vfioctl vm status NAME` lists plugged devices".into(),
+            PlugError::UnplugTimeout { .. } => "the guest may be stuck using the device; `vfioctl vm down` forces it off".into(),
+            PlugError::NotReady { .. } => "`vfioctl vm up` first".into(),
+        })
+    }
+    fn exit(&self) -> Exit {
+        match self {
+            PlugError::NotBound { .. }
+            | PlugError::GroupNotViable { .. }
+            | PlugError::NoGroup { .. }
+            | PlugError::NoVfioNode { .. } => Exit::Refused,
+            PlugError::NoPort { .. }
+            | PlugError::UnknownPort { .. }
+            | PlugError::PortBusy { .. }
+            | PlugError::NotPlugged { .. }
+            | PlugError::NotReady { .. } => Exit::Usage,
+            PlugError::Qemu { .. }
+            | PlugError::NotAssigned { .. }
+            | PlugError::NotSeen { .. }
+            | PlugError::UnplugTimeout { .. } => Exit::OperationFailed,
+        }
+    }
+}
+
+/// Host-side checks for a VFIO device: bound to vfio-pci, group viable, node present.
+pub fn precheck(root: &SysRoot, bdf: Bdf) -> Result<PciDevice, VmError> {
+    let dev = PciDevice::read(root, bdf).map_err(|source| VmError::HostDevice {
+        name: String::new(),
+        bdf: bdf.to_string(),
+        source,
+    })?;
+    let bound = dev.vfio_dev
+        || dev
+            .driver
+            .as_deref()
+            .is_some_and(vfioctl_common::pci::device::is_vfio_driver);
+    if !bound {
+        return Err(PlugError::NotBound {
+            bdf,
+            driver: dev.driver.clone(),
+        }
+        .into());
+    }
+    let group = dev.iommu_group.ok_or(PlugError::NoGroup { bdf })?;
+    let mut bad = Vec::new();
+    for peer in &dev.iommu_group_peers {
+        if let Ok(p) = PciDevice::read(root, *peer) {
+            if !p.is_vfio_safe() {
+                bad.push((*peer, p.driver.clone()));
+            }
+        }
+    }
+    if !bad.is_empty() {
+        return Err(PlugError::GroupNotViable {
+            bdf,
+            group,
+            members: bad,
+        }
+        .into());
+    }
+    if !root.exists(format!("/dev/vfio/{group}")) {
+        return Err(PlugError::NoVfioNode { bdf, group }.into());
+    }
+    Ok(dev)
+}
+
+/// What the guest confirmed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Confirmed {
+    pub id_pair: String,
+    pub guest_bdf: String,
+    pub evidence: PciEvidence,
+    /// Seconds from `device_add` to the guest's confirmation.
+    pub seconds: f64,
+}
+
+fn id_pair(root: &SysRoot, gpu: &GpuSpec) -> String {
+    match gpu {
+        GpuSpec::Emulated { .. } => IVSHMEM_ID.into(),
+        GpuSpec::Vfio { bdf } => PciDevice::read(root, *bdf)
+            .map(|d| d.id())
+            .unwrap_or_default(),
+    }
+}
+
+/// Wait until the guest reports `gpu` with all BARs settled. Reads the guest kernel's
+/// messages after byte `offset` of the serial log. Errors carry the guest's lines.
+pub async fn confirm(
+    rec: &VmRecord,
+    gpu: &GpuSpec,
+    root: &SysRoot,
+    offset: usize,
+    timeout: Duration,
+) -> Result<Confirmed, VmError> {
+    let pair = id_pair(root, gpu);
+    let start = Instant::now();
+    let port = rec
+        .plugged
+        .iter()
+        .find(|p| p.gpu == gpu.label())
+        .map(|p| p.port.clone())
+        .unwrap_or_default();
+    loop {
+        let text = std::fs::read(&rec.serial_log).unwrap_or_default();
+        let text = String::from_utf8_lossy(text.get(offset..).unwrap_or_default());
+        if let Some(ev) = evidence::scan(&text, &pair) {
+            if ev.settled() {
+                if !ev.all_assigned() {
+                    return Err(PlugError::NotAssigned {
+                        gpu: gpu.label(),
+                        port,
+                        bdf: ev.bdf.clone(),
+                        failed: ev.failed.clone(),
+                        lines: ev.lines.clone(),
+                    }
+                    .into());
+                }
+                return Ok(Confirmed {
+                    id_pair: pair,
+                    guest_bdf: ev.bdf.clone(),
+                    evidence: ev,
+                    seconds: start.elapsed().as_secs_f64(),
+                });
+            }
+        }
+        if !lifecycle::qemu_alive(rec) {
+            return Err(lifecycle::crashed(rec));
+        }
+        if start.elapsed() > timeout {
+            return Err(PlugError::NotSeen {
+                gpu: gpu.label(),
+                port,
+                secs: timeout.as_secs(),
+                log: evidence::tail(&text, 20),
+            }
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn port_list(rec: &VmRecord) -> String {
+    rec.ports
+        .iter()
+        .map(|p| {
+            format!(
+                "{}{}",
+                p.id,
+                p.pref64_reserve
+                    .map(|r| format!(" (pref64 {})", units::short(r)))
+                    .unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Choose the port: the one asked for, else the first free port whose reserve fits the
+/// device (the port sized for it first).
+pub fn choose_port(
+    rec: &VmRecord,
+    gpu: &GpuSpec,
+    need: u64,
+    want: Option<&str>,
+) -> Result<String, PlugError> {
+    let busy = |port: &str| {
+        rec.plugged
+            .iter()
+            .find(|p| p.port == port)
+            .map(|p| p.id.clone())
+    };
+    if let Some(w) = want {
+        if !rec.ports.iter().any(|p| p.id == w) {
+            return Err(PlugError::UnknownPort {
+                name: rec.name.clone(),
+                port: w.into(),
+                ports: port_list(rec),
+            });
+        }
+        if let Some(id) = busy(w) {
+            return Err(PlugError::PortBusy { port: w.into(), id });
+        }
+        return Ok(w.into());
+    }
+    let free = rec.ports.iter().filter(|p| busy(&p.id).is_none());
+    let label = gpu.label();
+    let mut fits: Vec<_> = free.filter(|p| p.fits_pref64 >= need).collect();
+    fits.sort_by_key(|p| {
+        (
+            p.sized_for.as_deref() != Some(label.as_str()),
+            p.fits_pref64,
+        )
+    });
+    fits.first().map(|p| p.id.clone()).ok_or(PlugError::NoPort {
+        gpu: label,
+        need: units::human(need),
+        ports: port_list(rec),
+    })
+}
+
+/// Plug `gpu` into the running VM and wait until the guest confirms it.
+pub async fn plug(
+    env: &Env,
+    rec: &mut VmRecord,
+    qmp: &Qmp,
+    gpu: &GpuSpec,
+    port: Option<&str>,
+) -> Result<Confirmed, VmError> {
+    if !matches!(rec.state, VmState::Ready | VmState::DevicePlugged) {
+        return Err(PlugError::NotReady {
+            name: rec.name.clone(),
+            state: rec.state.to_string(),
+        }
+        .into());
+    }
+    let (need, peers) = match gpu {
+        GpuSpec::Emulated { size } => (*size, Vec::new()),
+        GpuSpec::Vfio { bdf } => {
+            let dev = precheck(&env.root, *bdf)?;
+            (dev.bar_totals().0, dev.iommu_group_peers.clone())
+        }
+    };
+    let port = choose_port(rec, gpu, need, port)?;
+    let n = (0..)
+        .find(|i| !rec.plugged.iter().any(|p| p.id == format!("gpu{i}")))
+        .unwrap_or(0);
+    let spec = PlugSpec {
+        id: format!("gpu{n}"),
+        port: port.clone(),
+        gpu: gpu.clone(),
+    };
+    let offset = std::fs::metadata(&rec.serial_log)
+        .map(|m| m.len() as usize)
+        .unwrap_or(0);
+    let qemu_err = |source: QmpError| -> VmError {
+        match source {
+            QmpError::Command { ref desc, .. } => PlugError::Qemu {
+                gpu: gpu.label(),
+                port: port.clone(),
+                desc: desc.clone(),
+                peers: peers.clone(),
+                source: Box::new(source),
+            }
+            .into(),
+            other => VmError::Qmp {
+                name: rec.name.clone(),
+                source: other,
+            },
+        }
+    };
+    if let Some(obj) = spec.object_add_args() {
+        qmp.execute_raw("object-add", Some(obj))
+            .await
+            .map_err(qemu_err)?;
+    }
+    if let Err(e) = qmp.run(&spec.device_add()).await {
+        if let Some(m) = spec.memdev_id() {
+            let _ = qmp.execute_raw("object-del", Some(json!({"id": m}))).await;
+        }
+        return Err(qemu_err(e));
+    }
+    rec.plugged.push(Plugged {
+        id: spec.id.clone(),
+        gpu: gpu.label(),
+        port: port.clone(),
+        memdev: spec.memdev_id(),
+        cold: false,
+        id_pair: id_pair(&env.root, gpu),
+        guest_bdf: None,
+    });
+    match confirm(rec, gpu, &env.root, offset, Duration::from_secs(60)).await {
+        Ok(c) => {
+            if let Some(p) = rec.plugged.iter_mut().find(|p| p.id == spec.id) {
+                p.guest_bdf = Some(c.guest_bdf.clone());
+            }
+            rec.transition(VmState::DevicePlugged)?;
+            rec.save().map_err(|source| VmError::Io {
+                name: rec.name.clone(),
+                what: "writing state",
+                path: rec.state_file(),
+                source,
+            })?;
+            Ok(c)
+        }
+        Err(e) => {
+            // Roll back: take the device out again so the VM is as it was.
+            if lifecycle::qemu_alive(rec) {
+                if let Err(u) = unplug(env, rec, qmp, &spec.id).await {
+                    tracing::error!("rolling back {}: {u}", spec.id);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Unplug device `id` and wait for QEMU's `DEVICE_DELETED`. Returns the seconds it took.
+pub async fn unplug(_env: &Env, rec: &mut VmRecord, qmp: &Qmp, id: &str) -> Result<f64, VmError> {
+    let Some(dev) = rec.plugged.iter().find(|p| p.id == id).cloned() else {
+        return Err(PlugError::NotPlugged {
+            name: rec.name.clone(),
+            id: id.into(),
+        }
+        .into());
+    };
+    let timeout = match rec.hotplug {
+        HotplugMode::Acpi => Duration::from_secs(15),
+        HotplugMode::Native => Duration::from_secs(20),
+    };
+    let start = Instant::now();
+    let mut rx = qmp.subscribe();
+    loop {
+        match qmp.execute_raw("device_del", Some(json!({"id": id}))).await {
+            Ok(_) => break,
+            Err(QmpError::Command { ref desc, .. })
+                if (desc.contains("already in the process of unplug") || desc.contains("busy"))
+                    && start.elapsed() < timeout =>
+            {
+                // Native hotplug: the guest is in its 5 s attention-button window. QEMU
+                // expires a pending request after 5 s; ask again after a moment.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(QmpError::Command { class, .. }) if class == "DeviceNotFound" => {
+                // Already gone (an earlier request completed).
+                rec.plugged.retain(|p| p.id != id);
+                return Ok(start.elapsed().as_secs_f64());
+            }
+            Err(source) => {
+                return Err(VmError::Qmp {
+                    name: rec.name.clone(),
+                    source,
+                })
+            }
+        }
+    }
+    let want = id.to_string();
+    let got = wait_event(&mut rx, timeout.saturating_sub(start.elapsed()), |e| {
+        e.name == "DEVICE_DELETED" && e.device() == Some(want.as_str())
+    })
+    .await;
+    if got.is_none() {
+        if !lifecycle::qemu_alive(rec) {
+            return Err(lifecycle::crashed(rec));
+        }
+        return Err(PlugError::UnplugTimeout {
+            id: id.into(),
+            secs: timeout.as_secs(),
+            log: process::tail_file(&rec.serial_log, 25),
+        }
+        .into());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if let Some(m) = &dev.memdev {
+        let _ = qmp.execute_raw("object-del", Some(json!({"id": m}))).await;
+    }
+    rec.plugged.retain(|p| p.id != id);
+    if rec.plugged.is_empty() && rec.state == VmState::DevicePlugged {
+        rec.transition(VmState::Ready)?;
+    }
+    rec.save().map_err(|source| VmError::Io {
+        name: rec.name.clone(),
+        what: "writing state",
+        path: rec.state_file(),
+        source,
+    })?;
+    Ok(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::ports::{self, DeviceBars, Firmware, PhysBits};
+
+    fn rec() -> VmRecord {
+        let mut r = VmRecord::new("lab", std::path::Path::new("/nonexistent"));
+        r.ports = ports::plan(
+            &[DeviceBars::emulated(8 << 30)],
+            1,
+            Firmware::Seabios,
+            1 << 30,
+            PhysBits::TCG,
+        )
+        .unwrap()
+        .ports;
+        r
+    }
+
+    #[test]
+    fn port_choice() {
+        let mut r = rec();
+        let g = GpuSpec::Emulated { size: 8 << 30 };
+        assert_eq!(choose_port(&r, &g, 8 << 30, None).unwrap(), "rp0");
+        // The spare port (no reserve) is only used when asked for: the negative control.
+        assert_eq!(choose_port(&r, &g, 8 << 30, Some("rp1")).unwrap(), "rp1");
+        assert!(matches!(
+            choose_port(&r, &g, 8 << 30, Some("rp9")),
+            Err(PlugError::UnknownPort { .. })
+        ));
+        r.plugged.push(Plugged {
+            id: "gpu0".into(),
+            gpu: g.label(),
+            port: "rp0".into(),
+            memdev: None,
+            cold: false,
+            id_pair: IVSHMEM_ID.into(),
+            guest_bdf: None,
+        });
+        let e = choose_port(&r, &g, 8 << 30, None).unwrap_err();
+        assert!(e.to_string().contains("rp0 (pref64 16G), rp1"), "{e}");
+        assert!(matches!(
+            choose_port(&r, &g, 8 << 30, Some("rp0")),
+            Err(PlugError::PortBusy { .. })
+        ));
+    }
+
+    #[test]
+    fn qemu_errors_get_the_fix() {
+        let bdf: Bdf = "0000:41:00.0".parse().unwrap();
+        let mk = |desc: &str| PlugError::Qemu {
+            gpu: bdf.to_string(),
+            port: "rp0".into(),
+            desc: desc.into(),
+            peers: vec!["0000:41:00.1".parse().unwrap()],
+            source: Box::new(QmpError::Command {
+                command: "device_add".into(),
+                class: "GenericError".into(),
+                desc: desc.into(),
+            }),
+        };
+        assert!(mk("vfio 0000:41:00.0: group 40 is not viable")
+            .hint()
+            .unwrap()
+            .contains("0000:41:00.1"));
+        assert!(mk("vfio /sys/bus/pci/devices/0000:41:00.0: no such host device: No such file or directory").hint().unwrap().contains("vfioctl devices"));
+        assert!(mk("vfio 0000:41:00.0: failed to setup container for group 40: memory listener initialization failed: Region pc.ram: vfio_dma_map(0x55, 0x0, 0x80000000, 0x7f) = -12 (Cannot allocate memory)").hint().unwrap().contains("ulimit -l"));
+        assert_eq!(mk("x").exit(), Exit::OperationFailed);
+    }
+
+    #[test]
+    fn precheck_on_a_fixture_tree() {
+        // A GPU bound to nvidia: refused, naming the driver and the fix.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let dev = root.join("sys/devices/pci0000:40/0000:40:01.1/0000:41:00.0");
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::create_dir_all(root.join("sys/bus/pci/devices")).unwrap();
+        std::fs::create_dir_all(root.join("sys/bus/pci/drivers/nvidia")).unwrap();
+        std::os::unix::fs::symlink(
+            "../../../devices/pci0000:40/0000:40:01.1/0000:41:00.0",
+            root.join("sys/bus/pci/devices/0000:41:00.0"),
+        )
+        .unwrap();
+        for (f, v) in [
+            ("vendor", "0x10de"),
+            ("device", "0x2330"),
+            ("class", "0x030200"),
+        ] {
+            std::fs::write(dev.join(f), v).unwrap();
+        }
+        std::os::unix::fs::symlink("../../../../bus/pci/drivers/nvidia", dev.join("driver"))
+            .unwrap();
+        let e = precheck(&SysRoot::new(root), "0000:41:00.0".parse().unwrap()).unwrap_err();
+        let VmError::Plug(p) = e else { panic!("{e}") };
+        assert!(p.to_string().contains("bound to nvidia"), "{p}");
+        assert_eq!(p.exit(), Exit::Refused);
+        assert!(p.hint().unwrap().contains("vfioctl bind 0000:41:00.0"));
+    }
+}

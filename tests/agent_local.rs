@@ -1,0 +1,208 @@
+//! The real agent binary on a unix socket on this machine (no VM): protocol, garbage
+//! handling, exec policy, device listing with the host's own parser, shutdown.
+
+mod agent_support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use agent_support::LocalAgent;
+use vfioctl::agent::{AgentClient, ClientError};
+use vfioctl_common::proto::{self, ErrorKind, Outcome, PowerAction, Response, Verdict};
+use vfioctl_common::{PciDevice, Selector, SysRoot};
+
+const T: Duration = Duration::from_secs(20);
+
+fn read_response(s: &mut impl Read) -> Response {
+    let p = proto::read_frame(s, proto::MAX_REPLY).expect("a reply frame");
+    proto::decode_response(&p).expect("a valid response")
+}
+
+fn err_kind(r: &Response) -> ErrorKind {
+    match &r.result {
+        Outcome::Err(e) => e.kind,
+        Outcome::Ok(o) => panic!("expected an error, got {o:?}"),
+    }
+}
+
+#[test]
+fn hello_devices_and_checks() {
+    let a = LocalAgent::start(&[]);
+    let mut c = AgentClient::connect(&a.transport(), T).unwrap();
+    let h = c.hello().unwrap();
+    assert_eq!(h.protocol_version, proto::PROTOCOL_VERSION);
+    assert!(!h.pid1 && !h.exec_enabled);
+    assert!(!h.kernel.is_empty());
+
+    // The agent lists devices with the host's parser: same result as reading here.
+    let d = c.list_devices().unwrap();
+    let root = SysRoot::host();
+    for dev in d.devices.iter().take(8) {
+        let here = PciDevice::read(&root, dev.bdf).unwrap();
+        assert_eq!(&here, dev);
+    }
+
+    // wait_device: an existing device is ready at once; a missing one times out.
+    if let Some(dev) = d.devices.first() {
+        let w = c
+            .wait_device(
+                &Selector::Bdf { bdf: dev.bdf },
+                Duration::from_secs(5),
+                false,
+            )
+            .unwrap();
+        assert!(w.ready);
+        assert_eq!(w.device.unwrap().bdf, dev.bdf);
+    }
+    let w = c
+        .wait_device(
+            &"fffe:fffe".parse().unwrap(),
+            Duration::from_millis(300),
+            true,
+        )
+        .unwrap();
+    assert!(!w.ready && w.device.is_none());
+    assert!(w.waited_ms >= 300);
+
+    // Named checks: unknown names are errors; known ones give verdicts with reasons.
+    let e = c.run_check("frobnicate", &[]).unwrap_err();
+    assert!(
+        matches!(e, ClientError::Agent { ref error, .. } if error.kind == ErrorKind::UnknownCheck)
+    );
+    let r = c
+        .run_check("module-loaded", &["no_such_module_x".into()])
+        .unwrap();
+    assert_eq!(r.verdict, Verdict::Fail);
+
+    // Kernel log with a mark: nothing older than the mark comes back.
+    if std::path::Path::new("/dev/kmsg").exists() {
+        let k = c.kernel_log(None, Some(5)).unwrap();
+        assert!(k.records.len() <= 5);
+        let k2 = c.kernel_log(Some(k.mark), None).unwrap();
+        assert!(k2.records.iter().all(|r| r.seq > k.mark));
+    }
+}
+
+#[test]
+fn exec_is_off_by_default_and_bounded_when_on() {
+    let off = LocalAgent::start(&[]);
+    let mut c = AgentClient::connect(&off.transport(), T).unwrap();
+    let e = c.exec(&["/bin/true"], T, 100).unwrap_err();
+    assert!(
+        matches!(e, ClientError::Agent { ref error, .. } if error.kind == ErrorKind::ExecDisabled)
+    );
+
+    let on = LocalAgent::start(&["--exec"]);
+    let mut c = AgentClient::connect(&on.transport(), T).unwrap();
+    let r = c
+        .exec(&["sh", "-c", "echo out; echo err >&2; exit 3"], T, 100)
+        .unwrap();
+    assert_eq!(
+        (r.exit_code, r.stdout.as_str(), r.stderr.as_str()),
+        (Some(3), "out\n", "err\n")
+    );
+    // Output is bounded.
+    let r = c
+        .exec(
+            &["sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x"],
+            T,
+            1000,
+        )
+        .unwrap();
+    assert_eq!(r.stdout.len(), 1000);
+    assert!(r.stdout_truncated && r.success());
+    // The timeout kills the whole process group.
+    let r = c
+        .exec(
+            &["sh", "-c", "sleep 30 & sleep 30"],
+            Duration::from_millis(300),
+            100,
+        )
+        .unwrap();
+    assert!(r.timed_out);
+    assert_eq!(r.signal, Some(libc::SIGKILL));
+    // A missing program is an error reply, and the agent goes on.
+    let e = c.exec(&["/no/such/prog"], T, 100).unwrap_err();
+    assert!(matches!(e, ClientError::Agent { ref error, .. } if error.kind == ErrorKind::NotFound));
+    assert!(c.hello().is_ok());
+}
+
+#[test]
+fn garbage_gets_error_replies_and_the_agent_keeps_serving() {
+    let a = LocalAgent::start(&[]);
+    let tr = a.transport();
+    let mut c = AgentClient::connect(&tr, T).unwrap();
+
+    // A well-framed payload that is not a request: error reply, same connection goes on.
+    {
+        let s = c.stream_mut();
+        proto::write_frame(s, b"{\"id\": 9, \"req\": {\"op\": \"rm_rf\"}}").unwrap();
+        let r = read_response(s);
+        assert_eq!(r.id, Some(9));
+        assert_eq!(err_kind(&r), ErrorKind::BadRequest);
+        proto::write_frame(s, &[0xff, 0x00, 0x13]).unwrap();
+        let r = read_response(s);
+        assert_eq!((r.id, err_kind(&r)), (None, ErrorKind::BadRequest));
+    }
+    assert!(c.hello().is_ok());
+
+    // Not our protocol at all: one error reply, then the connection is closed.
+    let mut s = tr.open(T).unwrap();
+    s.set_timeout(Some(T)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let r = read_response(&mut s);
+    assert_eq!(err_kind(&r), ErrorKind::BadFrame);
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+
+    // An oversized length: refused before anything is read or allocated.
+    let mut s = tr.open(T).unwrap();
+    s.set_timeout(Some(T)).unwrap();
+    s.write_all(&proto::encode_header(u32::MAX)).unwrap();
+    assert_eq!(err_kind(&read_response(&mut s)), ErrorKind::TooLarge);
+
+    // A wrong version.
+    let mut s = tr.open(T).unwrap();
+    s.set_timeout(Some(T)).unwrap();
+    let mut h = proto::encode_header(2);
+    h[3] = 99;
+    s.write_all(&h).unwrap();
+    assert_eq!(
+        err_kind(&read_response(&mut s)),
+        ErrorKind::UnsupportedVersion
+    );
+
+    // A peer that sends half a frame and vanishes.
+    let mut s = tr.open(T).unwrap();
+    s.write_all(&proto::encode_header(100)[..5]).unwrap();
+    drop(s);
+
+    // Still serving, old and new connections alike.
+    assert!(c.hello().is_ok());
+    let mut c2 = AgentClient::connect(&tr, T).unwrap();
+    assert!(c2.list_devices().is_ok());
+}
+
+#[test]
+fn shutdown_stops_a_service_agent() {
+    let mut a = LocalAgent::start(&[]);
+    let mut c = AgentClient::connect(&a.transport(), T).unwrap();
+    c.shutdown(PowerAction::Poweroff).unwrap();
+    let status = a.child.wait().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn connect_times_out_with_boot_timeout_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let tr = vfioctl::agent::Transport::Unix {
+        path: dir.path().join("nobody.sock"),
+    };
+    let e = match AgentClient::connect(&tr, Duration::from_millis(300)) {
+        Err(e) => e,
+        Ok(_) => panic!("connected to nobody"),
+    };
+    assert!(matches!(e, ClientError::NotReady { .. }), "{e}");
+    use vfioctl::Diagnose;
+    assert_eq!(e.exit(), vfioctl::Exit::BootTimeout);
+}

@@ -1,0 +1,231 @@
+//! `vfioctl rootfs build` with the real Debian lab kernel's modules: byte-identical
+//! rebuilds, module dependency order, the NVIDIA flavour's missing-inputs report, ext4.
+
+mod agent_support;
+
+use std::path::Path;
+use std::process::Command;
+
+use agent_support::{lab_kernel, static_agent, workspace};
+use vfioctl::rootfs::{build, BuildOptions};
+
+fn opts(manifest: &str, out: &Path) -> Option<BuildOptions> {
+    let k = lab_kernel()?;
+    Some(BuildOptions {
+        manifest: workspace().join("rootfs").join(manifest),
+        kernel_modules: Some(k),
+        out: out.into(),
+        agent: Some(static_agent()),
+        ..Default::default()
+    })
+}
+
+fn list(archive: &Path) -> Vec<String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zcat {} | cpio -t --quiet", archive.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn extract(archive: &Path, file: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zcat {} | cpio -i --quiet --to-stdout {file}",
+            archive.display()
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn lab_initramfs_is_byte_identical_and_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.cpio.gz"), dir.path().join("b.cpio.gz"));
+    let Some(oa) = opts("lab.toml", &a) else {
+        skip!(
+            "no lab kernel in {} (run scripts/setup)",
+            agent_support::lab().display()
+        )
+    };
+    let ra = build(&oa).unwrap();
+    let rb = build(&opts("lab.toml", &b).unwrap()).unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_eq!(ra.sha256, rb.sha256);
+    assert!(ra.bytes <= 8 << 20, "lab initramfs is {} bytes", ra.bytes);
+
+    let names = list(&a);
+    for want in [
+        "init",
+        "usr/bin/vfioctl-agent",
+        "dev/console",
+        "etc/vfioctl/agent.conf",
+        "etc/vfioctl/modules.load",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    // Load order: every module after its dependencies.
+    let load = extract(&a, "etc/vfioctl/modules.load");
+    let order: Vec<&str> = load
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.rsplit('/').next().unwrap())
+        .collect();
+    let pos = |m: &str| {
+        order
+            .iter()
+            .position(|x| *x == m)
+            .unwrap_or_else(|| panic!("{m} not in {order:?}"))
+    };
+    assert!(pos("virtio.ko") < pos("virtio_pci.ko"));
+    assert!(pos("vsock.ko") < pos("vmw_vsock_virtio_transport_common.ko"));
+    assert!(pos("vmw_vsock_virtio_transport_common.ko") < pos("vmw_vsock_virtio_transport.ko"));
+    // Each listed module is in the archive.
+    for l in load.lines().filter(|l| !l.starts_with('#')) {
+        assert!(
+            names.iter().any(|n| format!("/{n}") == l),
+            "{l} not shipped"
+        );
+    }
+    assert_eq!(
+        extract(&a, "etc/vfioctl/agent.conf").lines().last(),
+        Some("exec=0")
+    );
+}
+
+#[test]
+fn vfio_variant_has_busybox_vfio_modules_and_exec() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("v.cpio.gz");
+    let Some(mut o) = opts("lab-vfio.toml", &out) else {
+        skip!("no lab kernel (run scripts/setup)")
+    };
+    if !Path::new("/bin/busybox").is_file() {
+        skip!("no /bin/busybox (install busybox-static)")
+    }
+    o.extra = vec![(
+        workspace().join("rootfs/lab.toml"),
+        "/etc/extra.toml".into(),
+    )];
+    let r = build(&o).unwrap();
+    let names = list(&out);
+    assert!(names.iter().any(|n| n == "bin/busybox"));
+    assert!(names.iter().any(|n| n == "bin/sh"));
+    assert!(names.iter().any(|n| n == "etc/extra.toml"));
+    let load = extract(&out, "etc/vfioctl/modules.load");
+    let idx = |m: &str| {
+        load.find(m)
+            .unwrap_or_else(|| panic!("{m} not loaded: {load}"))
+    };
+    assert!(idx("irqbypass.ko") < idx("vfio-pci-core.ko"));
+    assert!(idx("vfio-pci-core.ko") < idx("vfio-pci.ko"));
+    assert!(idx("e1000e.ko") > 0);
+    assert_eq!(
+        extract(&out, "etc/vfioctl/agent.conf").lines().last(),
+        Some("exec=1")
+    );
+    assert!(r
+        .modules
+        .iter()
+        .any(|m| m.name == "vfio_pci" && m.loaded_at_boot));
+}
+
+#[test]
+fn nvidia_flavour_reports_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("n.cpio.gz");
+    let Some(o) = opts("nvidia.toml", &out) else {
+        skip!("no lab kernel (run scripts/setup)")
+    };
+    if !Path::new("/bin/busybox").is_file() {
+        skip!("no /bin/busybox (install busybox-static)")
+    }
+    if std::env::var_os("NVIDIA_USERLAND").is_some() {
+        skip!("NVIDIA_USERLAND is set: this test checks the report without it")
+    }
+    let r = build(&o).unwrap();
+    assert!(r
+        .missing_optional
+        .iter()
+        .any(|m| m.contains("NVIDIA_USERLAND") && m.contains("nvidia-smi")));
+    assert_eq!(r.guest_hook_path.as_deref(), Some("/usr/share/oci/hooks"));
+    let names = list(&out);
+    assert!(names
+        .iter()
+        .any(|n| n == "usr/share/oci/hooks/prestart/nvidia-container-toolkit.sh"));
+}
+
+#[test]
+fn ext4_image_through_mkfs_d() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("l.cpio.gz");
+    let img = dir.path().join("l.ext4");
+    let Some(mut o) = opts("lab.toml", &out) else {
+        skip!("no lab kernel (run scripts/setup)")
+    };
+    if agent_support::which("mkfs.ext4").is_none() && !Path::new("/sbin/mkfs.ext4").exists() {
+        skip!("mkfs.ext4 missing (install e2fsprogs)")
+    }
+    o.ext4 = Some(img.clone());
+    build(&o).unwrap();
+    let out = Command::new("debugfs")
+        .args(["-R", "ls -l /usr/bin"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("vfioctl-agent"));
+}
+
+#[test]
+fn cli_build_prints_json_report() {
+    let Some(k) = lab_kernel() else {
+        skip!("no lab kernel (run scripts/setup)")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("c.cpio.gz");
+    let o = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
+        .args(["--json", "rootfs", "build", "--manifest"])
+        .arg(workspace().join("rootfs/lab.toml"))
+        .arg("--kernel-modules")
+        .arg(&k)
+        .arg("--agent")
+        .arg(static_agent())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["manifest"], "lab");
+    assert!(v["bytes"].as_u64().unwrap() > 0);
+    // A module the kernel does not have is a usage error (exit 2) naming it.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "name = \"bad\"\n[modules]\nload = [\"no_such_module\"]\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
+        .args(["rootfs", "build", "--manifest"])
+        .arg(&bad)
+        .arg("--kernel-modules")
+        .arg(&k)
+        .arg("--agent")
+        .arg(static_agent())
+        .arg("--out")
+        .arg(dir.path().join("bad.cpio.gz"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no_such_module"));
+}
