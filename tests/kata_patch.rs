@@ -335,3 +335,62 @@ fn hand_edited_crlf_file() {
     assert!(c.contains("note = \"\"\"\r\nmulti-line\r\n  string\"\"\"\r\n"));
     assert!(c.contains("\t# tab-indented comment kept as is\r\n"));
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Lines a person might add anywhere in [hypervisor.qemu]: comments (also ones that
+    /// look like the keys vfioctl changes), unrelated keys with odd spacing, blank lines.
+    fn junk_line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[ \t]{0,3}# [a-zA-Z0-9 =\"._-]{0,40}".prop_map(|s| s),
+            Just("#pcie_root_port = 4".to_string()),
+            Just("# cold_plug_vfio = \"bridge-port\"".to_string()),
+            Just(String::new()),
+            ("[a-z]{3,12}", 0u32..100000, "[ ]{0,4}")
+                .prop_map(|(k, v, sp)| format!("x_{k}{sp}={sp}{v}")),
+            ("[a-z]{3,12}", "[a-zA-Z0-9 /._-]{0,30}")
+                .prop_map(|(k, v)| format!("y_{k} = '{v}'   # note")),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn unrelated_lines_survive_anywhere(
+            inserts in proptest::collection::vec((0usize..200, junk_line()), 1..12),
+            crlf: bool,
+        ) {
+            let base = std::fs::read_to_string(fixture("kata/configuration-qemu-3.4.toml")).unwrap();
+            let mut lines: Vec<String> = base.lines().map(String::from).collect();
+            // Insert only inside [hypervisor.qemu] (between its header and [agent.kata]).
+            let start = lines.iter().position(|l| l == "[hypervisor.qemu]").unwrap() + 1;
+            let end = lines.iter().position(|l| l == "[agent.kata]").unwrap();
+            let mut used = BTreeSet::new();
+            for (pos, line) in inserts {
+                // Unrelated keys must be unique to stay valid TOML.
+                if (line.starts_with("x_") || line.starts_with("y_")) && !used.insert(line.split([' ', '=']).next().unwrap().to_string()) {
+                    continue;
+                }
+                let at = start + pos % (end - start);
+                lines.insert(at, line);
+            }
+            let eol = if crlf { "\r\n" } else { "\n" };
+            let text = lines.join(eol) + eol;
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("configuration.toml");
+            std::fs::write(&path, &text).unwrap();
+            let (text, doc) = kata::read_base(&path).unwrap();
+            let choice = kata::choose_target(Some("3.4.0".parse().unwrap()), None, Some(&doc)).unwrap();
+            let sel = kata::select(&SysRoot::new(fixture("kata-dgx")), &[]).unwrap();
+            let out = kata::configure(choice, None, Artefacts::default(), sel, Some(Base { path: &path, text: &text, doc }), None).unwrap();
+            let changed: BTreeSet<(String, String)> = out.settings.iter().filter(|s| s.changed)
+                .map(|s| (s.table.to_string(), s.key.to_string())).collect();
+            prop_assert_eq!(outside(&text, &changed), outside(&out.config, &changed));
+            if crlf {
+                prop_assert_eq!(out.config.matches("\r\n").count(), out.config.matches('\n').count());
+            }
+        }
+    }
+}

@@ -1,4 +1,5 @@
 //! `vfioctl check`.
+use crate::host::run_checks;
 use crate::{Context, Exit, Failure};
 
 #[derive(Debug, clap::Args)]
@@ -13,6 +14,19 @@ pub struct Args {
     pub vm_memory: Option<vfioctl_common::units::Size>,
 }
 
-pub fn run(_ctx: &Context, _args: Args) -> Result<Exit, Failure> {
-    super::not_yet("check")
+/// Exit 0 when no check failed (warnings allowed), 1 when one failed, 2 for bad input.
+pub fn run(ctx: &Context, args: Args) -> Result<Exit, Failure> {
+    let sels = super::selectors(&args.selectors, None)?;
+    let report = run_checks(&ctx.root, &sels, args.class, args.vm_memory.map(|s| s.0))?;
+    match crate::output::emit(ctx, &report, |out| report.write_text(out)) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(Failure::new(Exit::Infrastructure, e))
+        }
+        _ => {}
+    }
+    Ok(if report.failed() {
+        Exit::CheckFailed
+    } else {
+        Exit::Ok
+    })
 }

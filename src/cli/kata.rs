@@ -173,7 +173,7 @@ fn config(ctx: &Context, a: ConfigArgs) -> Result<Exit, Failure> {
     if a.explain {
         writeln!(
             side,
-            "\n{} ({}), {}, {} PCIe port(s) for IOMMU group(s) {}",
+            "\n{} [{}]: {}, {} PCIe port(s) for IOMMU group(s) {}",
             outcome.target.target,
             outcome.target.how,
             outcome.mode,

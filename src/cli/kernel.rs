@@ -1,12 +1,214 @@
 //! `vfioctl kernel ...`.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::kernel::{self, BuildOptions, NvidiaMode, Progress};
+use crate::output::emit;
 use crate::{Context, Exit, Failure};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum KernelCommand {
-    /// Build a guest kernel from kernel-configs/ fragments.
-    Build,
+    /// Build a guest kernel from kernel-configs/ fragments (tinyconfig + fragments +
+    /// olddefconfig, every requested option verified), its modules and, with --nvidia,
+    /// the NVIDIA open modules and GSP firmware.
+    Build(BuildArgs),
+    /// Check a .config against the fragments: every requested option must have landed;
+    /// with --source, name the unmet Kconfig dependency of each one that did not.
+    Verify(VerifyArgs),
 }
 
-pub fn run(_ctx: &Context, _c: KernelCommand) -> Result<Exit, Failure> {
-    super::not_yet("kernel")
+#[derive(Debug, clap::Args)]
+pub struct Common {
+    /// Fragments, allowlist, manifest.toml and patches.
+    #[arg(long, env = "VFIOCTL_KERNEL_CONFIGS", value_name = "DIR")]
+    pub configs: Option<PathBuf>,
+    /// Flavours on top of base + x86_64 (repeatable, or comma-separated): nvidia,
+    /// vfio-guest, debug. Merged in kernel-configs/ file-name order, whatever the order here.
+    #[arg(long = "flavour", value_delimiter = ',', value_name = "NAME")]
+    pub flavours: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Kernel source tree or tarball [default: the pinned /usr/src/linux-source-6.1.tar.xz].
+    #[arg(long, value_name = "DIR|TARBALL")]
+    pub source: Option<PathBuf>,
+    /// Output dir [default: $VFIOCTL_LAB/kernel/vfioctl-<flavours>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Parallel make jobs (the build machines are shared: keep it small).
+    #[arg(long, default_value_t = 2)]
+    pub jobs: u32,
+    /// NVIDIA kernel modules: open-535 (Debian bookworm, pinned) or run:FILE (a .run
+    /// installer). Implies --flavour nvidia.
+    #[arg(long, value_name = "open-535|run:FILE")]
+    pub nvidia: Option<NvidiaMode>,
+    /// Lab cache (extracted source, O= trees, default output).
+    #[arg(long, env = "VFIOCTL_LAB", default_value = ".lab", value_name = "DIR")]
+    pub lab: PathBuf,
+    /// nice level for compile steps.
+    #[arg(long, default_value_t = 10)]
+    pub nice: i32,
+    /// Do not use ccache even when installed.
+    #[arg(long)]
+    pub no_ccache: bool,
+    /// Rebuild even when the inputs are unchanged.
+    #[arg(long)]
+    pub force: bool,
+    /// Accept a tarball whose sha256 differs from kernel-configs/manifest.toml.
+    #[arg(long)]
+    pub allow_unpinned: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The final .config to check.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Kernel source tree, to explain drops from its Kconfig files.
+    #[arg(long, value_name = "DIR")]
+    pub source: Option<PathBuf>,
+}
+
+/// kernel-configs/: the flag, ./kernel-configs, or the one in this source checkout.
+fn configs_dir(c: &Common) -> PathBuf {
+    if let Some(d) = &c.configs {
+        return d.clone();
+    }
+    let here = PathBuf::from("kernel-configs");
+    if here.join("manifest.toml").is_file() {
+        return here;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-configs")
+}
+
+pub fn run(ctx: &Context, c: KernelCommand) -> Result<Exit, Failure> {
+    match c {
+        KernelCommand::Build(a) => run_build(ctx, a),
+        KernelCommand::Verify(a) => run_verify(ctx, a),
+    }
+}
+
+fn run_build(ctx: &Context, a: BuildArgs) -> Result<Exit, Failure> {
+    let opts = BuildOptions {
+        configs: configs_dir(&a.common),
+        source: a.source,
+        flavours: a.common.flavours,
+        out: a.out,
+        lab: a.lab,
+        jobs: a.jobs.max(1),
+        nvidia: a.nvidia,
+        allow_unpinned: a.allow_unpinned,
+        force: a.force,
+        nice: a.nice,
+        ccache: !a.no_ccache,
+    };
+    let mut progress = |p: Progress| {
+        let mut e = std::io::stderr();
+        let _ = match p {
+            Progress::Start { phase, what } => writeln!(e, "[{phase}] {what} ..."),
+            Progress::Done {
+                phase,
+                seconds,
+                skipped,
+                note,
+            } => writeln!(
+                e,
+                "[{phase}] {} in {seconds:.1} s: {note}",
+                if skipped { "cached" } else { "done" }
+            ),
+        };
+    };
+    let r = kernel::build(&opts, &mut progress)?;
+    emit(ctx, &r, |out| {
+        let m = &r.manifest;
+        if r.up_to_date {
+            writeln!(out, "up to date (inputs unchanged): {}", r.out.display())?;
+        }
+        writeln!(
+            out,
+            "kernel {} ({})",
+            m.kernel_release,
+            m.flavours.join(", ")
+        )?;
+        writeln!(
+            out,
+            "vmlinuz {} ({} bytes)",
+            m.artefacts.vmlinuz.display(),
+            m.artefacts.vmlinuz_bytes
+        )?;
+        writeln!(out, "modules {}", m.artefacts.modules_dir.display())?;
+        writeln!(
+            out,
+            "config  {} ({} options requested, {} dropped, {} allowlisted)",
+            m.artefacts.config.display(),
+            m.verify.requested,
+            m.verify.dropped,
+            m.verify.allowed
+        )?;
+        if let Some(nv) = &m.nvidia {
+            writeln!(
+                out,
+                "nvidia  {} {}: {} modules, vermagic {}, firmware {}",
+                nv.mode,
+                nv.version,
+                nv.modules.len(),
+                nv.vermagic,
+                nv.firmware.len()
+            )?;
+        }
+        writeln!(
+            out,
+            "manifest {}",
+            r.out.join("build-manifest.json").display()
+        )
+    })
+    .map_err(|e| Failure::new(Exit::Infrastructure, e))?;
+    Ok(Exit::Ok)
+}
+
+fn run_verify(ctx: &Context, a: VerifyArgs) -> Result<Exit, Failure> {
+    let configs = configs_dir(&a.common);
+    let pins_path = configs.join("manifest.toml");
+    let pins = std::fs::read_to_string(&pins_path)
+        .map_err(|e| Failure::new(Exit::Usage, e).with_hint(format!("{}", pins_path.display())))
+        .and_then(|t| {
+            kernel::manifest::Pins::parse(&t).map_err(|e| Failure::new(Exit::Usage, e))
+        })?;
+    let flavours: Vec<String> = a
+        .common
+        .flavours
+        .into_iter()
+        .filter(|f| f != "base")
+        .collect();
+    let frags = kernel::build::select_fragments(&configs, &pins.kernel.always, &flavours)?;
+    let merged = kernel::merge(&frags);
+    let text = std::fs::read_to_string(&a.config)
+        .map_err(|e| Failure::new(Exit::Usage, format!("{}: {e}", a.config.display())))?;
+    let cfg = kernel::DotConfig::parse(&a.config, &text).map_err(kernel::KernelError::from)?;
+    let tree = match &a.source {
+        Some(s) => Some(
+            kernel::KconfigTree::load(s, &pins.kernel.srcarch)
+                .map_err(kernel::KernelError::from)?,
+        ),
+        None => None,
+    };
+    let allow_path = configs.join("allowlist");
+    let allow = kernel::Allowlist::parse(
+        &allow_path,
+        &std::fs::read_to_string(&allow_path).unwrap_or_default(),
+    )
+    .map_err(kernel::KernelError::from)?;
+    let report = kernel::verify(&merged, &cfg, tree.as_ref(), &allow);
+    emit(ctx, &report, |out| write!(out, "{}", report.render()))
+        .map_err(|e| Failure::new(Exit::Infrastructure, e))?;
+    Ok(if report.ok() {
+        Exit::Ok
+    } else {
+        Exit::CheckFailed
+    })
 }

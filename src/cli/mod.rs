@@ -188,12 +188,3 @@ pub fn selectors(
     }
     Ok(v)
 }
-
-/// A placeholder for a subcommand whose issue has not landed; an honest error, not a
-/// fake result.
-pub(crate) fn not_yet(what: &str) -> Result<Exit, Failure> {
-    Err(Failure::new(
-        Exit::Infrastructure,
-        format!("`vfioctl {what}` is not implemented in this build"),
-    ))
-}

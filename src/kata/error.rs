@@ -55,15 +55,19 @@ pub enum KataError {
     NoDevices { gpus: Vec<Holder> },
     #[error("{bdf} has no IOMMU group: the IOMMU is off")]
     NoIommuGroup { bdf: Bdf },
-    #[error("{bdf} is on {} instead of vfio-pci: Kata's cold_plug_vfio/hot_plug_vfio hand QEMU only vfio-pci devices", driver.as_deref().unwrap_or("no driver"))]
+    #[error("{bdf} is not bound to vfio-pci ({}): Kata's cold_plug_vfio/hot_plug_vfio hand QEMU only vfio-pci devices", match driver { Some(d) => format!("driver {d}"), None => "no driver".into() })]
     NotBound { bdf: Bdf, driver: Option<String> },
+    #[error(
+        "{bdf}: BAR{bar} was never assigned on the host, so QEMU cannot map it into the guest"
+    )]
+    UnassignedBar { bdf: Bdf, bar: u8 },
     #[error("IOMMU group {group} of {bdf} is not viable: {} must be on vfio-pci too (Kata passes every function of the group)", list(others))]
     GroupNotViable {
         group: u32,
         bdf: Bdf,
         others: Vec<Holder>,
     },
-    #[error("{key} = {needed}: {functions} need {needed} PCIe ports, Kata {version} allows at most {max}")]
+    #[error("{key}: {functions} need {needed} PCIe ports (one per function), Kata {version} creates at most {max}")]
     TooManyPorts {
         key: &'static str,
         needed: u32,
@@ -71,6 +75,8 @@ pub enum KataError {
         version: KataVersion,
         functions: String,
     },
+    #[error("vfio_mode = \"vfio\" with IOMMU group {group} holding {functions}: Kata gives each function its own root port, so the guest sees them in separate groups and the agent refuses them (\"is not in guest IOMMU group\", #2900)")]
+    VfioModeSplitsGroup { group: u32, functions: String },
     #[error("{key} = {value} together with {other} = {other_value}: {why}")]
     Conflict {
         key: &'static str,
@@ -133,12 +139,18 @@ impl Diagnose for KataError {
                 "add intel_iommu=on (or amd_iommu=on) iommu=pt to the host kernel command line, and enable VT-d/AMD-Vi in the firmware".into()
             }
             KataError::NotBound { bdf, .. } => format!("`vfioctl bind {bdf}`"),
+            KataError::UnassignedBar { .. } => {
+                "enable Above 4G Decoding (and Resizable BAR support if offered) in the firmware setup, then check with `vfioctl check`".into()
+            }
             KataError::GroupNotViable { bdf, .. } => format!(
                 "`vfioctl bind {bdf}` binds the whole group; or move the card to a slot with its own group (ACS)"
             ),
             KataError::TooManyPorts { max, .. } => format!(
                 "select fewer devices with --gpu (each PCIe function of their groups takes a port; at most {max})"
             ),
+            KataError::VfioModeSplitsGroup { .. } => {
+                "set [runtime] vfio_mode = \"guest-kernel\" in the base file, or pass only single-function groups".into()
+            }
             KataError::Conflict { other, .. } => format!("remove {other} from the file or set it to its default"),
             KataError::BaseRead { .. } | KataError::BaseParse { .. } => {
                 "pass Kata's configuration.toml, e.g. /opt/kata/share/defaults/kata-containers/configuration-qemu-nvidia-gpu.toml".into()
@@ -159,6 +171,8 @@ impl Diagnose for KataError {
             KataError::NoDevices { .. }
             | KataError::NoIommuGroup { .. }
             | KataError::NotBound { .. }
+            | KataError::UnassignedBar { .. }
+            | KataError::VfioModeSplitsGroup { .. }
             | KataError::GroupNotViable { .. }
             | KataError::TooManyPorts { .. } => Exit::CheckFailed,
             KataError::Write { .. } => Exit::Infrastructure,

@@ -13,6 +13,7 @@ use vfioctl_common::pci::enumerate;
 use vfioctl_common::{Bdf, PciDevice, Selector, SysRoot};
 
 use super::error::{Holder, KataError};
+use crate::vm::ports::DeviceBars;
 
 /// A BAR this large (or larger) does not fit below 4 GiB: the guest must map it in
 /// 64-bit MMIO space, which is what "large PCI bar devices" in Kata's docs and issues
@@ -37,6 +38,8 @@ pub struct Function {
     pub pref64_bytes: u64,
     /// The largest BAR.
     pub largest_bar: u64,
+    /// The BARs as the VM's root-port sizing sees them.
+    pub bars: DeviceBars,
 }
 
 impl Function {
@@ -53,6 +56,7 @@ impl Function {
             bridge: is_skipped_bridge(d),
             pref64_bytes: pref64,
             largest_bar: d.bars.iter().filter_map(|b| b.size).max().unwrap_or(0),
+            bars: DeviceBars::from_pci(d),
         }
     }
 
@@ -125,6 +129,14 @@ impl Selection {
                 } else {
                     md.driver.as_deref().is_some_and(is_vfio_pci)
                 };
+                if ok && !f.bridge {
+                    if let Some(b) = md.unassigned_bars().next() {
+                        return Err(KataError::UnassignedBar {
+                            bdf: m,
+                            bar: b.index,
+                        });
+                    }
+                }
                 if !ok {
                     bad.push(Holder {
                         bdf: m,
@@ -207,7 +219,15 @@ pub fn select(root: &SysRoot, selectors: &[Selector]) -> Result<Selection, KataE
     let all = enumerate(root)?;
     let mut devices = BTreeMap::new();
     for bdf in &all {
-        devices.insert(*bdf, PciDevice::read(root, *bdf)?);
+        let mut d = PciDevice::read(root, *bdf)?;
+        // Kata's IsPCIeDevice(): the config space is larger than 256 bytes (the extended
+        // space only PCIe has). The file's size tells it without reading it (reads past
+        // 64 bytes need root). Link attributes (the model's test) count too, for trees
+        // captured with a truncated config file.
+        if let Ok(m) = std::fs::metadata(root.path(format!("{}/config", bdf.sysfs_path()))) {
+            d.is_pcie |= m.len() > 256;
+        }
+        devices.insert(*bdf, d);
     }
     let mut chosen = BTreeSet::new();
     if selectors.is_empty() {

@@ -161,8 +161,8 @@ pub struct Base<'a> {
     pub doc: DocumentMut,
 }
 
-/// Plan and produce the file. Pure apart from nothing: the selection and base are
-/// already read.
+/// Plan and produce the file. No I/O: the selection and the base file were read by the
+/// caller ([`select`], [`read_base`]).
 pub fn configure(
     choice: TargetChoice,
     mode: Option<PlugMode>,
@@ -173,11 +173,35 @@ pub fn configure(
 ) -> Result<Outcome, KataError> {
     let target = choice.target;
     let mode = mode.unwrap_or_else(|| target.default_mode());
+    let vfio_mode = match base
+        .as_ref()
+        .and_then(|b| patch::table(&b.doc, "runtime"))
+        .and_then(|t| t.get("vfio_mode"))
+        .and_then(|i| i.as_str())
+    {
+        Some("vfio") => plan::VfioMode::Vfio,
+        _ => plan::VfioMode::GuestKernel,
+    };
     let req = Request {
         target,
         mode,
         artefacts,
+        vfio_mode,
     };
+    let mut base_notes = Vec::new();
+    if let Some(sock) = base
+        .as_ref()
+        .and_then(|b| patch::table(&b.doc, "runtime"))
+        .and_then(|t| t.get("pod_resource_api_sock"))
+        .and_then(|i| i.as_str())
+        .filter(|s| !s.is_empty())
+    {
+        if mode == PlugMode::Cold && target.version >= KataVersion::new(3, 24, 0) {
+            base_notes.push(format!(
+                "pod_resource_api_sock = {sock:?} left as is: from Kata 3.24 cold plug asks the kubelet which devices to plug (#12087); with \"\" it needs a CDI annotation instead. A plain `ctr run --device` against such a release is not verified here"
+            ));
+        }
+    }
     plan::check(&req, &sel)?;
     let wants = plan::plan(&req, &sel);
     let (mut doc, annotate, path, old) = match base {
@@ -202,7 +226,8 @@ pub fn configure(
             .header(&p.display().to_string(), &new_name.display().to_string())
             .to_string()
     });
-    let notes = plan::notes(&req, &sel);
+    let mut notes = plan::notes(&req, &sel);
+    notes.extend(base_notes);
     let try_commands = try_commands(&sel, config_path);
     Ok(Outcome {
         scheme: target.scheme(),

@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::error::KataError;
 use super::host::{Selection, LARGE_BAR};
 use super::version::{port, KeyScheme, PlugMode, Target};
+use crate::vm::ports::{self, DeviceBars, Firmware, PhysBits};
 
 pub const HQ: &str = "hypervisor.qemu";
 pub const AGENT: &str = "agent.kata";
@@ -87,12 +88,25 @@ pub struct Artefacts {
     pub image: Option<PathBuf>,
 }
 
+/// `[runtime] vfio_mode`: who binds the device in the guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VfioMode {
+    /// The guest's own driver (nvidia) binds it: the generated file's choice.
+    #[default]
+    GuestKernel,
+    /// The guest binds it to vfio-pci and the container sees /dev/vfio/N.
+    Vfio,
+}
+
 /// What the run asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Request {
     pub target: Target,
     pub mode: PlugMode,
     pub artefacts: Artefacts,
+    /// From the base file's `[runtime] vfio_mode` (guest-kernel when absent or generating).
+    pub vfio_mode: VfioMode,
 }
 
 /// The guest kernel parameters that let the guest reassign bridge windows for BARs the
@@ -124,6 +138,24 @@ pub fn check(req: &Request, sel: &Selection) -> Result<(), KataError> {
             key: "cold_plug_vfio",
             version: t.version,
         });
+    }
+    if req.vfio_mode == VfioMode::Vfio {
+        if let Some(g) = sel
+            .groups
+            .iter()
+            .find(|g| g.functions.iter().filter(|f| f.takes_port()).count() > 1)
+        {
+            return Err(KataError::VfioModeSplitsGroup {
+                group: g.number,
+                functions: g
+                    .functions
+                    .iter()
+                    .filter(|f| f.takes_port())
+                    .map(|f| f.bdf.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
     }
     let needed = sel.ports_needed();
     if needed > t.max_ports() {
@@ -266,7 +298,9 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
                 HQ,
                 "pcie_root_port",
                 ports_rule.clone(),
-                ports_why.clone(),
+                format!(
+                    "{ports_why}; runtime-rs hot-plugs into these ports (no hot_plug_vfio key)"
+                ),
             ));
         }
     }
@@ -331,6 +365,15 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
         }
     }
 
+    if req.vfio_mode == VfioMode::Vfio {
+        w.push(want(
+            HQ,
+            "enable_iommu",
+            Rule::Set(Val::Bool(true)),
+            "vfio_mode = \"vfio\" (base file): the guest binds the devices to vfio-pci, which needs IOMMU groups in the guest",
+        ));
+    }
+
     // GPU flavour.
     if sel.has_nvidia_gpu() {
         w.push(want(
@@ -376,6 +419,10 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
         } else {
             "hot plug: Kata's root ports reserve no memory window, so the guest must reassign them (#835)".into()
         };
+        let why = match (req.mode, reserves(sel)) {
+            (PlugMode::Hot, Some(r)) => format!("{why}; Kata's ports reserve nothing where {r}"),
+            _ => why,
+        };
         w.push(want(
             HQ,
             "kernel_params",
@@ -386,11 +433,71 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
     w
 }
 
+/// What `vfioctl vm` would reserve on each port (its BAR-sized root ports), to show
+/// what Kata's reserve-less ports are missing: `0000:1b:00.0 needs pref64-reserve=128G`.
+fn reserves(sel: &Selection) -> Option<String> {
+    let devs: Vec<DeviceBars> = sel
+        .port_functions()
+        .iter()
+        .map(|f| f.bars.clone())
+        .collect();
+    let p = ports::plan(
+        &devs,
+        0,
+        Firmware::Ovmf,
+        NV_MEMORY_MIB as u64 * MIB,
+        WIDE_CPU,
+    )
+    .ok()?;
+    let v: Vec<String> = p
+        .ports
+        .iter()
+        .filter_map(|port| {
+            Some(format!(
+                "{} needs pref64-reserve={}",
+                port.sized_for.as_ref()?,
+                vfioctl_common::units::short(port.pref64_reserve?)
+            ))
+        })
+        .collect();
+    (!v.is_empty()).then(|| v.join(", "))
+}
+
+const MIB: u64 = 1 << 20;
+/// A host CPU with 46 physical address bits (what OVMF clamps to): the window needed
+/// is then bounded by the BARs, not by the CPU.
+const WIDE_CPU: PhysBits = PhysBits {
+    bits: 46,
+    max: None,
+};
+
+/// The 64-bit MMIO window the guest needs for the large BARs, as `vfioctl vm` sizes it.
+fn window_note(sel: &Selection) -> Option<String> {
+    let large = sel.large_bar_functions();
+    if large.is_empty() {
+        return None;
+    }
+    let devs: Vec<DeviceBars> = large.iter().map(|f| f.bars.clone()).collect();
+    let p = ports::plan(
+        &devs,
+        0,
+        Firmware::Ovmf,
+        NV_MEMORY_MIB as u64 * MIB,
+        WIDE_CPU,
+    )
+    .ok()?;
+    Some(format!(
+        "the large BARs need a {} 64-bit MMIO window in the guest (vfioctl vm's root-port sizing): Kata's NVIDIA template boots OVMF (firmware = \"/opt/kata/share/ovmf/OVMF.fd\"), which sizes it; with SeaBIOS (firmware = \"\") QEMU's default 32G hole is too small and the guest depends on pci=realloc pci=nocrs",
+        vfioctl_common::units::short(p.window64)
+    ))
+}
+
 /// Things deliberately not set, for --explain.
 pub fn notes(req: &Request, sel: &Selection) -> Vec<String> {
-    let mut v = vec![
-        "enable_iommu left alone: with vfio_mode = \"guest-kernel\" the guest driver binds directly; only vfio_mode = \"vfio\" needs a guest IOMMU".to_string(),
-    ];
+    let mut v = Vec::new();
+    if req.vfio_mode == VfioMode::GuestKernel {
+        v.push("enable_iommu left alone: with vfio_mode = \"guest-kernel\" the guest driver binds directly; only vfio_mode = \"vfio\" needs a guest IOMMU".to_string());
+    }
     for f in sel.non_pcie() {
         v.push(format!(
             "{} is conventional PCI: Kata puts it behind a pci-bridge (default_bridges), it takes no root port",
@@ -407,6 +514,9 @@ pub fn notes(req: &Request, sel: &Selection) -> Vec<String> {
             ));
         }
     }
+    if let Some(n) = window_note(sel) {
+        v.push(n);
+    }
     if req.target.scheme() == KeyScheme::PortsImplicit {
         v.push(format!(
             "Kata {} has no pcie_root_port: the port count follows the devices at sandbox creation",
@@ -421,4 +531,169 @@ pub fn notes(req: &Request, sel: &Selection) -> Vec<String> {
         v.push("a group with several functions gets one root port per function (e.g. GPU + HDA); vfio_mode = \"vfio\" would need them in one guest group (#2900)".into());
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kata::host::{Function, Group};
+    use crate::kata::version::{KataVersion, Runtime};
+    use vfioctl_common::Bdf;
+
+    fn gpu(bus: u8, func: u8, class: u32, bar: u64) -> Function {
+        Function {
+            bdf: Bdf::new(0, bus, 0, func),
+            id: "10de:2330".into(),
+            vendor: 0x10de,
+            class,
+            driver: Some("vfio-pci".into()),
+            selected: func == 0,
+            pcie: true,
+            bridge: false,
+            pref64_bytes: bar,
+            largest_bar: bar,
+            bars: DeviceBars {
+                label: format!("0000:{bus:02x}:00.{func}"),
+                bdf: None,
+                pref64: if bar > 0 { vec![bar] } else { vec![] },
+                mem32: vec![16 << 20],
+                io: vec![],
+            },
+        }
+    }
+
+    /// `n` groups, each a GPU plus its HDA function (the RTX layout of #4211).
+    fn sel(n: u8, bar: u64) -> Selection {
+        Selection {
+            groups: (0..n)
+                .map(|i| Group {
+                    number: 100 + u32::from(i),
+                    functions: vec![gpu(i + 1, 0, 0x030000, bar), gpu(i + 1, 1, 0x040300, 0)],
+                })
+                .collect(),
+        }
+    }
+
+    fn req(v: &str, rt: Runtime, mode: PlugMode) -> Request {
+        Request {
+            target: Target::new(v.parse::<KataVersion>().unwrap(), rt).unwrap(),
+            mode,
+            artefacts: Artefacts::default(),
+            vfio_mode: VfioMode::GuestKernel,
+        }
+    }
+
+    #[test]
+    fn sixteen_ports_is_the_limit_on_every_version() {
+        for (v, rt, mode, key) in [
+            ("3.1.0", Runtime::Go, PlugMode::Hot, "pcie_root_port"),
+            ("3.4.0", Runtime::Go, PlugMode::Cold, "cold_plug_vfio"),
+            ("3.4.0", Runtime::Go, PlugMode::Hot, "hot_plug_vfio"),
+            ("3.6.0", Runtime::Go, PlugMode::Cold, "pcie_root_port"),
+            ("4.1.0", Runtime::Rs, PlugMode::Cold, "pcie_root_port"),
+        ] {
+            let r = req(v, rt, mode);
+            assert!(
+                check(&r, &sel(8, 0)).is_ok(),
+                "8 GPUs + 8 HDA = 16 ports fit"
+            );
+            match check(&r, &sel(9, 0)) {
+                Err(KataError::TooManyPorts {
+                    key: k,
+                    needed: 18,
+                    max: 16,
+                    ..
+                }) => assert_eq!(k, key, "{v}"),
+                other => panic!("{v}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn plug_keys_per_scheme_never_both() {
+        let s = sel(1, 0);
+        let get = |w: &[Want], k: &str| w.iter().find(|x| x.key == k).map(|x| x.rule.clone());
+        let w = plan(&req("3.6.0", Runtime::Go, PlugMode::Cold), &s);
+        assert_eq!(
+            get(&w, "cold_plug_vfio"),
+            Some(Rule::Set(Val::str("root-port")))
+        );
+        assert_eq!(
+            get(&w, "hot_plug_vfio"),
+            Some(Rule::Reset(Val::str("no-port")))
+        );
+        assert_eq!(
+            get(&w, "pcie_root_port"),
+            Some(Rule::Range { min: 2, max: 16 })
+        );
+        let w = plan(&req("3.6.0", Runtime::Go, PlugMode::Hot), &s);
+        assert_eq!(
+            get(&w, "hot_plug_vfio"),
+            Some(Rule::Set(Val::str("root-port")))
+        );
+        assert_eq!(
+            get(&w, "cold_plug_vfio"),
+            Some(Rule::Reset(Val::str("no-port")))
+        );
+        let w = plan(&req("3.3.0", Runtime::Go, PlugMode::Cold), &s);
+        assert_eq!(get(&w, "pcie_root_port"), None);
+        assert_eq!(get(&w, "pcie_switch_port"), None);
+        let w = plan(&req("3.1.0", Runtime::Go, PlugMode::Hot), &s);
+        assert_eq!(
+            get(&w, "hotplug_vfio_on_root_bus"),
+            Some(Rule::Set(Val::Bool(true)))
+        );
+        assert_eq!(get(&w, "hot_plug_vfio"), None);
+        assert_eq!(get(&w, "cold_plug_vfio"), None);
+        let w = plan(&req("4.1.0", Runtime::Rs, PlugMode::Hot), &s);
+        assert_eq!(get(&w, "hot_plug_vfio"), None);
+        assert_eq!(
+            get(&w, "cold_plug_vfio"),
+            Some(Rule::Reset(Val::str("no-port")))
+        );
+        assert!(check(&req("3.1.0", Runtime::Go, PlugMode::Cold), &s).is_err());
+        // vfio_mode = "vfio" with GPU + HDA: one root port each, two guest groups.
+        let mut r = req("3.6.0", Runtime::Go, PlugMode::Cold);
+        r.vfio_mode = VfioMode::Vfio;
+        assert!(matches!(
+            check(&r, &s),
+            Err(KataError::VfioModeSplitsGroup { group: 100, .. })
+        ));
+        let single = Selection {
+            groups: vec![Group {
+                number: 7,
+                functions: vec![gpu(1, 0, 0x030200, 0)],
+            }],
+        };
+        assert!(check(&r, &single).is_ok());
+        let w = plan(&r, &single);
+        assert_eq!(get(&w, "enable_iommu"), Some(Rule::Set(Val::Bool(true))));
+    }
+
+    #[test]
+    fn large_gpus_raise_memory_and_agent_timeout() {
+        let small = plan(
+            &req("4.1.0", Runtime::Go, PlugMode::Cold),
+            &sel(1, 256 << 20),
+        );
+        assert!(!small
+            .iter()
+            .any(|w| w.key == "default_memory" || w.key == "kernel_params"));
+        let big = plan(
+            &req("4.1.0", Runtime::Go, PlugMode::Cold),
+            &sel(1, 32 << 30),
+        );
+        let keys: Vec<&str> = big.iter().map(|w| w.key).collect();
+        for k in ["default_memory", "dial_timeout", "kernel_params"] {
+            assert!(keys.contains(&k), "{k}: {keys:?}");
+        }
+        let rs = plan(
+            &req("4.1.0", Runtime::Rs, PlugMode::Cold),
+            &sel(1, 32 << 30),
+        );
+        assert!(rs
+            .iter()
+            .any(|w| w.key == "reconnect_timeout_ms" && w.rule == Rule::AtLeast(1_200_000)));
+        assert!(big.iter().all(|w| !w.reason.is_empty()));
+    }
 }

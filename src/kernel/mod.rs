@@ -1,1 +1,29 @@
-//! See the crate docs; filled in by its issue.
+//! Guest kernels built from `kernel-configs/` fragments, verified, with NVIDIA modules.
+//!
+//! | file | what |
+//! |---|---|
+//! | [`config`] | fragment / `.config` line parser and value comparison |
+//! | [`kconfig`] | a small Kconfig reader: definitions, prompts, `depends on`, `select`, expression evaluation |
+//! | [`verify`] | merge fragments in order, check every request landed, explain drops, allowlist |
+//! | [`source`] | kernel source: pinned tarball (checksum, extract once, patches) or a directory |
+//! | [`build`] | the build pipeline: configure, verify, compile, install, manifest, cache |
+//! | [`nvidia`] | NVIDIA open modules (Debian 535 or a `.run`): commands and modes |
+//! | [`manifest`] | `kernel-configs/manifest.toml` pins and `build-manifest.json` |
+//! | [`cmd`] | external commands as data, run with logs |
+
+pub mod build;
+pub mod cmd;
+pub mod config;
+pub mod error;
+pub mod kconfig;
+pub mod manifest;
+pub mod nvidia;
+pub mod source;
+pub mod verify;
+
+pub use build::{build, BuildOptions, BuildResult, Progress};
+pub use config::{DotConfig, Value};
+pub use error::KernelError;
+pub use kconfig::KconfigTree;
+pub use nvidia::NvidiaMode;
+pub use verify::{merge, verify, Allowlist, Fragment, Report};

@@ -7,7 +7,7 @@
 //! memory = "1G"
 //! kernel = ".lab/kernel/current/vmlinuz"
 //! initrd = "target/lab/initramfs.cpio.gz"
-//! cmdline = "console=ttyS0"
+//! cmdline = "console=ttyS0 panic=-1"   # with -no-reboot a guest panic ends QEMU
 //! firmware = "seabios"        # or "ovmf"
 //! hotplug = "acpi"            # or "native" (pciehp)
 //! gpu_ports = 2               # root ports; ports beyond the devices are plain spares
@@ -135,8 +135,9 @@ fn default_plug() -> PlugWhen {
 }
 
 /// How `vm up` knows the guest is ready.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Ready {
+    #[default]
     /// The guest agent answers `hello` over vsock.
     Agent,
     /// A line on the serial console contains this marker.
@@ -218,7 +219,7 @@ impl Default for Profile {
             kernel: None,
             initrd: None,
             disk: None,
-            cmdline: "console=ttyS0".into(),
+            cmdline: "console=ttyS0 panic=-1".into(),
             firmware: Firmware::Seabios,
             ovmf_code: "/usr/share/OVMF/OVMF_CODE.fd".into(),
             ovmf_vars: "/usr/share/OVMF/OVMF_VARS.fd".into(),

@@ -1,0 +1,938 @@
+//! `vfioctl kernel build`: source -> configure -> verify -> compile -> install ->
+//! (NVIDIA) -> manifest, each phase timed and logged to `<out>/logs/<phase>.log`.
+//!
+//! Layout (all under the lab cache unless `--out` says otherwise):
+//! - `kernel-src/<sha12>/<top>/`: the extracted, patched tarball (once per checksum);
+//! - `kernel-build/obj/<flavours>/`: the `O=` tree per flavour set, kept for incremental
+//!   builds and out-of-tree modules (`SYSOUT=`);
+//! - `kernel/vfioctl-<flavours>/` (the output): `vmlinuz`, `config`, `System.map`,
+//!   `Module.symvers`, `lib/modules/<release>/` (with `build`/`source` links),
+//!   `lib/firmware/nvidia/<ver>/` for NVIDIA, `logs/`, `build-manifest.json`: the same
+//!   layout as the lab's Debian kernel in `kernel/current/`.
+//!
+//! Caching: if the inputs (pins, source checksum, fragments, allowlist, patches, NVIDIA
+//! mode) hash to the key in the output's manifest, nothing runs; if the inputs changed
+//! but the final `.config` did not (e.g. a comment), compile and install are skipped.
+
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use sha2::Digest;
+
+use super::cmd::{have, Cmd};
+use super::config::DotConfig;
+use super::error::{io, KernelError};
+use super::kconfig::KconfigTree;
+use super::manifest::{
+    Artefacts, BuildManifest, FragmentInfo, NvidiaInfo, PhaseTime, Pins, Toolchain, VerifySummary,
+};
+use super::nvidia::{self, ModuleBuild, NvidiaMode};
+use super::source;
+use super::verify::{self, Allowlist, Fragment, Report};
+
+/// Everything `vfioctl kernel build` takes.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// `kernel-configs/` (fragments, allowlist, manifest.toml, patches/).
+    pub configs: PathBuf,
+    /// Kernel source directory or tarball; `None` = the pinned tarball.
+    pub source: Option<PathBuf>,
+    /// Flavours beyond the always-merged ones (`nvidia`, `vfio-guest`, `debug`; `base`
+    /// is accepted and means nothing extra).
+    pub flavours: Vec<String>,
+    pub out: Option<PathBuf>,
+    /// The lab cache root (`VFIOCTL_LAB`, `.lab`).
+    pub lab: PathBuf,
+    pub jobs: u32,
+    pub nvidia: Option<NvidiaMode>,
+    /// Build a tarball whose checksum differs from the pin.
+    pub allow_unpinned: bool,
+    /// Rebuild even when the cache says up to date.
+    pub force: bool,
+    /// `nice` level of compile steps.
+    pub nice: i32,
+    /// Use ccache (default: when installed).
+    pub ccache: bool,
+}
+
+/// A progress event, for the command line to print.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    Start {
+        phase: &'static str,
+        what: String,
+    },
+    Done {
+        phase: &'static str,
+        seconds: f64,
+        skipped: bool,
+        note: String,
+    },
+}
+
+/// What a build produced.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BuildResult {
+    pub out: PathBuf,
+    /// True when the cache answered and nothing was rebuilt.
+    pub up_to_date: bool,
+    pub manifest: BuildManifest,
+    pub verify: Report,
+}
+
+/// The fragments to merge, in order: the pin's `always` list, then the requested
+/// flavours, all sorted by file name (`00-base`, `10-x86_64`, `20-nvidia`, ...).
+pub fn select_fragments(
+    configs: &Path,
+    always: &[String],
+    flavours: &[String],
+) -> Result<Vec<Fragment>, KernelError> {
+    let mut all = Vec::new();
+    let rd = std::fs::read_dir(configs).map_err(io(configs, "cannot list fragments"))?;
+    let mut paths: Vec<PathBuf> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "config"))
+        .collect();
+    paths.sort();
+    for p in paths {
+        let text = std::fs::read_to_string(&p).map_err(io(&p, "cannot read fragment"))?;
+        all.push(Fragment::parse(&p, &text)?);
+    }
+    let known: Vec<&str> = all.iter().map(|f| f.flavour.as_str()).collect();
+    for f in flavours.iter().chain(always) {
+        if !known.contains(&f.as_str()) {
+            return Err(KernelError::UnknownFlavour {
+                name: f.clone(),
+                known: known.join(", "),
+            });
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|f| always.contains(&f.flavour) || flavours.contains(&f.flavour))
+        .collect())
+}
+
+/// `base`, `nvidia`, `nvidia+debug`: the flavour part of directory names.
+pub fn flavour_key(fragments: &[Fragment], always: &[String]) -> String {
+    let extra: Vec<&str> = fragments
+        .iter()
+        .filter(|f| !always.contains(&f.flavour))
+        .map(|f| f.flavour.as_str())
+        .collect();
+    if extra.is_empty() {
+        "base".into()
+    } else {
+        extra.join("+")
+    }
+}
+
+/// `make -C SRC O=OBJ ARCH=x86_64 <args>`.
+pub fn make(tree: &Path, obj: &Path, arch: &str) -> Cmd {
+    Cmd::new("make").args([
+        "-C".to_string(),
+        tree.display().to_string(),
+        format!("O={}", obj.display()),
+        format!("ARCH={arch}"),
+    ])
+}
+
+/// The compile step: pinned build identity (reproducible, ccache-friendly), empty
+/// LOCALVERSION (the fragment's CONFIG_LOCALVERSION names it), `nice`.
+pub fn compile_cmd(
+    tree: &Path,
+    obj: &Path,
+    arch: &str,
+    jobs: u32,
+    cc: &str,
+    nice: i32,
+    lab: &Path,
+) -> Cmd {
+    let mut c = make(tree, obj, arch)
+        .arg(format!("-j{jobs}"))
+        .arg(format!("CC={cc}"))
+        .arg("LOCALVERSION=")
+        .env("KBUILD_BUILD_TIMESTAMP", "2026-01-01 00:00:00")
+        .env("KBUILD_BUILD_USER", "vfioctl")
+        .env("KBUILD_BUILD_HOST", "vfioctl");
+    if cc.starts_with("ccache") {
+        // Objects of every flavour's O= dir sit at the same depth under the lab, so
+        // relative paths (and ccache hits) are shared between flavours.
+        c = c.env("CCACHE_BASEDIR", lab.display().to_string());
+    }
+    c.niced(nice)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn sha_text(t: &[u8]) -> String {
+    format!("{:x}", sha2::Sha256::digest(t))
+}
+
+struct Phases<'a> {
+    times: Vec<PhaseTime>,
+    progress: &'a mut dyn FnMut(Progress),
+    current: Option<(&'static str, Instant)>,
+}
+
+impl Phases<'_> {
+    fn start(&mut self, phase: &'static str, what: impl Into<String>) {
+        (self.progress)(Progress::Start {
+            phase,
+            what: what.into(),
+        });
+        self.current = Some((phase, Instant::now()));
+    }
+    fn done(&mut self, skipped: bool, note: impl Into<String>) {
+        if let Some((phase, t)) = self.current.take() {
+            let seconds = t.elapsed().as_secs_f64();
+            self.times.push(PhaseTime {
+                phase: phase.into(),
+                seconds,
+                skipped,
+            });
+            (self.progress)(Progress::Done {
+                phase,
+                seconds,
+                skipped,
+                note: note.into(),
+            });
+        }
+    }
+}
+
+fn copy(from: &Path, to: &Path) -> Result<u64, KernelError> {
+    std::fs::copy(from, to).map_err(io(from, "cannot copy"))
+}
+
+fn depmod_cmd(staging: &Path, release: &str) -> Cmd {
+    let prog = if have("depmod") {
+        "depmod"
+    } else {
+        "/sbin/depmod"
+    };
+    Cmd::new(prog).args([
+        "-b".to_string(),
+        staging.display().to_string(),
+        release.to_string(),
+    ])
+}
+
+fn symlink_force(target: &Path, link: &Path) -> Result<(), KernelError> {
+    let _ = std::fs::remove_file(link);
+    std::os::unix::fs::symlink(target, link).map_err(io(link, "cannot create symlink"))
+}
+
+/// `make <base>` (tinyconfig) in `obj`, append the merged fragments to its `.config`,
+/// `make olddefconfig`. Returns the `.config` path. The result is *not* trusted: the
+/// caller verifies it.
+pub fn configure(
+    tree: &Path,
+    obj: &Path,
+    arch: &str,
+    base: &str,
+    merged: &verify::Merged,
+    log: &Path,
+) -> Result<PathBuf, KernelError> {
+    std::fs::create_dir_all(obj).map_err(io(obj, "cannot create build dir"))?;
+    make(tree, obj, arch)
+        .arg(base)
+        .run_logged("configure", log)?;
+    let dot = obj.join(".config");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&dot)
+            .map_err(io(&dot, "cannot open"))?;
+        f.write_all(merged.render().as_bytes())
+            .map_err(io(&dot, "cannot append fragments"))?;
+    }
+    make(tree, obj, arch)
+        .arg("olddefconfig")
+        .run_logged("configure", log)?;
+    Ok(dot)
+}
+
+/// An exclusive lock on a file (released on drop): builds sharing a lab (several
+/// worktrees, parallel tests) take turns on one `O=` tree and output.
+pub struct Lock(#[allow(dead_code)] std::fs::File);
+
+impl Lock {
+    pub fn take(path: &Path, mut waiting: impl FnMut()) -> Result<Lock, KernelError> {
+        use std::os::fd::AsRawFd;
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(io(d, "cannot create"))?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io(path, "cannot open lock"))?;
+        // SAFETY: flock on a file descriptor we own; no memory is shared.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 {
+            waiting();
+            // SAFETY: as above (blocking this time).
+            let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+            if r != 0 {
+                return Err(KernelError::Io {
+                    path: path.to_path_buf(),
+                    what: "cannot lock",
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+        Ok(Lock(f))
+    }
+}
+
+/// Run a build.
+pub fn build(
+    opts: &BuildOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<BuildResult, KernelError> {
+    let started = now();
+    let pins_path = opts.configs.join("manifest.toml");
+    let pins_text = std::fs::read_to_string(&pins_path).map_err(io(&pins_path, "cannot read"))?;
+    let pins = Pins::parse(&pins_text).map_err(|source| KernelError::Pins {
+        path: pins_path.clone(),
+        source,
+    })?;
+    let kpin = &pins.kernel;
+
+    let mut flavours: Vec<String> = opts
+        .flavours
+        .iter()
+        .filter(|f| *f != "base")
+        .cloned()
+        .collect();
+    if opts.nvidia.is_some() && !flavours.iter().any(|f| f == "nvidia") {
+        flavours.push("nvidia".into());
+    }
+    let fragments = select_fragments(&opts.configs, &kpin.always, &flavours)?;
+    let fkey = flavour_key(&fragments, &kpin.always);
+    let allow_path = opts.configs.join("allowlist");
+    let allow_text = std::fs::read_to_string(&allow_path).unwrap_or_default();
+    let allow = Allowlist::parse(&allow_path, &allow_text)?;
+
+    std::fs::create_dir_all(&opts.lab).map_err(io(&opts.lab, "cannot create lab dir"))?;
+    let lab = std::fs::canonicalize(&opts.lab).map_err(io(&opts.lab, "cannot resolve"))?;
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| lab.join("kernel").join(format!("vfioctl-{fkey}")));
+    std::fs::create_dir_all(out.join("logs")).map_err(io(&out, "cannot create output dir"))?;
+    let out = std::fs::canonicalize(&out).map_err(io(&out, "cannot resolve"))?;
+    let logs = out.join("logs");
+    let log = |n: &str| logs.join(format!("{n}.log"));
+    let _lock = Lock::take(
+        &lab.join("kernel-build/locks").join(format!("{fkey}.lock")),
+        || {
+            progress(Progress::Start {
+                phase: "lock",
+                what: format!("waiting for another build of `{fkey}`"),
+            })
+        },
+    )?;
+
+    let mut ph = Phases {
+        times: Vec::new(),
+        progress,
+        current: None,
+    };
+
+    // --- source
+    ph.start("source", "kernel source");
+    for n in ["source", "configure", "compile", "install", "nvidia"] {
+        let _ = std::fs::remove_file(log(n));
+    }
+    let tree = source::prepare(
+        opts.source.as_deref(),
+        kpin,
+        &opts.configs,
+        &lab.join("kernel-src"),
+        opts.allow_unpinned,
+        &log("source"),
+    )?;
+    ph.done(
+        !tree.extracted,
+        format!(
+            "{} {}{}",
+            tree.dir.display(),
+            tree.version,
+            if tree.info.pinned {
+                " (pinned)"
+            } else {
+                " (NOT the pinned source)"
+            }
+        ),
+    );
+
+    // --- input key
+    let nv_patches = match &opts.nvidia {
+        Some(NvidiaMode::Debian(k)) => {
+            let pin = pins.nvidia.get(k).ok_or_else(|| KernelError::Nvidia {
+                what: format!("`{k}` is not pinned in {}", pins_path.display()),
+                hint: Some(format!(
+                    "pinned drivers: {}",
+                    pins.nvidia.keys().cloned().collect::<Vec<_>>().join(", ")
+                )),
+            })?;
+            source::patch_list(&opts.configs.join(&pin.patches))?
+        }
+        _ => Vec::new(),
+    };
+    let cc = if opts.ccache && have("ccache") {
+        "ccache gcc"
+    } else {
+        "gcc"
+    };
+    let mut key_src = format!(
+        "vfioctl-kernel v1\n{pins_text}\nsource {} {:?} {}\nallow {}\ncc {cc}\nnvidia {:?}\n",
+        tree.dir.display(),
+        tree.info.sha256,
+        tree.version,
+        sha_text(allow_text.as_bytes()),
+        opts.nvidia.as_ref().map(|m| m.to_string())
+    );
+    for f in &fragments {
+        key_src.push_str(&format!("frag {} {}\n", f.flavour, f.sha256));
+    }
+    for p in tree.info.patches.iter().chain(&nv_patches) {
+        key_src.push_str(&format!("patch {} {}\n", p.name, p.sha256));
+    }
+    if let Some(NvidiaMode::Run(f)) = &opts.nvidia {
+        key_src.push_str(&format!("run {}\n", source::sha256_file(f)?));
+    }
+    let input_key = sha_text(key_src.as_bytes());
+    let manifest_path = out.join("build-manifest.json");
+    let previous = BuildManifest::read(&manifest_path);
+    if let Some(prev) = &previous {
+        if !opts.force && prev.input_key == input_key && out.join("vmlinuz").is_file() {
+            let report = Report {
+                requested: prev.verify.requested,
+                ..Default::default()
+            };
+            return Ok(BuildResult {
+                out,
+                up_to_date: true,
+                manifest: prev.clone(),
+                verify: report,
+            });
+        }
+    }
+
+    // --- configure
+    let obj = lab.join("kernel-build/obj").join(&fkey);
+    let arch = kpin.arch.as_str();
+    ph.start(
+        "configure",
+        format!("{} + {} fragments", kpin.base, fragments.len()),
+    );
+    let merged = verify::merge(&fragments);
+    let dot = configure(
+        &tree.dir,
+        &obj,
+        arch,
+        &kpin.base,
+        &merged,
+        &log("configure"),
+    )?;
+    ph.done(false, format!("{}", obj.display()));
+
+    // --- verify
+    ph.start(
+        "verify",
+        format!("{} requested options", merged.requests.len()),
+    );
+    let cfg_text = std::fs::read_to_string(&dot).map_err(io(&dot, "cannot read"))?;
+    let cfg = DotConfig::parse(&dot, &cfg_text)?;
+    let ktree = KconfigTree::load(&tree.dir, &kpin.srcarch)?;
+    let report = verify::verify(&merged, &cfg, Some(&ktree), &allow);
+    std::fs::write(log("verify"), report.render()).map_err(io(log("verify"), "cannot write"))?;
+    if !report.ok() {
+        return Err(KernelError::Verify {
+            config: dot,
+            dropped: report.dropped.len() + report.conflicts.len(),
+            report: report.render(),
+        });
+    }
+    ph.done(
+        false,
+        format!(
+            "{} landed, {} allowlisted, {} symbols =y",
+            report.requested - report.allowed.len(),
+            report.allowed.len(),
+            cfg.count_y()
+        ),
+    );
+    let config_sha = sha_text(cfg_text.as_bytes());
+    let cc_version = match cfg.get("CC_VERSION_TEXT") {
+        Some(super::config::Value::Str(s)) => s.clone(),
+        _ => String::new(),
+    };
+
+    let reuse = !opts.force
+        && previous.as_ref().is_some_and(|p| {
+            p.config_sha256 == config_sha
+                && p.nvidia.as_ref().map(|n| n.mode.clone())
+                    == opts.nvidia.as_ref().map(|m| m.to_string())
+                && nv_patches
+                    == p.nvidia
+                        .as_ref()
+                        .map(|n| n.patches.clone())
+                        .unwrap_or_default()
+                && out.join("vmlinuz").is_file()
+        });
+
+    let release;
+    let nvidia_info;
+    if let (true, Some(prev)) = (reuse, previous.clone()) {
+        ph.start("compile", "config unchanged");
+        ph.done(true, "same .config as the existing build: not rebuilt");
+        release = prev.kernel_release.clone();
+        nvidia_info = prev.nvidia.clone();
+    } else {
+        // --- compile
+        ph.start(
+            "compile",
+            format!("make -j{} ({cc}, nice {})", opts.jobs, opts.nice),
+        );
+        compile_cmd(&tree.dir, &obj, arch, opts.jobs, cc, opts.nice, &lab)
+            .run_logged("compile", &log("compile"))?;
+        release = make(&tree.dir, &obj, arch)
+            .args(["-s", "kernelrelease", "LOCALVERSION="])
+            .output()?;
+        ph.done(false, release.clone());
+
+        // --- install
+        ph.start("install", format!("modules_install -> {}", out.display()));
+        let moddir = out.join("lib/modules").join(&release);
+        let _ = std::fs::remove_dir_all(out.join("lib"));
+        make(&tree.dir, &obj, arch)
+            .args([
+                "modules_install".to_string(),
+                format!("INSTALL_MOD_PATH={}", out.display()),
+                "INSTALL_MOD_STRIP=1".into(),
+                "LOCALVERSION=".into(),
+            ])
+            .run_logged("install", &log("install"))?;
+        std::fs::create_dir_all(&moddir).map_err(io(&moddir, "cannot create"))?;
+        symlink_force(&obj, &moddir.join("build"))?;
+        symlink_force(&tree.dir, &moddir.join("source"))?;
+        copy(&obj.join("arch/x86/boot/bzImage"), &out.join("vmlinuz"))?;
+        copy(&dot, &out.join("config"))?;
+        copy(&obj.join("System.map"), &out.join("System.map"))?;
+        copy(&obj.join("Module.symvers"), &out.join("Module.symvers"))?;
+        depmod_cmd(&out, &release).run_logged("install", &log("install"))?;
+        ph.done(false, format!("{}", moddir.display()));
+
+        // --- nvidia
+        nvidia_info = match &opts.nvidia {
+            None => None,
+            Some(mode) => Some(build_nvidia(
+                mode,
+                &pins,
+                opts,
+                &lab,
+                &tree.dir,
+                &obj,
+                &out,
+                &release,
+                cc,
+                &config_sha,
+                &nv_patches,
+                &mut ph,
+                &log("nvidia"),
+            )?),
+        };
+    }
+
+    let vmlinuz = out.join("vmlinuz");
+    let manifest = BuildManifest {
+        schema: 1,
+        vfioctl_version: env!("CARGO_PKG_VERSION").into(),
+        input_key,
+        config_sha256: config_sha,
+        kernel_version: tree.version.clone(),
+        kernel_release: release.clone(),
+        source: tree.info.clone(),
+        flavours: fragments.iter().map(|f| f.flavour.clone()).collect(),
+        fragments: fragments
+            .iter()
+            .map(|f| FragmentInfo {
+                name: f.flavour.clone(),
+                path: f.path.clone(),
+                sha256: f.sha256.clone(),
+            })
+            .collect(),
+        allowlist_sha256: sha_text(allow_text.as_bytes()),
+        verify: VerifySummary {
+            requested: report.requested,
+            dropped: report.dropped.len(),
+            allowed: report.allowed.len(),
+            symbols_y: cfg.count_y(),
+        },
+        toolchain: Toolchain {
+            cc: cc.into(),
+            cc_version,
+            ccache: cc.starts_with("ccache"),
+        },
+        jobs: opts.jobs,
+        phases: ph.times,
+        artefacts: Artefacts {
+            vmlinuz_bytes: std::fs::metadata(&vmlinuz).map(|m| m.len()).unwrap_or(0),
+            vmlinuz,
+            config: out.join("config"),
+            system_map: out.join("System.map"),
+            module_symvers: out.join("Module.symvers"),
+            modules_dir: out.join("lib/modules").join(&release),
+            objdir: obj,
+            logs,
+        },
+        nvidia: nvidia_info,
+        started,
+        finished: now(),
+    };
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_string_pretty(&manifest).unwrap_or_default(),
+    )
+    .map_err(io(&manifest_path, "cannot write"))?;
+    Ok(BuildResult {
+        out,
+        up_to_date: false,
+        manifest,
+        verify: report,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_nvidia(
+    mode: &NvidiaMode,
+    pins: &Pins,
+    opts: &BuildOptions,
+    lab: &Path,
+    syssrc: &Path,
+    sysout: &Path,
+    out: &Path,
+    release: &str,
+    cc: &str,
+    config_sha: &str,
+    patches: &[FragmentInfo],
+    ph: &mut Phases<'_>,
+    log: &Path,
+) -> Result<NvidiaInfo, KernelError> {
+    ph.start("nvidia", mode.to_string());
+    if !sysout.join("Module.symvers").is_file() {
+        return Err(KernelError::Nvidia {
+            what: format!("{}/Module.symvers is missing", sysout.display()),
+            hint: Some("the kernel needs a full build (not modules_prepare)".into()),
+        });
+    }
+    let base = lab.join("kernel-build/nvidia");
+    let stamp_want = format!("{mode} {config_sha} {patches:?}\n");
+    let (version, nvsrc, fw_src, installer) = match mode {
+        NvidiaMode::Debian(k) => {
+            let pin = pins.nvidia.get(k).ok_or_else(|| KernelError::Nvidia {
+                what: format!("`{k}` is not pinned"),
+                hint: None,
+            })?;
+            let debs = lab.join("nvidia/debs");
+            let src_deb = fetch_deb(
+                &debs,
+                &pin.source_package,
+                &pin.source_deb,
+                &pin.source_deb_sha256,
+                log,
+            )?;
+            let fw_deb = fetch_deb(
+                &debs,
+                &pin.firmware_package,
+                &pin.firmware_deb,
+                &pin.firmware_deb_sha256,
+                log,
+            )?;
+            let work = base.join(k).join(sysout.file_name().unwrap_or_default());
+            let nvsrc = work.join(&pin.source_subdir);
+            if std::fs::read_to_string(work.join(".vfioctl-stamp"))
+                .ok()
+                .as_deref()
+                != Some(stamp_want.as_str())
+            {
+                let _ = std::fs::remove_dir_all(&work);
+                std::fs::create_dir_all(&work).map_err(io(&work, "cannot create"))?;
+                Cmd::new("dpkg-deb")
+                    .args([
+                        "-x".to_string(),
+                        src_deb.display().to_string(),
+                        work.join("deb").display().to_string(),
+                    ])
+                    .run_logged("nvidia", log)?;
+                Cmd::new("tar")
+                    .args([
+                        "-xf".to_string(),
+                        work.join("deb")
+                            .join(&pin.source_tarball)
+                            .display()
+                            .to_string(),
+                        "-C".into(),
+                        work.display().to_string(),
+                    ])
+                    .run_logged("nvidia", log)?;
+                source::apply_patches(&nvsrc, patches, log)?;
+                std::fs::write(work.join(".vfioctl-stamp"), &stamp_want)
+                    .map_err(io(&work, "cannot write stamp"))?;
+            }
+            let fw = base.join(format!("firmware-{}", pin.version));
+            if !fw.join("lib/firmware/nvidia").join(&pin.version).is_dir() {
+                Cmd::new("dpkg-deb")
+                    .args([
+                        "-x".to_string(),
+                        fw_deb.display().to_string(),
+                        fw.display().to_string(),
+                    ])
+                    .run_logged("nvidia", log)?;
+            }
+            (
+                pin.version.clone(),
+                nvsrc,
+                fw.join("lib/firmware/nvidia").join(&pin.version),
+                None,
+            )
+        }
+        NvidiaMode::Run(file) => {
+            let version = nvidia::run_version(file).ok_or_else(|| KernelError::Nvidia {
+                what: format!(
+                    "{}: not an NVIDIA-Linux-<arch>-<version>.run file name",
+                    file.display()
+                ),
+                hint: None,
+            })?;
+            if !file.is_file() {
+                return Err(KernelError::Nvidia {
+                    what: format!("{}: not found", file.display()),
+                    hint: Some("download the .run from NVIDIA and pass --nvidia run:PATH".into()),
+                });
+            }
+            let work = base
+                .join(format!("run-{version}"))
+                .join(sysout.file_name().unwrap_or_default());
+            let ext = work.join("extracted");
+            if std::fs::read_to_string(work.join(".vfioctl-stamp"))
+                .ok()
+                .as_deref()
+                != Some(stamp_want.as_str())
+            {
+                let _ = std::fs::remove_dir_all(&work);
+                std::fs::create_dir_all(&work).map_err(io(&work, "cannot create"))?;
+                nvidia::run_extract(file, &ext).run_logged("nvidia", log)?;
+                std::fs::write(work.join(".vfioctl-stamp"), &stamp_want)
+                    .map_err(io(&work, "cannot write stamp"))?;
+            }
+            let inst = nvidia::installer_command(&ext, release, syssrc, sysout, out);
+            (
+                version,
+                ext.join("kernel-open"),
+                ext.join("firmware"),
+                Some(inst),
+            )
+        }
+    };
+    let b = ModuleBuild {
+        nvsrc: &nvsrc,
+        syssrc,
+        sysout,
+        jobs: opts.jobs,
+        cc,
+    };
+    b.make_modules()
+        .env("KBUILD_BUILD_TIMESTAMP", "2026-01-01 00:00:00")
+        .niced(opts.nice)
+        .run_logged("nvidia", log)?;
+    b.make_modules_install(out).run_logged("nvidia", log)?;
+    depmod_cmd(out, release).run_logged("nvidia", log)?;
+
+    // modules and their vermagic
+    let moddir = out.join("lib/modules").join(release);
+    let mut modules = std::collections::BTreeMap::new();
+    let video = moddir.join("kernel/drivers/video");
+    if let Ok(rd) = std::fs::read_dir(&video) {
+        for e in rd.filter_map(Result::ok) {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "ko") {
+                let rel = p.strip_prefix(&moddir).unwrap_or(&p).display().to_string();
+                modules.insert(rel, e.metadata().map(|m| m.len()).unwrap_or(0));
+            }
+        }
+    }
+    let nvko = video.join("nvidia.ko");
+    if !nvko.is_file() {
+        return Err(KernelError::Nvidia {
+            what: format!("{} was not installed", nvko.display()),
+            hint: Some(format!("see {}", log.display())),
+        });
+    }
+    let modinfo = if have("modinfo") {
+        "modinfo"
+    } else {
+        "/sbin/modinfo"
+    };
+    let vermagic = Cmd::new(modinfo)
+        .args([
+            "-F".to_string(),
+            "vermagic".into(),
+            nvko.display().to_string(),
+        ])
+        .output()?;
+    if vermagic.split_whitespace().next() != Some(release) {
+        return Err(KernelError::Nvidia {
+            what: format!("nvidia.ko vermagic `{vermagic}` does not match the kernel {release}"),
+            hint: None,
+        });
+    }
+
+    // GSP firmware: the directory name is the module version.
+    let fw_dst = out.join("lib/firmware/nvidia").join(&version);
+    std::fs::create_dir_all(&fw_dst).map_err(io(&fw_dst, "cannot create"))?;
+    let mut firmware = Vec::new();
+    let rd = std::fs::read_dir(&fw_src).map_err(io(&fw_src, "no GSP firmware"))?;
+    for e in rd.filter_map(Result::ok) {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("gsp_") && name.ends_with(".bin") {
+            let dst = fw_dst.join(&name);
+            copy(&p, &dst)?;
+            firmware.push(dst);
+        }
+    }
+    firmware.sort();
+    ph.done(
+        false,
+        format!("{} modules, vermagic {vermagic}", modules.len()),
+    );
+    Ok(NvidiaInfo {
+        mode: mode.to_string(),
+        version,
+        patches: patches.to_vec(),
+        modules,
+        vermagic,
+        firmware,
+        installer_command: installer,
+    })
+}
+
+/// A pinned .deb in `debs/`, downloaded with `apt-get download` if missing, checked
+/// against its pinned sha256.
+fn fetch_deb(
+    debs: &Path,
+    package: &str,
+    file: &str,
+    sha: &str,
+    log: &Path,
+) -> Result<PathBuf, KernelError> {
+    let p = debs.join(file);
+    if !p.is_file() {
+        std::fs::create_dir_all(debs).map_err(io(debs, "cannot create"))?;
+        // `<pkg>_<debver>_<arch>.deb`
+        let ver = file.split('_').nth(1).unwrap_or_default();
+        Cmd::new("apt-get")
+            .args(["download".to_string(), format!("{package}={ver}")])
+            .cwd(debs)
+            .run_logged("nvidia", log)
+            .map_err(|e| KernelError::Nvidia {
+                what: format!("cannot download {package} {ver}: {e}"),
+                hint: Some(
+                    "enable Debian's contrib, non-free and non-free-firmware components: scripts/setup --nvidia"
+                        .into(),
+                ),
+            })?;
+    }
+    let got = source::sha256_file(&p)?;
+    if got != sha {
+        return Err(KernelError::Checksum {
+            path: p,
+            want: sha.into(),
+            got,
+        });
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-configs")
+    }
+
+    #[test]
+    fn fragments_select_in_file_order() {
+        let always = vec!["base".to_string(), "x86_64".to_string()];
+        let f = select_fragments(&configs(), &always, &["debug".into(), "nvidia".into()]).unwrap();
+        let names: Vec<_> = f.iter().map(|f| f.flavour.as_str()).collect();
+        assert_eq!(names, vec!["base", "x86_64", "nvidia", "debug"]);
+        assert_eq!(flavour_key(&f, &always), "nvidia+debug");
+        let f = select_fragments(&configs(), &always, &[]).unwrap();
+        assert_eq!(flavour_key(&f, &always), "base");
+        let e = select_fragments(&configs(), &always, &["nvidai".into()]).unwrap_err();
+        assert!(e.to_string().contains("nvidai"), "{e}");
+        assert!(e.to_string().contains("vfio-guest"), "{e}");
+    }
+
+    #[test]
+    fn the_committed_fragments_parse_and_do_not_conflict() {
+        let always = vec!["base".to_string(), "x86_64".to_string()];
+        let all = select_fragments(
+            &configs(),
+            &always,
+            &["nvidia".into(), "vfio-guest".into(), "debug".into()],
+        )
+        .unwrap();
+        let m = verify::merge(&all);
+        assert!(
+            m.redefinitions.iter().all(|r| !r.conflicting()),
+            "{:?}",
+            m.redefinitions
+        );
+        for s in [
+            "HOTPLUG_PCI_PCIE",
+            "MODULES",
+            "MODULE_UNLOAD",
+            "PCI_MMCONFIG",
+            "VFIO_PCI",
+        ] {
+            assert_eq!(m.requests[s].value, super::super::config::Value::Y, "{s}");
+        }
+        assert_eq!(
+            m.requests["DRM_NOUVEAU"].value,
+            super::super::config::Value::N
+        );
+    }
+
+    #[test]
+    fn compile_command_is_niced_and_pinned() {
+        let c = compile_cmd(
+            Path::new("/s"),
+            Path::new("/o"),
+            "x86_64",
+            2,
+            "ccache gcc",
+            10,
+            Path::new("/lab"),
+        );
+        assert_eq!(
+            c.render(),
+            "KBUILD_BUILD_TIMESTAMP='2026-01-01 00:00:00' KBUILD_BUILD_USER=vfioctl KBUILD_BUILD_HOST=vfioctl CCACHE_BASEDIR=/lab nice -n 10 make -C /s O=/o ARCH=x86_64 -j2 'CC=ccache gcc' LOCALVERSION="
+        );
+    }
+}
