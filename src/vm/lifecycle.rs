@@ -418,9 +418,11 @@ async fn wait_ready(
             // reported at once, not at the deadline.
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
+                // Short slices: the client's backoff restarts at 20 ms in each, so the guest's
+                // agent is noticed within ~0.2 s of listening.
                 let slice = left
-                    .min(Duration::from_secs(3))
-                    .max(Duration::from_millis(100));
+                    .min(Duration::from_millis(300))
+                    .max(Duration::from_millis(50));
                 let tt = t.clone();
                 let r = tokio::task::spawn_blocking(move || AgentClient::connect(&tt, slice))
                     .await

@@ -316,6 +316,8 @@ fn confirm_agent(
                 && (port_bdf.is_none() || d.parents.first() == port_bdf.as_ref())
         });
         if let Some(d) = found {
+            // The guest has reported it: that is the latency; what follows is diagnostics.
+            let seen_after = start.elapsed().as_secs_f64();
             let bdf = d.bdf.to_string();
             let mem: Vec<_> = d.bars.iter().filter(|b| !b.io).collect();
             let mut ev = PciEvidence {
@@ -397,7 +399,7 @@ fn confirm_agent(
                 id_pair: pair.into(),
                 guest_bdf: bdf,
                 evidence: ev,
-                seconds: start.elapsed().as_secs_f64(),
+                seconds: seen_after,
                 device_add_unix: None,
                 guest_enumerated_unix: first_ts.map(|ts| guest_boot_unix + ts as f64 / 1e6),
                 guest_enumeration_seconds: first_ts
