@@ -248,7 +248,8 @@ pub async fn up(env: &Env, profile: &Profile) -> Result<VmRecord, VmError> {
     }
     let (launch, mut rec) = prepare(env, profile)?;
     for w in &rec.warnings {
-        tracing::warn!("{w}");
+        // Carried in the record (the CLI prints them); logged for library users at info.
+        tracing::info!("{w}");
     }
     state::make_private_dir(&env.base).map_err(io_err(&name, "creating", &env.base))?;
     state::make_private_dir(&run_dir).map_err(io_err(&name, "creating", &run_dir))?;
