@@ -186,7 +186,7 @@ fn garbage_gets_error_replies_and_the_agent_keeps_serving() {
 #[test]
 fn shutdown_stops_a_service_agent() {
     let mut a = LocalAgent::start(&[]);
-    let mut c = AgentClient::connect(&a.transport(), T).unwrap();
+    let c = AgentClient::connect(&a.transport(), T).unwrap();
     c.shutdown(PowerAction::Poweroff).unwrap();
     let status = a.child.wait().unwrap();
     assert!(status.success());
