@@ -503,7 +503,7 @@ pub async fn down(env: &Env, name: &str, powerdown: Duration) -> Result<DownRepo
                         // The agent powers the guest off cleanly; with -no-reboot QEMU exits.
                         let asked = tokio::task::spawn_blocking(move || {
                             AgentClient::connect(&t, Duration::from_secs(3))
-                                .and_then(|mut c| c.shutdown(PowerAction::Poweroff))
+                                .and_then(|c| c.shutdown(PowerAction::Poweroff))
                         })
                         .await;
                         if matches!(asked, Ok(Ok(()))) && qmp.wait_closed(powerdown).await {
