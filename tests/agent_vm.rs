@@ -226,6 +226,7 @@ async fn agent_as_init_validate_and_negative_control() {
         detail.contains("BAR2") && detail.contains("no space"),
         "{detail}"
     );
+    eprintln!("negative control: bars-assigned: {detail}");
     assert_eq!(check(&v, "kernel-log")["verdict"], "fail");
     let x = std::fs::read_to_string(&junit).unwrap();
     assert!(x.contains("<failure message=\"BAR2"), "{x}");
