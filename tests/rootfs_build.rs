@@ -158,6 +158,10 @@ fn nvidia_flavour_reports_what_is_missing() {
         .missing_optional
         .iter()
         .any(|m| m.contains("NVIDIA_USERLAND") && m.contains("nvidia-smi")));
+    assert!(r
+        .missing_optional
+        .iter()
+        .any(|m| m.contains("kernel module nvidia ")));
     assert_eq!(r.guest_hook_path.as_deref(), Some("/usr/share/oci/hooks"));
     let names = list(&out);
     assert!(names
