@@ -12,14 +12,17 @@ pub fn emit<T: Serialize>(
     value: &T,
     human: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<()> {
+    // Buffered: serde_json and tables write in small pieces, and a line-buffered stdout
+    // would turn a 1,024-device listing into 60,000 write(2) calls.
     let stdout = io::stdout();
-    let mut out = stdout.lock();
+    let mut out = io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     if ctx.json {
         serde_json::to_writer_pretty(&mut out, value)?;
-        writeln!(out)
+        writeln!(out)?;
     } else {
-        human(&mut out)
+        human(&mut out)?;
     }
+    out.flush()
 }
 
 /// A plain text table with columns sized to their content.

@@ -113,8 +113,31 @@ impl SysRoot {
     }
 
     pub fn read_bytes(&self, abs: impl AsRef<Path>) -> Result<Vec<u8>, SysError> {
+        use std::io::Read;
         let abs = abs.as_ref();
-        fs::read(self.path(abs)).map_err(|e| self.err("read", abs, e))
+        // Not `fs::read`: it stats the file to size its buffer, and sysfs reports 4096
+        // for every attribute anyway. A plain read loop saves a system call per file.
+        let mut f = fs::File::open(self.path(abs)).map_err(|e| self.err("read", abs, e))?;
+        let mut buf = Vec::with_capacity(256);
+        let mut chunk = [0u8; 4096];
+        // A sysfs attribute is produced whole by one show() call (at most a page) and
+        // handed out by the first read; a short first read is the whole file. procfs
+        // seq_files (/proc/cpuinfo) may stop short of a page mid-file, so only /sys
+        // takes the shortcut.
+        let sysfs = abs.starts_with("/sys/");
+        loop {
+            match f.read(&mut chunk) {
+                Ok(0) => return Ok(buf),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if sysfs && buf.len() < chunk.len() {
+                        return Ok(buf);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.err("read", abs, e)),
+            }
+        }
     }
 
     pub fn read_string(&self, abs: impl AsRef<Path>) -> Result<String, SysError> {
@@ -211,6 +234,27 @@ mod tests {
             SysRoot::host().path("/proc/cmdline"),
             PathBuf::from("/proc/cmdline")
         );
+    }
+
+    #[test]
+    fn reads_whole_files_large_and_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SysRoot::new(dir.path());
+        let big: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        for p in ["proc/cpuinfo", "sys/bus/pci/devices/x/config"] {
+            std::fs::create_dir_all(dir.path().join(p).parent().unwrap()).unwrap();
+            std::fs::write(dir.path().join(p), &big).unwrap();
+            assert_eq!(r.read_bytes(format!("/{p}")).unwrap(), big, "{p}");
+        }
+        std::fs::write(dir.path().join("sys/bus/pci/devices/x/vendor"), "0x10de\n").unwrap();
+        assert_eq!(
+            r.read_attr("/sys/bus/pci/devices/x/vendor").unwrap(),
+            "0x10de"
+        );
+        assert!(r
+            .read_attr_opt("/sys/bus/pci/devices/x/nope")
+            .unwrap()
+            .is_none());
     }
 
     #[test]

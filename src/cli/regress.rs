@@ -261,6 +261,16 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
         host: host.clone(),
     };
     let backend = LabBackend::new(ctx.clone());
+    let t = std::time::Instant::now();
+    match backend.prepare_guest(&plan, &out) {
+        Some(Ok(p)) => eprintln!(
+            "[regress] lab initramfs {} ready in {}",
+            p.display(),
+            fmt_ms(t.elapsed().as_millis() as u64)
+        ),
+        Some(Err(e)) => eprintln!("[regress] lab initramfs: {}", e.message),
+        None => {}
+    }
     let mut r = run_plan(&plan, &backend, &opts, &progress);
     r.run_id = run_id;
     if let Some(node) = &a.node {

@@ -29,6 +29,41 @@ impl Diagnose for SelectError {
     }
 }
 
+/// Read `bdfs` (in that order). Reading sysfs is one small file at a time, system-call
+/// bound; above a few dozen devices the list is split over the available cores.
+pub fn read_many(root: &SysRoot, bdfs: &[Bdf]) -> Result<Vec<PciDevice>, PciError> {
+    const PER_THREAD_MIN: usize = 64;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
+        .min(bdfs.len().div_ceil(PER_THREAD_MIN))
+        .max(1);
+    if threads == 1 {
+        return bdfs.iter().map(|b| PciDevice::read(root, *b)).collect();
+    }
+    let chunk = bdfs.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = bdfs
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|b| PciDevice::read(root, *b))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(bdfs.len());
+        for h in handles {
+            match h.join() {
+                Ok(part) => out.extend(part?),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        Ok(out)
+    })
+}
+
 /// True when `dev` matches any of `selectors` (an empty list matches everything).
 pub fn matches_any(selectors: &[Selector], dev: &PciDevice) -> bool {
     selectors.is_empty()
@@ -61,18 +96,10 @@ pub fn select(
     if let Some(mut bdfs) = only_bdfs {
         bdfs.sort();
         bdfs.dedup();
-        return bdfs
-            .into_iter()
-            .map(|b| PciDevice::read(root, b).map_err(SelectError::from))
-            .collect();
+        return Ok(read_many(root, &bdfs)?);
     }
-    let mut out = Vec::new();
-    for bdf in enumerate(root)? {
-        let dev = PciDevice::read(root, bdf)?;
-        if matches_any(selectors, &dev) {
-            out.push(dev);
-        }
-    }
+    let mut out = read_many(root, &enumerate(root)?)?;
+    out.retain(|d| matches_any(selectors, d));
     for s in selectors {
         if let Selector::Bdf { bdf } = s {
             if !out.iter().any(|d| d.bdf == *bdf) {
