@@ -93,6 +93,7 @@ async fn agent_as_init_validate_and_negative_control() {
         let hello = c.hello().unwrap();
         assert!(hello.pid1, "the agent is the guest's init");
         assert!(hello.exec_enabled);
+        assert!(hello.rss_kib.is_some_and(|k| k > 0), "{hello:?}");
         let kver = std::fs::read_link(agent_support::lab().join("kernel/current")).unwrap();
         assert_eq!(hello.kernel, kver.to_string_lossy());
         assert!(

@@ -306,7 +306,10 @@ async fn boot(
     }
     rec.transition(VmState::Booting)?;
     let mut pgid = 0;
-    if let Some(argv) = launch.vsock.backend_argv(&find_program(&profile.vhost_device_vsock)) {
+    if let Some(argv) = launch
+        .vsock
+        .backend_argv(&find_program(&profile.vhost_device_vsock))
+    {
         let log = rec.run_dir.join("vhost-device-vsock.log");
         let pid = process::spawn(&argv, 0, &log).map_err(|source| VmError::Spawn {
             name: name.clone(),
