@@ -306,7 +306,10 @@ async fn boot(
     }
     rec.transition(VmState::Booting)?;
     let mut pgid = 0;
-    if let Some(argv) = launch.vsock.backend_argv(&find_program(&profile.vhost_device_vsock)) {
+    if let Some(argv) = launch
+        .vsock
+        .backend_argv(&find_program(&profile.vhost_device_vsock))
+    {
         let log = rec.run_dir.join("vhost-device-vsock.log");
         let pid = process::spawn(&argv, 0, &log).map_err(|source| VmError::Spawn {
             name: name.clone(),
@@ -524,7 +527,7 @@ pub async fn down(env: &Env, name: &str, powerdown: Duration) -> Result<DownRepo
                         // The agent powers the guest off cleanly; with -no-reboot QEMU exits.
                         let asked = tokio::task::spawn_blocking(move || {
                             AgentClient::connect(&t, Duration::from_secs(3))
-                                .and_then(|mut c| c.shutdown(PowerAction::Poweroff))
+                                .and_then(|c| c.shutdown(PowerAction::Poweroff))
                         })
                         .await;
                         if matches!(asked, Ok(Ok(()))) && qmp.wait_closed(powerdown).await {
