@@ -213,16 +213,8 @@ fn vm_logs(mut f: StepFailure, rec: Option<&VmRecord>) -> StepFailure {
 }
 
 fn transport(t: &AgentTransport) -> Transport {
-    match t {
-        AgentTransport::Vsock { cid, port } => Transport::Vsock {
-            cid: *cid,
-            port: *port,
-        },
-        AgentTransport::Hybrid { uds_path, port } => Transport::Hybrid {
-            uds_path: uds_path.clone(),
-            port: *port,
-        },
-    }
+    // The VM state stores the agent's own transport type.
+    t.clone()
 }
 
 impl LabSession {
