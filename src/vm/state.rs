@@ -128,6 +128,12 @@ pub struct VmRecord {
     /// How to reach the guest agent; `None` without vsock.
     pub agent: Option<AgentTransport>,
     pub accel: Accel,
+    /// How readiness and plugs are confirmed: the agent, or the serial console.
+    #[serde(default)]
+    pub ready: super::profile::Ready,
+    /// The agent's `hello` at readiness (guest kernel, uptime), when the agent answered.
+    #[serde(default)]
+    pub guest: Option<vfioctl_common::proto::HelloReply>,
     pub firmware: Firmware,
     pub hotplug: HotplugMode,
     pub ports: Vec<PortPlan>,
@@ -165,6 +171,8 @@ impl VmRecord {
             vsock: VsockBackend::None,
             agent: None,
             accel: Accel::Tcg,
+            ready: super::profile::Ready::Agent,
+            guest: None,
             firmware: Firmware::Seabios,
             hotplug: HotplugMode::Acpi,
             ports: Vec::new(),
