@@ -1,4 +1,4 @@
-# The bind lab, run inside the guest by scripts/lab-bind (busybox sh, vfioctl on PATH).
+# The bind lab, run inside the guest (busybox sh, vfioctl on PATH) by tests/bind_lab.rs through the agent, or by scripts/lab-bind on the serial console.
 # Each check prints one `@@ name key=value ...` line; tests/bind_lab.rs asserts on them.
 # Devices are found by the MAC addresses the QEMU command line gives them, so the test
 # does not depend on the bus numbers the guest happens to assign.
