@@ -191,6 +191,9 @@ pub struct Confirmed {
     /// enumeration timestamp, mapped through the agent's uptime), when known.
     #[serde(default)]
     pub guest_enumerated_unix: Option<f64>,
+    /// The guest kernel's own time from finding the device to its last BAR message.
+    #[serde(default)]
+    pub guest_enumeration_seconds: Option<f64>,
 }
 
 fn id_pair(root: &SysRoot, gpu: &GpuSpec) -> String {
@@ -303,11 +306,26 @@ fn confirm_agent(
                 }
             }
             let log = c.kernel_log(None, Some(2000)).map_err(agent_err)?;
+            // The newest "[vvvv:dddd] type 00" line for this address: an earlier plug on
+            // the same port left older ones.
             let first_ts = log
                 .records
                 .iter()
-                .find(|r| r.text.contains(&bdf) && r.text.contains(pair))
+                .rev()
+                .find(|r| r.text.contains(&bdf) && r.text.contains(&format!("[{pair}]")))
                 .map(|r| r.ts_us);
+            let last_ts = log
+                .records
+                .iter()
+                .rev()
+                .find(|r| r.text.contains(&bdf) && r.text.contains("BAR"))
+                .map(|r| r.ts_us);
+            // Map guest time to host time now, close to the event (the guest clock drifts
+            // under TCG): boot = now - uptime, off by the vsock round trip.
+            let guest_boot_unix = match c.hello() {
+                Ok(h) => unix_now() - h.uptime_s,
+                Err(_) => guest_boot_unix,
+            };
             ev.lines = log
                 .records
                 .iter()
@@ -350,6 +368,9 @@ fn confirm_agent(
                 seconds: start.elapsed().as_secs_f64(),
                 device_add_unix: None,
                 guest_enumerated_unix: first_ts.map(|ts| guest_boot_unix + ts as f64 / 1e6),
+                guest_enumeration_seconds: first_ts
+                    .zip(last_ts)
+                    .map(|(a, b)| b.saturating_sub(a) as f64 / 1e6),
             });
         }
         if !lifecycle::qemu_alive(rec) {
@@ -409,6 +430,7 @@ async fn confirm_serial(
                     seconds: start.elapsed().as_secs_f64(),
                     device_add_unix: None,
                     guest_enumerated_unix: None,
+                    guest_enumeration_seconds: None,
                 });
             }
         }
