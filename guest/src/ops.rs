@@ -37,11 +37,22 @@ pub fn hello(st: &State) -> HelloReply {
         pid1: st.pid1,
         exec_enabled: st.exec,
         modules: st.modules.clone(),
-        rss_kib: read("/proc/self/status")
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok()),
+        rss_kib: rss_kib(&st.root),
     }
+}
+
+/// Resident set size in KiB. `smaps_rollup` walks the page tables; `VmRSS` in `status`
+/// comes from per-thread counters that Linux before 6.2 syncs only every 64 faults, so a
+/// small multithreaded process can read as a few KiB there.
+fn rss_kib(root: &SysRoot) -> Option<u64> {
+    let field = |file: &str, key: &str| -> Option<u64> {
+        root.read_string(file)
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    };
+    field("/proc/self/smaps_rollup", "Rss:").or_else(|| field("/proc/self/status", "VmRSS:"))
 }
 
 pub fn list_devices(root: &SysRoot) -> Result<DevicesReply, AgentError> {
