@@ -1,18 +1,15 @@
 //! The lab plan for real: `vfioctl regress scripts/lab-plan.toml` boots real guests under
-//! QEMU (TCG here), hot-plugs the 8 GiB stand-in, runs the negative control, and
+//! QEMU (TCG here), plugs the 8 GiB stand-in hot and cold, runs the negative control, and
 //! the report must say the stand-in passed and the control failed as expected.
 //!
-//! CI tier: the hot-plugged stand-in and the negative control with --jobs 2. The cold
-//! stand-in and nested passthrough are in the nightly tier.
+//! CI tier: the three stand-in scenarios with --jobs 3. Nested passthrough is nightly.
 
 use std::path::Path;
 use std::process::Command;
 
 use vfioctl::regress::{Outcome, RunResults};
 
-// standin-8g-cold waits for cold-plug confirmation in vfioctl::vm (SeaBIOS assigns the BARs
-// and the guest never prints "assigned"); it stays in the nightly tier until then.
-const CI_SCENARIOS: &str = "standin-8g-hot,no-reserve-negative";
+const CI_SCENARIOS: &str = "standin-8g-hot,standin-8g-cold,no-reserve-negative";
 
 fn lab() -> std::path::PathBuf {
     std::env::var_os("VFIOCTL_LAB")
@@ -52,7 +49,7 @@ fn lab_plan_standin_passes_and_negative_control_fails_as_expected() {
     let child = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
         .arg("regress")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lab-plan.toml"))
-        .args(["--only", CI_SCENARIOS, "--jobs", "2", "--history"])
+        .args(["--only", CI_SCENARIOS, "--jobs", "3", "--history"])
         .arg(&hist)
         .arg("--json")
         .env("VFIOCTL_LAB", lab())
@@ -81,6 +78,7 @@ fn lab_plan_standin_passes_and_negative_control_fails_as_expected() {
     }
     let get = |n: &str| r.scenarios.iter().find(|s| s.name == n).unwrap();
     assert_eq!(get("standin-8g-hot").outcome, Outcome::Passed, "{stderr}");
+    assert_eq!(get("standin-8g-cold").outcome, Outcome::Passed, "{stderr}");
     assert_eq!(
         get("no-reserve-negative").outcome,
         Outcome::ExpectedFailure,

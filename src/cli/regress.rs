@@ -155,7 +155,8 @@ fn print_summary(ctx: &Context, r: &RunResults, out: &Path) -> Result<(), Failur
                 s.outcome.label().into(),
                 s.failed_step.map(|s| s.to_string()).unwrap_or_default(),
                 fmt_ms(s.wall_ms),
-                s.summary.clone(),
+                // The first line; the logs are in report.html and results.json.
+                s.summary.lines().next().unwrap_or_default().to_string(),
             ]);
         }
         t.write(w)?;

@@ -26,12 +26,11 @@ use super::plan::{DeviceSpec, Firmware, Kind, Plan, PlugMode, Reserve, Scenario}
 use super::results::{excerpt, LogExcerpt, StepFailure};
 use super::step::Step;
 use crate::agent::validate::{self, Expected};
-use crate::agent::{AgentClient, Transport};
+use crate::agent::AgentClient;
 use crate::bind;
 use crate::qmp::Qmp;
 use crate::rootfs::{self, agent_bin, BuildOptions};
 use crate::vm::profile::{lab_kernel, DeviceEntry, GpuSpec, PlugWhen, Profile, Ready};
-use crate::vm::vsock::AgentTransport;
 use crate::vm::{lifecycle, plug, process, Env, Firmware as VmFirmware, VmError, VmRecord};
 use crate::{Context, Exit, Failure};
 
@@ -212,11 +211,6 @@ fn vm_logs(mut f: StepFailure, rec: Option<&VmRecord>) -> StepFailure {
     f
 }
 
-fn transport(t: &AgentTransport) -> Transport {
-    // The VM state stores the agent's own transport type.
-    t.clone()
-}
-
 impl LabSession {
     fn block_on<F: std::future::Future>(&self, f: F) -> Result<F::Output, StepFailure> {
         let rt = self
@@ -257,8 +251,7 @@ impl LabSession {
                     "the VM has no agent transport (no vsock)",
                 )
             })?;
-        AgentClient::connect(&transport(t), limit)
-            .map_err(|e| vm_logs(from_diag(e), self.rec.as_ref()))
+        AgentClient::connect(t, limit).map_err(|e| vm_logs(from_diag(e), self.rec.as_ref()))
     }
 
     fn keep_logs(&self) {
@@ -291,9 +284,8 @@ impl LabBackend {
                 Firmware::Ovmf => VmFirmware::Ovmf,
             },
             qemu: self.qemu.clone(),
-            // The agent prints this on the console when it listens; the agent answering
-            // (below) is the real readiness.
-            ready: Ready::Serial("vfioctl-agent".into()),
+            // Ready when the guest agent answers over vsock; plugs are confirmed by it.
+            ready: Ready::Agent,
             boot_timeout: limit.as_secs().max(1),
             ..Profile::default()
         };
