@@ -137,3 +137,53 @@ async fn qemu_that_dies_at_start_is_reported_with_its_stderr() {
         .unwrap();
     assert!(lifecycle::list(&h.env).is_empty());
 }
+
+#[tokio::test]
+async fn a_qemu_killed_while_running_is_reported_crashed_and_cleaned_up() {
+    // The busybox initramfs: readiness from the serial marker (the no-agent path).
+    let Some(lab) = common::Lab::get("vm_crash_running") else {
+        return;
+    };
+    let h = common::Harness::new("vm_crash_running");
+    let profile = lab.profile("boom");
+    let up = lifecycle::up(&h.env, &profile).await;
+    if let Ok(r) = &up {
+        h.track(r);
+    }
+    let rec = up.expect("vm up");
+    assert_eq!(rec.state, VmState::Ready);
+    let pid = rec.pid.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Detected from the host side on the next look, with QEMU's and the guest's words.
+    let mut st = lifecycle::status(&h.env, "boom").await.unwrap();
+    for _ in 0..200 {
+        if st.state == VmState::Crashed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        st = lifecycle::status(&h.env, "boom").await.unwrap();
+    }
+    assert_eq!(st.state, VmState::Crashed);
+    let crash = st.crash.expect("crash report");
+    assert!(
+        crash.contains("serial log (tail)") && crash.contains(common::READY_MARKER),
+        "{crash}"
+    );
+    // down kills what is left (vhost-device-vsock) and removes the directory.
+    let procs = lifecycle::processes(&rec);
+    let r = lifecycle::down(&h.env, "boom", Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(r.was, Some(VmState::Crashed));
+    for (p, m) in &procs {
+        assert!(
+            !vfioctl::vm::process::alive(*p, m),
+            "pid {p} ({m}) still alive"
+        );
+    }
+    assert!(!rec.run_dir.exists());
+}

@@ -440,11 +440,12 @@ async fn wait_ready(
             // reported at once, not at the deadline.
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
-                // Short slices: the client's backoff restarts at 20 ms in each, so the guest's
-                // agent is noticed within ~0.2 s of listening.
+                // Slices of a few seconds: long enough that an attempt is never abandoned
+                // mid-handshake (an abandoned hybrid connection was seen to leave the guest
+                // agent unresponsive), short enough to notice a dead QEMU promptly.
                 let slice = left
-                    .min(Duration::from_millis(300))
-                    .max(Duration::from_millis(50));
+                    .min(Duration::from_secs(3))
+                    .max(Duration::from_millis(100));
                 let tt = t.clone();
                 let r = tokio::task::spawn_blocking(move || AgentClient::connect(&tt, slice))
                     .await

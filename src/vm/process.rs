@@ -32,25 +32,36 @@ pub fn spawn(argv: &[String], pgid: i32, log: &Path) -> std::io::Result<u32> {
 
 static REAPED: std::sync::Mutex<Vec<(u32, String)>> = std::sync::Mutex::new(Vec::new());
 
-/// Reap `pid` if it is our child and has exited (remembering how it ended); harmless
-/// otherwise.
-fn reap(pid: u32) -> Option<String> {
+enum Reaped {
+    NotYet,
+    Done,
+    NotOurs,
+}
+
+/// One `waitpid(WNOHANG)`, remembering how the child ended.
+fn reap_status(pid: u32) -> Reaped {
     let status = match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+        Ok(nix::sys::wait::WaitStatus::StillAlive) => return Reaped::NotYet,
         Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => format!("exit status {code}"),
         Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => format!("killed by {sig}"),
-        _ => {
-            let r = REAPED.lock().ok()?;
-            return r
-                .iter()
-                .rev()
-                .find(|(p, _)| *p == pid)
-                .map(|(_, s)| s.clone());
-        }
+        Ok(_) => return Reaped::NotYet,
+        Err(_) => return Reaped::NotOurs,
     };
     if let Ok(mut r) = REAPED.lock() {
-        r.push((pid, status.clone()));
+        r.push((pid, status));
     }
-    Some(status)
+    Reaped::Done
+}
+
+/// Reap `pid` if it is our child and has exited (remembering how it ended); harmless
+/// otherwise. Returns how it ended when known.
+fn reap(pid: u32) -> Option<String> {
+    let _ = reap_status(pid);
+    let r = REAPED.lock().ok()?;
+    r.iter()
+        .rev()
+        .find(|(p, _)| *p == pid)
+        .map(|(_, s)| s.clone())
 }
 
 /// Why a process is gone, if we could reap it ourselves.
@@ -69,6 +80,15 @@ pub fn alive(pid: u32, marker: &str) -> bool {
                 .rsplit_once(')')
                 .and_then(|(_, r)| r.split_whitespace().next());
             if matches!(state, Some("Z") | Some("X")) {
+                // A killed multi-threaded process stays a zombie until its last thread
+                // is gone; if it is our child, wait briefly so it is reaped, not left
+                // for init.
+                for _ in 0..200 {
+                    match reap_status(pid) {
+                        Reaped::NotYet => std::thread::sleep(Duration::from_millis(5)),
+                        Reaped::Done | Reaped::NotOurs => break,
+                    }
+                }
                 return false;
             }
         }
