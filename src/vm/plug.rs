@@ -100,7 +100,7 @@ impl Diagnose for PlugError {
                     format!("bind the other members of the IOMMU group to vfio-pci too: {}", peers.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" "))
                 } else if desc.contains("no such host device") {
                     "check the address with `vfioctl devices`".into()
-                } else if desc.contains("Cannot allocate memory") || desc.contains("vfio_dma_map") || desc.contains("memlock") {
+                } else if desc.contains("vfio") && (desc.contains("Cannot allocate memory") || desc.contains("vfio_dma_map") || desc.contains("memlock")) {
                     "raise QEMU's locked-memory limit above the guest RAM (ulimit -l unlimited, or LimitMEMLOCK=infinity)".into()
                 } else if desc.contains("failed to open /dev/vfio") {
                     "bind the device to vfio-pci and check /dev/vfio permissions".into()
