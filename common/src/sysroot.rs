@@ -207,13 +207,16 @@ impl SysRoot {
         }
     }
 
-    /// Write a sysfs attribute the way `echo -n value > attr` does: one `write(2)` of the
-    /// whole value, no truncation games. sysfs store functions see exactly these bytes.
+    /// Write a sysfs attribute the way `echo -n value > attr` does: open with `O_TRUNC`
+    /// (as the shell's `>`; sysfs ignores it, a regular fixture file is replaced rather
+    /// than left with the tail of a longer old value) and one `write(2)` of the whole
+    /// value. sysfs store functions see exactly these bytes.
     pub fn write_attr(&self, abs: impl AsRef<Path>, value: &str) -> Result<(), SysError> {
         use std::io::Write;
         let abs = abs.as_ref();
         let mut f = fs::OpenOptions::new()
             .write(true)
+            .truncate(true)
             .open(self.path(abs))
             .map_err(|e| self.err("open for write", abs, e))?;
         f.write_all(value.as_bytes())
@@ -255,6 +258,21 @@ mod tests {
             .read_attr_opt("/sys/bus/pci/devices/x/nope")
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn write_attr_replaces_like_the_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SysRoot::new(dir.path());
+        std::fs::create_dir_all(r.path("/sys/bus/pci/devices/x")).unwrap();
+        std::fs::write(r.path("/sys/bus/pci/devices/x/driver_override"), "vfio-pci").unwrap();
+        r.write_attr("/sys/bus/pci/devices/x/driver_override", "e1000e")
+            .unwrap();
+        assert_eq!(
+            r.read_attr("/sys/bus/pci/devices/x/driver_override")
+                .unwrap(),
+            "e1000e"
+        );
     }
 
     #[test]
