@@ -22,6 +22,7 @@ use vfioctl_common::proto::Verdict;
 use vfioctl_common::{Bdf, PciDevice, SysRoot};
 
 use super::exec::{Backend, StepCtx};
+use super::nested;
 use super::plan::{DeviceSpec, Firmware, Kind, Plan, PlugMode, Reserve, Scenario};
 use super::results::{excerpt, LogExcerpt, StepFailure};
 use super::step::Step;
@@ -113,6 +114,9 @@ pub struct LabBackend {
     /// The lab guest initramfs (agent as /init) for scenarios without `initrd`, built by
     /// [`LabBackend::prepare_guest`].
     guest: OnceLock<Result<PathBuf, StepFailure>>,
+    /// The nested scenario's L1 initramfs (QEMU, vfioctl and the L2 guest inside), built
+    /// once per run by its `check` step.
+    nested: OnceLock<Result<PathBuf, StepFailure>>,
 }
 
 impl LabBackend {
@@ -122,6 +126,7 @@ impl LabBackend {
             qemu: PathBuf::from("qemu-system-x86_64"),
             run_base: std::env::temp_dir().join(format!("vfioctl-regress-{}", std::process::id())),
             guest: OnceLock::new(),
+            nested: OnceLock::new(),
         }
     }
 
@@ -153,7 +158,44 @@ impl LabBackend {
         }))
     }
 
+    /// Build the nested scenario's initramfs once (see [`nested`]).
+    fn prepare_nested(&self, kernel: &Path, dir: &Path) -> Result<PathBuf, StepFailure> {
+        self.nested
+            .get_or_init(|| {
+                let tree = agent_bin::source_tree().ok_or_else(|| {
+                    fail(
+                        Exit::Usage,
+                        "no source tree with rootfs/lab-nested.toml next to this vfioctl",
+                    )
+                })?;
+                let qemu = which(&self.qemu).ok_or_else(|| {
+                    fail(
+                        Exit::Infrastructure,
+                        format!("{} not found", self.qemu.display()),
+                    )
+                })?;
+                let agent = agent_bin::resolve(None).map_err(from_diag)?;
+                let vfioctl =
+                    nested::static_vfioctl(&tree).map_err(|e| fail(Exit::Infrastructure, e))?;
+                nested::build_initrds(&nested::NestedInputs {
+                    tree: &tree,
+                    kernel,
+                    agent: &agent,
+                    vfioctl: &vfioctl,
+                    qemu: &qemu,
+                    out_dir: dir,
+                })
+                .map_err(|e| fail(Exit::Infrastructure, e))
+            })
+            .clone()
+    }
+
     fn initrd(&self, sc: &Scenario) -> Result<PathBuf, StepFailure> {
+        if sc.kind == Kind::Nested {
+            if let Some(r) = self.nested.get() {
+                return r.clone();
+            }
+        }
         if let Some(p) = &sc.initrd {
             return Ok(p.clone());
         }
@@ -273,6 +315,24 @@ impl LabBackend {
         s: &mut LabSession,
         limit: Duration,
     ) -> Result<Profile, StepFailure> {
+        if sc.kind == Kind::Nested {
+            // L1: the VFIO host for the nested guest; its e1000e is the passed device, so
+            // no devices of the plan go to this VM.
+            s.devices.clear();
+            return Ok(Profile {
+                name: sc.name.clone(),
+                vcpus: sc.vm.cpus,
+                memory: sc.vm.memory.to_string(),
+                kernel: sc.kernel.clone().or_else(lab_kernel),
+                initrd: Some(self.initrd(sc)?),
+                cmdline: nested::l1_cmdline(sc.vm.append.as_deref()),
+                qemu: self.qemu.clone(),
+                ready: Ready::Agent,
+                boot_timeout: limit.as_secs().max(1),
+                qemu_args: nested::l1_qemu_args(),
+                ..Profile::default()
+            });
+        }
         let mut p = Profile {
             name: sc.name.clone(),
             vcpus: sc.vm.cpus,
@@ -362,12 +422,6 @@ impl Backend for LabBackend {
     type Session = LabSession;
 
     fn skip_reason(&self, sc: &Scenario) -> Option<String> {
-        if sc.kind == Kind::Nested {
-            return Some(
-                "nested passthrough needs a guest image with QEMU and vfioctl inside, not built by this project yet"
-                    .into(),
-            );
-        }
         resolve(&self.ctx.root, sc).err()
     }
 
@@ -431,6 +485,9 @@ impl Backend for LabBackend {
                             ));
                         }
                     }
+                }
+                if sc.kind == Kind::Nested {
+                    self.prepare_nested(&kernel, ctx.dir)?;
                 }
                 self.initrd(sc)?;
                 s.host_devices = resolve(&self.ctx.root, sc).map_err(|e| fail(Exit::Usage, e))?;
@@ -629,6 +686,20 @@ impl Backend for LabBackend {
                 }
                 s.qmp = Some(qmp);
                 Ok(Some(notes.join("; ")))
+            }
+            Step::Validate if sc.kind == Kind::Nested => {
+                // In L1: bind, L2 with the device cold-plugged, restore (see `nested`).
+                let mut client = s.agent(ctx.timeout)?;
+                let script = nested::l1_script(ctx.timeout.as_secs().saturating_sub(30).max(60));
+                let reply = client
+                    .exec(&["/bin/busybox", "sh", "-c", &script], ctx.timeout, 1 << 20)
+                    .map_err(|e| vm_logs(from_diag(e), s.rec.as_ref()))?;
+                let _ = std::fs::write(s.dir.join("nested.log"), &reply.stdout);
+                nested::verdict(&reply.stdout).map(Some).map_err(|why| {
+                    fail(Exit::ValidationFailed, why)
+                        .with_log(excerpt("l1-exec", &reply.stdout, 60))
+                        .with_log(excerpt("l1-exec-stderr", &reply.stderr, 20))
+                })
             }
             Step::Validate => {
                 let mut client = s.agent(ctx.timeout)?;

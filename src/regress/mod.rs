@@ -8,6 +8,7 @@
 //! | `schedule.rs` | which scenarios may run together (`--jobs`, device exclusivity) |
 //! | `exec.rs` | the executor: runs scenarios through a `Backend`, times every step |
 //! | `lab.rs` | the real backend over the library (host, bind, vm, agent) |
+//! | `nested.rs` | the nested-passthrough scenario: L1 initramfs with QEMU inside, L1 script, verdict |
 //! | `results.rs` | results JSON model, outcome judging, exit code |
 //! | `history.rs` | the history directory and regression detection |
 //! | `junit.rs`, `html.rs` | JUnit XML and the static HTML report |
@@ -20,6 +21,7 @@ pub mod html;
 pub mod junit;
 pub mod k8s;
 pub mod lab;
+pub mod nested;
 pub mod plan;
 pub mod results;
 pub mod schedule;

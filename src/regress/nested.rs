@@ -1,0 +1,330 @@
+//! The nested-passthrough scenario (`kind = "nested"`, LAB.md facts 2 and 3).
+//!
+//! An L1 guest with an emulated intel-iommu (interrupt remapping, caching mode) is a real
+//! VFIO host: an emulated e1000e on a pcie-root-port (`0000:01:00.0` in L1) is bound to
+//! vfio-pci by the static vfioctl inside it, a second QEMU (the host's binary with its
+//! shared libraries, found with `ldd` when the initramfs is built) starts an L2 guest with
+//! the device cold-plugged through `-device vfio-pci`, and the L2 guest's `/init` lists its
+//! PCI devices on its serial console. The verdict comes from what L2 reported: the device
+//! (8086:10d3) is there. `vfioctl restore --all` gives it back to e1000e in L1.
+//!
+//! Everything in L1 runs through the guest agent's exec (`rootfs/lab-nested.toml`: the agent
+//! as /init with exec on); the L2 initramfs is `rootfs/lab-nested-l2.toml`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::rootfs::{self, BuildOptions};
+
+/// The device L1 binds and passes on (its own root port, its own IOMMU group).
+pub const L1_DEVICE: &str = "0000:01:00.0";
+/// What L2 must see: the e1000e (82574L).
+pub const EXPECTED_ID: &str = "8086:10d3";
+
+/// QEMU arguments of the L1 guest on top of the VM module's q35 machine.
+pub fn l1_qemu_args() -> Vec<String> {
+    [
+        "-machine",
+        "kernel-irqchip=split",
+        "-device",
+        "intel-iommu,intremap=on,caching-mode=on",
+        "-device",
+        "pcie-root-port,id=nrp0,bus=pcie.0,chassis=31",
+        "-device",
+        "e1000e,bus=nrp0,mac=52:54:00:00:05:00",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The L1 kernel command line. `no_timer_check`: a loaded TCG host otherwise panics with
+/// "timer doesn't work through Interrupt-remapped IO-APIC".
+pub fn l1_cmdline(extra: Option<&str>) -> String {
+    let mut c = "console=ttyS0 panic=-1 intel_iommu=on no_timer_check".to_string();
+    if let Some(a) = extra {
+        c.push(' ');
+        c.push_str(a);
+    }
+    c
+}
+
+/// Shared libraries named by `ldd` output (pure): `name => /path (addr)` and the loader's
+/// `/path (addr)`; virtual objects (linux-vdso) have no path and are skipped.
+pub fn parse_ldd(out: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = out
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let p = match l.split_once("=>") {
+                Some((_, rhs)) => rhs.trim().split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            p.starts_with('/').then(|| PathBuf::from(p))
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn ldd(bin: &Path) -> Result<Vec<PathBuf>, String> {
+    let out = Command::new("ldd")
+        .arg(bin)
+        .output()
+        .map_err(|e| format!("ldd {}: {e}", bin.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ldd {}: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(parse_ldd(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A host file shipped at the same path in the guest (symlinks resolved on the host side).
+fn same_path(p: &Path) -> Result<(PathBuf, String), String> {
+    let src = p
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok((src, p.display().to_string()))
+}
+
+/// Where QEMU keeps its loadable modules on Debian.
+pub const QEMU_MODULE_DIR: &str = "/usr/lib/x86_64-linux-gnu/qemu";
+/// The firmware an L2 q35 guest booted with `-kernel` needs (`-L /usr/share/qemu` in L1).
+pub const QEMU_BLOBS: &[&str] = &["bios-256k.bin", "kvmvapic.bin", "linuxboot_dma.bin"];
+const BLOB_DIRS: &[&str] = &["/usr/share/qemu", "/usr/share/seabios"];
+
+/// The QEMU payload for L1: the binary at `/usr/bin/qemu-system-x86_64`, its libraries and
+/// those of the TCG module at their host paths, and the firmware under /usr/share/qemu.
+pub fn qemu_payload(qemu: &Path) -> Result<Vec<(PathBuf, String)>, String> {
+    let mut v = vec![(
+        qemu.canonicalize()
+            .map_err(|e| format!("{}: {e}", qemu.display()))?,
+        "/usr/bin/qemu-system-x86_64".to_string(),
+    )];
+    let accel = Path::new(QEMU_MODULE_DIR).join("accel-tcg-x86_64.so");
+    let mut libs = ldd(qemu)?;
+    if accel.is_file() {
+        v.push(same_path(&accel)?);
+        libs.extend(ldd(&accel)?);
+    }
+    libs.sort();
+    libs.dedup();
+    for l in libs {
+        v.push(same_path(&l)?);
+    }
+    for blob in QEMU_BLOBS {
+        let src = BLOB_DIRS
+            .iter()
+            .map(|d| Path::new(d).join(blob))
+            .find(|p| p.exists())
+            .ok_or_else(|| format!("{blob} not found in {}", BLOB_DIRS.join(", ")))?;
+        let src = src
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", src.display()))?;
+        v.push((src, format!("/usr/share/qemu/{blob}")));
+    }
+    Ok(v)
+}
+
+/// Build the static, non-PIE vfioctl for the guest (LAB.md fact 6; non-PIE starts about 3x
+/// faster under TCG) in its own target dir; cargo is a no-op when it is current.
+pub fn static_vfioctl(workspace: &Path) -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(&cargo)
+        .current_dir(workspace)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("CARGO_TARGET_DIR", workspace.join("target/nopie"))
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C relocation-model=static",
+        )
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "--bin",
+            "vfioctl",
+        ])
+        .output()
+        .map_err(|e| format!("{cargo} build (static vfioctl): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cargo} build (static vfioctl): {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(workspace.join("target/nopie/x86_64-unknown-linux-gnu/release/vfioctl"))
+}
+
+/// What the nested initramfs build needs.
+pub struct NestedInputs<'a> {
+    /// Source tree with rootfs/lab-nested*.toml.
+    pub tree: &'a Path,
+    /// Kernel image for L1 and L2; its modules are `lib/modules` next to it.
+    pub kernel: &'a Path,
+    pub agent: &'a Path,
+    /// Static vfioctl for L1.
+    pub vfioctl: &'a Path,
+    pub qemu: &'a Path,
+    pub out_dir: &'a Path,
+}
+
+/// Build the L2 initramfs, then the L1 initramfs that carries it; returns L1's.
+pub fn build_initrds(i: &NestedInputs) -> Result<PathBuf, String> {
+    let modules = i.kernel.parent().map(Path::to_path_buf).unwrap_or_default();
+    let l2 = i.out_dir.join("nested-l2.cpio.gz");
+    rootfs::build(&BuildOptions {
+        manifest: i.tree.join("rootfs/lab-nested-l2.toml"),
+        out: l2.clone(),
+        agent: Some(i.agent.to_path_buf()),
+        no_modules: true,
+        ..BuildOptions::default()
+    })
+    .map_err(|e| format!("L2 initramfs: {e}"))?;
+    let mut extra = vec![
+        (i.vfioctl.to_path_buf(), "/bin/vfioctl".to_string()),
+        (i.kernel.to_path_buf(), "/l2/vmlinuz".to_string()),
+        (l2, "/l2/initrd.gz".to_string()),
+    ];
+    extra.extend(qemu_payload(i.qemu)?);
+    let out = i.out_dir.join("nested-l1.cpio.gz");
+    rootfs::build(&BuildOptions {
+        manifest: i.tree.join("rootfs/lab-nested.toml"),
+        kernel_modules: Some(modules),
+        out: out.clone(),
+        agent: Some(i.agent.to_path_buf()),
+        extra,
+        ..BuildOptions::default()
+    })
+    .map_err(|e| format!("L1 initramfs: {e}"))?;
+    Ok(out)
+}
+
+/// The L1 script, run through the agent's exec: bind, run L2 with the device cold-plugged
+/// (its serial console to a file, printed afterwards), restore. Prints `@@ name key=value`.
+pub fn l1_script(l2_timeout_s: u64) -> String {
+    let d = L1_DEVICE;
+    format!(
+        r#"/bin/busybox --install -s /bin 2>/dev/null
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+drv() {{ if [ -e /sys/bus/pci/devices/$1/driver ]; then basename $(readlink /sys/bus/pci/devices/$1/driver); else echo none; fi; }}
+echo "@@ before driver=$(drv {d})"
+vfioctl bind {d} 2>&1; rc=$?
+echo "@@ bind rc=$rc driver=$(drv {d}) group=$(basename $(readlink /sys/bus/pci/devices/{d}/iommu_group))"
+if [ $rc -eq 0 ]; then
+  timeout {l2_timeout_s} qemu-system-x86_64 -nodefaults -machine q35 -accel tcg -m 256 -smp 1 \
+    -display none -no-reboot -L /usr/share/qemu \
+    -kernel /l2/vmlinuz -initrd /l2/initrd.gz -append "console=ttyS0 panic=-1 quiet" \
+    -serial file:/tmp/l2.serial \
+    -device pcie-root-port,id=rp0,bus=pcie.0,chassis=1 \
+    -device vfio-pci,host={d},bus=rp0 2>&1
+  echo "@@ l2 rc=$?"
+  cat /tmp/l2.serial | tr -d '\r'
+fi
+vfioctl restore --all 2>&1
+echo "@@ restore rc=$? driver=$(drv {d})"
+"#
+    )
+}
+
+/// What L1 and L2 reported, judged (pure): `Ok(note)` when L1 bound the device, L2 listed
+/// it with the expected id, and restore gave it back; else `Err(reason)`.
+pub fn verdict(out: &str) -> Result<String, String> {
+    let field = |name: &str, key: &str| -> Option<String> {
+        out.lines().find_map(|l| {
+            let rest = l.trim().strip_prefix("@@ ")?;
+            let mut f = rest.split_whitespace();
+            (f.next()? == name).then_some(())?;
+            f.filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_string())
+        })
+    };
+    let bind_rc = field("bind", "rc");
+    if bind_rc.as_deref() != Some("0") || field("bind", "driver").as_deref() != Some("vfio-pci") {
+        return Err(format!(
+            "L1: vfioctl bind {L1_DEVICE} did not leave it on vfio-pci (rc {}, driver {})",
+            bind_rc.unwrap_or_else(|| "?".into()),
+            field("bind", "driver").unwrap_or_else(|| "?".into())
+        ));
+    }
+    let l2: Vec<(&str, &str)> = out
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.trim().strip_prefix("@@ pci ")?.split_whitespace();
+            Some((f.next()?, f.next()?))
+        })
+        .collect();
+    if !out.lines().any(|l| l.trim() == "@@ l2-done") {
+        return Err(format!(
+            "L2 did not finish its device listing (QEMU rc {})",
+            field("l2", "rc").unwrap_or_else(|| "?".into())
+        ));
+    }
+    let Some((bdf, _)) = l2.iter().find(|(_, id)| *id == EXPECTED_ID) else {
+        return Err(format!(
+            "L2 lists no {EXPECTED_ID}: {}",
+            l2.iter()
+                .map(|(b, id)| format!("{b} {id}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    };
+    let restored = field("restore", "driver");
+    if field("restore", "rc").as_deref() != Some("0") || restored.as_deref() != Some("e1000e") {
+        return Err(format!(
+            "L1: vfioctl restore --all left {L1_DEVICE} on {}",
+            restored.unwrap_or_else(|| "?".into())
+        ));
+    }
+    Ok(format!(
+        "L1 bound {L1_DEVICE} to vfio-pci (group {}); L2 lists {bdf} {EXPECTED_ID} among {} device(s); restored to e1000e",
+        field("bind", "group").unwrap_or_default(),
+        l2.len()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_lines() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x1)\n\t/lib64/ld-linux-x86-64.so.2 (0x2)\n\tlibm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x3)\n";
+        assert_eq!(
+            parse_ldd(out),
+            [
+                "/lib/x86_64-linux-gnu/libm.so.6",
+                "/lib/x86_64-linux-gnu/libz.so.1",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+            .map(PathBuf::from)
+        );
+    }
+
+    const GOOD: &str = "@@ before driver=e1000e\n@@ bind rc=0 driver=vfio-pci group=3\n@@ l2 rc=0\n@@ pci 0000:00:00.0 8086:29c0 none\n@@ pci 0000:01:00.0 8086:10d3 none\n@@ l2-done\n@@ restore rc=0 driver=e1000e\n";
+
+    #[test]
+    fn verdict_passes_when_l2_lists_the_device() {
+        let v = verdict(GOOD).unwrap();
+        assert!(v.contains("0000:01:00.0 8086:10d3"), "{v}");
+    }
+
+    #[test]
+    fn verdict_fails_on_each_missing_piece() {
+        let no_dev = GOOD.replace("8086:10d3", "8086:10d4");
+        assert!(verdict(&no_dev).unwrap_err().contains("lists no"));
+        let no_bind = GOOD.replace("bind rc=0 driver=vfio-pci", "bind rc=5 driver=e1000e");
+        assert!(verdict(&no_bind).unwrap_err().contains("did not leave"));
+        let no_l2 = GOOD.replace("@@ l2-done\n", "");
+        assert!(verdict(&no_l2).unwrap_err().contains("did not finish"));
+        let no_restore = GOOD.replace("restore rc=0 driver=e1000e", "restore rc=1 driver=vfio-pci");
+        assert!(verdict(&no_restore).unwrap_err().contains("restore"));
+    }
+}
