@@ -57,7 +57,7 @@ pub fn parse_ldd(out: &str) -> Vec<PathBuf> {
         .filter_map(|l| {
             let l = l.trim();
             let p = match l.split_once("=>") {
-                Some((_, rhs)) => rhs.trim().split_whitespace().next()?,
+                Some((_, rhs)) => rhs.split_whitespace().next()?,
                 None => l.split_whitespace().next()?,
             };
             p.starts_with('/').then(|| PathBuf::from(p))
@@ -217,6 +217,9 @@ drv() {{ if [ -e /sys/bus/pci/devices/$1/driver ]; then basename $(readlink /sys
 echo "@@ before driver=$(drv {d})"
 vfioctl bind {d} 2>&1; rc=$?
 echo "@@ bind rc=$rc driver=$(drv {d}) group=$(basename $(readlink /sys/bus/pci/devices/{d}/iommu_group))"
+# QEMU needs an IOMMU backend for the VFIO container: vfio's softdep on vfio_iommu_type1
+# is honoured by kmod's modprobe, not busybox's, so load it here.
+modprobe vfio_iommu_type1 2>&1
 if [ $rc -eq 0 ]; then
   timeout {l2_timeout_s} qemu-system-x86_64 -nodefaults -machine q35 -accel tcg -m 256 -smp 1 \
     -display none -no-reboot -L /usr/share/qemu \
