@@ -75,11 +75,18 @@ fn hello_devices_and_checks() {
     assert_eq!(r.verdict, Verdict::Fail);
 
     // Kernel log with a mark: nothing older than the mark comes back.
-    if std::path::Path::new("/dev/kmsg").exists() {
-        let k = c.kernel_log(None, Some(5)).unwrap();
-        assert!(k.records.len() <= 5);
-        let k2 = c.kernel_log(Some(k.mark), None).unwrap();
-        assert!(k2.records.iter().all(|r| r.seq > k.mark));
+    match c.kernel_log(None, Some(5)) {
+        Ok(k) => {
+            assert!(k.records.len() <= 5);
+            let k2 = c.kernel_log(Some(k.mark), None).unwrap();
+            assert!(k2.records.iter().all(|r| r.seq > k.mark));
+        }
+        // Unprivileged CI runners may not read the host's /dev/kmsg; the guest test
+        // covers the kernel log.
+        Err(ClientError::Agent { error, .. }) if error.kind == ErrorKind::Io => {
+            eprintln!("SKIPPED: kernel_log on this host: {}", error.message)
+        }
+        Err(e) => panic!("{e}"),
     }
 }
 
@@ -186,7 +193,7 @@ fn garbage_gets_error_replies_and_the_agent_keeps_serving() {
 #[test]
 fn shutdown_stops_a_service_agent() {
     let mut a = LocalAgent::start(&[]);
-    let mut c = AgentClient::connect(&a.transport(), T).unwrap();
+    let c = AgentClient::connect(&a.transport(), T).unwrap();
     c.shutdown(PowerAction::Poweroff).unwrap();
     let status = a.child.wait().unwrap();
     assert!(status.success());

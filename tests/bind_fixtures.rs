@@ -499,3 +499,150 @@ fn unbind_and_restore_need_a_ledger_entry() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("nothing to restore"));
 }
+
+#[test]
+fn unbind_refuses_while_a_vm_holds_the_group_and_restores_when_released() {
+    let t = copy("bind-bridge-pair");
+    // What a completed bind leaves: the override, the ledger entry, QEMU holding the group.
+    fs::write(
+        t.path()
+            .join("sys/bus/pci/devices/0000:01:00.0/driver_override"),
+        "vfio-pci\n",
+    )
+    .unwrap();
+    fs::create_dir_all(t.path().join("var/lib/vfioctl")).unwrap();
+    let entry = serde_json::json!({
+        "version": 1,
+        "devices": {"0000:01:00.0": {
+            "original_driver": "e1000e", "original_override": null, "target_driver": "vfio-pci",
+            "iommu_group": 2, "module_loaded_by_vfioctl": false, "sriov_numvfs": null,
+            "state": "on-vfio", "persisted": false, "since": 0, "plan": "t"}}
+    });
+    fs::write(
+        t.path().join("var/lib/vfioctl/ledger.json"),
+        entry.to_string(),
+    )
+    .unwrap();
+    let fd = t.path().join("proc/4711/fd");
+    fs::create_dir_all(&fd).unwrap();
+    fs::write(t.path().join("proc/4711/comm"), "qemu-system-x86\n").unwrap();
+    std::os::unix::fs::symlink("/dev/vfio/2", fd.join("23")).unwrap();
+
+    let o = vfioctl(t.path(), &["unbind", "0000:01:00.0"], &[]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("qemu-system-x86 (pid 4711) has /dev/vfio/2 open"),
+        "{err}"
+    );
+    assert_eq!(ledger(t.path()).len(), 1);
+
+    fs::remove_file(fd.join("23")).unwrap();
+    let o = vfioctl(t.path(), &["--json", "unbind", "0000:01:00.0"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["devices"][0]["driver"], "e1000e", "{v}");
+    assert_eq!(v["devices"][0]["state"], "restored", "{v}");
+    assert_eq!(override_of(t.path(), "0000:01:00.0"), None);
+    assert!(ledger(t.path()).is_empty());
+}
+
+// ---- the foundation's machine snapshots ---------------------------------------------------
+
+#[test]
+fn workstation_gpu_goes_with_its_hda_and_the_boot_vga_needs_force() {
+    let root = SysRoot::new(fixture("workstation"));
+    let plan = plan_for(&root, &["0000:01:00.0"], false).unwrap();
+    let g = &plan.groups[0];
+    let got: Vec<(String, Role, Option<&str>)> = g
+        .members
+        .iter()
+        .map(|m| (m.bdf.to_string(), m.role, m.target()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("0000:01:00.0".into(), Role::Selected, Some("vfio-pci")),
+            ("0000:01:00.1".into(), Role::Companion, Some("vfio-pci")),
+            ("0000:00:01.0".into(), Role::Bridge, None),
+        ]
+    );
+    let t = copy("workstation");
+    let o = vfioctl(t.path(), &["bind", "--dry-run", "0000:01:00.0"], &[]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("boot VGA"),
+        "{}",
+        text(&o)
+    );
+    let o = vfioctl(
+        t.path(),
+        &["bind", "--dry-run", "--force", "0000:01:00.0"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains("echo 0000:01:00.1 > /sys/bus/pci/drivers/snd_hda_intel/unbind"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn gpu_server_class_selection_keeps_gpus_already_on_vfio() {
+    let root = SysRoot::new(fixture("gpu-server"));
+    let plan = plan_for(&root, &["10de:1df6"], false).unwrap();
+    let moves: Vec<String> = plan.to_bind().map(|m| m.bdf.to_string()).collect();
+    assert_eq!(moves, vec!["0000:c3:00.0", "0000:c4:00.0"]);
+    let kept: Vec<String> = plan
+        .groups
+        .iter()
+        .flat_map(|g| &g.members)
+        .filter(|m| m.target().is_none())
+        .map(|m| format!("{} {}", m.bdf, m.reason))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            "0000:43:00.0 already on vfio-pci",
+            "0000:44:00.0 already on vfio-pci"
+        ]
+    );
+}
+
+#[test]
+fn iommu_off_host_says_how_to_turn_it_on() {
+    let t = copy("iommu-off");
+    let o = vfioctl(t.path(), &["bind", "--dry-run", "0000:01:00.0"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no IOMMU group") && err.contains("intel_iommu=on"),
+        "{err}"
+    );
+}
+
+#[test]
+fn readme_bind_example_is_what_vfioctl_prints() {
+    let readme =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let block = readme
+        .split("<!-- bind-example -->\n```console\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("README has the bind example");
+    let (cmd, want) = block.split_once('\n').unwrap();
+    let args: Vec<&str> = cmd
+        .trim_start_matches("$ vfioctl ")
+        .split_whitespace()
+        .collect();
+    assert_eq!(args[0], "--root");
+    let t = copy(args[1].trim_start_matches("tests/fixtures/"));
+    let o = vfioctl(t.path(), &args[2..], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim_end(),
+        want.trim_end()
+    );
+}

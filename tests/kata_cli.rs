@@ -499,3 +499,42 @@ fn base_on_a_terminal_shows_the_diff() {
         "the whole file is not printed: {out}"
     );
 }
+
+/// A conventional PCI function in the group (256-byte config space, no link
+/// attributes) takes no root port: Kata puts it behind a pci-bridge.
+#[test]
+fn conventional_pci_function_takes_no_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("t");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(fixture("kata-ws"))
+        .arg(&root)
+        .status()
+        .unwrap()
+        .success());
+    let hda = root.join("sys/devices/pci0000:00/0000:00:01.0/0000:01:00.1");
+    let cfg = std::fs::read(hda.join("config")).unwrap();
+    std::fs::write(hda.join("config"), &cfg[..256]).unwrap();
+    for f in [
+        "current_link_speed",
+        "current_link_width",
+        "max_link_speed",
+        "max_link_width",
+    ] {
+        std::fs::remove_file(hda.join(f)).unwrap();
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
+        .arg("--root")
+        .arg(&root)
+        .args(["--json", "kata", "config", "--gpu", "0000:01:00.0"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ports"], 1);
+    assert!(v["notes"].as_array().unwrap().iter().any(|n| n
+        .as_str()
+        .unwrap()
+        .starts_with("0000:01:00.1 is conventional PCI")));
+}

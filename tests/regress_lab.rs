@@ -46,15 +46,20 @@ fn lab_plan_standin_passes_and_negative_control_fails_as_expected() {
     }
     let out = tempfile::tempdir().unwrap();
     let hist = out.path().join("history");
-    let res = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
+    let child = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
         .arg("regress")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lab-plan.toml"))
         .args(["--only", CI_SCENARIOS, "--jobs", "3", "--history"])
         .arg(&hist)
         .arg("--json")
         .env("VFIOCTL_LAB", lab())
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // The VMs' runtime directories are named after the regress process.
+    let run_base = format!("vfioctl-regress-{}", child.id());
+    let res = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&res.stderr);
     let r: RunResults = serde_json::from_slice(&res.stdout)
         .unwrap_or_else(|e| panic!("no results JSON ({e}); stderr:\n{stderr}"));
@@ -89,6 +94,6 @@ fn lab_plan_standin_passes_and_negative_control_fails_as_expected() {
     let junit = std::fs::read_to_string(run_dir.join("junit.xml")).unwrap();
     assert!(junit.contains("failures=\"0\" errors=\"0\""), "{junit}");
     // Nothing left running.
-    let left = processes_mentioning(&out.path().to_string_lossy());
+    let left = processes_mentioning(&run_base);
     assert!(left.is_empty(), "left behind: {left:?}");
 }

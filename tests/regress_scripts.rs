@@ -66,3 +66,41 @@ fn systemd_units_run_valid_vfioctl_command_lines() {
     assert_eq!(unit_lines(timer, "Persistent"), ["true"]);
     assert_eq!(unit_lines(timer, "OnCalendar").len(), 1);
 }
+
+/// The README's fleet example, run as written (minus the shell redirection).
+#[test]
+fn readme_emit_k8s_example_runs() {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let section = readme
+        .split("<!-- section: regress -->")
+        .nth(1)
+        .expect("README has a regress section");
+    let line = section
+        .lines()
+        .find(|l| l.starts_with("vfioctl regress scripts/lab-plan.toml --emit k8s"))
+        .expect("the --emit k8s example");
+    let args: Vec<&str> = line
+        .split(" > ")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vfioctl"))
+        .args(&args)
+        .current_dir(repo("."))
+        .env("VFIOCTL_LAB", "/lab")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let y = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(y.matches("kind: Job").count(), 2, "{y}");
+    assert_eq!(y.matches("kind: ConfigMap").count(), 1);
+    for n in ["gpu-a", "gpu-b"] {
+        assert!(y.contains(&format!("name: vfioctl-regress-lab-{n}")), "{y}");
+    }
+}

@@ -4,8 +4,8 @@
 //! | source | keys |
 //! |---|---|
 //! | `/etc/vfioctl/agent.conf` (written by `vfioctl rootfs build`) | `port=N`, `exec=0/1`, `listen=unix:PATH` |
-//! | kernel command line | `vfioctl.port=N`, `vfioctl.exec=0/1`, `vfioctl.listen=unix:PATH` |
-//! | arguments | `--listen vsock[:PORT]`, `--listen unix:PATH`, `--exec`, `--no-exec`, `--modules FILE` |
+//! | kernel command line | `vfioctl.port=N`, `vfioctl.exec=0/1`, `vfioctl.listen=unix:PATH`, `vfioctl.echo=PORT` |
+//! | arguments | `--listen vsock[:PORT]`, `--listen unix:PATH`, `--exec`, `--no-exec`, `--modules FILE`, `--echo-port PORT` |
 
 use vfioctl_common::proto::DEFAULT_PORT;
 
@@ -26,6 +26,9 @@ pub struct Config {
     pub exec: bool,
     /// The modules list to load; `None` to load nothing (service mode default).
     pub modules: Option<String>,
+    /// A bare vsock echo port next to the agent (benchmarks compare the agent's round
+    /// trip with it); off unless asked for.
+    pub echo_port: Option<u32>,
 }
 
 impl Config {
@@ -34,6 +37,7 @@ impl Config {
             listen: Listen::Vsock { port: DEFAULT_PORT },
             exec: false,
             modules: pid1.then(|| MODULES_FILE.to_string()),
+            echo_port: None,
         }
     }
 
@@ -48,6 +52,13 @@ impl Config {
             "exec" => self.exec = matches!(value, "1" | "true" | "yes" | "on"),
             "listen" => self.listen = parse_listen(value)?,
             "modules" => self.modules = Some(value.to_string()),
+            "echo" => {
+                self.echo_port = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("echo port {value:?} is not a number"))?,
+                )
+            }
             _ => return Err(format!("unknown key {key:?}")),
         }
         Ok(())
@@ -100,6 +111,10 @@ impl Config {
                     self.modules = Some(it.next().ok_or("--modules needs a file")?.clone())
                 }
                 "--no-modules" => self.modules = None,
+                "--echo-port" => {
+                    let v = it.next().ok_or("--echo-port needs a port")?;
+                    self.set("echo", v)?;
+                }
                 other => return Err(format!("unknown argument {other:?}; see --help")),
             }
         }
@@ -132,10 +147,11 @@ pub const USAGE: &str = "\
 vfioctl-agent: the vfioctl guest agent (PID 1 in a vfioctl initramfs, or a service)
 
 usage: vfioctl-agent [--listen vsock[:PORT]|unix:PATH] [--exec|--no-exec]
-                     [--modules FILE|--no-modules]
+                     [--modules FILE|--no-modules] [--echo-port PORT]
 
 Also configured by /etc/vfioctl/agent.conf (port=, exec=, listen=) and the kernel command
-line (vfioctl.port=, vfioctl.exec=, vfioctl.listen=); arguments win. Exec is off unless
+line (vfioctl.port=, vfioctl.exec=, vfioctl.listen=, vfioctl.echo=); arguments win.
+--echo-port starts a bare vsock echo server (for round-trip benchmarks). Exec is off unless
 enabled. As PID 1 it mounts /proc /sys /dev /tmp /run, loads /etc/vfioctl/modules.load,
 reaps children and powers off on request.";
 

@@ -99,6 +99,12 @@ fn run(pid1: bool, args: &[String]) -> Result<(), String> {
             )
         }
     };
+    if let Some(port) = cfg.echo_port {
+        match sys::vsock_listen(port) {
+            Ok(fd) => server::echo(fd),
+            Err(e) => eprintln!("vfioctl-agent: echo port {port}: {e}"),
+        }
+    }
     eprintln!(
         "vfioctl-agent {} ready on {:?} (pid1 {pid1}, exec {})",
         env!("CARGO_PKG_VERSION"),

@@ -1,7 +1,7 @@
 //! Accepting connections and answering frames: a thread per connection.
 
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,8 +48,31 @@ pub fn serve(listener: Listener, state: Arc<State>) -> ! {
     }
 }
 
-pub trait Conn: Read + Write + Send {}
-impl<T: Read + Write + Send> Conn for T {}
+/// A bare echo server (no framing, no JSON): the floor for round-trip benchmarks.
+pub fn echo(listener: OwnedFd) {
+    let _ = std::thread::Builder::new()
+        .name("echo".into())
+        .stack_size(64 * 1024)
+        .spawn(move || loop {
+            let Ok((mut conn, _)) = sys::accept(&listener) else {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            let _ = std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+        });
+}
+
+pub trait Conn: Read + Write + Send + AsRawFd {}
+impl<T: Read + Write + Send + AsRawFd> Conn for T {}
 
 fn send(conn: &mut dyn Conn, resp: &Response) -> bool {
     proto::write_frame(conn, &proto::to_payload(resp)).is_ok()
@@ -101,6 +124,10 @@ fn handle(mut conn: Box<dyn Conn>, peer: &str, st: &State) {
                 let sent = send(conn.as_mut(), &resp);
                 if let Some(action) = shutdown {
                     let _ = conn.flush();
+                    // The reply must reach the host before the guest goes away: wait
+                    // (bounded) for the host to close the connection, which the client
+                    // does once it has read the reply.
+                    linger(conn.as_mut(), Duration::from_secs(3));
                     power(st, action);
                 }
                 if !sent {
@@ -158,6 +185,22 @@ fn dispatch(st: &State, body: RequestBody) -> Result<Reply, AgentError> {
         }
         RequestBody::Shutdown { action } => Reply::Shutdown { action },
     })
+}
+
+/// Read until the peer closes or `max` passes.
+fn linger(conn: &mut dyn Conn, max: Duration) {
+    let deadline = std::time::Instant::now() + max;
+    let mut buf = [0u8; 256];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || !sys::poll_readable(conn.as_raw_fd(), left).unwrap_or(false) {
+            return;
+        }
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Act on a shutdown request after its reply went out.

@@ -328,8 +328,10 @@ impl AgentClient {
         }
     }
 
-    /// Ask the guest to power off (or reboot). The agent answers before it acts.
-    pub fn shutdown(&mut self, action: PowerAction) -> Result<(), ClientError> {
+    /// Ask the guest to power off (or reboot). The agent answers, then waits (up to 3 s)
+    /// for this connection to close before it acts; the client is consumed so that close
+    /// happens at once.
+    pub fn shutdown(mut self, action: PowerAction) -> Result<(), ClientError> {
         match self.call(RequestBody::Shutdown { action })? {
             Reply::Shutdown { .. } => Ok(()),
             r => Err(self.unexpected("shutdown", r)),
@@ -353,5 +355,6 @@ fn placeholder_hello() -> HelloReply {
         pid1: false,
         exec_enabled: false,
         modules: Vec::new(),
+        rss_kib: None,
     }
 }

@@ -120,9 +120,11 @@ fn bind_one(
     let bdf = m.bdf;
     write_override(root, bdf, Some(to))?;
     t.go(BindState::OverrideWritten);
+    tracing::debug!("{bdf}: override written");
     fault_point("override");
     unbind_current(root, bdf, timeout)?;
     t.go(BindState::Unbound);
+    tracing::debug!("{bdf}: unbound");
     fault_point("unbind");
     let probe = timed(
         root,
@@ -132,6 +134,7 @@ fn bind_one(
         || holders(root, bdf),
     );
     t.go(BindState::Probed);
+    tracing::debug!("{bdf}: probed");
     fault_point("probe");
     // drivers_probe returns success even when no driver bound; the `driver` link is the
     // truth. If the probe did not bind, ask the driver directly: its bind write returns
@@ -159,6 +162,7 @@ fn bind_one(
         }
     }
     t.go(BindState::OnVfio);
+    tracing::debug!("{bdf}: verified on {to}");
     Ok(())
 }
 
@@ -245,6 +249,7 @@ fn group_node(root: &SysRoot, group: u32, members: &[Bdf]) -> Result<String, Bin
 /// error is [`BindError::RolledBack`] (or [`BindError::RollbackFailed`]).
 pub fn execute(root: &SysRoot, plan: &Plan, opts: &Options) -> Result<BindReport, BindError> {
     let mut ledger = Ledger::open(root)?;
+    tracing::debug!("ledger locked");
     let members: Vec<&Member> = plan.to_bind().collect();
     for m in &members {
         if let Some(e) = ledger.get(&m.bdf) {
@@ -272,7 +277,6 @@ pub fn execute(root: &SysRoot, plan: &Plan, opts: &Options) -> Result<BindReport
     let plan_id = format!("{}-{}", now(), std::process::id());
     for m in &members {
         let (to, by_us) = resolve(m.target().unwrap_or_default());
-        let sriov = PciDevice::read(root, m.bdf)?.sriov.map(|s| s.num_vfs);
         ledger.record(
             m.bdf,
             Entry {
@@ -285,7 +289,7 @@ pub fn execute(root: &SysRoot, plan: &Plan, opts: &Options) -> Result<BindReport
                     .find(|g| g.members.iter().any(|x| x.bdf == m.bdf))
                     .map(|g| g.group),
                 module_loaded_by_vfioctl: by_us,
-                sriov_numvfs: sriov,
+                sriov_numvfs: m.sriov_numvfs,
                 state: BindState::HostDriver,
                 persisted: false,
                 since: now(),
@@ -294,6 +298,7 @@ pub fn execute(root: &SysRoot, plan: &Plan, opts: &Options) -> Result<BindReport
         );
     }
     ledger.save()?;
+    tracing::debug!("ledger recorded");
 
     let mut done: Vec<(Bdf, Tracker)> = Vec::new();
     let mut failure: Option<BindError> = None;
@@ -382,6 +387,7 @@ pub fn execute(root: &SysRoot, plan: &Plan, opts: &Options) -> Result<BindReport
         ledger.set_state(bdf, BindState::OnVfio);
     }
     ledger.save()?;
+    tracing::debug!("ledger updated");
     Ok(BindReport {
         loaded,
         devices: done

@@ -50,6 +50,9 @@ pub struct Member {
     pub role: Role,
     pub driver: Option<String>,
     pub driver_override: Option<String>,
+    /// `sriov_numvfs` (PFs only), recorded in the ledger.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sriov_numvfs: Option<u32>,
     #[serde(flatten)]
     pub action: Action,
     /// Why this role and action, for people.
@@ -176,6 +179,7 @@ pub fn plan(
         role,
         driver: d.driver.clone(),
         driver_override: d.driver_override.clone(),
+        sriov_numvfs: d.sriov.as_ref().map(|s| s.num_vfs),
         action,
         reason,
     };

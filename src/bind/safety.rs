@@ -78,9 +78,12 @@ pub struct NetIf {
 }
 
 fn pci_of(root: &SysRoot, abs: &str) -> Option<Bdf> {
-    // The nearest PCI address in the resolved sysfs path is the function that owns it.
-    let p = root.canonicalize(abs).ok()?;
-    p.components()
+    // The nearest PCI address in the link's target (`../devices/pci0000:00/0000:00:1d.0/
+    // 0000:02:00.0/nvme/nvme0/nvme0n1`) is the function that owns it. One readlink, not a
+    // canonicalize: /sys/block and /sys/class/net entries are single links into
+    // /sys/devices.
+    let t = std::fs::read_link(root.path(abs)).ok()?;
+    t.components()
         .rev()
         .find_map(|c| c.as_os_str().to_str()?.parse::<Bdf>().ok())
 }
@@ -191,7 +194,7 @@ impl HostUse {
             }
         }
         for n in root.list_opt("/sys/class/net").unwrap_or_default() {
-            let Some(bdf) = pci_of(root, &format!("/sys/class/net/{n}/device")) else {
+            let Some(bdf) = pci_of(root, &format!("/sys/class/net/{n}")) else {
                 continue;
             };
             let operstate = root
@@ -384,7 +387,11 @@ pub fn describe_openers(o: &[&Opener]) -> String {
 
 /// Who holds `d` right now (for a timed-out unbind): processes with its nodes open.
 pub fn holders_of(root: &SysRoot, d: &PciDevice) -> Vec<String> {
-    let nodes: BTreeSet<String> = device_nodes(root, d).into_iter().collect();
+    let mut nodes: BTreeSet<String> = device_nodes(root, d).into_iter().collect();
+    // On vfio-pci, the group node is what QEMU holds (a vfio unbind waits for it).
+    if let Some(g) = d.iommu_group {
+        nodes.insert(format!("/dev/vfio/{g}"));
+    }
     if nodes.is_empty() {
         return Vec::new();
     }

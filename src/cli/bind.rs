@@ -126,6 +126,7 @@ pub fn run_bind(ctx: &Context, a: BindArgs) -> Result<Exit, Failure> {
     let sel = selectors(&a.selectors)?;
     let selected = bind::select(root, &sel)?;
     let known = bind::neighbourhood(root, &selected)?;
+    tracing::debug!("read {} device(s)", known.len());
     let want = a.driver.clone();
     let target = |d: &PciDevice| -> String {
         if want == "auto" {
@@ -143,7 +144,9 @@ pub fn run_bind(ctx: &Context, a: BindArgs) -> Result<Exit, Failure> {
         .filter(|m| m.driver.is_some())
         .filter_map(|m| known.get(&m.bdf))
         .collect();
+    tracing::debug!("planned");
     let usage = safety::HostUse::scan(root, &losing);
+    tracing::debug!("host use scanned");
     let findings: Vec<Refusal> = losing
         .iter()
         .flat_map(|d| bind::assess(d, &usage))

@@ -155,7 +155,8 @@ fn print_summary(ctx: &Context, r: &RunResults, out: &Path) -> Result<(), Failur
                 s.outcome.label().into(),
                 s.failed_step.map(|s| s.to_string()).unwrap_or_default(),
                 fmt_ms(s.wall_ms),
-                s.summary.clone(),
+                // The first line; the logs are in report.html and results.json.
+                s.summary.lines().next().unwrap_or_default().to_string(),
             ]);
         }
         t.write(w)?;
@@ -261,6 +262,16 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
         host: host.clone(),
     };
     let backend = LabBackend::new(ctx.clone());
+    let t = std::time::Instant::now();
+    match backend.prepare_guest(&plan, &out) {
+        Some(Ok(p)) => eprintln!(
+            "[regress] lab initramfs {} ready in {}",
+            p.display(),
+            fmt_ms(t.elapsed().as_millis() as u64)
+        ),
+        Some(Err(e)) => eprintln!("[regress] lab initramfs: {}", e.message),
+        None => {}
+    }
     let mut r = run_plan(&plan, &backend, &opts, &progress);
     r.run_id = run_id;
     if let Some(node) = &a.node {

@@ -105,9 +105,22 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
     })
 }
 
-/// The agent and the plugged device of a VM started by `vfioctl vm up`.
-fn vm_target(_ctx: &Context, name: &str) -> Result<(Transport, Option<Expected>), Failure> {
-    Err(Failure::usage(format!(
-        "--vm {name}: this build has no VM state support yet; use --agent ADDR"
-    )))
+/// The agent and the plugged device of a VM started by `vfioctl vm up` (its state file).
+fn vm_target(ctx: &Context, name: &str) -> Result<(Transport, Option<Expected>), Failure> {
+    let env = crate::vm::Env {
+        root: ctx.root.clone(),
+        base: crate::vm::state::run_base(),
+    };
+    let (transport, plugged) = crate::vm::lifecycle::agent_target(&env, name)?;
+    let target = match plugged.first() {
+        Some(p) => {
+            let mut e = expected(ctx, &p.gpu)?;
+            if let Some(b) = p.guest_bdf.as_deref().and_then(|b| b.parse().ok()) {
+                e.guest_bdf = Some(b);
+            }
+            Some(e)
+        }
+        None => None,
+    };
+    Ok((transport, target))
 }

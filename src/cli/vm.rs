@@ -107,7 +107,8 @@ pub struct PlugArgs {
     /// Root port to use (default: a free port sized for the device).
     #[arg(long)]
     pub port: Option<String>,
-    /// Bind the device to vfio-pci first (needs the bind module).
+    /// Bind the device (and its IOMMU group companions) to vfio-pci first, as
+    /// `vfioctl bind` does.
     #[arg(long)]
     pub bind: bool,
 }
@@ -305,12 +306,21 @@ pub fn run(ctx: &Context, c: VmCommand) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
         VmCommand::Plug(a) => {
-            if a.bind {
-                return Err(Failure::new(
-                    Exit::Infrastructure,
-                    "--bind needs `vfioctl bind`, which this build lacks",
-                )
-                .with_hint(format!("bind first: vfioctl bind {}", a.gpu.label())));
+            // The VM must exist before anything on the host changes.
+            lifecycle::load(&env(ctx), &a.name)?;
+            if let (true, GpuSpec::Vfio { bdf }) = (a.bind, &a.gpu) {
+                // Bind with `vfioctl bind`'s own plan, safety checks and ledger.
+                let d = PciDevice::read(&ctx.root, *bdf)?;
+                if !d.vfio_dev {
+                    #[derive(clap::Parser)]
+                    struct W {
+                        #[command(flatten)]
+                        a: super::bind::BindArgs,
+                    }
+                    let w = <W as clap::Parser>::try_parse_from(["bind", &bdf.to_string()])
+                        .map_err(|e| Failure::usage(e.to_string()))?;
+                    super::bind::run_bind(ctx, w.a)?;
+                }
             }
             let env = env(ctx);
             let rt = runtime()?;
@@ -424,7 +434,7 @@ fn up(ctx: &Context, a: UpArgs) -> Result<Exit, Failure> {
     show(ctx, &rec, |o| {
         writeln!(
             o,
-            "vm {}: {} in {:.1}s ({}, QEMU {}, pid {}); QMP {}",
+            "vm {}: {} (guest ready {:.1}s after QEMU start; {}, QEMU {}, pid {}); QMP {}",
             rec.name,
             rec.state,
             rec.boot_seconds.unwrap_or(0.0),

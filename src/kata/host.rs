@@ -219,7 +219,15 @@ pub fn select(root: &SysRoot, selectors: &[Selector]) -> Result<Selection, KataE
     let all = enumerate(root)?;
     let mut devices = BTreeMap::new();
     for bdf in &all {
-        devices.insert(*bdf, PciDevice::read(root, *bdf)?);
+        let mut d = PciDevice::read(root, *bdf)?;
+        // Kata's IsPCIeDevice(): the config space is larger than 256 bytes (the extended
+        // space only PCIe has). The file's size tells it without reading it (reads past
+        // 64 bytes need root). Link attributes (the model's test) count too, for trees
+        // captured with a truncated config file.
+        if let Ok(m) = std::fs::metadata(root.path(format!("{}/config", bdf.sysfs_path()))) {
+            d.is_pcie |= m.len() > 256;
+        }
+        devices.insert(*bdf, d);
     }
     let mut chosen = BTreeSet::new();
     if selectors.is_empty() {

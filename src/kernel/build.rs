@@ -300,6 +300,12 @@ pub fn build(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<BuildResult, KernelError> {
     let started = now();
+    let configs =
+        std::fs::canonicalize(&opts.configs).map_err(io(&opts.configs, "cannot resolve"))?;
+    let opts = &BuildOptions {
+        configs,
+        ..opts.clone()
+    };
     let pins_path = opts.configs.join("manifest.toml");
     let pins_text = std::fs::read_to_string(&pins_path).map_err(io(&pins_path, "cannot read"))?;
     let pins = Pins::parse(&pins_text).map_err(|source| KernelError::Pins {

@@ -383,10 +383,10 @@ devices = ["0000:41:00.0"]
 plug = "cold"
 "#;
 
-    fn opts(jobs: usize) -> RunOpts {
+    fn opts(jobs: usize, dir: &tempfile::TempDir) -> RunOpts {
         RunOpts {
             jobs,
-            out: std::env::temp_dir().join("vfioctl-regress-exec-test"),
+            out: dir.path().to_path_buf(),
             weights: BTreeMap::new(),
             host: "test".into(),
         }
@@ -395,11 +395,12 @@ plug = "cold"
     #[test]
     fn outcomes_and_cleanup_paths() {
         let p = plan(PLAN);
+        let d = tempfile::tempdir().unwrap();
         let mut b = Script::new();
         b.fail
             .insert(("neg".into(), Step::Validate), "BAR 2: no space");
         b.fail.insert(("gpu".into(), Step::VmUp), "panic");
-        let r = run_plan(&p, &b, &opts(1), &|_| {});
+        let r = run_plan(&p, &b, &opts(1, &d), &|_| {});
         let o: Vec<_> = r.scenarios.iter().map(|s| s.outcome).collect();
         assert_eq!(
             o,
@@ -422,10 +423,11 @@ plug = "cold"
     #[test]
     fn leftovers_turn_a_pass_into_an_error() {
         let p = plan(PLAN);
+        let d = tempfile::tempdir().unwrap();
         let mut b = Script::new();
         b.fail.insert(("neg".into(), Step::Validate), "no space");
         b.leak.insert("hot".into());
-        let r = run_plan(&p, &b, &opts(2), &|_| {});
+        let r = run_plan(&p, &b, &opts(2, &d), &|_| {});
         assert_eq!(r.scenarios[0].outcome, Outcome::Error);
         assert!(r.scenarios[0].summary.contains("qemu pid 4242"));
     }
@@ -433,10 +435,11 @@ plug = "cold"
     #[test]
     fn skipped_scenarios_are_counted_not_run() {
         let p = plan(PLAN);
+        let d = tempfile::tempdir().unwrap();
         let mut b = Script::new();
         b.fail.insert(("neg".into(), Step::Validate), "no space");
         b.skip.insert("gpu".into());
-        let r = run_plan(&p, &b, &opts(3), &|_| {});
+        let r = run_plan(&p, &b, &opts(3, &d), &|_| {});
         assert_eq!(r.scenarios[2].outcome, Outcome::Skipped);
         assert!(r.scenarios[2].summary.starts_with("SKIPPED: "));
         assert_eq!(r.counts().skipped, 1);
@@ -449,10 +452,11 @@ plug = "cold"
         // Three independent scenarios must all reach `check` together (a barrier of 3
         // would deadlock if the executor ran fewer at once).
         let p = plan(PLAN);
+        let d = tempfile::tempdir().unwrap();
         let mut b = Script::new();
         b.fail.insert(("neg".into(), Step::Validate), "no space");
         b.barrier = Some(Barrier::new(3));
-        let r = run_plan(&p, &b, &opts(3), &|_| {});
+        let r = run_plan(&p, &b, &opts(3, &d), &|_| {});
         assert_eq!(r.counts().as_expected, 3);
 
         // Now all three share one IOMMU group: never more than one holds it.
@@ -461,7 +465,7 @@ plug = "cold"
         for n in ["hot", "neg", "gpu"] {
             b.keys.insert(n.into(), vec!["group:12".into()]);
         }
-        let r = run_plan(&p, &b, &opts(3), &|_| {});
+        let r = run_plan(&p, &b, &opts(3, &d), &|_| {});
         assert_eq!(b.overlap_seen.load(Ordering::SeqCst), 0);
         assert_eq!(r.counts().as_expected, 3);
     }

@@ -8,20 +8,31 @@
 //! | plug / unplug | `vfioctl::vm` hotplug over QMP |
 //! | validate | the guest agent's `validate` |
 //!
-//! Steps whose library is not in this build fail with an infrastructure error that says
-//! so (exit 8), never with a fake success.
+//! Every step runs under the plan's limit for it (an async step over its limit is
+//! cancelled and fails; cleanup follows). Failures carry the serial console, QEMU's
+//! stderr, the QMP error and, from the agent, the guest's kernel log.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use vfioctl_common::pci::device::enumerate;
+use vfioctl_common::proto::Verdict;
 use vfioctl_common::{Bdf, PciDevice, SysRoot};
 
 use super::exec::{Backend, StepCtx};
-use super::plan::{DeviceSpec, Kind, Scenario};
-use super::results::StepFailure;
+use super::plan::{DeviceSpec, Firmware, Kind, Plan, PlugMode, Reserve, Scenario};
+use super::results::{excerpt, LogExcerpt, StepFailure};
 use super::step::Step;
-use crate::{Context, Exit};
+use crate::agent::validate::{self, Expected};
+use crate::agent::AgentClient;
+use crate::bind;
+use crate::qmp::Qmp;
+use crate::rootfs::{self, agent_bin, BuildOptions};
+use crate::vm::profile::{lab_kernel, DeviceEntry, GpuSpec, PlugWhen, Profile, Ready};
+use crate::vm::{lifecycle, plug, process, Env, Firmware as VmFirmware, VmError, VmRecord};
+use crate::{Context, Exit, Failure};
 
 /// A host device picked by a scenario, with its IOMMU group.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,9 +103,16 @@ pub fn which(prog: &Path) -> Option<PathBuf> {
     })
 }
 
+/// The real backend.
 pub struct LabBackend {
     pub ctx: Context,
     pub qemu: PathBuf,
+    /// Where VM runtime directories go: short, because unix socket paths are limited to
+    /// 108 bytes (the per-scenario output directory may be deep).
+    pub run_base: PathBuf,
+    /// The lab guest initramfs (agent as /init) for scenarios without `initrd`, built by
+    /// [`LabBackend::prepare_guest`].
+    guest: OnceLock<Result<PathBuf, StepFailure>>,
 }
 
 impl LabBackend {
@@ -102,25 +120,242 @@ impl LabBackend {
         Self {
             ctx,
             qemu: PathBuf::from("qemu-system-x86_64"),
+            run_base: std::env::temp_dir().join(format!("vfioctl-regress-{}", std::process::id())),
+            guest: OnceLock::new(),
         }
     }
+
+    /// Build the lab initramfs (`rootfs/lab.toml`: the static agent as /init plus the vsock
+    /// modules of the scenario kernel) into `out`, once per run, when some scenario needs it.
+    pub fn prepare_guest(&self, plan: &Plan, out: &Path) -> Option<&Result<PathBuf, StepFailure>> {
+        let sc = plan.scenarios.iter().find(|s| s.initrd.is_none())?;
+        Some(self.guest.get_or_init(|| {
+            let kernel = sc.kernel.clone().or_else(lab_kernel).ok_or_else(|| {
+                StepFailure::new(Exit::Usage, "no guest kernel: set `kernel` in the plan or run scripts/setup")
+            })?;
+            let tree = agent_bin::source_tree().ok_or_else(|| {
+                StepFailure::new(
+                    Exit::Usage,
+                    "no source tree with rootfs/lab.toml next to this vfioctl: set `initrd` in the plan",
+                )
+            })?;
+            let modules = kernel.parent().map(Path::to_path_buf).unwrap_or_default();
+            let opts = BuildOptions {
+                manifest: tree.join("rootfs/lab.toml"),
+                kernel_modules: Some(modules),
+                out: out.join("guest/initramfs.cpio.gz"),
+                agent: Some(agent_bin::resolve(None).map_err(|e| StepFailure::from(Failure::from(e)))?),
+                ..BuildOptions::default()
+            };
+            rootfs::build(&opts)
+                .map(|r| r.out)
+                .map_err(|e| StepFailure::from(Failure::from(e)))
+        }))
+    }
+
+    fn initrd(&self, sc: &Scenario) -> Result<PathBuf, StepFailure> {
+        if let Some(p) = &sc.initrd {
+            return Ok(p.clone());
+        }
+        match self.guest.get() {
+            Some(Ok(p)) => Ok(p.clone()),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(StepFailure::new(
+                Exit::Infrastructure,
+                "the lab initramfs was not prepared (LabBackend::prepare_guest)",
+            )),
+        }
+    }
+}
+
+/// A device as the VM module names it, with the port it goes to.
+#[derive(Clone, Debug)]
+struct VmDevice {
+    gpu: GpuSpec,
+    /// Index into the VM's ports, known after `vm-up`.
+    port: usize,
+    /// QEMU id once plugged (`gpu0`).
+    id: Option<String>,
+    guest_bdf: Option<String>,
 }
 
 /// Per-scenario state.
 pub struct LabSession {
     pub dir: PathBuf,
     pub host_devices: Vec<HostDevice>,
+    /// Devices bound by this scenario (restored by `restore`).
+    bound: Vec<Bdf>,
+    rt: Option<tokio::runtime::Runtime>,
+    env: Option<Env>,
+    rec: Option<VmRecord>,
+    qmp: Option<Qmp>,
+    devices: Vec<VmDevice>,
 }
 
-fn missing(what: &str, issue: &str) -> StepFailure {
-    let mut f = StepFailure::new(
-        Exit::Infrastructure,
-        format!("{what} is not in this build of vfioctl ({issue})"),
-    );
-    f.hint = Some(format!(
-        "build vfioctl from a tree where {issue} has landed"
-    ));
+fn fail(exit: Exit, msg: impl Into<String>) -> StepFailure {
+    StepFailure::new(exit, msg)
+}
+
+fn from_diag<E: crate::Diagnose + Send + Sync + 'static>(e: E) -> StepFailure {
+    StepFailure::from(Failure::from(e))
+}
+
+/// Logs of a VM for a failure: serial console and QEMU's stderr.
+fn vm_logs(mut f: StepFailure, rec: Option<&VmRecord>) -> StepFailure {
+    if let Some(r) = rec {
+        let serial = std::fs::read(&r.serial_log).unwrap_or_default();
+        f = f.with_log(excerpt("serial", &String::from_utf8_lossy(&serial), 40));
+        let err = std::fs::read(&r.qemu_stderr).unwrap_or_default();
+        f = f.with_log(excerpt("qemu-stderr", &String::from_utf8_lossy(&err), 20));
+    }
     f
+}
+
+impl LabSession {
+    fn block_on<F: std::future::Future>(&self, f: F) -> Result<F::Output, StepFailure> {
+        let rt = self
+            .rt
+            .as_ref()
+            .ok_or_else(|| fail(Exit::Infrastructure, "no async runtime for this scenario"))?;
+        Ok(rt.block_on(f))
+    }
+
+    /// Run `f` with a limit; a step over its limit fails (and cleanup follows).
+    fn timed<F: std::future::Future>(
+        &self,
+        step: Step,
+        limit: Duration,
+        exit: Exit,
+        f: F,
+    ) -> Result<F::Output, StepFailure> {
+        self.block_on(async { tokio::time::timeout(limit, f).await })?
+            .map_err(|_| {
+                fail(
+                    exit,
+                    format!(
+                        "{step} did not finish within {} s (plan timeout)",
+                        limit.as_secs()
+                    ),
+                )
+            })
+    }
+
+    fn agent(&self, limit: Duration) -> Result<AgentClient, StepFailure> {
+        let t = self
+            .rec
+            .as_ref()
+            .and_then(|r| r.agent.as_ref())
+            .ok_or_else(|| {
+                fail(
+                    Exit::Infrastructure,
+                    "the VM has no agent transport (no vsock)",
+                )
+            })?;
+        AgentClient::connect(t, limit).map_err(|e| vm_logs(from_diag(e), self.rec.as_ref()))
+    }
+
+    fn keep_logs(&self) {
+        if let Some(r) = &self.rec {
+            for (src, name) in [
+                (&r.serial_log, "serial.log"),
+                (&r.qemu_stderr, "qemu.stderr"),
+            ] {
+                let _ = std::fs::copy(src, self.dir.join(name));
+            }
+        }
+    }
+}
+
+impl LabBackend {
+    fn profile(
+        &self,
+        sc: &Scenario,
+        s: &mut LabSession,
+        limit: Duration,
+    ) -> Result<Profile, StepFailure> {
+        let mut p = Profile {
+            name: sc.name.clone(),
+            vcpus: sc.vm.cpus,
+            memory: sc.vm.memory.to_string(),
+            kernel: sc.kernel.clone().or_else(lab_kernel),
+            initrd: Some(self.initrd(sc)?),
+            firmware: match sc.firmware {
+                Firmware::Seabios => VmFirmware::Seabios,
+                Firmware::Ovmf => VmFirmware::Ovmf,
+            },
+            qemu: self.qemu.clone(),
+            // Ready when the guest agent answers over vsock; plugs are confirmed by it.
+            ready: Ready::Agent,
+            boot_timeout: limit.as_secs().max(1),
+            ..Profile::default()
+        };
+        p.cmdline = format!(
+            "console=ttyS0 panic=-1{}",
+            sc.vm
+                .append
+                .as_deref()
+                .map(|a| format!(" {a}"))
+                .unwrap_or_default()
+        );
+        let mut gpus: Vec<GpuSpec> = Vec::new();
+        for d in &sc.devices {
+            match d {
+                DeviceSpec::Emulated { bar } => gpus.push(GpuSpec::Emulated { size: bar.0 }),
+                DeviceSpec::Host { .. } => {}
+            }
+        }
+        gpus.extend(s.host_devices.iter().map(|h| GpuSpec::Vfio { bdf: h.bdf }));
+        let hot = sc.plug == PlugMode::Hot;
+        // Devices with a port sized for them first (ports rp0..), then devices meant for a
+        // spare port without any reserve (the negative control); the VM module orders
+        // its ports the same way.
+        let mut sized: Vec<(GpuSpec, DeviceEntry)> = Vec::new();
+        let mut spare: Vec<GpuSpec> = Vec::new();
+        for g in gpus {
+            match (sc.vm.pref64_reserve, hot) {
+                (Reserve::Auto, _) => {
+                    let plug = if hot { PlugWhen::Port } else { PlugWhen::Cold };
+                    sized.push((g.clone(), DeviceEntry { gpu: g.label(), plug }));
+                }
+                // A port sized as for an n-byte BAR.
+                (Reserve::Size(n), true) => sized.push((
+                    g,
+                    DeviceEntry {
+                        gpu: format!("emulated:{n}"),
+                        plug: PlugWhen::Port,
+                    },
+                )),
+                (Reserve::None, true) => spare.push(g),
+                (_, false) => {
+                    return Err(fail(
+                        Exit::Usage,
+                        format!("scenario {}: vm.pref64_reserve other than auto needs plug = \"hot\" (cold-plugged devices get ports sized for them)", sc.name),
+                    ))
+                }
+            }
+        }
+        s.devices.clear();
+        for (g, e) in sized {
+            p.devices.push(e);
+            s.devices.push(VmDevice {
+                gpu: g,
+                port: p.devices.len() - 1,
+                id: None,
+                guest_bdf: None,
+            });
+        }
+        let n = p.devices.len();
+        for (k, g) in spare.into_iter().enumerate() {
+            s.devices.push(VmDevice {
+                gpu: g,
+                port: n + k,
+                id: None,
+                guest_bdf: None,
+            });
+        }
+        p.gpu_ports = s.devices.len();
+        Ok(p)
+    }
 }
 
 impl Backend for LabBackend {
@@ -129,7 +364,7 @@ impl Backend for LabBackend {
     fn skip_reason(&self, sc: &Scenario) -> Option<String> {
         if sc.kind == Kind::Nested {
             return Some(
-                "nested passthrough needs the VM lifecycle and guest-side vfioctl, not in this build"
+                "nested passthrough needs a guest image with QEMU and vfioctl inside, not built by this project yet"
                     .into(),
             );
         }
@@ -148,6 +383,15 @@ impl Backend for LabBackend {
         LabSession {
             dir: dir.to_path_buf(),
             host_devices: Vec::new(),
+            bound: Vec::new(),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok(),
+            env: None,
+            rec: None,
+            qmp: None,
+            devices: Vec::new(),
         }
     }
 
@@ -161,17 +405,23 @@ impl Backend for LabBackend {
         match step {
             Step::Check => {
                 let qemu = which(&self.qemu).ok_or_else(|| {
-                    let mut f = StepFailure::new(
+                    let mut f = fail(
                         Exit::Infrastructure,
                         format!("{} not found on PATH", self.qemu.display()),
                     );
                     f.hint = Some("install qemu-system-x86 (scripts/setup does)".into());
                     f
                 })?;
-                for (key, p) in [("kernel", &sc.kernel), ("initrd", &sc.initrd)] {
+                let kernel = sc.kernel.clone().or_else(lab_kernel).ok_or_else(|| {
+                    fail(
+                        Exit::Usage,
+                        "no guest kernel: set `kernel` in the plan or run scripts/setup",
+                    )
+                })?;
+                for (key, p) in [("kernel", Some(&kernel)), ("initrd", sc.initrd.as_ref())] {
                     if let Some(p) = p {
                         if !p.is_file() {
-                            return Err(StepFailure::new(
+                            return Err(fail(
                                 Exit::Usage,
                                 format!(
                                     "scenario {}: {key} {} does not exist",
@@ -182,28 +432,323 @@ impl Backend for LabBackend {
                         }
                     }
                 }
-                s.host_devices =
-                    resolve(&self.ctx.root, sc).map_err(|e| StepFailure::new(Exit::Usage, e))?;
+                self.initrd(sc)?;
+                s.host_devices = resolve(&self.ctx.root, sc).map_err(|e| fail(Exit::Usage, e))?;
                 Ok(Some(format!(
                     "qemu {}; {} host device(s)",
                     qemu.display(),
                     s.host_devices.len()
                 )))
             }
-            Step::Bind | Step::Restore => Err(missing("vfioctl::bind", "issue bind")),
-            Step::VmUp | Step::VmDown | Step::Plug | Step::Unplug => {
-                if ctx.cleanup {
-                    // Nothing was started by this build, so there is nothing to tear down.
-                    return Ok(Some("nothing to tear down".into()));
+            Step::Bind => {
+                let root = &self.ctx.root;
+                let bdfs: Vec<Bdf> = s.host_devices.iter().map(|d| d.bdf).collect();
+                let selected = bdfs
+                    .iter()
+                    .map(|b| PciDevice::read(root, *b).map_err(from_diag))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let known = bind::neighbourhood(root, &selected).map_err(from_diag)?;
+                let plan = bind::plan(&bdfs, &known, &|_| "vfio-pci".to_string(), false)
+                    .map_err(from_diag)?;
+                let losing: Vec<&PciDevice> = plan
+                    .to_bind()
+                    .filter(|m| m.driver.is_some())
+                    .filter_map(|m| known.get(&m.bdf))
+                    .collect();
+                let usage = bind::safety::HostUse::scan(root, &losing);
+                let refusals: Vec<_> = losing
+                    .iter()
+                    .flat_map(|d| bind::assess(d, &usage))
+                    .collect();
+                if !refusals.is_empty() {
+                    return Err(from_diag(bind::BindError::Refused(refusals)));
                 }
-                Err(missing("the vfioctl::vm lifecycle", "issue vm"))
+                let report = bind::execute(
+                    root,
+                    &plan,
+                    &bind::Options {
+                        timeout: ctx.timeout,
+                        persist: false,
+                    },
+                )
+                .map_err(from_diag)?;
+                s.bound = report.devices.iter().map(|d| d.bdf).collect();
+                Ok(Some(format!(
+                    "bound {} ({})",
+                    s.bound
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    report.group_nodes.join(", ")
+                )))
             }
-            Step::Validate => Err(missing("the agent's validate", "issue agent")),
+            Step::Restore => {
+                if s.bound.is_empty() {
+                    return Ok(Some("nothing bound".into()));
+                }
+                let r = bind::restore(&self.ctx.root, Some(&s.bound), ctx.timeout, false)
+                    .map_err(from_diag)?;
+                let failed: Vec<String> = r
+                    .devices
+                    .iter()
+                    .filter_map(|d| d.error.as_ref().map(|e| format!("{}: {e}", d.bdf)))
+                    .collect();
+                if !failed.is_empty() {
+                    return Err(fail(Exit::OperationFailed, failed.join("; ")));
+                }
+                s.bound.clear();
+                Ok(Some(format!("restored {} device(s)", r.devices.len())))
+            }
+            Step::VmUp => {
+                let started = std::time::Instant::now();
+                let profile = self.profile(sc, s, ctx.timeout)?;
+                let env = Env {
+                    root: self.ctx.root.clone(),
+                    base: self.run_base.clone(),
+                };
+                s.env = Some(env.clone());
+                // One retry when a helper died before the guest even started (seen with
+                // vhost-device-vsock when several VMs start at once); recorded in the note.
+                let mut retried = None;
+                loop {
+                    let r = s.timed(
+                        step,
+                        ctx.timeout,
+                        Exit::BootTimeout,
+                        lifecycle::up(&env, &profile),
+                    )?;
+                    match r {
+                        Ok(rec) => {
+                            s.rec = Some(rec);
+                            break;
+                        }
+                        Err(e @ VmError::HelperDied { .. }) if retried.is_none() => {
+                            retried =
+                                Some(e.to_string().lines().next().unwrap_or_default().to_string());
+                            let _ = s.block_on(lifecycle::down(&env, &sc.name, Duration::ZERO));
+                        }
+                        Err(e) => {
+                            // Keep the failed VM's record for logs and for vm-down.
+                            s.rec = lifecycle::load(&env, &sc.name).ok();
+                            return Err(vm_logs(from_diag(e), s.rec.as_ref()));
+                        }
+                    }
+                }
+                // Readiness from the guest: the agent answers.
+                let left = ctx
+                    .timeout
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_secs(1));
+                let mut client = s.agent(left)?;
+                let hello = client
+                    .hello()
+                    .map_err(|e| vm_logs(from_diag(e), s.rec.as_ref()))?;
+                let rec = s.rec.as_ref().map(|r| (r.accel, r.boot_seconds));
+                for d in &mut s.devices {
+                    if let Some(p) = s
+                        .rec
+                        .as_ref()
+                        .and_then(|r| r.plugged.iter().find(|p| p.gpu == d.gpu.label()))
+                    {
+                        d.id = Some(p.id.clone());
+                        d.guest_bdf = p.guest_bdf.clone();
+                    }
+                }
+                Ok(Some(format!(
+                    "{:?}, agent {} answered; console ready after {:.1} s{}",
+                    rec.map(|r| r.0),
+                    hello.agent_version,
+                    rec.and_then(|r| r.1).unwrap_or_default(),
+                    retried
+                        .map(|w| format!("; retried once after: {w}"))
+                        .unwrap_or_default()
+                )))
+            }
+            Step::Plug => {
+                let (Some(env), Some(rec)) = (s.env.clone(), s.rec.as_ref()) else {
+                    return Err(fail(Exit::Infrastructure, "plug without a VM"));
+                };
+                let sock = rec.qmp_socket.clone();
+                let qmp = s
+                    .timed(
+                        step,
+                        ctx.timeout,
+                        Exit::OperationFailed,
+                        Qmp::connect(&sock, Duration::from_secs(10)),
+                    )?
+                    .map_err(|e| {
+                        fail(Exit::Infrastructure, format!("QMP {}: {e}", sock.display()))
+                    })?;
+                let mut notes = Vec::new();
+                let devices = s.devices.clone();
+                for (i, d) in devices.iter().enumerate() {
+                    let port = s
+                        .rec
+                        .as_ref()
+                        .and_then(|r| r.ports.get(d.port))
+                        .map(|p| p.id.clone());
+                    let mut rec = s
+                        .rec
+                        .take()
+                        .ok_or_else(|| fail(Exit::Infrastructure, "no VM"))?;
+                    let r = s.timed(
+                        step,
+                        ctx.timeout,
+                        Exit::OperationFailed,
+                        plug::plug(&env, &mut rec, &qmp, &d.gpu, port.as_deref()),
+                    );
+                    s.rec = Some(rec);
+                    let c = r?.map_err(|e| {
+                        let mut f = from_diag(e);
+                        f.logs.push(LogExcerpt {
+                            source: "qmp".into(),
+                            text: f.message.clone(),
+                        });
+                        vm_logs(f, s.rec.as_ref())
+                    })?;
+                    let id = s
+                        .rec
+                        .as_ref()
+                        .and_then(|r| r.plugged.last())
+                        .map(|p| p.id.clone());
+                    s.devices[i].id = id;
+                    s.devices[i].guest_bdf = Some(c.guest_bdf.clone());
+                    notes.push(format!(
+                        "{} on {} -> guest {} in {:.2} s{}",
+                        d.gpu.label(),
+                        port.unwrap_or_default(),
+                        c.guest_bdf,
+                        c.seconds,
+                        if c.evidence.above_4g() {
+                            ", BAR above 4 GiB"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                s.qmp = Some(qmp);
+                Ok(Some(notes.join("; ")))
+            }
+            Step::Validate => {
+                let mut client = s.agent(ctx.timeout)?;
+                let mut notes = Vec::new();
+                for d in &s.devices {
+                    let mut exp = match &d.gpu {
+                        GpuSpec::Emulated { size } => Expected::emulated(*size),
+                        GpuSpec::Vfio { bdf } => {
+                            validate::expected_from_host(&self.ctx.root, *bdf).map_err(from_diag)?
+                        }
+                    };
+                    exp.guest_bdf = d.guest_bdf.as_deref().and_then(|b| b.parse().ok());
+                    let view = validate::collect(&mut client, Some(&exp), Duration::from_secs(10))
+                        .map_err(|e| vm_logs(from_diag(e), s.rec.as_ref()))?;
+                    let checks = validate::evaluate(Some(&exp), &view);
+                    let failed: Vec<_> = checks
+                        .iter()
+                        .filter(|c| c.verdict == Verdict::Fail)
+                        .collect();
+                    if !failed.is_empty() {
+                        let msg = failed
+                            .iter()
+                            .map(|c| format!("{}: {}", c.name, c.detail))
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        let dmesg = view
+                            .klog
+                            .records
+                            .iter()
+                            .map(|r| r.text.as_str())
+                            .collect::<Vec<_>>()
+                            .join("\n");
+                        let evidence = failed
+                            .iter()
+                            .flat_map(|c| c.evidence.iter().cloned())
+                            .collect::<Vec<_>>()
+                            .join("\n");
+                        return Err(
+                            fail(Exit::ValidationFailed, format!("{}: {msg}", exp.label))
+                                .with_log(LogExcerpt {
+                                    source: "evidence".into(),
+                                    text: evidence,
+                                })
+                                .with_log(excerpt("dmesg", &dmesg, 40)),
+                        );
+                    }
+                    notes.push(format!("{}: {} checks passed", exp.label, checks.len()));
+                }
+                Ok(Some(notes.join("; ")))
+            }
+            Step::Unplug => {
+                let (Some(env), Some(qmp)) = (s.env.clone(), s.qmp.take()) else {
+                    return Ok(Some("nothing plugged".into()));
+                };
+                let mut done = Vec::new();
+                let ids: Vec<String> = s.devices.iter().filter_map(|d| d.id.clone()).collect();
+                for id in ids {
+                    let mut rec = s
+                        .rec
+                        .take()
+                        .ok_or_else(|| fail(Exit::Infrastructure, "no VM"))?;
+                    let r = s.timed(
+                        step,
+                        ctx.timeout,
+                        Exit::OperationFailed,
+                        plug::unplug(&env, &mut rec, &qmp, &id),
+                    );
+                    s.rec = Some(rec);
+                    let secs = r?.map_err(|e| vm_logs(from_diag(e), s.rec.as_ref()))?;
+                    done.push(format!("{id} in {secs:.2} s"));
+                }
+                s.qmp = Some(qmp);
+                Ok(Some(format!("DEVICE_DELETED: {}", done.join(", "))))
+            }
+            Step::VmDown => {
+                s.keep_logs();
+                s.qmp = None;
+                let Some(env) = s.env.clone() else {
+                    return Ok(Some("no VM was started".into()));
+                };
+                let r = s
+                    .timed(
+                        step,
+                        ctx.timeout,
+                        Exit::Infrastructure,
+                        lifecycle::down(&env, &sc.name, Duration::ZERO),
+                    )?
+                    .map_err(from_diag)?;
+                Ok(Some(r.steps.join("; ")))
+            }
         }
     }
 
-    fn leftovers(&self, _s: &mut LabSession) -> Vec<String> {
-        Vec::new()
+    fn leftovers(&self, s: &mut LabSession) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(rec) = &s.rec {
+            for (pid, marker) in lifecycle::processes(rec) {
+                if process::alive(pid, &marker) {
+                    v.push(format!("process {pid} ({marker}) still running"));
+                }
+            }
+            if rec.run_dir.exists() {
+                v.push(format!(
+                    "VM runtime directory {} still there",
+                    rec.run_dir.display()
+                ));
+            }
+        }
+        if !s.bound.is_empty() {
+            v.push(format!(
+                "devices still bound by this run: {}",
+                s.bound
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let _ = std::fs::remove_dir(&self.run_base);
+        v
     }
 }
 

@@ -76,6 +76,12 @@ pub enum VmError {
         #[source]
         source: vfioctl_common::PciError,
     },
+    #[error("VM {name}: guest agent")]
+    Agent {
+        name: String,
+        #[source]
+        source: Box<crate::agent::ClientError>,
+    },
     #[error("VM {name}: processes still alive after kill: {pids:?}")]
     Leftover { name: String, pids: Vec<u32> },
     #[error(

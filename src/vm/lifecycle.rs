@@ -18,7 +18,9 @@ use super::process;
 use super::profile::{GpuSpec, PlugWhen, Profile, Ready};
 use super::state::{self, VmRecord, VmState};
 use super::vsock::{self, VsockBackend};
+use crate::agent::AgentClient;
 use crate::qmp::Qmp;
+use vfioctl_common::proto::PowerAction;
 
 /// Where VMs live and how the host is reached.
 #[derive(Clone, Debug)]
@@ -135,6 +137,24 @@ fn device_bars(env: &Env, name: &str, gpu: &GpuSpec) -> Result<DeviceBars, VmErr
     }
 }
 
+/// A bare program name resolved through `PATH`, then `~/.cargo/bin` (where
+/// scripts/setup installs vhost-device-vsock); other paths as given.
+pub fn find_program(p: &Path) -> PathBuf {
+    if p.components().count() != 1 {
+        return p.to_path_buf();
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|v| std::env::split_paths(&v).collect())
+        .unwrap_or_default();
+    if let Some(h) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&h).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(p))
+        .find(|c| c.is_file())
+        .unwrap_or_else(|| p.to_path_buf())
+}
+
 /// Everything `vm up` decides before starting anything (also `vm up --dry-run`).
 pub fn prepare(env: &Env, profile: &Profile) -> Result<(Launch, VmRecord), VmError> {
     profile.validate()?;
@@ -214,6 +234,7 @@ pub fn prepare(env: &Env, profile: &Profile) -> Result<(Launch, VmRecord), VmErr
     };
     rec.argv = qemu_argv(&launch);
     rec.accel = probe.accel;
+    rec.ready = profile.ready.clone();
     rec.firmware = profile.firmware;
     rec.hotplug = profile.hotplug;
     rec.ports = launch.plan.ports.clone();
@@ -245,7 +266,8 @@ pub async fn up(env: &Env, profile: &Profile) -> Result<VmRecord, VmError> {
     }
     let (launch, mut rec) = prepare(env, profile)?;
     for w in &rec.warnings {
-        tracing::warn!("{w}");
+        // Carried in the record (the CLI prints them); logged for library users at info.
+        tracing::info!("{w}");
     }
     state::make_private_dir(&env.base).map_err(io_err(&name, "creating", &env.base))?;
     state::make_private_dir(&run_dir).map_err(io_err(&name, "creating", &run_dir))?;
@@ -284,7 +306,10 @@ async fn boot(
     }
     rec.transition(VmState::Booting)?;
     let mut pgid = 0;
-    if let Some(argv) = launch.vsock.backend_argv(&profile.vhost_device_vsock) {
+    if let Some(argv) = launch
+        .vsock
+        .backend_argv(&find_program(&profile.vhost_device_vsock))
+    {
         let log = rec.run_dir.join("vhost-device-vsock.log");
         let pid = process::spawn(&argv, 0, &log).map_err(|source| VmError::Spawn {
             name: name.clone(),
@@ -355,7 +380,8 @@ async fn boot(
 
     // Cold-plugged devices were enumerated at boot: confirm them in the guest too.
     for c in &launch.cold {
-        let confirmed = plug::confirm(rec, &c.gpu, &env.root, 0, Duration::from_secs(30)).await?;
+        let confirmed =
+            plug::confirm(rec, &c.gpu, &env.root, &c.port, 0, Duration::from_secs(30)).await?;
         rec.plugged.push(state::Plugged {
             id: c.id.clone(),
             gpu: c.gpu.label(),
@@ -404,9 +430,47 @@ async fn wait_ready(
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         },
-        Ready::Agent => Err(VmError::NoAgent {
-            name: rec.name.clone(),
-        }),
+        Ready::Agent => {
+            let Some(t) = rec.agent.clone() else {
+                return Err(VmError::NoAgent {
+                    name: rec.name.clone(),
+                });
+            };
+            // Connect with retries in short slices so a QEMU that dies meanwhile is
+            // reported at once, not at the deadline.
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // Short slices: the client's backoff restarts at 20 ms in each, so the guest's
+                // agent is noticed within ~0.2 s of listening.
+                let slice = left
+                    .min(Duration::from_millis(300))
+                    .max(Duration::from_millis(50));
+                let tt = t.clone();
+                let r = tokio::task::spawn_blocking(move || AgentClient::connect(&tt, slice))
+                    .await
+                    .expect("agent connect task");
+                match r {
+                    Ok(c) => {
+                        rec.guest = Some(c.hello_info().clone());
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        if !qemu_alive(rec) {
+                            let _ = rec.transition(VmState::Crashed);
+                            return Err(crashed(rec));
+                        }
+                        if Instant::now() >= deadline {
+                            return Err(VmError::BootTimeout {
+                                name: rec.name.clone(),
+                                secs: deadline.duration_since(start).as_secs(),
+                                what: format!("the guest agent at {t} ({e})"),
+                                serial: process::tail_file(&rec.serial_log, 30),
+                            });
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -458,7 +522,20 @@ pub async fn down(env: &Env, name: &str, powerdown: Duration) -> Result<DownRepo
                         Err(e) => report.steps.push(format!("unplug {} failed: {e}", p.id)),
                     }
                 }
-                if !powerdown.is_zero() {
+                if !powerdown.is_zero() && rec.ready == Ready::Agent {
+                    if let Some(t) = rec.agent.clone() {
+                        // The agent powers the guest off cleanly; with -no-reboot QEMU exits.
+                        let asked = tokio::task::spawn_blocking(move || {
+                            AgentClient::connect(&t, Duration::from_secs(3))
+                                .and_then(|c| c.shutdown(PowerAction::Poweroff))
+                        })
+                        .await;
+                        if matches!(asked, Ok(Ok(()))) && qmp.wait_closed(powerdown).await {
+                            report.steps.push("guest powered off (agent)".into());
+                        }
+                    }
+                }
+                if !powerdown.is_zero() && !qmp.is_closed() {
                     let _ = qmp.execute_raw("system_powerdown", None).await;
                     if qmp.wait_closed(powerdown).await {
                         report.steps.push("guest powered off".into());
@@ -557,4 +634,21 @@ pub fn serial_tail(rec: &VmRecord, n: usize) -> String {
         &String::from_utf8_lossy(&std::fs::read(&rec.serial_log).unwrap_or_default()),
         n,
     )
+}
+
+/// The agent transport and plugged devices of a VM, for `vfioctl validate --vm NAME` and
+/// `regress`: read from its state file.
+pub fn agent_target(
+    env: &Env,
+    name: &str,
+) -> Result<(vsock::AgentTransport, Vec<state::Plugged>), VmError> {
+    let rec = load(env, name)?;
+    if rec.state == VmState::Crashed {
+        return Err(crashed(&rec));
+    }
+    let t = rec
+        .agent
+        .clone()
+        .ok_or(VmError::NoAgent { name: name.into() })?;
+    Ok((t, rec.plugged.clone()))
 }

@@ -18,7 +18,7 @@ use super::error::VmError;
 use super::evidence::{self, PciEvidence};
 use super::lifecycle::{self, Env};
 use super::process;
-use super::profile::{GpuSpec, HotplugMode};
+use super::profile::{GpuSpec, HotplugMode, Ready};
 use super::state::{Plugged, VmRecord, VmState};
 use crate::qmp::{wait_event, Qmp, QmpError};
 use crate::{Diagnose, Exit};
@@ -100,7 +100,7 @@ impl Diagnose for PlugError {
                     format!("bind the other members of the IOMMU group to vfio-pci too: {}", peers.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" "))
                 } else if desc.contains("no such host device") {
                     "check the address with `vfioctl devices`".into()
-                } else if desc.contains("Cannot allocate memory") || desc.contains("vfio_dma_map") || desc.contains("memlock") {
+                } else if desc.contains("vfio") && (desc.contains("Cannot allocate memory") || desc.contains("vfio_dma_map") || desc.contains("memlock")) {
                     "raise QEMU's locked-memory limit above the guest RAM (ulimit -l unlimited, or LimitMEMLOCK=infinity)".into()
                 } else if desc.contains("failed to open /dev/vfio") {
                     "bind the device to vfio-pci and check /dev/vfio permissions".into()
@@ -184,6 +184,16 @@ pub struct Confirmed {
     pub evidence: PciEvidence,
     /// Seconds from `device_add` to the guest's confirmation.
     pub seconds: f64,
+    /// Host unix time when `device_add` returned.
+    #[serde(default)]
+    pub device_add_unix: Option<f64>,
+    /// Host unix time of the guest kernel's first message about the device (its own
+    /// enumeration timestamp, mapped through the agent's uptime), when known.
+    #[serde(default)]
+    pub guest_enumerated_unix: Option<f64>,
+    /// The guest kernel's own time from finding the device to its last BAR message.
+    #[serde(default)]
+    pub guest_enumeration_seconds: Option<f64>,
 }
 
 fn id_pair(root: &SysRoot, gpu: &GpuSpec) -> String {
@@ -195,32 +205,252 @@ fn id_pair(root: &SysRoot, gpu: &GpuSpec) -> String {
     }
 }
 
-/// Wait until the guest reports `gpu` with all BARs settled. Reads the guest kernel's
-/// messages after byte `offset` of the serial log. Errors carry the guest's lines.
+/// Wait until the guest reports `gpu` on root port `port` with all BARs settled: from
+/// the agent when the VM has one (`ready = "agent"`), else from the kernel's messages on
+/// the serial console after byte `offset`. Errors carry the guest's own lines.
 pub async fn confirm(
     rec: &VmRecord,
     gpu: &GpuSpec,
     root: &SysRoot,
+    port: &str,
     offset: usize,
     timeout: Duration,
 ) -> Result<Confirmed, VmError> {
     let pair = id_pair(root, gpu);
+    match (&rec.ready, &rec.agent) {
+        (Ready::Agent, Some(t)) => {
+            let port_bdf = rec
+                .ports
+                .iter()
+                .find(|p| p.id == port)
+                .and_then(|p| guest_port_bdf(&p.addr));
+            let (t, pair2, label, port2) = (t.clone(), pair.clone(), gpu.label(), port.to_string());
+            let rec2 = rec.clone();
+            tokio::task::spawn_blocking(move || {
+                confirm_agent(&rec2, &t, &pair2, port_bdf, &label, &port2, timeout)
+            })
+            .await
+            .expect("agent confirm task")
+        }
+        _ => confirm_serial(rec, gpu, &pair, port, offset, timeout).await,
+    }
+}
+
+/// The guest's recent kernel messages: from the agent when it answers, else the tail of
+/// the serial console.
+pub async fn guest_log_tail(rec: &VmRecord, n: u32) -> String {
+    if let (Ready::Agent, Some(t)) = (&rec.ready, rec.agent.clone()) {
+        let got = tokio::task::spawn_blocking(move || {
+            let mut c = crate::agent::AgentClient::connect(&t, Duration::from_secs(5)).ok()?;
+            let k = c.kernel_log(None, Some(n)).ok()?;
+            Some(
+                k.records
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "[{:>5}.{:06}] {}",
+                            r.ts_us / 1_000_000,
+                            r.ts_us % 1_000_000,
+                            r.text
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(g) = got {
+            return g;
+        }
+    }
+    process::tail_file(&rec.serial_log, n as usize)
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Guest address of a root port at `addr` (`0x10.1`) on pcie.0.
+pub fn guest_port_bdf(addr: &str) -> Option<Bdf> {
+    let (slot, func) = addr.split_once('.')?;
+    let slot = u8::from_str_radix(slot.trim_start_matches("0x"), 16).ok()?;
+    Some(Bdf::new(0, 0, slot, func.parse().ok()?))
+}
+
+fn confirm_agent(
+    rec: &VmRecord,
+    t: &crate::agent::Transport,
+    pair: &str,
+    port_bdf: Option<Bdf>,
+    label: &str,
+    port: &str,
+    timeout: Duration,
+) -> Result<Confirmed, VmError> {
+    use crate::agent::AgentClient;
     let start = Instant::now();
-    let port = rec
-        .plugged
-        .iter()
-        .find(|p| p.gpu == gpu.label())
-        .map(|p| p.port.clone())
-        .unwrap_or_default();
+    let agent_err = |e: crate::agent::ClientError| VmError::Agent {
+        name: rec.name.clone(),
+        source: Box::new(e),
+    };
+    let mut c = AgentClient::connect(t, Duration::from_secs(10)).map_err(agent_err)?;
+    // Map guest uptime to host time once: boot = now - uptime (off by the vsock RTT).
+    let hello = c.hello().map_err(agent_err)?;
+    let guest_boot_unix = unix_now() - hello.uptime_s;
+    let (vendor, device) = pair.split_once(':').unwrap_or(("", ""));
+    let (vendor, device) = (
+        u16::from_str_radix(vendor, 16).unwrap_or(0),
+        u16::from_str_radix(device, 16).unwrap_or(0),
+    );
+    loop {
+        // The device sits directly below its root port; the port tells it apart from an
+        // identical device on another port.
+        let devs = c.list_devices().map_err(agent_err)?;
+        let found = devs.devices.into_iter().find(|d| {
+            d.vendor == vendor
+                && d.device == device
+                && (port_bdf.is_none() || d.parents.first() == port_bdf.as_ref())
+        });
+        if let Some(d) = found {
+            // The guest has reported it: that is the latency; what follows is diagnostics.
+            let seen_after = start.elapsed().as_secs_f64();
+            let bdf = d.bdf.to_string();
+            let mem: Vec<_> = d.bars.iter().filter(|b| !b.io).collect();
+            let mut ev = PciEvidence {
+                bdf: bdf.clone(),
+                found: mem.iter().map(|b| b.index).collect(),
+                ..Default::default()
+            };
+            for b in &mem {
+                if b.assigned {
+                    let end = b.start + b.size.unwrap_or(1) - 1;
+                    ev.assigned.push((
+                        b.index,
+                        format!(
+                            "mem {:#x}-{:#x}{}",
+                            b.start,
+                            end,
+                            if b.is_64bit { " 64bit" } else { "" }
+                        ),
+                    ));
+                }
+            }
+            let log = c.kernel_log(None, Some(2000)).map_err(agent_err)?;
+            // The newest "[vvvv:dddd] type 00" line for this address: an earlier plug on
+            // the same port left older ones.
+            let first_ts = log
+                .records
+                .iter()
+                .rev()
+                .find(|r| r.text.contains(&bdf) && r.text.contains(&format!("[{pair}]")))
+                .map(|r| r.ts_us);
+            let last_ts = log
+                .records
+                .iter()
+                .rev()
+                .find(|r| r.text.contains(&bdf) && r.text.contains("BAR"))
+                .map(|r| r.ts_us);
+            // Map guest time to host time now, close to the event (the guest clock drifts
+            // under TCG): boot = now - uptime, off by the vsock round trip.
+            let guest_boot_unix = match c.hello() {
+                Ok(h) => unix_now() - h.uptime_s,
+                Err(_) => guest_boot_unix,
+            };
+            ev.lines = log
+                .records
+                .iter()
+                .filter(|r| r.text.contains(&bdf))
+                .map(|r| {
+                    format!(
+                        "[{:>5}.{:06}] {}",
+                        r.ts_us / 1_000_000,
+                        r.ts_us % 1_000_000,
+                        r.text
+                    )
+                })
+                .collect();
+            for b in mem.iter().filter(|b| !b.assigned) {
+                let why = ev
+                    .lines
+                    .iter()
+                    .find(|l| {
+                        l.contains(&format!("BAR {}", b.index))
+                            && (l.contains("no space") || l.contains("failed"))
+                    })
+                    .map(|l| l.rsplit(": ").next().unwrap_or(l).to_string())
+                    .unwrap_or_else(|| "not assigned".into());
+                ev.failed.push((b.index, why));
+            }
+            if !ev.failed.is_empty() {
+                return Err(PlugError::NotAssigned {
+                    gpu: label.into(),
+                    port: port.into(),
+                    bdf,
+                    failed: ev.failed.clone(),
+                    lines: ev.lines.clone(),
+                }
+                .into());
+            }
+            return Ok(Confirmed {
+                id_pair: pair.into(),
+                guest_bdf: bdf,
+                evidence: ev,
+                seconds: seen_after,
+                device_add_unix: None,
+                guest_enumerated_unix: first_ts.map(|ts| guest_boot_unix + ts as f64 / 1e6),
+                guest_enumeration_seconds: first_ts
+                    .zip(last_ts)
+                    .map(|(a, b)| b.saturating_sub(a) as f64 / 1e6),
+            });
+        }
+        if !lifecycle::qemu_alive(rec) {
+            return Err(lifecycle::crashed(rec));
+        }
+        if start.elapsed() > timeout {
+            let log = c
+                .kernel_log(None, Some(25))
+                .map(|k| {
+                    k.records
+                        .iter()
+                        .map(|r| r.text.clone())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .unwrap_or_default();
+            return Err(PlugError::NotSeen {
+                gpu: label.into(),
+                port: port.into(),
+                secs: timeout.as_secs(),
+                log,
+            }
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn confirm_serial(
+    rec: &VmRecord,
+    gpu: &GpuSpec,
+    pair: &str,
+    port: &str,
+    offset: usize,
+    timeout: Duration,
+) -> Result<Confirmed, VmError> {
+    let start = Instant::now();
     loop {
         let text = std::fs::read(&rec.serial_log).unwrap_or_default();
         let text = String::from_utf8_lossy(text.get(offset..).unwrap_or_default());
-        if let Some(ev) = evidence::scan(&text, &pair) {
+        if let Some(ev) = evidence::scan(&text, pair) {
             if ev.settled() {
                 if !ev.all_assigned() {
                     return Err(PlugError::NotAssigned {
                         gpu: gpu.label(),
-                        port,
+                        port: port.into(),
                         bdf: ev.bdf.clone(),
                         failed: ev.failed.clone(),
                         lines: ev.lines.clone(),
@@ -228,10 +458,13 @@ pub async fn confirm(
                     .into());
                 }
                 return Ok(Confirmed {
-                    id_pair: pair,
+                    id_pair: pair.into(),
                     guest_bdf: ev.bdf.clone(),
                     evidence: ev,
                     seconds: start.elapsed().as_secs_f64(),
+                    device_add_unix: None,
+                    guest_enumerated_unix: None,
+                    guest_enumeration_seconds: None,
                 });
             }
         }
@@ -241,7 +474,7 @@ pub async fn confirm(
         if start.elapsed() > timeout {
             return Err(PlugError::NotSeen {
                 gpu: gpu.label(),
-                port,
+                port: port.into(),
                 secs: timeout.as_secs(),
                 log: evidence::tail(&text, 20),
             }
@@ -365,7 +598,9 @@ pub async fn plug(
             .await
             .map_err(qemu_err)?;
     }
-    if let Err(e) = qmp.run(&spec.device_add()).await {
+    let added = qmp.run(&spec.device_add()).await;
+    let device_add_unix = unix_now();
+    if let Err(e) = added {
         if let Some(m) = spec.memdev_id() {
             let _ = qmp.execute_raw("object-del", Some(json!({"id": m}))).await;
         }
@@ -380,8 +615,9 @@ pub async fn plug(
         id_pair: id_pair(&env.root, gpu),
         guest_bdf: None,
     });
-    match confirm(rec, gpu, &env.root, offset, Duration::from_secs(60)).await {
-        Ok(c) => {
+    match confirm(rec, gpu, &env.root, &port, offset, Duration::from_secs(60)).await {
+        Ok(mut c) => {
+            c.device_add_unix = Some(device_add_unix);
             if let Some(p) = rec.plugged.iter_mut().find(|p| p.id == spec.id) {
                 p.guest_bdf = Some(c.guest_bdf.clone());
             }
@@ -454,10 +690,11 @@ pub async fn unplug(_env: &Env, rec: &mut VmRecord, qmp: &Qmp, id: &str) -> Resu
         if !lifecycle::qemu_alive(rec) {
             return Err(lifecycle::crashed(rec));
         }
+        let log = guest_log_tail(rec, 25).await;
         return Err(PlugError::UnplugTimeout {
             id: id.into(),
             secs: timeout.as_secs(),
-            log: process::tail_file(&rec.serial_log, 25),
+            log,
         }
         .into());
     }
@@ -576,5 +813,68 @@ mod tests {
         assert!(p.to_string().contains("bound to nvidia"), "{p}");
         assert_eq!(p.exit(), Exit::Refused);
         assert!(p.hint().unwrap().contains("vfioctl bind 0000:41:00.0"));
+    }
+
+    #[tokio::test]
+    async fn unplug_retries_busy_and_waits_for_our_device_deleted() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let server = tokio::spawn(async move {
+            let (rd, mut wr) = b.into_split();
+            wr.write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, \"package\": \"\"}, \"capabilities\": [\"oob\"]}}\n").await.unwrap();
+            let mut lines = BufReader::new(rd).lines();
+            let mut seen = Vec::new();
+            let mut dels = 0;
+            while let Ok(Some(l)) = lines.next_line().await {
+                let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+                let id = v["id"].clone();
+                let cmd = v["execute"].as_str().unwrap().to_string();
+                let reply = match cmd.as_str() {
+                    "device_del" if dels == 0 => {
+                        dels += 1;
+                        json!({"id": id, "error": {"class": "GenericError", "desc": "Hot-unplug failed: guest is busy (power indicator blinking)"}}).to_string()
+                    }
+                    "device_del" => format!(
+                        "{}\n{}\n{}",
+                        json!({"return": {}, "id": id}),
+                        r#"{"event": "DEVICE_DELETED", "data": {"device": "gpu9", "path": "/machine/peripheral/gpu9"}, "timestamp": {"seconds": 1, "microseconds": 0}}"#,
+                        r#"{"event": "DEVICE_DELETED", "data": {"device": "gpu0", "path": "/machine/peripheral/gpu0"}, "timestamp": {"seconds": 1, "microseconds": 5}}"#
+                    ),
+                    _ => json!({"return": {}, "id": id}).to_string(),
+                };
+                seen.push(cmd);
+                wr.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+            }
+            seen
+        });
+        let qmp = Qmp::handshake(a, "fake".into(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut r = VmRecord::new("lab", dir.path());
+        r.state = VmState::DevicePlugged;
+        r.hotplug = HotplugMode::Native;
+        r.plugged.push(Plugged {
+            id: "gpu0".into(),
+            gpu: "emulated:8G".into(),
+            port: "rp0".into(),
+            memdev: Some("gpu0-mem".into()),
+            cold: false,
+            id_pair: IVSHMEM_ID.into(),
+            guest_bdf: None,
+        });
+        let env = Env {
+            root: SysRoot::host(),
+            base: dir.path().to_path_buf(),
+        };
+        unplug(&env, &mut r, &qmp, "gpu0").await.unwrap();
+        assert!(r.plugged.is_empty());
+        assert_eq!(r.state, VmState::Ready);
+        drop(qmp);
+        let seen = server.await.unwrap();
+        assert_eq!(
+            seen,
+            vec!["qmp_capabilities", "device_del", "device_del", "object-del"]
+        );
     }
 }

@@ -75,6 +75,9 @@ pub fn alive(pid: u32, marker: &str) -> bool {
         Err(_) => return false,
     }
     match proc.read_bytes(format!("/proc/{pid}/cmdline")) {
+        // Empty right after a vfork-style spawn: the parent resumes while the child's
+        // execve is still setting up the new image's arguments. It is our process.
+        Ok(c) if c.is_empty() => true,
         Ok(c) => String::from_utf8_lossy(&c)
             .replace('\0', " ")
             .contains(marker),

@@ -135,8 +135,9 @@ fn default_plug() -> PlugWhen {
 }
 
 /// How `vm up` knows the guest is ready.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Ready {
+    #[default]
     /// The guest agent answers `hello` over vsock.
     Agent,
     /// A line on the serial console contains this marker.

@@ -65,9 +65,11 @@ impl VmState {
                 | (Ready, DevicePlugged)
                 | (Ready, Stopping)
                 | (Ready, Crashed)
+                | (Ready, Failed) // `vm up --gpu`: the plug after boot failed
                 | (DevicePlugged, Ready) // last device unplugged
                 | (DevicePlugged, Stopping)
                 | (DevicePlugged, Crashed)
+                | (DevicePlugged, Failed) // a second declared device failed during `vm up`
                 | (Stopping, Stopped)
                 | (Stopping, Crashed) // QEMU died instead of stopping: still cleaned up
                 | (Failed, Stopping)
@@ -128,6 +130,12 @@ pub struct VmRecord {
     /// How to reach the guest agent; `None` without vsock.
     pub agent: Option<AgentTransport>,
     pub accel: Accel,
+    /// How readiness and plugs are confirmed: the agent, or the serial console.
+    #[serde(default)]
+    pub ready: super::profile::Ready,
+    /// The agent's `hello` at readiness (guest kernel, uptime), when the agent answered.
+    #[serde(default)]
+    pub guest: Option<vfioctl_common::proto::HelloReply>,
     pub firmware: Firmware,
     pub hotplug: HotplugMode,
     pub ports: Vec<PortPlan>,
@@ -165,6 +173,8 @@ impl VmRecord {
             vsock: VsockBackend::None,
             agent: None,
             accel: Accel::Tcg,
+            ready: super::profile::Ready::Agent,
+            guest: None,
             firmware: Firmware::Seabios,
             hotplug: HotplugMode::Acpi,
             ports: Vec::new(),
@@ -282,9 +292,11 @@ mod tests {
             (Ready, DevicePlugged),
             (Ready, Stopping),
             (Ready, Crashed),
+            (Ready, Failed),
             (DevicePlugged, Ready),
             (DevicePlugged, Stopping),
             (DevicePlugged, Crashed),
+            (DevicePlugged, Failed),
             (Stopping, Stopped),
             (Stopping, Crashed),
             (Failed, Stopping),

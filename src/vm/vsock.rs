@@ -9,16 +9,9 @@ use vfioctl_common::SysRoot;
 
 use super::profile::VsockChoice;
 
-/// How the host reaches a guest vsock port.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum AgentTransport {
-    /// AF_VSOCK to `cid:port` (vhost-vsock-pci).
-    Vsock { cid: u32, port: u32 },
-    /// The hybrid unix-socket protocol: connect to `uds_path`, send `CONNECT <port>\n`,
-    /// read `OK ...\n` (vhost-device-vsock, Firecracker, Cloud Hypervisor).
-    Hybrid { uds_path: PathBuf, port: u32 },
-}
+/// How the host reaches a guest vsock port: the agent module's transport (AF_VSOCK
+/// `cid:port`, or the hybrid unix-socket `CONNECT <port>` protocol).
+pub use crate::agent::Transport as AgentTransport;
 
 /// The vsock device the VM gets.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,6 +21,7 @@ pub const READY_MARKER: &str = "VFIOCTL-READY";
 
 pub struct Lab {
     pub kernel: PathBuf,
+    /// The busybox initramfs (serial marker readiness; no agent).
     pub initrd: PathBuf,
 }
 
@@ -64,6 +65,48 @@ impl Lab {
             Err(e) => return skip(&format!("building the busybox initramfs: {e}")),
         };
         Some(Lab { kernel, initrd })
+    }
+
+    /// The lab initramfs of `rootfs/lab.toml`: the static vfioctl agent as /init plus the
+    /// vsock modules, built by `vfioctl::rootfs` (the same code as `vfioctl rootfs build`).
+    pub fn agent_initramfs(&self, test: &str) -> Option<PathBuf> {
+        static P: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+        let r = P.get_or_init(|| {
+            let ws = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let agent = vfioctl::rootfs::agent_bin::build_static(ws).map_err(|e| e.to_string())?;
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lab-agent-initramfs.cpio.gz");
+            vfioctl::rootfs::build(&vfioctl::rootfs::BuildOptions {
+                manifest: ws.join("rootfs/lab.toml"),
+                kernel_modules: Some(lab_dir().join("kernel/current")),
+                out: out.clone(),
+                agent: Some(agent),
+                ..Default::default()
+            })
+            .map_err(|e| e.to_string())?;
+            Ok(out)
+        });
+        match r {
+            Ok(p) => Some(p.clone()),
+            Err(e) => {
+                println!("SKIPPED: {test}: building the agent initramfs: {e}");
+                eprintln!("SKIPPED: {test}: building the agent initramfs: {e}");
+                None
+            }
+        }
+    }
+
+    /// A profile booting the lab kernel with the agent initramfs; ready when the agent
+    /// answers over vsock.
+    pub fn agent_profile(&self, name: &str, initrd: PathBuf) -> Profile {
+        Profile {
+            name: name.into(),
+            kernel: Some(self.kernel.clone()),
+            initrd: Some(initrd),
+            ready: Ready::Agent,
+            vsock: VsockChoice::Auto,
+            boot_timeout: 300,
+            ..Profile::default()
+        }
     }
 
     /// A profile booting the lab kernel with the busybox initramfs; readiness from the

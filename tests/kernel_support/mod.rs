@@ -196,6 +196,14 @@ pub fn boot(
             break;
         }
     }
+    // the console closed: QEMU is exiting; give it a moment to be reaped
+    let grace = std::time::Instant::now();
+    while !exited && grace.elapsed() < std::time::Duration::from_secs(5) {
+        match child.try_wait() {
+            Ok(Some(_)) => exited = true,
+            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
     let seconds = start.elapsed().as_secs_f64();
     if !exited {
         // kill our own process group (QEMU only), then reap
