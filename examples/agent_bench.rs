@@ -31,8 +31,7 @@ fn main() {
                 c.hello().unwrap();
                 hello.push(t.elapsed().as_secs_f64() * 1e3);
             }
-            let mut out =
-                serde_json::json!({"transport": addr.to_string(), "agent_hello": stats(hello)});
+            let mut out = serde_json::json!({"transport": addr.to_string(), "agent_hello": stats(hello), "agent_rss_kib": c.hello().unwrap().rss_kib});
             if let Some(port) = args.get(2).and_then(|s| s.parse::<u32>().ok()) {
                 let echo_addr = match &addr {
                     Transport::Vsock { cid, .. } => Transport::Vsock { cid: *cid, port },

@@ -75,11 +75,18 @@ fn hello_devices_and_checks() {
     assert_eq!(r.verdict, Verdict::Fail);
 
     // Kernel log with a mark: nothing older than the mark comes back.
-    if std::path::Path::new("/dev/kmsg").exists() {
-        let k = c.kernel_log(None, Some(5)).unwrap();
-        assert!(k.records.len() <= 5);
-        let k2 = c.kernel_log(Some(k.mark), None).unwrap();
-        assert!(k2.records.iter().all(|r| r.seq > k.mark));
+    match c.kernel_log(None, Some(5)) {
+        Ok(k) => {
+            assert!(k.records.len() <= 5);
+            let k2 = c.kernel_log(Some(k.mark), None).unwrap();
+            assert!(k2.records.iter().all(|r| r.seq > k.mark));
+        }
+        // Unprivileged CI runners may not read the host's /dev/kmsg; the guest test
+        // covers the kernel log.
+        Err(ClientError::Agent { error, .. }) if error.kind == ErrorKind::Io => {
+            eprintln!("SKIPPED: kernel_log on this host: {}", error.message)
+        }
+        Err(e) => panic!("{e}"),
     }
 }
 

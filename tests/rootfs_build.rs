@@ -158,6 +158,10 @@ fn nvidia_flavour_reports_what_is_missing() {
         .missing_optional
         .iter()
         .any(|m| m.contains("NVIDIA_USERLAND") && m.contains("nvidia-smi")));
+    assert!(r
+        .missing_optional
+        .iter()
+        .any(|m| m.contains("kernel module nvidia ")));
     assert_eq!(r.guest_hook_path.as_deref(), Some("/usr/share/oci/hooks"));
     let names = list(&out);
     assert!(names
@@ -228,4 +232,38 @@ fn cli_build_prints_json_report() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no_such_module"));
+}
+
+/// The README's `vfioctl rootfs build` example, run as written (from the source tree).
+#[test]
+fn readme_example_builds() {
+    if lab_kernel().is_none() {
+        skip!("no lab kernel (run scripts/setup)")
+    }
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("vfioctl rootfs build --manifest rootfs/lab.toml"))
+        .expect("README example");
+    // Point the lab at this run's lab directory and the output at a private path.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("readme.cpio.gz");
+    let mut args: Vec<String> = line.split_whitespace().skip(1).map(String::from).collect();
+    for (flag, value) in [
+        (
+            "--kernel-modules",
+            lab_kernel().unwrap().display().to_string(),
+        ),
+        ("--out", out.display().to_string()),
+    ] {
+        let i = args.iter().position(|a| a == flag).expect(flag);
+        args[i + 1] = value;
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
+        .current_dir(workspace())
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.is_file());
 }

@@ -309,6 +309,9 @@ pub struct HelloReply {
     /// Modules the agent loaded at start, with their result.
     #[serde(default)]
     pub modules: Vec<ModuleLoad>,
+    /// The agent's resident set size (`VmRSS`), KiB.
+    #[serde(default)]
+    pub rss_kib: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

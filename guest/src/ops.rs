@@ -37,6 +37,10 @@ pub fn hello(st: &State) -> HelloReply {
         pid1: st.pid1,
         exec_enabled: st.exec,
         modules: st.modules.clone(),
+        rss_kib: read("/proc/self/status")
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok()),
     }
 }
 

@@ -355,5 +355,6 @@ fn placeholder_hello() -> HelloReply {
         pid1: false,
         exec_enabled: false,
         modules: Vec::new(),
+        rss_kib: None,
     }
 }

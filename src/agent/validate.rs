@@ -529,6 +529,7 @@ mod tests {
             pid1: true,
             exec_enabled: false,
             modules: vec![],
+            rss_kib: None,
         }
     }
 

@@ -44,6 +44,9 @@ pub struct BuildArgs {
     /// Disable the agent's exec request regardless of the manifest.
     #[arg(long)]
     pub no_exec: bool,
+    /// Ship no kernel modules (the kernel has what the manifest lists built in).
+    #[arg(long, conflicts_with = "kernel_modules")]
+    pub no_modules: bool,
     /// gzip, zstd or none (default: the manifest's).
     #[arg(long)]
     pub compression: Option<String>,
@@ -93,6 +96,7 @@ fn build(ctx: &Context, a: BuildArgs) -> Result<Exit, Failure> {
             None
         },
         compression,
+        no_modules: a.no_modules,
     };
     let report = rootfs::build(&opts)?;
     emit(ctx, &report, |out| {
@@ -114,7 +118,11 @@ fn build(ctx: &Context, a: BuildArgs) -> Result<Exit, Failure> {
         )?;
         for m in &report.modules {
             if m.builtin {
-                writeln!(out, "module {}: built into the kernel", m.name)?;
+                writeln!(
+                    out,
+                    "module {}: built into the kernel (not shipped)",
+                    m.name
+                )?;
             } else {
                 writeln!(
                     out,

@@ -434,7 +434,7 @@ fn up(ctx: &Context, a: UpArgs) -> Result<Exit, Failure> {
     show(ctx, &rec, |o| {
         writeln!(
             o,
-            "vm {}: {} in {:.1}s ({}, QEMU {}, pid {}); QMP {}",
+            "vm {}: {} (guest ready {:.1}s after QEMU start; {}, QEMU {}, pid {}); QMP {}",
             rec.name,
             rec.state,
             rec.boot_seconds.unwrap_or(0.0),

@@ -33,6 +33,8 @@ pub struct BuildOptions {
     pub extra: Vec<(PathBuf, String)>,
     /// Override the manifest's `agent.exec`.
     pub exec: Option<bool>,
+    /// Ship and load no modules (a kernel with everything built in).
+    pub no_modules: bool,
     pub compression: Option<Compression>,
 }
 
@@ -358,14 +360,37 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
     // Kernel modules, with dependencies, and the load list.
     let mut module_reports = Vec::new();
     let mut kver_out = None;
-    let wanted: Vec<(String, bool)> = manifest
+    // (name, load at boot, optional)
+    let wanted: Vec<(String, bool, bool)> = manifest
         .modules
         .load
         .iter()
-        .map(|m| (m.clone(), true))
-        .chain(manifest.modules.include.iter().map(|m| (m.clone(), false)))
+        .map(|m| (m.clone(), true, false))
+        .chain(
+            manifest
+                .modules
+                .include
+                .iter()
+                .map(|m| (m.clone(), false, false)),
+        )
+        .chain(
+            manifest
+                .modules
+                .optional
+                .iter()
+                .map(|m| (m.clone(), true, true)),
+        )
         .collect();
-    if !wanted.is_empty() {
+    if opts.no_modules {
+        for (name, _, _) in &wanted {
+            module_reports.push(ModuleReport {
+                name: canonical(name),
+                files: vec![],
+                builtin: true,
+                loaded_at_boot: false,
+            });
+        }
+    } else if !wanted.is_empty() {
         let given = opts.kernel_modules.as_ref().ok_or_else(|| {
             RootfsError::Usage(format!(
                 "manifest {} lists kernel modules: pass --kernel-modules DIR (and --kver)",
@@ -379,8 +404,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
         let idx = ModuleIndex::parse(&dep, &builtin);
         let mut load_order: Vec<String> = Vec::new();
         let mut shipped: Vec<String> = Vec::new();
-        for (name, load) in &wanted {
+        for (name, load, optional) in &wanted {
             match idx.resolve(name) {
+                None if *optional => {
+                    missing.push(format!("kernel module {name} (not in kernel {kver})"));
+                }
                 None => {
                     return Err(RootfsError::Module {
                         name: name.clone(),

@@ -15,6 +15,7 @@
 //! [modules]
 //! load = ["vsock", "vmw_vsock_virtio_transport"]   # loaded at boot, dependencies first
 //! include = []                    # shipped, not loaded (modprobe them later)
+//! optional = ["nvidia"]           # loaded when the kernel has them, else reported missing
 //!
 //! [firmware]
 //! files = []                      # relative to --firmware-dir (default /lib/firmware)
@@ -123,6 +124,10 @@ pub struct ModulesSection {
     pub load: Vec<String>,
     #[serde(default)]
     pub include: Vec<String>,
+    /// Loaded at boot when the kernel has them, else reported as missing (the NVIDIA
+    /// modules of a kernel built without the driver).
+    #[serde(default)]
+    pub optional: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

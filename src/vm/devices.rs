@@ -33,10 +33,13 @@ impl PlugSpec {
     /// `object-add` arguments for the stand-in's backend.
     pub fn object_add_args(&self) -> Option<Value> {
         match self.gpu {
+            // reserve=off (MAP_NORESERVE): a BAR stand-in never touches most of its
+            // memory, and a 32G backend must not need 32G of commit on the host.
             GpuSpec::Emulated { size } => Some(json!({
                 "qom-type": "memory-backend-ram",
                 "id": self.memdev_id(),
                 "size": size,
+                "reserve": false,
             })),
             GpuSpec::Vfio { .. } => None,
         }
@@ -70,7 +73,7 @@ impl PlugSpec {
         if let GpuSpec::Emulated { size } = self.gpu {
             out.push("-object".into());
             out.push(format!(
-                "memory-backend-ram,id={},size={}",
+                "memory-backend-ram,id={},size={},reserve=off",
                 self.memdev_id().unwrap_or_default(),
                 units::short(size)
             ));
@@ -103,7 +106,7 @@ mod tests {
         };
         assert_eq!(
             e.object_add_args().unwrap(),
-            json!({"qom-type": "memory-backend-ram", "id": "gpu0-mem", "size": 8u64 << 30})
+            json!({"qom-type": "memory-backend-ram", "id": "gpu0-mem", "size": 8u64 << 30, "reserve": false})
         );
         assert_eq!(
             serde_json::to_value(e.device_add()).unwrap(),
@@ -113,7 +116,7 @@ mod tests {
             e.cli_args(),
             vec![
                 "-object",
-                "memory-backend-ram,id=gpu0-mem,size=8G",
+                "memory-backend-ram,id=gpu0-mem,size=8G,reserve=off",
                 "-device",
                 "ivshmem-plain,id=gpu0,bus=rp0,addr=0x0,memdev=gpu0-mem"
             ]

@@ -137,6 +137,24 @@ fn device_bars(env: &Env, name: &str, gpu: &GpuSpec) -> Result<DeviceBars, VmErr
     }
 }
 
+/// A bare program name resolved through `PATH`, then `~/.cargo/bin` (where
+/// scripts/setup installs vhost-device-vsock); other paths as given.
+pub fn find_program(p: &Path) -> PathBuf {
+    if p.components().count() != 1 {
+        return p.to_path_buf();
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|v| std::env::split_paths(&v).collect())
+        .unwrap_or_default();
+    if let Some(h) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&h).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(p))
+        .find(|c| c.is_file())
+        .unwrap_or_else(|| p.to_path_buf())
+}
+
 /// Everything `vm up` decides before starting anything (also `vm up --dry-run`).
 pub fn prepare(env: &Env, profile: &Profile) -> Result<(Launch, VmRecord), VmError> {
     profile.validate()?;
@@ -248,7 +266,8 @@ pub async fn up(env: &Env, profile: &Profile) -> Result<VmRecord, VmError> {
     }
     let (launch, mut rec) = prepare(env, profile)?;
     for w in &rec.warnings {
-        tracing::warn!("{w}");
+        // Carried in the record (the CLI prints them); logged for library users at info.
+        tracing::info!("{w}");
     }
     state::make_private_dir(&env.base).map_err(io_err(&name, "creating", &env.base))?;
     state::make_private_dir(&run_dir).map_err(io_err(&name, "creating", &run_dir))?;
@@ -287,7 +306,10 @@ async fn boot(
     }
     rec.transition(VmState::Booting)?;
     let mut pgid = 0;
-    if let Some(argv) = launch.vsock.backend_argv(&profile.vhost_device_vsock) {
+    if let Some(argv) = launch
+        .vsock
+        .backend_argv(&find_program(&profile.vhost_device_vsock))
+    {
         let log = rec.run_dir.join("vhost-device-vsock.log");
         let pid = process::spawn(&argv, 0, &log).map_err(|source| VmError::Spawn {
             name: name.clone(),
@@ -418,9 +440,11 @@ async fn wait_ready(
             // reported at once, not at the deadline.
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
+                // Short slices: the client's backoff restarts at 20 ms in each, so the guest's
+                // agent is noticed within ~0.2 s of listening.
                 let slice = left
-                    .min(Duration::from_secs(3))
-                    .max(Duration::from_millis(100));
+                    .min(Duration::from_millis(300))
+                    .max(Duration::from_millis(50));
                 let tt = t.clone();
                 let r = tokio::task::spawn_blocking(move || AgentClient::connect(&tt, slice))
                     .await
@@ -503,7 +527,7 @@ pub async fn down(env: &Env, name: &str, powerdown: Duration) -> Result<DownRepo
                         // The agent powers the guest off cleanly; with -no-reboot QEMU exits.
                         let asked = tokio::task::spawn_blocking(move || {
                             AgentClient::connect(&t, Duration::from_secs(3))
-                                .and_then(|mut c| c.shutdown(PowerAction::Poweroff))
+                                .and_then(|c| c.shutdown(PowerAction::Poweroff))
                         })
                         .await;
                         if matches!(asked, Ok(Ok(()))) && qmp.wait_closed(powerdown).await {

@@ -100,7 +100,7 @@ impl Diagnose for PlugError {
                     format!("bind the other members of the IOMMU group to vfio-pci too: {}", peers.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" "))
                 } else if desc.contains("no such host device") {
                     "check the address with `vfioctl devices`".into()
-                } else if desc.contains("Cannot allocate memory") || desc.contains("vfio_dma_map") || desc.contains("memlock") {
+                } else if desc.contains("vfio") && (desc.contains("Cannot allocate memory") || desc.contains("vfio_dma_map") || desc.contains("memlock")) {
                     "raise QEMU's locked-memory limit above the guest RAM (ulimit -l unlimited, or LimitMEMLOCK=infinity)".into()
                 } else if desc.contains("failed to open /dev/vfio") {
                     "bind the device to vfio-pci and check /dev/vfio permissions".into()
@@ -236,6 +236,38 @@ pub async fn confirm(
     }
 }
 
+/// The guest's recent kernel messages: from the agent when it answers, else the tail of
+/// the serial console.
+pub async fn guest_log_tail(rec: &VmRecord, n: u32) -> String {
+    if let (Ready::Agent, Some(t)) = (&rec.ready, rec.agent.clone()) {
+        let got = tokio::task::spawn_blocking(move || {
+            let mut c = crate::agent::AgentClient::connect(&t, Duration::from_secs(5)).ok()?;
+            let k = c.kernel_log(None, Some(n)).ok()?;
+            Some(
+                k.records
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "[{:>5}.{:06}] {}",
+                            r.ts_us / 1_000_000,
+                            r.ts_us % 1_000_000,
+                            r.text
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(g) = got {
+            return g;
+        }
+    }
+    process::tail_file(&rec.serial_log, n as usize)
+}
+
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -284,6 +316,8 @@ fn confirm_agent(
                 && (port_bdf.is_none() || d.parents.first() == port_bdf.as_ref())
         });
         if let Some(d) = found {
+            // The guest has reported it: that is the latency; what follows is diagnostics.
+            let seen_after = start.elapsed().as_secs_f64();
             let bdf = d.bdf.to_string();
             let mem: Vec<_> = d.bars.iter().filter(|b| !b.io).collect();
             let mut ev = PciEvidence {
@@ -365,7 +399,7 @@ fn confirm_agent(
                 id_pair: pair.into(),
                 guest_bdf: bdf,
                 evidence: ev,
-                seconds: start.elapsed().as_secs_f64(),
+                seconds: seen_after,
                 device_add_unix: None,
                 guest_enumerated_unix: first_ts.map(|ts| guest_boot_unix + ts as f64 / 1e6),
                 guest_enumeration_seconds: first_ts
@@ -656,10 +690,11 @@ pub async fn unplug(_env: &Env, rec: &mut VmRecord, qmp: &Qmp, id: &str) -> Resu
         if !lifecycle::qemu_alive(rec) {
             return Err(lifecycle::crashed(rec));
         }
+        let log = guest_log_tail(rec, 25).await;
         return Err(PlugError::UnplugTimeout {
             id: id.into(),
             secs: timeout.as_secs(),
-            log: process::tail_file(&rec.serial_log, 25),
+            log,
         }
         .into());
     }
@@ -778,5 +813,68 @@ mod tests {
         assert!(p.to_string().contains("bound to nvidia"), "{p}");
         assert_eq!(p.exit(), Exit::Refused);
         assert!(p.hint().unwrap().contains("vfioctl bind 0000:41:00.0"));
+    }
+
+    #[tokio::test]
+    async fn unplug_retries_busy_and_waits_for_our_device_deleted() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let server = tokio::spawn(async move {
+            let (rd, mut wr) = b.into_split();
+            wr.write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, \"package\": \"\"}, \"capabilities\": [\"oob\"]}}\n").await.unwrap();
+            let mut lines = BufReader::new(rd).lines();
+            let mut seen = Vec::new();
+            let mut dels = 0;
+            while let Ok(Some(l)) = lines.next_line().await {
+                let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+                let id = v["id"].clone();
+                let cmd = v["execute"].as_str().unwrap().to_string();
+                let reply = match cmd.as_str() {
+                    "device_del" if dels == 0 => {
+                        dels += 1;
+                        json!({"id": id, "error": {"class": "GenericError", "desc": "Hot-unplug failed: guest is busy (power indicator blinking)"}}).to_string()
+                    }
+                    "device_del" => format!(
+                        "{}\n{}\n{}",
+                        json!({"return": {}, "id": id}),
+                        r#"{"event": "DEVICE_DELETED", "data": {"device": "gpu9", "path": "/machine/peripheral/gpu9"}, "timestamp": {"seconds": 1, "microseconds": 0}}"#,
+                        r#"{"event": "DEVICE_DELETED", "data": {"device": "gpu0", "path": "/machine/peripheral/gpu0"}, "timestamp": {"seconds": 1, "microseconds": 5}}"#
+                    ),
+                    _ => json!({"return": {}, "id": id}).to_string(),
+                };
+                seen.push(cmd);
+                wr.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+            }
+            seen
+        });
+        let qmp = Qmp::handshake(a, "fake".into(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut r = VmRecord::new("lab", dir.path());
+        r.state = VmState::DevicePlugged;
+        r.hotplug = HotplugMode::Native;
+        r.plugged.push(Plugged {
+            id: "gpu0".into(),
+            gpu: "emulated:8G".into(),
+            port: "rp0".into(),
+            memdev: Some("gpu0-mem".into()),
+            cold: false,
+            id_pair: IVSHMEM_ID.into(),
+            guest_bdf: None,
+        });
+        let env = Env {
+            root: SysRoot::host(),
+            base: dir.path().to_path_buf(),
+        };
+        unplug(&env, &mut r, &qmp, "gpu0").await.unwrap();
+        assert!(r.plugged.is_empty());
+        assert_eq!(r.state, VmState::Ready);
+        drop(qmp);
+        let seen = server.await.unwrap();
+        assert_eq!(
+            seen,
+            vec!["qmp_capabilities", "device_del", "device_del", "object-del"]
+        );
     }
 }

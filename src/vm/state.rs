@@ -65,9 +65,11 @@ impl VmState {
                 | (Ready, DevicePlugged)
                 | (Ready, Stopping)
                 | (Ready, Crashed)
+                | (Ready, Failed) // `vm up --gpu`: the plug after boot failed
                 | (DevicePlugged, Ready) // last device unplugged
                 | (DevicePlugged, Stopping)
                 | (DevicePlugged, Crashed)
+                | (DevicePlugged, Failed) // a second declared device failed during `vm up`
                 | (Stopping, Stopped)
                 | (Stopping, Crashed) // QEMU died instead of stopping: still cleaned up
                 | (Failed, Stopping)
@@ -290,9 +292,11 @@ mod tests {
             (Ready, DevicePlugged),
             (Ready, Stopping),
             (Ready, Crashed),
+            (Ready, Failed),
             (DevicePlugged, Ready),
             (DevicePlugged, Stopping),
             (DevicePlugged, Crashed),
+            (DevicePlugged, Failed),
             (Stopping, Stopped),
             (Stopping, Crashed),
             (Failed, Stopping),
