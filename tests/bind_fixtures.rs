@@ -646,3 +646,31 @@ fn readme_bind_example_is_what_vfioctl_prints() {
         want.trim_end()
     );
 }
+
+#[test]
+fn routed_nic_is_refused_while_its_carrier_is_down() {
+    // Configured up (IFF_UP in `flags`) with the default route, carrier not (yet) up:
+    // still the host's network. The lab guest's e1000e sits in this state for a moment
+    // after `ip link set up`, and a rule on operstate alone let the bind through.
+    let t = copy("bind-nic-route");
+    let netdir = t
+        .path()
+        .join("sys/devices/pci0000:00/0000:00:1f.6/net/enp0s31f6");
+    std::fs::write(netdir.join("operstate"), "down\n").unwrap();
+    std::fs::write(netdir.join("carrier"), "0\n").unwrap();
+    let o = vfioctl(t.path(), &["bind", "0000:00:1f.6"], &[]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(
+        text(&o).contains("enp0s31f6 is up and carries the default route"),
+        "{}",
+        text(&o)
+    );
+    // Configured down as well: nothing depends on it, the bind is not refused for routes.
+    std::fs::write(netdir.join("flags"), "0x1002\n").unwrap();
+    let o = vfioctl(t.path(), &["bind", "--dry-run", "0000:00:1f.6"], &[]);
+    assert!(
+        !text(&o).contains("carries the default route"),
+        "{}",
+        text(&o)
+    );
+}

@@ -31,7 +31,7 @@ fn prerequisites() -> Result<(), String> {
 #[test]
 fn base_kernel_builds_and_boots_under_tcg() {
     if let Err(e) = prerequisites() {
-        skip!("{e}");
+        skip_kernel!("{e}");
     }
     let r = build(&[], None).unwrap_or_else(|e| panic!("kernel build failed: {e}"));
     let m = &r.manifest;
@@ -107,10 +107,12 @@ fn base_kernel_builds_and_boots_under_tcg() {
 #[test]
 fn nvidia_open_535_modules_load_up_to_no_gpu() {
     if std::env::var_os("VFIOCTL_SLOW").is_none() {
-        skip!("nightly tier: set VFIOCTL_SLOW=1 (NVIDIA 535 build, ~2 min on a warm kernel)");
+        skip_kernel!(
+            "nightly tier: set VFIOCTL_SLOW=1 (NVIDIA 535 build, ~2 min on a warm kernel)"
+        );
     }
     if let Err(e) = prerequisites() {
-        skip!("{e}");
+        skip_kernel!("{e}");
     }
     let pins = pins();
     let nv = &pins.nvidia["open-535"];
@@ -118,7 +120,9 @@ fn nvidia_open_535_modules_load_up_to_no_gpu() {
     if !debs.join(&nv.source_deb).is_file()
         && !std::path::Path::new("/etc/apt/sources.list.d/vfioctl-nvidia.sources").is_file()
     {
-        skip!("NVIDIA .debs not fetched and contrib/non-free not enabled: scripts/setup --nvidia");
+        skip_kernel!(
+            "NVIDIA .debs not fetched and contrib/non-free not enabled: scripts/setup --nvidia"
+        );
     }
     let r =
         build(&["nvidia"], Some("open-535")).unwrap_or_else(|e| panic!("nvidia build failed: {e}"));

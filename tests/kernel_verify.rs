@@ -34,7 +34,7 @@ fn configured(tree: &Path, frags: &[Fragment]) -> (tempfile::TempDir, DotConfig)
 fn kconfig_reader_on_linux_6_1() {
     let tree = match kernel_tree() {
         Ok(t) => t,
-        Err(e) => skip!("{e}"),
+        Err(e) => skip_kernel!("{e}"),
     };
     let t = KconfigTree::load(&tree, "x86").unwrap();
     assert!(t.files > 1000, "only {} Kconfig files read", t.files);
@@ -80,11 +80,11 @@ fn kconfig_reader_on_linux_6_1() {
 #[test]
 fn naive_fragment_drops_are_caught_and_explained() {
     if !have_build_tools() {
-        skip!("make/gcc/flex/bison missing (scripts/setup)");
+        skip_kernel!("make/gcc/flex/bison missing (scripts/setup)");
     }
     let tree = match kernel_tree() {
         Ok(t) => t,
-        Err(e) => skip!("{e}"),
+        Err(e) => skip_kernel!("{e}"),
     };
     let naive = Fragment::parse(
         Path::new("naive.config"),
@@ -153,11 +153,11 @@ fn naive_fragment_drops_are_caught_and_explained() {
 #[test]
 fn committed_fragments_land_on_tinyconfig() {
     if !have_build_tools() {
-        skip!("make/gcc/flex/bison missing (scripts/setup)");
+        skip_kernel!("make/gcc/flex/bison missing (scripts/setup)");
     }
     let tree = match kernel_tree() {
         Ok(t) => t,
-        Err(e) => skip!("{e}"),
+        Err(e) => skip_kernel!("{e}"),
     };
     let pins = pins();
     let t = KconfigTree::load(&tree, &pins.kernel.srcarch).unwrap();

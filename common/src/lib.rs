@@ -19,4 +19,4 @@ pub mod units;
 
 pub use bdf::{Bdf, BdfError, ClassFilter, Selector};
 pub use pci::{Bar, BarKind, PciDevice, PciError};
-pub use sysroot::{SysError, SysRoot};
+pub use sysroot::{SysDir, SysError, SysRoot};

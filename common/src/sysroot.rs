@@ -224,6 +224,153 @@ impl SysRoot {
     }
 }
 
+/// An open directory under a [`SysRoot`] whose entries are read by name relative to it
+/// (`openat`, `readlinkat`), so the kernel resolves one path component per access instead
+/// of the whole path. A device directory has a dozen attributes vfioctl reads; this is how
+/// `vfioctl devices` stays faster than lspci on a thousand devices.
+#[derive(Debug)]
+pub struct SysDir {
+    fd: std::os::fd::OwnedFd,
+    /// Host-absolute path of the directory (for messages).
+    abs: PathBuf,
+    root: SysRoot,
+}
+
+impl SysRoot {
+    /// Open the directory `abs` for reads relative to it.
+    pub fn open_dir(&self, abs: impl AsRef<Path>) -> Result<SysDir, SysError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let abs = abs.as_ref();
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(self.path(abs))
+            .map_err(|e| self.err("open", abs, e))?;
+        Ok(SysDir {
+            fd: f.into(),
+            abs: abs.to_path_buf(),
+            root: self.clone(),
+        })
+    }
+}
+
+impl SysDir {
+    fn err(&self, op: &'static str, name: &str, source: io::Error) -> SysError {
+        self.root.err(op, &self.abs.join(name), source)
+    }
+
+    fn cname(&self, name: &str) -> Result<std::ffi::CString, SysError> {
+        if name.is_empty() || name.contains('/') {
+            return Err(self.err(
+                "open",
+                name,
+                io::Error::new(io::ErrorKind::InvalidInput, "not a plain file name"),
+            ));
+        }
+        std::ffi::CString::new(name)
+            .map_err(|e| self.err("open", name, io::Error::new(io::ErrorKind::InvalidInput, e)))
+    }
+
+    /// The directory's host-absolute path.
+    pub fn path(&self) -> &Path {
+        &self.abs
+    }
+
+    /// Read the whole entry `name` (a plain name, no `/`).
+    pub fn read_bytes(&self, name: &str) -> Result<Vec<u8>, SysError> {
+        use std::io::Read;
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let c = self.cname(name)?;
+        // SAFETY: `c` is a valid NUL-terminated string and `self.fd` an open directory
+        // descriptor owned by `self`; openat does not retain either pointer.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(self.err("read", name, io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just returned by openat, is valid, and nothing else owns it.
+        let mut f = unsafe { fs::File::from_raw_fd(fd) };
+        let mut buf = Vec::with_capacity(256);
+        let mut chunk = [0u8; 4096];
+        // Same rule as SysRoot::read_bytes: a short first read of a sysfs file is all.
+        let sysfs = self.abs.starts_with("/sys/");
+        loop {
+            match f.read(&mut chunk) {
+                Ok(0) => return Ok(buf),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if sysfs && buf.len() < chunk.len() {
+                        return Ok(buf);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.err("read", name, e)),
+            }
+        }
+    }
+
+    /// A one-value attribute, trimmed; `None` when it does not exist.
+    pub fn read_attr_opt(&self, name: &str) -> Result<Option<String>, SysError> {
+        match self.read_bytes(name) {
+            Ok(b) => String::from_utf8(b)
+                .map(|s| Some(s.trim().to_string()))
+                .map_err(|e| {
+                    self.err(
+                        "read (not UTF-8)",
+                        name,
+                        io::Error::new(io::ErrorKind::InvalidData, e),
+                    )
+                }),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The final component of the symlink `name`'s target; `None` when there is no link.
+    pub fn link_name(&self, name: &str) -> Result<Option<String>, SysError> {
+        use std::os::fd::AsRawFd;
+        let c = self.cname(name)?;
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: `c` is NUL-terminated, `buf` is writable for `buf.len()` bytes, and
+        // `self.fd` is an open directory descriptor owned by `self`.
+        let n = unsafe {
+            libc::readlinkat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::NotFound => Ok(None),
+                _ if e.raw_os_error() == Some(libc::EINVAL) => Ok(None), // not a link
+                _ => Err(self.err("readlink", name, e)),
+            };
+        }
+        buf.truncate(n as usize);
+        let target = PathBuf::from(std::ffi::OsString::from_vec_compat(buf));
+        Ok(target.file_name().map(|n| n.to_string_lossy().into_owned()))
+    }
+}
+
+/// `OsString::from_vec` without importing the unix extension trait at every call.
+trait FromVecCompat {
+    fn from_vec_compat(v: Vec<u8>) -> Self;
+}
+impl FromVecCompat for std::ffi::OsString {
+    fn from_vec_compat(v: Vec<u8>) -> Self {
+        use std::os::unix::ffi::OsStringExt;
+        std::ffi::OsString::from_vec(v)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +420,27 @@ mod tests {
                 .unwrap(),
             "e1000e"
         );
+    }
+
+    #[test]
+    fn dir_handle_reads_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("sys/devices/pci0000:00/0000:00:01.0");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("vendor"), "0x8086\n").unwrap();
+        std::os::unix::fs::symlink("../../../bus/pci/drivers/pcieport", d.join("driver")).unwrap();
+        let r = SysRoot::new(dir.path());
+        let h = r.open_dir("/sys/devices/pci0000:00/0000:00:01.0").unwrap();
+        assert_eq!(
+            h.read_attr_opt("vendor").unwrap().as_deref(),
+            Some("0x8086")
+        );
+        assert_eq!(h.read_attr_opt("nope").unwrap(), None);
+        assert_eq!(h.link_name("driver").unwrap().as_deref(), Some("pcieport"));
+        assert_eq!(h.link_name("vendor").unwrap(), None);
+        assert_eq!(h.link_name("nope").unwrap(), None);
+        assert!(h.read_bytes("../x").is_err());
+        assert!(r.open_dir("/sys/nope").unwrap_err().is_not_found());
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub struct HostUse {
 pub struct NetIf {
     pub name: String,
     pub operstate: String,
+    /// IFF_UP from `/sys/class/net/<if>/flags`: configured up, whatever the carrier does.
+    /// `None` when the attribute is missing (then `operstate` decides).
+    pub admin_up: Option<bool>,
     /// Routes on this interface, as `default` or `dest/len`.
     pub routes: Vec<String>,
 }
@@ -202,7 +205,14 @@ impl HostUse {
                 .ok()
                 .flatten()
                 .unwrap_or_else(|| "unknown".into());
+            let admin_up = root
+                .read_attr_opt(format!("/sys/class/net/{n}/flags"))
+                .ok()
+                .flatten()
+                .and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+                .map(|f| f & 0x1 != 0);
             self.net.entry(bdf).or_default().push(NetIf {
+                admin_up,
                 routes: routes.get(&n).cloned().unwrap_or_default(),
                 name: n,
                 operstate,
@@ -335,7 +345,11 @@ pub fn assess(d: &PciDevice, u: &HostUse) -> Vec<Refusal> {
         }
     }
     for nif in u.net.get(&d.bdf).into_iter().flatten() {
-        if nif.operstate == "up" && !nif.routes.is_empty() {
+        // Configured up (IFF_UP) counts even while the carrier is down: a link that blips,
+        // or an emulated NIC whose carrier comes up a moment after `ip link set up`, still
+        // carries the host's routes. operstate alone raced in the lab guest.
+        let up = nif.admin_up.unwrap_or(false) || nif.operstate == "up";
+        if up && !nif.routes.is_empty() {
             let what = if nif.routes.iter().any(|r| r.starts_with("default")) {
                 "carries the default route".to_string()
             } else {

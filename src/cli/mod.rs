@@ -150,8 +150,19 @@ pub fn report(f: &Failure, json: bool) {
     }
 }
 
+/// Rust ignores SIGPIPE, so `vfioctl --json ... | head` would panic in `println!` once
+/// the reader goes away. A command-line tool should end quietly instead, as coreutils do.
+fn restore_sigpipe() {
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE and no handler state is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Entry point for the binary.
 pub fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

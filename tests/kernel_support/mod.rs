@@ -9,7 +9,7 @@ use vfioctl::kernel::{self, manifest::Pins};
 
 /// Print a loud skip line and return from the test.
 #[macro_export]
-macro_rules! skip {
+macro_rules! skip_kernel {
     ($($t:tt)*) => {{
         eprintln!("SKIPPED: {}", format!($($t)*));
         return;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{self, ConfigHeader};
 use super::resource::{self, Bar, BarKind};
 use crate::bdf::Bdf;
-use crate::sysroot::{SysError, SysRoot};
+use crate::sysroot::{SysDir, SysError, SysRoot};
 
 /// Reading a device failed.
 #[derive(Debug, thiserror::Error)]
@@ -172,25 +172,29 @@ impl PciDevice {
     /// Read one device. Attributes that a device lacks are `None`, not errors; a device
     /// that does not exist is [`PciError::NotFound`].
     pub fn read(root: &SysRoot, bdf: Bdf) -> Result<PciDevice, PciError> {
-        let dir = bdf.sysfs_path();
+        let link = bdf.sysfs_path();
         let sys = |source| PciError::Sys { bdf, source };
         // One listing of the device directory tells which optional attributes exist, so
         // absent ones (resourceN_resize, sriov_*, boot_vga, ...) cost no failed open; on
         // a 1,024-device host this halves the system calls.
-        let entries: HashSet<String> = match root.list(&dir) {
+        let entries: HashSet<String> = match root.list(&link) {
             Ok(names) => names.into_iter().collect(),
-            Err(e) if e.is_not_found() => return Err(PciError::NotFound { bdf, path: dir }),
+            Err(e) if e.is_not_found() => return Err(PciError::NotFound { bdf, path: link }),
             Err(e) => return Err(sys(e)),
         };
+        // Attributes are read from the real directory: opening through the
+        // /sys/bus/pci/devices link would make the kernel follow it on every open.
+        let sysfs_path = sysfs_device_path(root, &link).map_err(sys)?;
+        let handle = root.open_dir(&sysfs_path).map_err(sys)?;
         let has = |name: &str| entries.contains(name);
         let attr = |name: &str| -> Result<Option<String>, PciError> {
             if !has(name) {
                 return Ok(None);
             }
-            root.read_attr_opt(format!("{dir}/{name}")).map_err(sys)
+            handle.read_attr_opt(name).map_err(sys)
         };
 
-        let cfg_bytes = match root.read_bytes(format!("{dir}/config")) {
+        let cfg_bytes = match handle.read_bytes("config") {
             Ok(b) => Some(b),
             Err(e) if e.is_not_found() || e.is_permission_denied() => None,
             Err(e) => return Err(sys(e)),
@@ -235,9 +239,9 @@ impl PciDevice {
             ),
         };
 
-        let driver = root.link_name(format!("{dir}/driver")).map_err(sys)?;
+        let driver = handle.link_name("driver").map_err(sys)?;
         let driver_override = attr("driver_override")?.filter(|s| s != "(null)" && !s.is_empty());
-        let iommu_group = match root.link_name(format!("{dir}/iommu_group")).map_err(sys)? {
+        let iommu_group = match handle.link_name("iommu_group").map_err(sys)? {
             Some(n) => Some(n.parse::<u32>().map_err(|_| PciError::Malformed {
                 bdf,
                 file: "iommu_group",
@@ -254,7 +258,6 @@ impl PciDevice {
             None => Vec::new(),
         };
 
-        let sysfs_path = sysfs_device_path(root, &dir).map_err(sys)?;
         // Parents: every path component after the host bridge that is an address,
         // excluding the device itself; nearest first.
         let mut parents: Vec<Bdf> = sysfs_path
@@ -310,7 +313,7 @@ impl PciDevice {
             }
         }
 
-        let bars = Self::read_bars(root, bdf, &dir, header.as_ref(), is_bridge)?;
+        let bars = Self::read_bars(&handle, bdf, header.as_ref(), is_bridge)?;
         let vfio_dev = has("vfio-dev");
         let mut consumers: Vec<Bdf> = entries
             .iter()
@@ -350,14 +353,13 @@ impl PciDevice {
     }
 
     fn read_bars(
-        root: &SysRoot,
+        dir: &SysDir,
         bdf: Bdf,
-        dir: &str,
         header: Option<&ConfigHeader>,
         is_bridge: bool,
     ) -> Result<Vec<Bar>, PciError> {
-        let text = match root.read_string(format!("{dir}/resource")) {
-            Ok(t) => t,
+        let text = match dir.read_bytes("resource") {
+            Ok(t) => String::from_utf8_lossy(&t).into_owned(),
             Err(e) if e.is_not_found() => String::new(),
             Err(e) => return Err(PciError::Sys { bdf, source: e }),
         };
