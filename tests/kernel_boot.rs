@@ -105,6 +105,7 @@ fn base_kernel_builds_and_boots_under_tcg() {
 }
 
 #[test]
+#[ignore = "nightly tier: VFIOCTL_SLOW=1 cargo test --test kernel_boot -- --ignored"]
 fn nvidia_open_535_modules_load_up_to_no_gpu() {
     if std::env::var_os("VFIOCTL_SLOW").is_none() {
         skip_kernel!(
