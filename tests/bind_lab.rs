@@ -22,35 +22,9 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The static vfioctl for the guest (LAB.md fact 6); cargo is a no-op when it is current.
+/// The static, non-PIE vfioctl for the guest: the same build the regress lab uses.
 fn static_vfioctl() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(repo())
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        // Non-PIE, in its own target dir: see scripts/lab-bind (3x faster start under TCG).
-        .env("CARGO_TARGET_DIR", repo().join("target/nopie"))
-        .env(
-            "RUSTFLAGS",
-            "-C target-feature=+crt-static -C relocation-model=static",
-        )
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "--bin",
-            "vfioctl",
-        ])
-        .output()
-        .expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "building the static vfioctl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    repo().join("target/nopie/x86_64-unknown-linux-gnu/release/vfioctl")
+    vfioctl::regress::nested::static_vfioctl(&repo()).expect("building the static vfioctl")
 }
 
 fn initramfs(lab: &common::Lab, dir: &Path) -> PathBuf {
