@@ -222,45 +222,38 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
                 ports_why.clone(),
             ));
         }
-        (KeyScheme::PortsImplicit | KeyScheme::Ports, PlugMode::Cold) => {
-            let mut why = String::from(
-                "cold plug: QEMU gets the devices on its command line (Kata's supported NVIDIA mode)",
-            );
+        (KeyScheme::PortsImplicit | KeyScheme::Ports, mode) => {
+            // The two plug keys mirror each other: set the one for the mode, reset the other.
+            let (set, reset, mut why) = match mode {
+                PlugMode::Cold => (
+                    "cold_plug_vfio",
+                    "hot_plug_vfio",
+                    String::from(
+                        "cold plug: QEMU gets the devices on its command line (Kata's supported NVIDIA mode)",
+                    ),
+                ),
+                PlugMode::Hot => (
+                    "hot_plug_vfio",
+                    "cold_plug_vfio",
+                    String::from("hot plug: devices are added over QMP after boot into root ports"),
+                ),
+            };
             if t.scheme() == KeyScheme::PortsImplicit {
-                why.push_str(&format!(
-                    "; Kata {} adds one root port per PCIe function ({n} here)",
-                    t.version
-                ));
+                why.push_str(&match mode {
+                    PlugMode::Cold => format!(
+                        "; Kata {} adds one root port per PCIe function ({n} here)",
+                        t.version
+                    ),
+                    PlugMode::Hot => format!(
+                        "; Kata {} reserves ports only for devices known at sandbox creation (ctr --device is; Kubernetes hotplug is not, #9401)",
+                        t.version
+                    ),
+                });
             }
-            w.push(want(HQ, "cold_plug_vfio", Rule::Set(plug_value), why));
+            w.push(want(HQ, set, Rule::Set(plug_value), why));
             w.push(want(
                 HQ,
-                "hot_plug_vfio",
-                Rule::Reset(none),
-                "only one of hot_plug_vfio and cold_plug_vfio may be set",
-            ));
-            if t.scheme() == KeyScheme::Ports {
-                w.push(want(
-                    HQ,
-                    "pcie_root_port",
-                    ports_rule.clone(),
-                    ports_why.clone(),
-                ));
-            }
-        }
-        (KeyScheme::PortsImplicit | KeyScheme::Ports, PlugMode::Hot) => {
-            let mut why =
-                String::from("hot plug: devices are added over QMP after boot into root ports");
-            if t.scheme() == KeyScheme::PortsImplicit {
-                why.push_str(&format!(
-                    "; Kata {} reserves ports only for devices known at sandbox creation (ctr --device is; Kubernetes hotplug is not, #9401)",
-                    t.version
-                ));
-            }
-            w.push(want(HQ, "hot_plug_vfio", Rule::Set(plug_value), why));
-            w.push(want(
-                HQ,
-                "cold_plug_vfio",
+                reset,
                 Rule::Reset(none),
                 "only one of hot_plug_vfio and cold_plug_vfio may be set",
             ));
