@@ -3,7 +3,7 @@
 //!   (about 3-5 min clean on 2 cores; instant when the lab cache has it) and a TCG boot
 //!   to a busybox `/init` that reports what the guest agent relies on (AF_VSOCK,
 //!   /dev/vsock, /dev/kmsg, devtmpfs, PCIe port + virtio-pci drivers, ext4).
-//! - nightly (`VFIOCTL_SLOW=1`): the NVIDIA flavour with Debian's 535 open modules:
+//! - nightly (`#[ignore]`d; `cargo test --test kernel_boot -- --ignored`): the NVIDIA flavour with Debian's 535 open modules:
 //!   `modinfo` checks, then `modprobe nvidia` in the guest must fail only with
 //!   "NVRM: No NVIDIA GPU found" (no unresolved symbol, no version mismatch).
 //!
@@ -17,22 +17,17 @@ use std::time::Duration;
 
 use kernel_support::*;
 
-fn prerequisites() -> Result<(), String> {
-    if !have_build_tools() {
-        return Err("make/gcc/flex/bison missing (scripts/setup)".into());
-    }
-    kernel_tree().map(|_| ())?;
-    if !vfioctl::kernel::cmd::have("qemu-system-x86_64") {
-        return Err("qemu-system-x86_64 missing (scripts/setup)".into());
-    }
+/// make/gcc/flex/bison, the pinned kernel tree, QEMU and busybox.
+fn prerequisites() -> Result<(), vfioctl_testkit::Missing> {
+    build_prerequisites()?;
+    vfioctl_testkit::prereq::qemu()?;
+    vfioctl_testkit::prereq::busybox()?;
     Ok(())
 }
 
 #[test]
 fn base_kernel_builds_and_boots_under_tcg() {
-    if let Err(e) = prerequisites() {
-        skip_kernel!("{e}");
-    }
+    vfioctl_testkit::require!(prerequisites());
     let r = build(&[], None).unwrap_or_else(|e| panic!("kernel build failed: {e}"));
     let m = &r.manifest;
     assert_eq!(m.verify.dropped, 0);
@@ -104,27 +99,30 @@ fn base_kernel_builds_and_boots_under_tcg() {
     eprintln!("boot to poweroff: {:.2} s", b.seconds);
 }
 
+/// The NVIDIA 535 packages: fetched into the lab, or an apt source that serves them.
+fn nvidia_debs(source_deb: &str) -> Result<(), vfioctl_testkit::Missing> {
+    let deb = lab().join("nvidia/debs").join(source_deb);
+    let apt = std::path::Path::new("/etc/apt/sources.list.d/vfioctl-nvidia.sources");
+    if deb.is_file() || apt.is_file() {
+        return Ok(());
+    }
+    Err(
+        vfioctl_testkit::Missing::new("nvidia-535-debs", vfioctl_testkit::prereq::SETUP_NVIDIA)
+            .detail(format!(
+                "{} not fetched and {} not there",
+                deb.display(),
+                apt.display()
+            )),
+    )
+}
+
 #[test]
-#[ignore = "nightly tier: VFIOCTL_SLOW=1 cargo test --test kernel_boot -- --ignored"]
+#[ignore = "nightly tier: cargo test --test kernel_boot -- --ignored"]
 fn nvidia_open_535_modules_load_up_to_no_gpu() {
-    if std::env::var_os("VFIOCTL_SLOW").is_none() {
-        skip_kernel!(
-            "nightly tier: set VFIOCTL_SLOW=1 (NVIDIA 535 build, ~2 min on a warm kernel)"
-        );
-    }
-    if let Err(e) = prerequisites() {
-        skip_kernel!("{e}");
-    }
+    vfioctl_testkit::require!(prerequisites());
     let pins = pins();
     let nv = &pins.nvidia["open-535"];
-    let debs = lab().join("nvidia/debs");
-    if !debs.join(&nv.source_deb).is_file()
-        && !std::path::Path::new("/etc/apt/sources.list.d/vfioctl-nvidia.sources").is_file()
-    {
-        skip_kernel!(
-            "NVIDIA .debs not fetched and contrib/non-free not enabled: scripts/setup --nvidia"
-        );
-    }
+    vfioctl_testkit::require!(nvidia_debs(&nv.source_deb));
     let r =
         build(&["nvidia"], Some("open-535")).unwrap_or_else(|e| panic!("nvidia build failed: {e}"));
     let m = &r.manifest;
