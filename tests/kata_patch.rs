@@ -143,7 +143,9 @@ fn check_survives(c: &Case) -> kata::Outcome {
         );
     }
     // Patching the result again is a no-op.
-    let path = std::env::temp_dir().join(format!("vfioctl-kata-{}-{}", std::process::id(), c.base));
+    // A directory of its own: two tests may patch the same base at once.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join(c.base);
     std::fs::write(&path, &out.config).unwrap();
     let (text2, doc2) = kata::read_base(&path).unwrap();
     let choice = kata::choose_target(
@@ -168,7 +170,6 @@ fn check_survives(c: &Case) -> kata::Outcome {
         None,
     )
     .unwrap();
-    std::fs::remove_file(&path).unwrap();
     assert_eq!(
         again.config, out.config,
         "{}: second patch changed the file",
