@@ -4,9 +4,8 @@
 //! guest with a second QEMU inside L1 and the device cold-plugged through vfio-pci, and
 //! passes only when L2 lists 0000:01:00.0 (8086:10d3) and L1 restored the device.
 //!
-//! About 2-3 minutes under TCG, so it is `#[ignore]`d: the nightly timer runs it with
-//! `cargo test --test regress_nested -- --ignored`. Without QEMU or the lab kernel it skips
-//! loudly (fails under `VFIOCTL_REQUIRE_LAB=1`).
+//! About 3 minutes under TCG: the `nested` tier of scripts/test (CI). Without QEMU or the
+//! lab kernel it skips loudly (fails under `VFIOCTL_REQUIRE_LAB=1`).
 
 use std::path::Path;
 use std::process::Command;
@@ -18,7 +17,6 @@ fn lab() -> std::path::PathBuf {
 }
 
 #[test]
-#[ignore = "nightly tier: cargo test --test regress_nested -- --ignored"]
 fn nested_guest_lists_the_device_passed_through_by_l1() {
     vfioctl_testkit::require!(vfioctl_testkit::prereq::qemu());
     vfioctl_testkit::require!(vfioctl_testkit::prereq::lab_kernel());

@@ -38,11 +38,13 @@ pub fn kernel_tree() -> Result<PathBuf, Missing> {
     let logdir = lab().join("kernel-build/test-logs");
     std::fs::create_dir_all(&logdir).unwrap_or_else(|e| panic!("{}: {e}", logdir.display()));
     let t = kernel::source::prepare(
-        None,
-        &pins.kernel,
-        &configs(),
-        &lab().join("kernel-src"),
-        false,
+        &kernel::source::SourceRequest {
+            given: None,
+            pin: &pins.kernel,
+            configs: &configs(),
+            cache: &lab().join("kernel-src"),
+            allow_unpinned: false,
+        },
         &logdir.join("source.log"),
     )
     .unwrap_or_else(|e| panic!("preparing the pinned kernel source: {}", chain(&e)));
@@ -230,6 +232,7 @@ pub fn build(flavours: &[&str], nvidia: Option<&str>) -> Result<kernel::BuildRes
         force: false,
         nice: 10,
         ccache: true,
+        clean: false,
     };
     kernel::build(&opts, &mut |p| eprintln!("{p:?}")).map_err(|e| chain(&e))
 }
