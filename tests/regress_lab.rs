@@ -4,6 +4,8 @@
 //!
 //! CI tier: the three stand-in scenarios with --jobs 3. Nested passthrough is nightly.
 
+mod junit_support;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -69,6 +71,7 @@ fn lab_plan_standin_passes_and_negative_control_fails_as_expected() {
     assert!(html.contains("failed as expected"));
     let junit = std::fs::read_to_string(run_dir.join("junit.xml")).unwrap();
     assert!(junit.contains("failures=\"0\" errors=\"0\""), "{junit}");
+    junit_support::assert_valid_junit(&run_dir.join("junit.xml"));
     // Nothing left running.
     let left = processes_mentioning(&run_base);
     assert!(left.is_empty(), "left behind: {left:?}");
