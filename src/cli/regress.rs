@@ -229,7 +229,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
         None => (Vec::new(), Vec::new()),
     };
     for w in warnings {
-        eprintln!("warning: {w}");
+        crate::output::warn(ctx, w);
     }
     let run_id = history::run_id(SystemTime::now());
     let out = match (&a.out, &a.history) {
@@ -345,7 +345,7 @@ fn run_collect(ctx: &Context, c: CollectArgs) -> Result<Exit, Failure> {
     if let Some(h) = &c.history {
         let (p, w) = history::load(h);
         for w in w {
-            eprintln!("warning: {w}");
+            crate::output::warn(ctx, w);
         }
         past = p;
         past.retain(|p| p.run_id != r.run_id);

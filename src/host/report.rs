@@ -109,6 +109,16 @@ pub fn run_checks(
     if let Some(c) = class {
         devs.retain(|d| c.matches(d.class));
     }
+    tracing::info!(
+        "selected {} device(s) for device checks ({}): {:?}",
+        devs.len(),
+        if default_class {
+            "default: class 0x03 display controllers".to_string()
+        } else {
+            format!("selectors {selectors:?}, class {class:?}")
+        },
+        devs.iter().map(|d| d.bdf.to_string()).collect::<Vec<_>>()
+    );
     if devs.is_empty() {
         let what = match class {
             Some(c) if !default_class => format!("no selected device of class {c:?}"),
@@ -140,6 +150,25 @@ pub fn run_checks(
         checks.extend(device_checks(&f, &host));
     }
     for c in &checks {
+        let on = c.device.map(|b| format!(" {b}")).unwrap_or_default();
+        match c.status {
+            Status::Fail | Status::Warn => tracing::info!(
+                "verdict {}{on}: {} because {}{}",
+                c.id,
+                c.status.as_str(),
+                c.message,
+                c.hint
+                    .as_deref()
+                    .map(|h| format!(" (fix: {h})"))
+                    .unwrap_or_default()
+            ),
+            _ => tracing::info!(
+                "verdict {}{on}: {} because {}",
+                c.id,
+                c.status.as_str(),
+                c.message
+            ),
+        }
         match c.status {
             Status::Pass => summary.pass += 1,
             Status::Warn => summary.warn += 1,

@@ -613,8 +613,9 @@ impl Backend for LabBackend {
                     }
                 }
                 Ok(Some(format!(
-                    "{:?}, agent {} answered; console ready after {:.1} s{}",
-                    rec.map(|r| r.0),
+                    "{}, agent {} answered; console ready after {:.1} s{}",
+                    rec.map(|r| r.0.to_string())
+                        .unwrap_or_else(|| "accelerator unknown".into()),
                     hello.agent_version,
                     rec.and_then(|r| r.1).unwrap_or_default(),
                     retried
