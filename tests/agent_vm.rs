@@ -51,9 +51,7 @@ fn check<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_as_init_validate_and_negative_control() {
-    let Some(lab) = common::Lab::get("agent_vm") else {
-        return;
-    };
+    let lab = vfioctl_testkit::require!(common::Lab::get());
     let h = common::Harness::new("agent_vm");
     // The lab image with exec enabled (the agent's default is off).
     let initrd = h.env.base.join("lab-exec.cpio.gz");
