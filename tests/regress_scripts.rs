@@ -50,10 +50,14 @@ fn systemd_units_run_valid_vfioctl_command_lines() {
     assert_eq!(cmds.len(), 2);
     for c in &cmds {
         let argv: Vec<&str> = c.split_whitespace().collect();
-        assert!(argv[0].ends_with("/vfioctl"), "{c}");
-        Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{c}: {e}"));
+        assert_eq!(
+            argv[..2],
+            ["/usr/bin/env", "vfioctl"],
+            "{c}: vfioctl through PATH"
+        );
+        Cli::try_parse_from(&argv[1..]).unwrap_or_else(|e| panic!("{c}: {e}"));
     }
-    let cli = Cli::try_parse_from(cmds[1].split_whitespace()).unwrap();
+    let cli = Cli::try_parse_from(cmds[1].split_whitespace().skip(1)).unwrap();
     let Command::Regress(a) = cli.command else {
         panic!("ExecStart is not `vfioctl regress`")
     };
@@ -65,6 +69,49 @@ fn systemd_units_run_valid_vfioctl_command_lines() {
     assert_eq!(unit_lines(timer, "Unit"), ["vfioctl-regress.service"]);
     assert_eq!(unit_lines(timer, "Persistent"), ["true"]);
     assert_eq!(unit_lines(timer, "OnCalendar").len(), 1);
+}
+
+/// `systemd-analyze verify` accepts the units as shipped, whether or not vfioctl is
+/// installed at a fixed path, and the unit's command finds vfioctl through its PATH
+/// wherever it is (here: the build directory, on an empty fixture root).
+#[test]
+fn systemd_units_pass_systemd_analyze_verify_and_find_vfioctl_on_path() {
+    let sa = vfioctl_testkit::require!(vfioctl_testkit::prereq::program(
+        "systemd-analyze",
+        "apt-get install systemd (scripts/setup)"
+    ));
+    let units = [
+        repo("scripts/systemd/vfioctl-regress.service"),
+        repo("scripts/systemd/vfioctl-regress.timer"),
+    ];
+    let out = std::process::Command::new(sa)
+        .arg("verify")
+        .args(&units)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ExecStartPre as systemd would run it, with the unit's PATH plus where this
+    // vfioctl lives.
+    let svc = "scripts/systemd/vfioctl-regress.service";
+    let path = unit_lines(svc, "Environment")
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH=").map(str::to_string))
+        .expect("the unit sets PATH");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_vfioctl")).parent().unwrap();
+    let pre = &unit_lines(svc, "ExecStartPre")[0];
+    let argv: Vec<&str> = pre.split_whitespace().collect();
+    let root = tempfile::tempdir().unwrap();
+    let r = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .env("PATH", format!("{path}:{}", bin_dir.display()))
+        .env("VFIOCTL_ROOT", root.path())
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{pre}: {r:?}");
 }
 
 /// The README's fleet example, run as written (minus the shell redirection), on a machine

@@ -49,6 +49,11 @@ pub struct Args {
     #[command(flatten)]
     pub fleet: Box<FleetArgs>,
 
+    /// The static guest agent for the lab initramfs of scenarios without `initrd`
+    /// (default: vfioctl-agent next to this vfioctl; regress never runs cargo).
+    #[arg(long, env = "VFIOCTL_AGENT", value_name = "PATH")]
+    pub agent: Option<PathBuf>,
+
     /// The node name recorded with each result (set from spec.nodeName in the Jobs).
     #[arg(long, env = "VFIOCTL_NODE", value_name = "NAME")]
     pub node: Option<String>,
@@ -274,7 +279,8 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
         weights,
         host: host.clone(),
     };
-    let backend = LabBackend::new(ctx.clone());
+    let mut backend = LabBackend::new(ctx.clone());
+    backend.agent = a.agent.clone();
     let t = std::time::Instant::now();
     match backend.prepare_guest(&plan, &out) {
         Some(Ok(p)) => eprintln!(
@@ -282,7 +288,17 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
             p.display(),
             fmt_ms(t.elapsed().as_millis() as u64)
         ),
-        Some(Err(e)) => eprintln!("[regress] lab initramfs: {}", e.message),
+        Some(Err(e)) => crate::output::warn(
+            ctx,
+            format!(
+                "lab initramfs: {}{}",
+                e.message,
+                e.hint
+                    .as_deref()
+                    .map(|h| format!("\n  hint: {h}"))
+                    .unwrap_or_default()
+            ),
+        ),
         None => {}
     }
     let mut r = run_plan(&plan, &backend, &opts, &progress);
