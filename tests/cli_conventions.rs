@@ -182,3 +182,56 @@ fn colour_only_at_a_terminal_and_never_with_no_color() {
     assert!(!stderr_color(true, Some(OsStr::new("1"))));
     assert!(stderr_color(true, Some(OsStr::new(""))));
 }
+
+#[test]
+fn vm_up_dry_run_prints_a_command_a_shell_reads_back_exactly() {
+    let d = tempfile::tempdir().unwrap();
+    let tricky = "console=ttyS0 quiet x='$HOME' y=\"a b\" `true` ; z=*";
+    let args = |json: bool| {
+        let mut c = vfioctl();
+        c.env("XDG_RUNTIME_DIR", d.path()).args([
+            "vm",
+            "up",
+            "--dry-run",
+            "--kernel",
+            "/bin/sh",
+            "--cmdline",
+            tricky,
+        ]);
+        if json {
+            c.arg("--json");
+        }
+        c.output().unwrap()
+    };
+    let j: serde_json::Value = serde_json::from_slice(&args(true).stdout).unwrap();
+    let want: Vec<String> = j["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(want.iter().any(|a| a.contains(tricky)), "{want:?}");
+    let text = String::from_utf8(args(false).stdout).unwrap();
+    let cmd = text
+        .lines()
+        .skip_while(|l| !l.contains("qemu-system"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    // bash reads the printed command back: one NUL-terminated word per argument.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -- {cmd}\nprintf '%s\\0' \"$@\""))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .split_terminator('\0')
+        .map(str::to_string)
+        .collect();
+    assert_eq!(got, want, "printed:\n{cmd}");
+}

@@ -442,7 +442,7 @@ fn up(ctx: &Context, a: UpArgs) -> Result<Exit, Failure> {
                 for w in &rec.warnings {
                     writeln!(o, "warning: {w}")?;
                 }
-                writeln!(o, "{}", rec.argv.join(" \\\n  "))
+                writeln!(o, "{}", shell_command(&rec.argv))
             },
         )?;
         return Ok(Exit::Ok);
@@ -565,4 +565,17 @@ fn plan(ctx: &Context, a: PlanArgs) -> Result<Exit, Failure> {
         Ok(())
     })?;
     Ok(Exit::Ok)
+}
+
+/// A command line a person can paste into a shell: every argument quoted where the shell
+/// would split or expand it (shell-words), one option per line.
+pub fn shell_command(argv: &[String]) -> String {
+    let mut out = String::new();
+    for (i, a) in argv.iter().enumerate() {
+        if i > 0 {
+            out.push_str(if a.starts_with('-') { " \\\n  " } else { " " });
+        }
+        out.push_str(&shell_words::quote(a));
+    }
+    out
 }
