@@ -6,6 +6,44 @@ use serde::Serialize;
 
 use crate::Context;
 
+/// PCI identity in every `--json` output, one shape: lower-case hex strings without
+/// `0x`, as `lspci -n` prints them. `vendor`, `device`, `subsystem_vendor`,
+/// `subsystem_device`: 4 digits (`"10de"`); `class`: 6 digits (`"030200"`); `revision`: 2
+/// digits; `id`: `vendor:device` (`"10de:2330"`) where an object carries one. Use with
+/// `#[serde(serialize_with = "...")]`; the `*Schema` types describe them for schemars.
+pub mod pci_id {
+    use serde::Serializer;
+
+    /// A 16-bit id (vendor, device, subsystem): `"10de"`.
+    pub fn id16<S: Serializer>(v: &u16, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:04x}"))
+    }
+    /// An optional 16-bit id.
+    pub fn opt_id16<S: Serializer>(v: &Option<u16>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => id16(v, s),
+            None => s.serialize_none(),
+        }
+    }
+    /// A 24-bit class code: `"030200"`.
+    pub fn class<S: Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:06x}"))
+    }
+
+    /// Schema of [`id16`].
+    #[derive(schemars::JsonSchema)]
+    #[schemars(transparent)]
+    pub struct Id16Schema(#[schemars(regex(pattern = r"^[0-9a-f]{4}$"))] pub String);
+    /// Schema of [`class`].
+    #[derive(schemars::JsonSchema)]
+    #[schemars(transparent)]
+    pub struct ClassSchema(#[schemars(regex(pattern = r"^[0-9a-f]{6}$"))] pub String);
+    /// Schema of a `vendor:device` id.
+    #[derive(schemars::JsonSchema)]
+    #[schemars(transparent)]
+    pub struct IdPairSchema(#[schemars(regex(pattern = r"^[0-9a-f]{4}:[0-9a-f]{4}$"))] pub String);
+}
+
 /// A warning for the person running the command (stderr; not with `-q`).
 pub fn warn(ctx: &Context, msg: impl std::fmt::Display) {
     if !ctx.quiet {

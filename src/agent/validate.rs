@@ -29,7 +29,10 @@ pub struct ExpectedBar {
 pub struct Expected {
     /// What the user named (`0000:65:00.0`, `emulated:8G`).
     pub label: String,
+    /// 4 lower-case hex digits (see `crate::output::pci_id`).
+    #[serde(serialize_with = "crate::output::pci_id::id16")]
     pub vendor: u16,
+    #[serde(serialize_with = "crate::output::pci_id::id16")]
     pub device: u16,
     pub bars: Vec<ExpectedBar>,
     /// The guest's address for it, when known (from the VM state).
