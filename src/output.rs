@@ -44,6 +44,20 @@ pub mod pci_id {
     pub struct IdPairSchema(#[schemars(regex(pattern = r"^[0-9a-f]{4}:[0-9a-f]{4}$"))] pub String);
 }
 
+/// The JSON Schema of each `--json` output, generated from the types that print it:
+/// `(file stem under schemas/, schema)`. `tests/json_schemas.rs` keeps `schemas/` equal
+/// to this (`UPDATE_SCHEMAS=1` rewrites it) and validates each command's real output.
+pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
+    use schemars::schema_for;
+    vec![
+        ("devices", schema_for!(Vec<crate::pci::list::DeviceEntry>)),
+        ("check", schema_for!(crate::host::CheckReport)),
+        ("validate", schema_for!(crate::agent::validate::Report)),
+        ("regress", schema_for!(crate::regress::RunResults)),
+        ("error", schema_for!(crate::cli::ErrorReport)),
+    ]
+}
+
 /// A warning for the person running the command (stderr; not with `-q`).
 pub fn warn(ctx: &Context, msg: impl std::fmt::Display) {
     if !ctx.quiet {

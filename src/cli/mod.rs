@@ -242,18 +242,32 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
     }
 }
 
+/// What `--json` prints on stdout when a command fails.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct ErrorReport {
+    /// The whole chain in one line.
+    pub error: String,
+    /// The error and its causes, outermost first, each once.
+    pub causes: Vec<String>,
+    /// The fix, where it is known.
+    pub hint: Option<String>,
+    /// The process exit code (see the exit code table).
+    pub exit_code: u8,
+    pub exit: Exit,
+}
+
 /// Print a failure once: the chain at the top, then the hint. With `--json`, as a JSON
 /// object on stdout so scripts can read it.
 pub fn report(f: &Failure, json: bool) {
     let chain = f.chain();
     if json {
-        let v = serde_json::json!({
-            "error": chain.join(": "),
-            "causes": chain,
-            "hint": f.hint,
-            "exit_code": f.exit.code(),
-            "exit": f.exit,
-        });
+        let v = ErrorReport {
+            error: chain.join(": "),
+            causes: chain,
+            hint: f.hint.clone(),
+            exit_code: f.exit.code(),
+            exit: f.exit,
+        };
         // A closed stdout (`| head`) must not turn into a panic.
         use std::io::Write;
         let _ = writeln!(

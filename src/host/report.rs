@@ -11,7 +11,7 @@ use crate::pci::list::names_for;
 use crate::pci::{select, PciIds, SelectError};
 
 /// Counts per status and the overall verdict.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Summary {
     pub pass: usize,
     pub warn: usize,
@@ -24,7 +24,7 @@ pub struct Summary {
 }
 
 /// What `vfioctl check --json` prints.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct CheckReport {
     pub checks: Vec<Check>,
     pub summary: Summary,
