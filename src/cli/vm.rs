@@ -496,6 +496,7 @@ fn plan(ctx: &Context, a: PlanArgs) -> Result<Exit, Failure> {
             let p = accel::probe(
                 &ctx.root,
                 std::path::Path::new("qemu-system-x86_64"),
+                None,
                 AccelChoice::Auto,
             )
             .map_err(Failure::from)?;
