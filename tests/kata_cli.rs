@@ -516,10 +516,11 @@ fn kubelet_socket_in_a_4_1_base_is_explained() {
 /// the command a pty).
 #[test]
 fn base_on_a_terminal_shows_the_diff() {
-    if Command::new("script").arg("--version").output().is_err() {
-        println!("SKIPPED: `script` (util-linux) not installed, no pty to test with");
-        return;
-    }
+    // util-linux's `script` gives the command a pty.
+    vfioctl_testkit::require!(vfioctl_testkit::prereq::program(
+        "script",
+        "apt-get install bsdutils"
+    ));
     let base = fixture("kata/configuration-qemu-3.4.toml");
     let cmd = format!(
         "{} --root {} kata config --kata-version 3.4.0 --base {}",
