@@ -31,6 +31,7 @@ use vfioctl::kata::{
     Target, Topology,
 };
 use vfioctl::SysRoot;
+use vfioctl_testkit::Missing;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -47,23 +48,13 @@ fn loaders_dir() -> PathBuf {
         .unwrap_or_else(|| repo().join("../shared/kata-loaders"))
 }
 
-/// The loaders' `check`, or None after saying why (a failure under VFIOCTL_REQUIRE_LAB=1).
-fn prerequisites(test: &str) -> Option<PathBuf> {
-    let missing = |what: String| {
-        if std::env::var("VFIOCTL_REQUIRE_LAB").as_deref() == Ok("1") {
-            panic!("{test}: prerequisite missing: {what}");
-        }
-        println!("SKIPPED: {test}: {what}");
-        eprintln!("SKIPPED: {test}: {what}");
-        None
-    };
-    let dir = loaders_dir();
-    let check = dir.join("check");
+/// The loaders' `check` (they need root), or what is missing: a loud skip, a failure
+/// under VFIOCTL_REQUIRE_LAB=1.
+fn kata_loaders() -> Result<PathBuf, Missing> {
+    const FIX: &str = "put Kata's loaders at shared/kata-loaders beside the checkout (or set VFIOCTL_KATA_LOADERS) and run as root";
+    let check = loaders_dir().join("check");
     if !check.is_file() {
-        return missing(format!(
-            "Kata's configuration loaders: no {} (shared/kata-loaders beside the checkout, or set VFIOCTL_KATA_LOADERS)",
-            check.display()
-        ));
+        return Err(Missing::new("kata-loaders", FIX).detail(format!("no {}", check.display())));
     }
     let uid = Command::new("id")
         .arg("-u")
@@ -71,12 +62,12 @@ fn prerequisites(test: &str) -> Option<PathBuf> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     if uid != "0" {
-        return missing(format!(
-            "root: {} runs Kata's loaders in a private mount namespace (uid here: {uid:?})",
+        return Err(Missing::new("root", FIX).detail(format!(
+            "{} runs Kata's loaders in a private mount namespace; uid here {uid:?}",
             check.display()
-        ));
+        )));
     }
-    Some(check)
+    Ok(check)
 }
 
 /// The loader for a release: its own where one was built, else the nearest one that
@@ -704,9 +695,7 @@ fn judge(m: &Made, got: &Verdict, base: &Verdict) -> Vec<String> {
 
 #[test]
 fn every_configuration_loads_in_kata() {
-    let Some(check) = prerequisites("every_configuration_loads_in_kata") else {
-        return;
-    };
+    let check = vfioctl_testkit::require!(kata_loaders());
     let work = tempfile::tempdir().unwrap();
     let mut bases = Bases {
         dir: work.path().join("bases"),

@@ -8,21 +8,11 @@
 
 mod kernel_support;
 
-use std::path::Path;
-
-use kernel_support::{configs, have_build_tools, kernel_tree, pins, read};
+use kernel_support::{build_prerequisites, configs, pins, read};
 use vfioctl::kernel::{
     build::{configure, select_fragments},
     merge, verify, Allowlist, DotConfig, KconfigTree, Value,
 };
-
-fn missing(what: &str) {
-    if std::env::var("VFIOCTL_REQUIRE_LAB").as_deref() == Ok("1") {
-        panic!("prerequisite missing: {what}");
-    }
-    println!("SKIPPED: {what}");
-    eprintln!("SKIPPED: {what}");
-}
 
 /// Every `CONFIG_` line sits in a block whose first line is a `#` comment (its reason).
 fn reasons(text: &str) -> Vec<String> {
@@ -85,13 +75,7 @@ fn nvidia_and_rdma_fragments_have_a_reason_per_option() {
 
 #[test]
 fn nvidia_and_rdma_options_land_on_the_pinned_kernel() {
-    if !have_build_tools() {
-        return missing("make/gcc/flex/bison (scripts/setup)");
-    }
-    let tree = match kernel_tree() {
-        Ok(t) => t,
-        Err(e) => return missing(&e),
-    };
+    let tree = vfioctl_testkit::require!(build_prerequisites());
     let pins = pins();
     let t = KconfigTree::load(&tree, &pins.kernel.srcarch).unwrap();
     let allow_path = configs().join("allowlist");
@@ -122,6 +106,5 @@ fn nvidia_and_rdma_options_land_on_the_pinned_kernel() {
         for s in want {
             assert_eq!(cfg.get(s), Some(&Value::Y), "{flavours:?}: CONFIG_{s}");
         }
-        let _ = Path::new(&dot);
     }
 }
