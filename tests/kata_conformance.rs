@@ -498,8 +498,11 @@ impl Verdict {
     }
 }
 
+/// A loader's verdict per file.
+type Verdicts = BTreeMap<PathBuf, Verdict>;
+
 /// Run `check --loader NAME` over `files` (in chunks, side by side); one verdict per file.
-fn run_loader(check: &Path, loader: &str, files: &[&Path]) -> BTreeMap<PathBuf, Verdict> {
+fn run_loader(check: &Path, loader: &str, files: &[&Path]) -> Verdicts {
     let outputs: Vec<std::process::Output> = std::thread::scope(|scope| {
         let handles: Vec<_> = files
             .chunks(60)
@@ -731,29 +734,28 @@ fn every_configuration_loads_in_kata() {
     let mut failures = Vec::new();
     let mut summary = Vec::new();
     // The four loaders run side by side (each `check` has its own sandbox).
-    let verdicts: BTreeMap<&str, (BTreeMap<PathBuf, Verdict>, BTreeMap<PathBuf, Verdict>)> =
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = by_loader
-                .iter()
-                .map(|(loader, ms)| {
-                    let check = &check;
-                    scope.spawn(move || {
-                        let files: Vec<&Path> = ms.iter().map(|m| m.file.as_path()).collect();
-                        let base_files: BTreeSet<&Path> =
-                            ms.iter().map(|m| m.base_file.as_path()).collect();
-                        let base_files: Vec<&Path> = base_files.into_iter().collect();
+    let verdicts: BTreeMap<&str, (Verdicts, Verdicts)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = by_loader
+            .iter()
+            .map(|(loader, ms)| {
+                let check = &check;
+                scope.spawn(move || {
+                    let files: Vec<&Path> = ms.iter().map(|m| m.file.as_path()).collect();
+                    let base_files: BTreeSet<&Path> =
+                        ms.iter().map(|m| m.base_file.as_path()).collect();
+                    let base_files: Vec<&Path> = base_files.into_iter().collect();
+                    (
+                        *loader,
                         (
-                            *loader,
-                            (
-                                run_loader(check, loader, &files),
-                                run_loader(check, loader, &base_files),
-                            ),
-                        )
-                    })
+                            run_loader(check, loader, &files),
+                            run_loader(check, loader, &base_files),
+                        ),
+                    )
                 })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
     for (loader, ms) in &by_loader {
         let (got, base) = &verdicts[loader];
         let mut accepted = 0;
