@@ -98,7 +98,20 @@ pub fn host_checks(h: &HostFacts, vm_memory: Option<u64>) -> Vec<Check> {
     });
 
     v.push(if h.dev_kvm {
-        check("kvm", Status::Pass, "/dev/kvm exists")
+        match &h.kvm_usable {
+            None => check("kvm", Status::Pass, "/dev/kvm exists"),
+            Some(Ok(())) => check(
+                "kvm",
+                Status::Pass,
+                "/dev/kvm exists and QEMU runs a KVM vCPU (the probe vm up uses)",
+            ),
+            Some(Err(why)) => check(
+                "kvm",
+                Status::Fail,
+                format!("/dev/kvm exists but QEMU cannot use it: {why}; vm up would fall back to TCG"),
+            )
+            .hint("on a VM host, expose VT-x/SVM to this machine (nested virtualization); check the kvm module's messages in dmesg"),
+        }
     } else {
         check("kvm", Status::Fail, "no /dev/kvm: KVM is not available").hint(
             if amd {
