@@ -819,6 +819,7 @@ mod tests {
             cpu_flags: Some(BTreeSet::from(["vmx".to_string()])),
             cpu_vendor: Some(CpuVendor::Intel),
             dev_kvm: true,
+            kvm_usable: None,
             acpi_tables: true,
             dmar: true,
             ivrs: false,
@@ -847,6 +848,16 @@ mod tests {
 
     fn status(checks: &[Check], id: &str) -> Status {
         checks.iter().find(|c| c.id == id).unwrap().status
+    }
+
+    #[test]
+    fn kvm_verdict_follows_the_qemu_probe() {
+        let mut h = good_host();
+        h.kvm_usable = Some(Err("failed to set MSR 0x10a".into()));
+        let v = host_checks(&h, None);
+        assert_eq!(status(&v, "kvm"), Status::Fail);
+        h.kvm_usable = Some(Ok(()));
+        assert_eq!(status(&host_checks(&h, None), "kvm"), Status::Pass);
     }
 
     #[test]

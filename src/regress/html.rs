@@ -78,16 +78,16 @@ fn badge(o: Outcome) -> String {
 
 fn matrix(x: &mut String, r: &RunResults) {
     x.push_str(
-        "<table><tr><th>scenario</th><th>devices</th><th>plug</th><th>expect</th><th>outcome</th><th>stack</th>",
+        "<table><tr><th>scenario</th><th>devices</th><th>plug</th><th>expect</th><th>outcome</th>",
     );
     for s in Step::ALL {
         let _ = write!(x, "<th>{}</th>", s.name());
     }
-    x.push_str("<th>total</th></tr>\n");
+    x.push_str("<th>total</th><th>stack</th></tr>\n");
     for s in &r.scenarios {
         let _ = write!(
             x,
-            "<tr><td><a href=\"#s-{id}\">{name}</a>{desc}</td><td>{dev}</td><td>{plug}</td><td>{exp}</td><td>{b}</td><td class=\"muted\">{stack}</td>",
+            "<tr><td><a href=\"#s-{id}\">{name}</a>{desc}</td><td>{dev}</td><td>{plug}</td><td>{exp}</td><td>{b}</td>",
             id = esc(&s.key()),
             name = esc(&s.key()),
             desc = s
@@ -95,7 +95,6 @@ fn matrix(x: &mut String, r: &RunResults) {
                 .as_deref()
                 .map(|d| format!("<div class=\"desc\">{}</div>", esc(d)))
                 .unwrap_or_default(),
-            stack = esc(&stack_line(s)),
             dev = esc(&s.devices.join(", ")),
             plug = match s.plug {
                 super::plan::PlugMode::Hot => "hot",
@@ -133,7 +132,12 @@ fn matrix(x: &mut String, r: &RunResults) {
                 }
             }
         }
-        let _ = writeln!(x, "<td class=\"num\">{}</td></tr>", fmt_ms(s.wall_ms));
+        let _ = writeln!(
+            x,
+            "<td class=\"num\">{}</td><td class=\"muted\">{}</td></tr>",
+            fmt_ms(s.wall_ms),
+            esc(&stack_line(s))
+        );
     }
     x.push_str("</table>\n<p class=\"muted\">⟲ ran as cleanup after a failure; hover a cell for the step's note or error.</p>\n");
 }
