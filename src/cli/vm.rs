@@ -334,14 +334,12 @@ pub fn run(ctx: &Context, c: VmCommand) -> Result<Exit, Failure> {
                 // Bind with `vfioctl bind`'s own plan, safety checks and ledger.
                 let d = PciDevice::read(&ctx.root, *bdf)?;
                 if !d.vfio_dev {
-                    #[derive(clap::Parser)]
-                    struct W {
-                        #[command(flatten)]
-                        a: super::bind::BindArgs,
-                    }
-                    let w = <W as clap::Parser>::try_parse_from(["bind", &bdf.to_string()])
-                        .map_err(|e| Failure::usage(e.to_string()))?;
-                    super::bind::run_bind(ctx, w.a)?;
+                    let p = crate::bind::prepare(
+                        &ctx.root,
+                        &[vfioctl_common::Selector::Bdf { bdf: *bdf }],
+                        crate::bind::PrepareOptions::default(),
+                    )?;
+                    crate::bind::execute(&p)?;
                 }
             }
             let env = env(ctx);

@@ -534,36 +534,22 @@ impl Backend for LabBackend {
             }
             Step::Bind => {
                 let root = &self.ctx.root;
-                let bdfs: Vec<Bdf> = s.host_devices.iter().map(|d| d.bdf).collect();
-                let selected = bdfs
+                // The bind flow of `vfioctl bind` (plan, in-use check, steps, rollback).
+                let sel: Vec<vfioctl_common::Selector> = s
+                    .host_devices
                     .iter()
-                    .map(|b| PciDevice::read(root, *b).map_err(from_diag))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let known = bind::neighbourhood(root, &selected).map_err(from_diag)?;
-                let plan = bind::plan(&bdfs, &known, &|_| "vfio-pci".to_string(), false)
-                    .map_err(from_diag)?;
-                let losing: Vec<&PciDevice> = plan
-                    .to_bind()
-                    .filter(|m| m.driver.is_some())
-                    .filter_map(|m| known.get(&m.bdf))
+                    .map(|d| vfioctl_common::Selector::Bdf { bdf: d.bdf })
                     .collect();
-                let usage = bind::safety::HostUse::scan(root, &losing);
-                let refusals: Vec<_> = losing
-                    .iter()
-                    .flat_map(|d| bind::assess(d, &usage))
-                    .collect();
-                if !refusals.is_empty() {
-                    return Err(from_diag(bind::BindError::Refused(refusals)));
-                }
-                let report = bind::execute(
+                let prepared = bind::prepare(
                     root,
-                    &plan,
-                    &bind::Options {
+                    &sel,
+                    bind::PrepareOptions {
                         timeout: ctx.timeout,
-                        persist: false,
+                        ..Default::default()
                     },
                 )
                 .map_err(from_diag)?;
+                let report = bind::execute(&prepared).map_err(from_diag)?;
                 s.bound = report.devices.iter().map(|d| d.bdf).collect();
                 Ok(Some(format!(
                     "bound {} ({})",

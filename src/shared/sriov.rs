@@ -202,7 +202,7 @@ pub(crate) fn write(
     t: Duration,
 ) -> Result<(), SharedError> {
     write_timed(root, abs, value, t).map_err(|e| match e {
-        TimedError::Timeout => SharedError::Timeout {
+        TimedError::Timeout { .. } => SharedError::Timeout {
             path: abs.into(),
             value: value.into(),
             secs: t.as_secs(),
