@@ -235,3 +235,58 @@ fn vm_up_dry_run_prints_a_command_a_shell_reads_back_exactly() {
         .collect();
     assert_eq!(got, want, "printed:\n{cmd}");
 }
+
+/// Progress: plain lines on a pipe, a bar only on a terminal, nothing with -q.
+#[test]
+fn regress_progress_only_on_a_terminal_and_not_with_quiet() {
+    let d = tempfile::tempdir().unwrap();
+    let plan = d.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "name = \"p\"\n[[scenario]]\nname = \"absent\"\ndevices = [\"0000:99:00.0\"]\n[[scenario]]\nname = \"standin\"\ndevices = [\"emulated:8G\"]\nkernel = \"/nonexistent\"\ninitrd = \"/nonexistent\"\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        vfioctl()
+            .arg("--root")
+            .arg(fixture("gpu-server"))
+            .args(extra)
+            .arg("regress")
+            .arg(&plan)
+            .arg("--out")
+            .arg(d.path().join("out"))
+            .output()
+            .unwrap()
+    };
+    let piped = run(&[]);
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert!(err.contains("[regress] standin: FAILED"), "{err}");
+    assert!(
+        !err.contains('\u{1b}') && !err.contains('\r'),
+        "no bar on a pipe: {err:?}"
+    );
+    let quiet = run(&["-q"]);
+    assert!(
+        quiet.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+    assert_eq!(quiet.status.code(), piped.status.code());
+    // At a terminal (script(1) gives it one): the bar is drawn.
+    if Command::new("script").arg("--version").output().is_ok() {
+        let cmd = format!(
+            "{} --root {} regress {} --out {} >/dev/null",
+            env!("CARGO_BIN_EXE_vfioctl"),
+            fixture("gpu-server").display(),
+            plan.display(),
+            d.path().join("out2").display()
+        );
+        let t = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output()
+            .unwrap();
+        let tty = String::from_utf8_lossy(&t.stdout);
+        assert!(tty.contains("[regress] standin: FAILED"), "{tty}");
+        assert!(tty.contains("/2"), "a bar over 2 scenarios: {tty:?}");
+    }
+}

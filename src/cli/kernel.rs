@@ -1,5 +1,4 @@
 //! `vfioctl kernel ...`.
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::kernel::{self, BuildOptions, NvidiaMode, Progress};
@@ -193,21 +192,29 @@ fn run_build(ctx: &Context, a: BuildArgs) -> Result<Exit, Failure> {
         ccache: !a.no_ccache,
         clean: a.clean,
     };
-    let mut progress = |p: Progress| {
-        let mut e = std::io::stderr();
-        let _ = match p {
-            Progress::Start { phase, what } => writeln!(e, "[{phase}] {what} ..."),
-            Progress::Done {
-                phase,
-                seconds,
-                skipped,
-                note,
-            } => writeln!(
-                e,
-                "[{phase}] {} in {seconds:.1} s: {note}",
-                if skipped { "cached" } else { "done" }
+    // A spinner with the running phase at a terminal; one line per finished phase
+    // (not with -q).
+    let bar = crate::output::Progress::spinner(ctx, "kernel build");
+    let mut progress = |p: Progress| match p {
+        Progress::Start { phase, what } => {
+            bar.set_message(format!("[{phase}] {what}"));
+            if !bar.is_visible() {
+                crate::output::note(ctx, format!("[{phase}] {what} ..."));
+            }
+        }
+        Progress::Done {
+            phase,
+            seconds,
+            skipped,
+            note,
+        } => bar.println(
+            ctx,
+            format!(
+                "[{phase}] {} in {}: {note}",
+                if skipped { "cached" } else { "done" },
+                crate::output::human_duration(std::time::Duration::from_secs_f64(seconds.max(0.0)))
             ),
-        };
+        ),
     };
     let r = kernel::build(&opts, &mut progress)?;
     emit(ctx, &r, |out| {

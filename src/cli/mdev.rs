@@ -29,6 +29,8 @@ pub struct TypesArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct CreateArgs {
+    /// The parent device (a PCI address such as `0000:41:00.0`, as /sys/class/mdev_bus
+    /// lists it).
     pub parent: String,
     /// The type id (`nvidia-222`, `mtty-2`), from `vfioctl mdev types`.
     #[arg(value_name = "TYPE")]
@@ -39,16 +41,19 @@ pub struct CreateArgs {
     /// Print the write and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Seconds for the write and for the device to appear.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct RemoveArgs {
+    /// The mediated device's UUID.
     pub uuid: String,
     /// Remove a mediated device vfioctl did not create.
     #[arg(long)]
     pub force: bool,
+    /// Seconds for the write and for the device to disappear.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
 }

@@ -184,26 +184,46 @@ fn print_summary(ctx: &Context, r: &RunResults, out: &Path) -> Result<(), Failur
     .map_err(|e| Failure::new(Exit::Infrastructure, format!("writing output: {e}")))
 }
 
-fn progress(e: Event) {
+/// Scenario progress: a bar over the scenarios at a terminal (the running step as its
+/// message), one line per step and per finished scenario otherwise; nothing with -q.
+fn progress(ctx: &Context, bar: &crate::output::Progress, e: Event) {
     match e {
-        Event::Started { scenario } => eprintln!("[regress] {scenario}: start"),
-        Event::Step { scenario, result } => eprintln!(
-            "[regress] {scenario}: {}{} {} ({})",
-            result.step,
-            if result.cleanup { " (cleanup)" } else { "" },
-            match result.status {
-                StepStatus::Ok => "ok",
-                StepStatus::Failed => "FAILED",
-            },
-            fmt_ms(result.ms)
-        ),
-        Event::Finished { result } => eprintln!(
-            "[regress] {}: {} in {}: {}",
-            result.name,
-            result.outcome.label(),
-            fmt_ms(result.wall_ms),
-            result.summary
-        ),
+        Event::Started { scenario } => {
+            bar.set_message(format!("{scenario}: start"));
+            if !bar.is_visible() {
+                crate::output::note(ctx, format!("[regress] {scenario}: start"));
+            }
+        }
+        Event::Step { scenario, result } => {
+            let line = format!(
+                "[regress] {scenario}: {}{} {} ({})",
+                result.step,
+                if result.cleanup { " (cleanup)" } else { "" },
+                match result.status {
+                    StepStatus::Ok => "ok",
+                    StepStatus::Failed => "FAILED",
+                },
+                fmt_ms(result.ms)
+            );
+            if bar.is_visible() {
+                bar.set_message(format!("{scenario}: {} done", result.step));
+            } else {
+                crate::output::note(ctx, line);
+            }
+        }
+        Event::Finished { result } => {
+            bar.println(
+                ctx,
+                format!(
+                    "[regress] {}: {} in {}: {}",
+                    result.name,
+                    result.outcome.label(),
+                    fmt_ms(result.wall_ms),
+                    result.summary
+                ),
+            );
+            bar.inc(1);
+        }
     }
 }
 
@@ -283,10 +303,13 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
     backend.agent = a.agent.clone();
     let t = std::time::Instant::now();
     match backend.prepare_guest(&plan, &out) {
-        Some(Ok(p)) => eprintln!(
-            "[regress] lab initramfs {} ready in {}",
-            p.display(),
-            fmt_ms(t.elapsed().as_millis() as u64)
+        Some(Ok(p)) => crate::output::note(
+            ctx,
+            format!(
+                "[regress] lab initramfs {} ready in {}",
+                p.display(),
+                fmt_ms(t.elapsed().as_millis() as u64)
+            ),
         ),
         Some(Err(e)) => crate::output::warn(
             ctx,
@@ -301,7 +324,9 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
         ),
         None => {}
     }
-    let mut r = run_plan(&plan, &backend, &opts, &progress);
+    let bar = crate::output::Progress::bar(ctx, plan.scenarios.len() as u64, "scenarios");
+    let mut r = run_plan(&plan, &backend, &opts, &|e| progress(ctx, &bar, e));
+    bar.finish();
     r.run_id = run_id;
     if let Some(node) = &a.node {
         for s in &mut r.scenarios {

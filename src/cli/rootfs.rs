@@ -98,7 +98,10 @@ fn build(ctx: &Context, a: BuildArgs) -> Result<Exit, Failure> {
         compression,
         no_modules: a.no_modules,
     };
-    let report = rootfs::build(&opts)?;
+    let spinner = crate::output::Progress::spinner(ctx, "building the guest image");
+    let report = rootfs::build(&opts);
+    spinner.finish();
+    let report = report?;
     emit(ctx, &report, |out| {
         writeln!(
             out,

@@ -48,10 +48,12 @@ pub struct CreateArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RemoveArgs {
+    /// The physical function whose VFs go (`0000:41:00.0`).
     pub pf: Bdf,
     /// Remove VFs that vfioctl did not create.
     #[arg(long)]
     pub force: bool,
+    /// Seconds for the write and for the VFs to disappear.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
 }

@@ -445,9 +445,29 @@ fn up(ctx: &Context, a: UpArgs) -> Result<Exit, Failure> {
         )?;
         return Ok(Exit::Ok);
     }
-    let rec = runtime()?.block_on(lifecycle::up(&env, &profile))?;
+    // The accelerator first (one probe, cached per QEMU binary and kernel boot, which
+    // `up` then reads back): a TCG warning belongs before the wait, not after it.
+    let probe = accel::probe(
+        &ctx.root,
+        &profile.qemu,
+        profile.kernel.as_deref(),
+        profile.accel,
+    )?;
+    if let (Some(w), false) = (&probe.warning, ctx.json) {
+        crate::output::warn(ctx, w);
+    }
+    let spinner = crate::output::Progress::spinner(
+        ctx,
+        format!(
+            "vm {}: QEMU ({}), firmware, kernel, waiting for the guest ({} s at most)",
+            profile.name, probe.accel, profile.boot_timeout
+        ),
+    );
+    let rec = runtime()?.block_on(lifecycle::up(&env, &profile));
+    spinner.finish();
+    let rec = rec?;
     for w in &rec.warnings {
-        if !ctx.json {
+        if !ctx.json && probe.warning.as_deref() != Some(w.as_str()) {
             crate::output::warn(ctx, w);
         }
     }

@@ -36,6 +36,10 @@ pub struct HostFacts {
     pub cpu_flags: Option<BTreeSet<String>>,
     pub cpu_vendor: Option<CpuVendor>,
     pub dev_kvm: bool,
+    /// Whether QEMU can really run a KVM vCPU here: the probe `vm up` uses, cached per
+    /// QEMU binary and kernel boot (`crate::vm::accel::kvm_verdict`); `None` when not
+    /// known (no QEMU, or a fixture root without a cached verdict).
+    pub kvm_usable: Option<Result<(), String>>,
     /// `/sys/firmware/acpi/tables` exists at all.
     pub acpi_tables: bool,
     pub dmar: bool,
@@ -194,6 +198,13 @@ impl HostFacts {
             f.cpu_flags = Some(flags);
         }
         f.dev_kvm = root.exists("/dev/kvm");
+        if f.dev_kvm {
+            f.kvm_usable = crate::vm::accel::kvm_verdict(
+                root,
+                std::path::Path::new("qemu-system-x86_64"),
+                None,
+            );
+        }
         f.acpi_tables = root.is_dir("/sys/firmware/acpi/tables");
         f.dmar = root.exists("/sys/firmware/acpi/tables/DMAR");
         f.ivrs = root.exists("/sys/firmware/acpi/tables/IVRS");
@@ -267,7 +278,11 @@ impl HostFacts {
             ),
             None => info!("/proc/cpuinfo: unreadable"),
         }
-        info!("/dev/kvm: {}", present(self.dev_kvm));
+        info!(
+            "/dev/kvm: {}; QEMU KVM probe: {:?}",
+            present(self.dev_kvm),
+            self.kvm_usable
+        );
         info!(
             "/sys/firmware/acpi/tables: {}; DMAR {}, IVRS {}, DMAR interrupt remapping flag {:?}",
             present(self.acpi_tables),

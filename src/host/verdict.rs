@@ -98,7 +98,20 @@ pub fn host_checks(h: &HostFacts, vm_memory: Option<u64>) -> Vec<Check> {
     });
 
     v.push(if h.dev_kvm {
-        check("kvm", Status::Pass, "/dev/kvm exists")
+        match &h.kvm_usable {
+            None => check("kvm", Status::Pass, "/dev/kvm exists"),
+            Some(Ok(())) => check(
+                "kvm",
+                Status::Pass,
+                "/dev/kvm exists and QEMU runs a KVM vCPU (the probe vm up uses)",
+            ),
+            Some(Err(why)) => check(
+                "kvm",
+                Status::Fail,
+                format!("/dev/kvm exists but QEMU cannot use it: {why}; vm up would fall back to TCG"),
+            )
+            .hint("on a VM host, expose VT-x/SVM to this machine (nested virtualization); check the kvm module's messages in dmesg"),
+        }
     } else {
         check("kvm", Status::Fail, "no /dev/kvm: KVM is not available").hint(
             if amd {
@@ -806,6 +819,7 @@ mod tests {
             cpu_flags: Some(BTreeSet::from(["vmx".to_string()])),
             cpu_vendor: Some(CpuVendor::Intel),
             dev_kvm: true,
+            kvm_usable: None,
             acpi_tables: true,
             dmar: true,
             ivrs: false,
@@ -834,6 +848,16 @@ mod tests {
 
     fn status(checks: &[Check], id: &str) -> Status {
         checks.iter().find(|c| c.id == id).unwrap().status
+    }
+
+    #[test]
+    fn kvm_verdict_follows_the_qemu_probe() {
+        let mut h = good_host();
+        h.kvm_usable = Some(Err("failed to set MSR 0x10a".into()));
+        let v = host_checks(&h, None);
+        assert_eq!(status(&v, "kvm"), Status::Fail);
+        h.kvm_usable = Some(Ok(()));
+        assert_eq!(status(&host_checks(&h, None), "kvm"), Status::Pass);
     }
 
     #[test]

@@ -58,7 +58,15 @@ pub trait Backend: Sync {
     /// After the last step: what is still there that should not be (a QEMU process, a
     /// device still on vfio-pci). Empty when clean.
     fn leftovers(&self, session: &mut Self::Session) -> Vec<String>;
+
+    /// The stack the scenario ran on (accelerator, QEMU, guest kernel...), for reports.
+    fn stack(&self, _session: &Self::Session) -> std::collections::BTreeMap<String, String> {
+        std::collections::BTreeMap::new()
+    }
 }
+
+/// The logs a backend keeps in a scenario's directory, by file name.
+pub const SCENARIO_LOGS: &[&str] = &["serial.log", "qemu.stderr", "nested.log"];
 
 /// Progress as it happens, for the command line.
 #[derive(Clone, Debug)]
@@ -143,6 +151,7 @@ pub fn run_scenario<B: Backend>(
         state = m.finish(ok);
     }
     let (mut outcome, failed_step, mut summary) = judge(&sc.expect, &steps);
+    let stack = backend.stack(&session);
     let left = backend.leftovers(&mut session);
     if !left.is_empty() {
         outcome = Outcome::Error;
@@ -159,6 +168,13 @@ pub fn run_scenario<B: Backend>(
         failed_step,
         start_ms,
         wall_ms: started.elapsed().as_millis() as u64,
+        description: sc.description.clone(),
+        stack,
+        logs: SCENARIO_LOGS
+            .iter()
+            .filter(|f| dir.join(f).is_file())
+            .map(|f| format!("scenarios/{}/{f}", sc.name))
+            .collect(),
         steps,
     }
 }

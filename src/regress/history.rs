@@ -237,6 +237,9 @@ mod tests {
             failed_step: None,
             start_ms: 0,
             wall_ms: boot_ms,
+            description: None,
+            stack: Default::default(),
+            logs: Vec::new(),
             steps: vec![StepResult {
                 step: Step::VmUp,
                 status: StepStatus::Ok,

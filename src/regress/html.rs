@@ -40,6 +40,8 @@ pre{background:#14171c;color:#e6e6e6;padding:10px;overflow:auto;max-height:360px
 .charts{display:flex;flex-wrap:wrap;gap:14px}
 .chart{background:#fff;box-shadow:0 1px 2px #0002;padding:8px}
 .muted{color:#6b7380}
+.desc{color:#4a5260;font-size:12px;white-space:normal;max-width:420px}
+.chart-title{font-weight:600;margin:0 0 4px}
 "#;
 
 /// Colours of the trend series and the timeline segments, per step.
@@ -81,13 +83,18 @@ fn matrix(x: &mut String, r: &RunResults) {
     for s in Step::ALL {
         let _ = write!(x, "<th>{}</th>", s.name());
     }
-    x.push_str("<th>total</th></tr>\n");
+    x.push_str("<th>total</th><th>stack</th></tr>\n");
     for s in &r.scenarios {
         let _ = write!(
             x,
-            "<tr><td><a href=\"#s-{id}\">{name}</a></td><td>{dev}</td><td>{plug}</td><td>{exp}</td><td>{b}</td>",
+            "<tr><td><a href=\"#s-{id}\">{name}</a>{desc}</td><td>{dev}</td><td>{plug}</td><td>{exp}</td><td>{b}</td>",
             id = esc(&s.key()),
             name = esc(&s.key()),
+            desc = s
+                .description
+                .as_deref()
+                .map(|d| format!("<div class=\"desc\">{}</div>", esc(d)))
+                .unwrap_or_default(),
             dev = esc(&s.devices.join(", ")),
             plug = match s.plug {
                 super::plan::PlugMode::Hot => "hot",
@@ -125,7 +132,12 @@ fn matrix(x: &mut String, r: &RunResults) {
                 }
             }
         }
-        let _ = writeln!(x, "<td class=\"num\">{}</td></tr>", fmt_ms(s.wall_ms));
+        let _ = writeln!(
+            x,
+            "<td class=\"num\">{}</td><td class=\"muted\">{}</td></tr>",
+            fmt_ms(s.wall_ms),
+            esc(&stack_line(s))
+        );
     }
     x.push_str("</table>\n<p class=\"muted\">⟲ ran as cleanup after a failure; hover a cell for the step's note or error.</p>\n");
 }
@@ -193,7 +205,24 @@ fn timeline(x: &mut String, r: &RunResults) {
     x.push_str("</p>\n");
 }
 
-fn failure_details(x: &mut String, s: &ScenarioResult) {
+/// `tcg · QEMU 7.2.19 · kernel 6.1.0-57-amd64 · seabios` (what is known).
+fn stack_line(s: &ScenarioResult) -> String {
+    let get = |k: &str| s.stack.get(k).map(String::as_str);
+    [
+        get("accelerator").map(str::to_string),
+        get("qemu").map(|q| format!("QEMU {q}")),
+        get("guest-kernel").map(|k| format!("kernel {k}")),
+        get("firmware").map(str::to_string),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(" · ")
+}
+
+/// One scenario: what it is, what it ran on, its logs, and (when a step failed) the
+/// failing steps with their evidence, each distinct log text once.
+fn scenario_details(x: &mut String, s: &ScenarioResult) {
     let open = if s.outcome.as_expected() { "" } else { " open" };
     let _ = writeln!(
         x,
@@ -202,7 +231,26 @@ fn failure_details(x: &mut String, s: &ScenarioResult) {
         esc(&s.key()),
         badge(s.outcome)
     );
+    if let Some(d) = &s.description {
+        let _ = writeln!(x, "<p class=\"desc\">{}</p>", esc(d));
+    }
     let _ = writeln!(x, "<p>{}</p>", esc(&s.summary));
+    if !s.stack.is_empty() {
+        x.push_str("<p class=\"muted\">stack: ");
+        for (k, v) in &s.stack {
+            let _ = write!(x, "{}: <b>{}</b> &nbsp; ", esc(k), esc(v));
+        }
+        x.push_str("</p>\n");
+    }
+    if !s.logs.is_empty() {
+        x.push_str("<p>logs: ");
+        for l in &s.logs {
+            let name = l.rsplit('/').next().unwrap_or(l);
+            let _ = write!(x, "<a href=\"{}\">{}</a> &nbsp; ", esc(l), esc(name));
+        }
+        x.push_str("</p>\n");
+    }
+    let mut shown: Vec<&str> = Vec::new();
     for st in s.steps.iter().filter(|st| st.status == StepStatus::Failed) {
         let Some(f) = &st.failure else { continue };
         let _ = writeln!(
@@ -224,6 +272,17 @@ fn failure_details(x: &mut String, s: &ScenarioResult) {
                 "qmp" => "QMP error",
                 other => other,
             };
+            // The same kernel log reaches a failure through the serial console, dmesg
+            // and a cleanup step's failure: show it once.
+            if shown.contains(&l.text.trim()) {
+                let _ = writeln!(
+                    x,
+                    "<p class=\"muted\">{} (same text as above)</p>",
+                    esc(title)
+                );
+                continue;
+            }
+            shown.push(l.text.trim());
             let _ = writeln!(
                 x,
                 "<p class=\"muted\">{}</p><pre>{}</pre>",
@@ -235,51 +294,82 @@ fn failure_details(x: &mut String, s: &ScenarioResult) {
     x.push_str("</details>\n");
 }
 
-/// One scenario's trend chart: boot, plug and validate times over `runs` (oldest first).
+/// Ticks for an axis from 0 to `max` ms: in ms below 2 s, else in seconds.
+fn axis_label(ms: u64, max: u64) -> String {
+    if max < 2000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}
+
+/// One scenario's trend charts over `runs` (oldest first): one small chart per step
+/// (boot, plug, validate), each with its own axis and unit, so a 300 ms plug is not drawn
+/// flat under a 40 s boot.
 fn trend_chart(x: &mut String, runs: &[&RunResults], key: &str) {
-    let (w, h, pad_l, pad_b, pad_t) = (440.0, 200.0, 52.0, 26.0, 38.0);
     let data: Vec<(Step, Vec<Option<u64>>)> = TREND_STEPS
         .iter()
         .map(|s| (*s, series(runs, key, *s)))
         .filter(|(_, v)| v.iter().any(Option::is_some))
         .collect();
-    let max = data
-        .iter()
-        .flat_map(|(_, v)| v.iter().flatten())
-        .copied()
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64;
-    let n = runs.len().max(2) as f64;
-    let px = |i: usize| pad_l + (w - pad_l - 12.0) * i as f64 / (n - 1.0);
-    let py = |v: u64| pad_t + (h - pad_t - pad_b) * (1.0 - v as f64 / max);
     let _ = writeln!(
         x,
-        "<div class=\"chart\"><svg width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{k} step times\">",
+        "<div class=\"chart\" aria-label=\"{k} step times\"><div class=\"chart-title\">{k}</div>",
         k = esc(key)
     );
+    for (step, v) in &data {
+        step_chart(x, runs, key, *step, v);
+    }
     let _ = writeln!(
         x,
-        "<text x=\"{pad_l}\" y=\"14\" font-size=\"13\" font-weight=\"600\">{}</text>",
-        esc(key)
+        "<div class=\"muted\">{} runs, latest right</div></div>",
+        runs.len()
     );
-    // Axes and the max label.
+}
+
+fn step_chart(x: &mut String, runs: &[&RunResults], key: &str, step: Step, v: &[Option<u64>]) {
+    let (w, h, pad_l, pad_b, pad_t) = (300.0, 120.0, 56.0, 18.0, 18.0);
+    let max_ms = v.iter().flatten().copied().max().unwrap_or(0).max(1);
+    // Round the axis up to a readable value.
+    let nice = [1u64, 2, 5]
+        .iter()
+        .flat_map(|m| (0..8).map(move |e| m * 10u64.pow(e)))
+        .filter(|c| *c >= max_ms)
+        .min()
+        .unwrap_or(max_ms);
+    let max = nice as f64;
+    let n = runs.len().max(2) as f64;
+    let px = |i: usize| pad_l + (w - pad_l - 10.0) * i as f64 / (n - 1.0);
+    let py = |ms: u64| pad_t + (h - pad_t - pad_b) * (1.0 - ms as f64 / max);
+    let c = step_colour(step);
+    let _ = writeln!(
+        x,
+        "<svg width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{} {}\">",
+        esc(key),
+        step.name()
+    );
+    let _ = writeln!(
+        x,
+        "<text x=\"{pad_l}\" y=\"12\" font-size=\"11\" fill=\"{c}\" font-weight=\"600\">{}</text>",
+        step.name()
+    );
+    let b = h - pad_b;
     let _ = writeln!(
         x,
         "<line x1=\"{pad_l}\" y1=\"{pad_t}\" x2=\"{pad_l}\" y2=\"{b}\" stroke=\"#c5cad1\"/><line x1=\"{pad_l}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#c5cad1\"/>",
-        b = h - pad_b,
-        r = w - 12.0
+        r = w - 10.0
     );
-    let _ = writeln!(
-        x,
-        "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\" fill=\"#6b7380\">{}</text><text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\" fill=\"#6b7380\">0</text>",
-        pad_l - 4.0,
-        pad_t + 4.0,
-        fmt_ms(max as u64),
-        pad_l - 4.0,
-        h - pad_b
-    );
-    // Runs where the scenario was not as expected: a red tick under the axis.
+    for tick in [0, nice / 2, nice] {
+        let _ = writeln!(
+            x,
+            "<text x=\"{}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\" fill=\"#6b7380\">{}</text><line x1=\"{pad_l}\" y1=\"{y:.1}\" x2=\"{r}\" y2=\"{y:.1}\" stroke=\"#eef0f3\"/>",
+            pad_l - 4.0,
+            py(tick) + 3.0,
+            axis_label(tick, nice),
+            y = py(tick),
+            r = w - 10.0
+        );
+    }
     for (i, r) in runs.iter().enumerate() {
         if let Some(s) = r.scenario(key) {
             if !s.outcome.as_expected() {
@@ -287,65 +377,43 @@ fn trend_chart(x: &mut String, runs: &[&RunResults], key: &str) {
                     x,
                     "<rect x=\"{:.1}\" y=\"{}\" width=\"6\" height=\"6\" fill=\"#b3261e\"><title>{}: {}</title></rect>",
                     px(i) - 3.0,
-                    h - pad_b + 4.0,
+                    b + 4.0,
                     esc(&r.run_id),
                     esc(&s.summary)
                 );
             }
         }
     }
-    for (step, v) in &data {
-        let c = step_colour(*step);
-        // Break the line where a value is missing.
-        let mut seg: Vec<String> = Vec::new();
-        let flush = |x: &mut String, seg: &mut Vec<String>| {
-            if seg.len() > 1 {
+    let mut seg: Vec<String> = Vec::new();
+    let flush = |x: &mut String, seg: &mut Vec<String>| {
+        if seg.len() > 1 {
+            let _ = writeln!(
+                x,
+                "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>",
+                seg.join(" ")
+            );
+        }
+        seg.clear();
+    };
+    for (i, val) in v.iter().enumerate() {
+        match val {
+            Some(ms) => {
+                seg.push(format!("{:.1},{:.1}", px(i), py(*ms)));
                 let _ = writeln!(
                     x,
-                    "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>",
-                    seg.join(" ")
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"><title>{} {}: {}</title></circle>",
+                    px(i),
+                    py(*ms),
+                    esc(&runs[i].run_id),
+                    step.name(),
+                    fmt_ms(*ms)
                 );
             }
-            seg.clear();
-        };
-        for (i, val) in v.iter().enumerate() {
-            match val {
-                Some(ms) => {
-                    seg.push(format!("{:.1},{:.1}", px(i), py(*ms)));
-                    let _ = writeln!(
-                        x,
-                        "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"><title>{} {}: {}</title></circle>",
-                        px(i),
-                        py(*ms),
-                        esc(&runs[i].run_id),
-                        step.name(),
-                        fmt_ms(*ms)
-                    );
-                }
-                None => flush(x, &mut seg),
-            }
+            None => flush(x, &mut seg),
         }
-        flush(x, &mut seg);
     }
-    let mut lx = pad_l;
-    for (step, _) in &data {
-        let _ = writeln!(
-            x,
-            "<rect x=\"{lx}\" y=\"20\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"29\" font-size=\"11\">{}</text>",
-            step_colour(*step),
-            lx + 13.0,
-            step.name()
-        );
-        lx += 78.0;
-    }
-    let _ = writeln!(
-        x,
-        "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\" fill=\"#6b7380\">{} runs, latest right</text>",
-        w - 12.0,
-        h - 2.0,
-        runs.len()
-    );
-    x.push_str("</svg></div>\n");
+    flush(x, &mut seg);
+    x.push_str("</svg>\n");
 }
 
 /// Render the report for `current`, with `past` runs (oldest first) for the trends.
@@ -392,23 +460,18 @@ pub fn render(current: &RunResults, past: &[RunResults], chart_runs: usize) -> S
     matrix(&mut x, current);
     x.push_str("<h2>Timeline</h2>\n");
     timeline(&mut x, current);
-    let failing: Vec<_> = current
-        .scenarios
-        .iter()
-        .filter(|s| s.outcome != Outcome::Passed)
-        .collect();
-    if !failing.is_empty() {
-        x.push_str("<h2>Failures, errors and skips</h2>\n");
-        for s in failing {
-            failure_details(&mut x, s);
-        }
+    // Every scenario, so every link of the matrix lands somewhere; those not as
+    // expected are open.
+    x.push_str("<h2>Scenarios</h2>\n");
+    for s in &current.scenarios {
+        scenario_details(&mut x, s);
     }
     let start = past.len().saturating_sub(chart_runs.saturating_sub(1));
     let mut runs: Vec<&RunResults> = past[start..].iter().collect();
     runs.push(current);
     let _ = writeln!(
         x,
-        "<h2>Trends</h2><p class=\"muted\">Boot (vm-up), plug and validate times of the last {} runs; a red mark under the axis is a run where the scenario was not as expected.</p><div class=\"charts\">",
+        "<h2>Trends</h2><p class=\"muted\">Boot (vm-up), plug and validate times of the last {} runs, one axis per step; a red mark under the axis is a run where the scenario was not as expected.</p><div class=\"charts\">",
         runs.len()
     );
     for s in &current.scenarios {
@@ -452,7 +515,58 @@ mod tests {
             1
         );
         assert!(h.contains("6 runs, latest right"));
+        // One small chart per step, each with its own axis: the 310 ms plug is drawn on
+        // a millisecond axis, not flat under the boot's seconds.
         assert_eq!(h.matches("<polyline").count(), 2 * 2 + 1, "{h}");
+        assert!(h.contains(">500 ms</text>"), "plug axis in ms: {h}");
+        assert!(h.contains(">10.0 s</text>"), "boot axis in s: {h}");
+    }
+
+    #[test]
+    fn every_scenario_has_its_story_stack_and_logs_once() {
+        let mut cur = lab_run("20261122T020000Z", 4000);
+        let s = &mut cur.scenarios[0];
+        s.description = Some("8 GiB BAR hot-plugged <into> a sized port".into());
+        s.stack.insert("accelerator".into(), "tcg".into());
+        s.stack.insert("qemu".into(), "7.2.19".into());
+        s.stack
+            .insert("guest-kernel".into(), "6.1.0-57-amd64".into());
+        s.logs = vec![
+            "scenarios/standin-8g-hot/serial.log".into(),
+            "scenarios/standin-8g-hot/qemu.stderr".into(),
+        ];
+        // The negative control's kernel log, also reached by its cleanup step.
+        let neg = &mut cur.scenarios[1];
+        let mut again = neg
+            .steps
+            .iter()
+            .find(|s| s.failure.is_some())
+            .unwrap()
+            .clone();
+        again.cleanup = true;
+        neg.steps.push(again);
+        let h = render(&cur, &[], 20);
+        assert!(h.contains("8 GiB BAR hot-plugged &lt;into&gt; a sized port"));
+        assert!(h.contains("tcg · QEMU 7.2.19 · kernel 6.1.0-57-amd64"));
+        assert!(!h.contains("Some("), "no Rust debug text");
+        // The matrix links land on a details block, passed scenarios included.
+        for s in &cur.scenarios {
+            assert!(h.contains(&format!("href=\"#s-{}\"", s.key())));
+            assert!(h.contains(&format!("id=\"s-{}\"", s.key())));
+        }
+        assert!(h.contains("<a href=\"scenarios/standin-8g-hot/serial.log\">serial.log</a>"));
+        assert!(h.contains("<a href=\"scenarios/standin-8g-hot/qemu.stderr\">qemu.stderr</a>"));
+        assert_eq!(
+            h.matches("BAR 2: failed to assign").count(),
+            1,
+            "the kernel log once"
+        );
+        assert!(h.contains("(same text as above)"));
+        // VFIOCTL_REPORT_SAMPLE=FILE keeps a sample (with trends) to look at in a browser.
+        if let Some(p) = std::env::var_os("VFIOCTL_REPORT_SAMPLE") {
+            let past = crate::regress::testdata::lab_history();
+            std::fs::write(p, render(&cur, &past, 20)).unwrap();
+        }
     }
 
     #[test]

@@ -264,6 +264,8 @@ pub struct LabSession {
     rec: Option<VmRecord>,
     qmp: Option<Qmp>,
     devices: Vec<VmDevice>,
+    /// What the guest agent said at boot (kernel, agent version), for the report.
+    hello: Option<vfioctl_common::proto::HelloReply>,
 }
 
 fn fail(exit: Exit, msg: impl Into<String>) -> StepFailure {
@@ -478,6 +480,7 @@ impl Backend for LabBackend {
             rec: None,
             qmp: None,
             devices: Vec::new(),
+            hello: None,
         }
     }
 
@@ -619,6 +622,7 @@ impl Backend for LabBackend {
                 let hello = client
                     .hello()
                     .map_err(|e| vm_logs(from_diag(e), s.rec.as_ref()))?;
+                s.hello = Some(hello.clone());
                 let rec = s.rec.as_ref().map(|r| (r.accel, r.boot_seconds));
                 for d in &mut s.devices {
                     if let Some(p) = s
@@ -810,6 +814,29 @@ impl Backend for LabBackend {
                 Ok(Some(r.steps.join("; ")))
             }
         }
+    }
+
+    fn stack(&self, s: &LabSession) -> std::collections::BTreeMap<String, String> {
+        let mut m = std::collections::BTreeMap::new();
+        if let Some(r) = &s.rec {
+            m.insert("accelerator".into(), r.accel.to_string());
+            if let Some(q) = &r.qemu_version {
+                m.insert("qemu".into(), q.clone());
+            }
+            m.insert(
+                "firmware".into(),
+                format!("{:?}", r.firmware).to_lowercase(),
+            );
+            if let Some(g) = &r.guest {
+                m.insert("guest-kernel".into(), g.kernel.clone());
+                m.insert("agent".into(), g.agent_version.clone());
+            }
+        }
+        if let Some(h) = &s.hello {
+            m.insert("guest-kernel".into(), h.kernel.clone());
+            m.insert("agent".into(), h.agent_version.clone());
+        }
+        m
     }
 
     fn leftovers(&self, s: &mut LabSession) -> Vec<String> {

@@ -159,6 +159,16 @@ pub struct ScenarioResult {
     /// Offset of the scenario's start from the run's start.
     pub start_ms: u64,
     pub wall_ms: u64,
+    /// The plan's description of the scenario.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The stack it ran on: `accelerator`, `qemu`, `guest-kernel`, `firmware`, `agent`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub stack: std::collections::BTreeMap<String, String>,
+    /// Logs kept in the scenario's directory, relative to the run's output directory
+    /// (`scenarios/<name>/serial.log`, `scenarios/<name>/qemu.stderr`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<String>,
     pub steps: Vec<StepResult>,
 }
 
@@ -217,6 +227,9 @@ impl ScenarioResult {
             failed_step: None,
             start_ms: 0,
             wall_ms: 0,
+            description: sc.description.clone(),
+            stack: Default::default(),
+            logs: Vec::new(),
             steps: Vec::new(),
         }
     }
@@ -570,6 +583,9 @@ mod tests {
             failed_step: None,
             start_ms: 0,
             wall_ms: 0,
+            description: None,
+            stack: Default::default(),
+            logs: Vec::new(),
             steps: vec![],
         };
         r.scenarios.push(sc.clone());

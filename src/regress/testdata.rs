@@ -30,6 +30,9 @@ pub fn lab_run(id: &str, boot_ms: u64) -> RunResults {
         failed_step: None,
         start_ms: 0,
         wall_ms: boot_ms + 1900,
+        description: None,
+        stack: Default::default(),
+        logs: Vec::new(),
         steps: vec![
             step(Step::Check, 40),
             step(Step::VmUp, boot_ms),
@@ -78,6 +81,9 @@ pub fn lab_run(id: &str, boot_ms: u64) -> RunResults {
         failed_step: Some(Step::Validate),
         start_ms: 0,
         wall_ms: boot_ms + 1700,
+        description: None,
+        stack: Default::default(),
+        logs: Vec::new(),
         steps: vec![
             step(Step::Check, 35),
             step(Step::VmUp, boot_ms + 100),

@@ -11,7 +11,7 @@
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use vfioctl_common::SysRoot;
@@ -169,21 +169,10 @@ pub fn probe(
     if choice == AccelChoice::Tcg {
         return Ok(tcg(None));
     }
-    let dev = root.path("/dev/kvm");
-    let verdict = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&dev)
-    {
-        Err(e) => Err(format!("/dev/kvm: {e}")),
-        Ok(_) => match kernel.map(Path::to_path_buf).or_else(|| probe_kernel(root)) {
-            Some(k) => run_probe(qemu, &k, Duration::from_secs(10)),
-            None => Err(
-                "no guest kernel to prove KVM with (pass one, or run scripts/setup for the lab's)"
-                    .into(),
-            ),
-        },
-    };
+    // One probe per QEMU binary and host kernel boot, shared with `vfioctl check`.
+    let verdict = kvm_verdict(root, qemu, kernel).unwrap_or_else(|| {
+        Err("nothing known about KVM here (no /dev/kvm to open, no QEMU)".into())
+    });
     match (verdict, choice) {
         (Ok(()), _) => Ok(AccelProbe {
             accel: Accel::Kvm,
@@ -195,6 +184,110 @@ pub fn probe(
             "KVM is not usable ({why}); using TCG software emulation: boots are ~10x slower and VFIO devices cannot be passed through"
         )))),
     }
+}
+
+/// Where KVM probe verdicts are cached, under the root: one file per QEMU binary and
+/// host kernel boot (`check` and `vm up` share it).
+pub const PROBE_CACHE_DIR: &str = "/var/cache/vfioctl/kvm-probe";
+
+/// The cache key of a probe: the QEMU binary (resolved path, size, mtime) and the host
+/// kernel (release and boot id: a reboot after a firmware change probes again).
+pub fn probe_key(root: &SysRoot, qemu: &Path) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::MetadataExt;
+    let exe = resolve_in_path(qemu)?;
+    let m = std::fs::metadata(&exe).ok()?;
+    let kernel = root.read_attr("/proc/sys/kernel/osrelease").ok()?;
+    let boot = root
+        .read_attr("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default();
+    // v2: the verdict comes from a guest kernel that ran (v1 verdicts were fooled).
+    let h = Sha256::digest(format!(
+        "vfioctl-kvm-probe v2\0{}\0{}\0{}\0{}\0{kernel}\0{boot}",
+        exe.display(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec()
+    ));
+    Some(h.iter().take(12).map(|b| format!("{b:02x}")).collect())
+}
+
+fn resolve_in_path(qemu: &Path) -> Option<std::path::PathBuf> {
+    if qemu.components().count() > 1 {
+        return std::fs::canonicalize(qemu).ok();
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(qemu))
+        .find(|p| p.is_file())
+        .and_then(|p| std::fs::canonicalize(p).ok())
+}
+
+/// A probe verdict as cached: `Ok` when QEMU ran a KVM vCPU, else why not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedProbe {
+    pub qemu: String,
+    pub verdict: Result<(), String>,
+}
+
+/// The KVM verdict for `qemu` on this host, from the cache when this QEMU binary was
+/// probed before on this kernel boot, else by running the probe (and caching it). With a
+/// fixture root (not `/`) QEMU is never run: only a cached verdict in the tree counts.
+/// `None` when nothing is known (no QEMU, no cache, no /dev/kvm to open).
+pub fn kvm_verdict(
+    root: &SysRoot,
+    qemu: &Path,
+    kernel: Option<&Path>,
+) -> Option<Result<(), String>> {
+    let key = probe_key(root, qemu);
+    let file = key
+        .as_ref()
+        .map(|k| root.path(PROBE_CACHE_DIR).join(format!("{k}.json")));
+    if let Some(c) = file
+        .as_ref()
+        .and_then(|f| std::fs::read(f).ok())
+        .and_then(|b| serde_json::from_slice::<CachedProbe>(&b).ok())
+    {
+        tracing::info!("KVM probe of {} (cached): {:?}", c.qemu, c.verdict);
+        return Some(c.verdict);
+    }
+    if root.root() != Path::new("/") {
+        return None;
+    }
+    let verdict = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(root.path("/dev/kvm"))
+    {
+        Err(e) => Err(format!("/dev/kvm: {e}")),
+        Ok(_) => {
+            let t = Instant::now();
+            let v = match kernel.map(Path::to_path_buf).or_else(|| probe_kernel(root)) {
+                Some(k) => run_probe(qemu, &k, Duration::from_secs(10)),
+                // nothing to prove it with: not cached, the next call may have a kernel
+                None => {
+                    return Some(Err(
+                        "no guest kernel to prove KVM with (pass one, or run scripts/setup for the lab's)"
+                            .into(),
+                    ))
+                }
+            };
+            tracing::info!(
+                "KVM probe of {} took {} ms: {v:?}",
+                qemu.display(),
+                t.elapsed().as_millis()
+            );
+            v
+        }
+    };
+    if let Some(f) = &file {
+        let c = CachedProbe {
+            qemu: qemu.display().to_string(),
+            verdict: verdict.clone(),
+        };
+        let _ = std::fs::create_dir_all(root.path(PROBE_CACHE_DIR))
+            .and_then(|_| std::fs::write(f, serde_json::to_vec(&c).unwrap_or_default()));
+    }
+    Some(verdict)
 }
 
 #[cfg(test)]
