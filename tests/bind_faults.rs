@@ -116,7 +116,9 @@ fn the_simulated_kernel_binds_both_devices_and_restore_gives_them_back() {
     assert!(t.path().join("dev/vfio/4").exists());
     assert_eq!(persist_files(t.path()).len(), 2);
     let l = ledger(t.path());
-    assert!(l.values().all(|e| e.state == bind::BindState::OnVfio && e.persisted));
+    assert!(l
+        .values()
+        .all(|e| e.state == bind::BindState::OnVfio && e.persisted));
     let r = vfioctl(t.path(), &["unbind", P1], &[SIM]);
     assert!(r.status.success(), "{}", text(&r));
     assert_clean(t.path(), "unbind");
@@ -196,7 +198,12 @@ fn kill_at_every_step_of_every_device_then_restore_puts_everything_back() {
                 &["restore", "--all"],
                 &[SIM, ("VFIOCTL_FAULT_KILL_AFTER", &kj)],
             );
-            assert_eq!(r.status.signal(), Some(9), "{ctx}, restore #{j}: {}", text(&r));
+            assert_eq!(
+                r.status.signal(),
+                Some(9),
+                "{ctx}, restore #{j}: {}",
+                text(&r)
+            );
             let r = vfioctl(t.path(), &["restore", "--all"], &[SIM]);
             assert!(r.status.success(), "{ctx}, restore #{j}: {}", text(&r));
             assert_clean(t.path(), &format!("{ctx}, restore killed at #{j}"));
@@ -279,11 +286,7 @@ fn a_timed_out_unbind_never_lands_after_the_rollback() {
         got
     });
     let started = Instant::now();
-    let o = vfioctl(
-        t.path(),
-        &["bind", "--force", "--timeout", "1", gpu],
-        &[],
-    );
+    let o = vfioctl(t.path(), &["bind", "--force", "--timeout", "1", gpu], &[]);
     let landed = kernel.join().unwrap();
     assert_eq!(o.status.code(), Some(7), "{}", text(&o));
     assert!(
@@ -316,7 +319,10 @@ fn an_empty_or_odd_driver_and_a_zero_timeout_are_usage_errors_before_any_write()
             "only letters, digits",
         ),
         (vec!["bind", "--timeout", "0", P1], "--timeout 0"),
-        (vec!["bind", "--timeout", "99999999", P1], "longer than a day"),
+        (
+            vec!["bind", "--timeout", "99999999", P1],
+            "longer than a day",
+        ),
     ] {
         let o = vfioctl(t.path(), &args, &[SIM]);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
@@ -360,9 +366,13 @@ fn the_loser_of_a_concurrent_bind_says_another_run_bound_it() {
     let fd_dir = PathBuf::from(format!("/proc/{}/fd", loser.id()));
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let waiting = fs::read_dir(&fd_dir).into_iter().flatten().flatten().any(|e| {
-            fs::read_link(e.path()).is_ok_and(|l| l.ends_with("var/lib/vfioctl/ledger.lock"))
-        });
+        let waiting = fs::read_dir(&fd_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                fs::read_link(e.path()).is_ok_and(|l| l.ends_with("var/lib/vfioctl/ledger.lock"))
+            });
         if waiting {
             break;
         }
@@ -391,8 +401,11 @@ fn the_loser_of_a_concurrent_bind_says_another_run_bound_it() {
     let dir = t.path().join(d1.sysfs_path.strip_prefix("/").unwrap());
     fs::write(dir.join("driver_override"), "vfio-pci\n").unwrap();
     fs::remove_file(dir.join("driver")).unwrap();
-    std::os::unix::fs::symlink("../../../../../bus/pci/drivers/vfio-pci", dir.join("driver"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        "../../../../../bus/pci/drivers/vfio-pci",
+        dir.join("driver"),
+    )
+    .unwrap();
     drop(held);
     let o = loser.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(6), "{}", text(&o));
@@ -431,7 +444,11 @@ fn a_hot_removed_device_leaves_no_entry_behind() {
 #[test]
 fn the_dry_run_is_the_step_list_execute_runs() {
     let t = copy("bind-bridge-pair");
-    let o = vfioctl(t.path(), &["--json", "bind", "--dry-run", "--persist", P1], &[SIM]);
+    let o = vfioctl(
+        t.path(),
+        &["--json", "bind", "--dry-run", "--persist", P1],
+        &[SIM],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let dry: Vec<String> = v["steps"]

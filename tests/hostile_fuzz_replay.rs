@@ -33,7 +33,10 @@ fn every_corpus_and_crash_input_replays_without_a_panic() {
                 }
             }
         }
-        assert!(n > 0, "target {name} has no committed inputs in fuzz/corpus/{name}");
+        assert!(
+            n > 0,
+            "target {name} has no committed inputs in fuzz/corpus/{name}"
+        );
         counts.push(format!("{name} {n}"));
     }
     println!("replayed: {}", counts.join(", "));

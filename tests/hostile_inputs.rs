@@ -76,7 +76,14 @@ struct Tally {
 }
 
 /// Run vfioctl with `args` in the sandbox; check exit code, message, panic, hang, victim.
-fn case(t: &mut Tally, s: &Sandbox, args: &[&str], env: &[(&str, &str)], want_rc: i32, want_msg: &str) {
+fn case(
+    t: &mut Tally,
+    s: &Sandbox,
+    args: &[&str],
+    env: &[(&str, &str)],
+    want_rc: i32,
+    want_msg: &str,
+) {
     t.inputs += 1;
     let before = snapshot(&s.victim);
     let mut c = Command::new(env!("CARGO_BIN_EXE_vfioctl"));
@@ -151,7 +158,11 @@ fn planted_sysfs_files_are_refused_clearly_never_hang_or_panic() {
     type Plant = fn(&Sandbox, &Path);
     let plants: &[(&str, Plant, &str)] = &[
         ("FIFO config", |_, d| mkfifo(&d.join("config")), "FIFO"),
-        ("FIFO driver_override", |_, d| mkfifo(&d.join("driver_override")), "FIFO"),
+        (
+            "FIFO driver_override",
+            |_, d| mkfifo(&d.join("driver_override")),
+            "FIFO",
+        ),
         ("FIFO resource", |_, d| mkfifo(&d.join("resource")), "FIFO"),
         (
             "/dev/zero as resource",
@@ -240,7 +251,12 @@ fn planted_sysfs_files_are_refused_clearly_never_hang_or_panic() {
     );
 }
 
-fn wait(mut child: std::process::Child, t: &mut Tally, what: &str, args: &[&str]) -> std::process::Output {
+fn wait(
+    mut child: std::process::Child,
+    t: &mut Tally,
+    what: &str,
+    args: &[&str],
+) -> std::process::Output {
     let until = Instant::now() + Duration::from_secs(60);
     loop {
         if child.try_wait().unwrap().is_some() {
@@ -272,12 +288,33 @@ fn unreadable_proc_files_refuse_the_bind_naming_them() {
     // A FIFO in its place: refused, not waited on.
     let s = sandbox("bind-nvme-root");
     mkfifo(&s.root.join("proc/self/mountinfo"));
-    case(&mut t, &s, &["bind", "--dry-run", "0000:04:00.0"], &[], 6, "/proc/self/mountinfo");
+    case(
+        &mut t,
+        &s,
+        &["bind", "--dry-run", "0000:04:00.0"],
+        &[],
+        6,
+        "/proc/self/mountinfo",
+    );
     // No route table: a NIC is refused (forceable).
     let s = sandbox("bind-nic-route");
     fs::remove_file(s.root.join("proc/net/route")).unwrap();
-    case(&mut t, &s, &["bind", "--dry-run", "0000:02:00.0"], &[], 6, "/proc/net/route");
-    case(&mut t, &s, &["bind", "--dry-run", "--force", "0000:02:00.0"], &[], 0, "warning: --force");
+    case(
+        &mut t,
+        &s,
+        &["bind", "--dry-run", "0000:02:00.0"],
+        &[],
+        6,
+        "/proc/net/route",
+    );
+    case(
+        &mut t,
+        &s,
+        &["bind", "--dry-run", "--force", "0000:02:00.0"],
+        &[],
+        0,
+        "warning: --force",
+    );
     println!(
         "hostile procfs: inputs {}, panics {}, hangs {}, writes outside {}",
         t.inputs, t.panics, t.hangs, t.outside
@@ -296,7 +333,14 @@ fn state_directories_linked_out_of_the_root_are_written_inside_it() {
     symlink(s.victim.join("etc"), s.root.join("etc")).unwrap();
     let inside = s.root.join(s.victim.strip_prefix("/").unwrap());
     fs::create_dir_all(inside.join("etc")).unwrap();
-    case(&mut t, &s, &["bind", "--persist", "0000:03:01.0"], &sim, 0, "boot-time override written");
+    case(
+        &mut t,
+        &s,
+        &["bind", "--persist", "0000:03:01.0"],
+        &sim,
+        0,
+        "boot-time override written",
+    );
     assert!(inside.join("vfioctl/ledger.json").exists());
     assert!(inside.join("etc/driverctl.d/pci-0000:03:01.0").exists());
     case(&mut t, &s, &["restore", "--all"], &sim, 0, "back on e1000");
@@ -304,7 +348,14 @@ fn state_directories_linked_out_of_the_root_are_written_inside_it() {
     let s = sandbox("bind-bridge-pair");
     fs::create_dir_all(s.root.join("var")).unwrap();
     symlink(&s.victim, s.root.join("var/lib")).unwrap();
-    case(&mut t, &s, &["bind", "0000:03:01.0"], &sim, 8, "target is not inside the root");
+    case(
+        &mut t,
+        &s,
+        &["bind", "0000:03:01.0"],
+        &sim,
+        8,
+        "target is not inside the root",
+    );
     println!(
         "hostile links: inputs {}, panics {}, hangs {}, writes outside {}",
         t.inputs, t.panics, t.hangs, t.outside
@@ -320,7 +371,14 @@ fn kernel_verify_names_a_missing_configs_directory() {
     case(
         &mut t,
         &s,
-        &["kernel", "verify", "--config", cfg.to_str().unwrap(), "--configs", "/nonexistent"],
+        &[
+            "kernel",
+            "verify",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--configs",
+            "/nonexistent",
+        ],
         &[],
         2,
         "--configs /nonexistent: no such directory",
@@ -332,7 +390,14 @@ fn sizes_beyond_what_hardware_addresses_are_usage_errors() {
     let mut t = Tally::default();
     let s = sandbox("workstation");
     for args in [
-        &["vm", "plan", "--memory", "0xffffffffffffffff", "--gpu", "emulated:8G"][..],
+        &[
+            "vm",
+            "plan",
+            "--memory",
+            "0xffffffffffffffff",
+            "--gpu",
+            "emulated:8G",
+        ][..],
         &["vm", "plan", "--gpu", "emulated:0x8000000000000000"],
         &[
             "vm",

@@ -111,17 +111,25 @@ pub fn pci_device(data: &[u8]) {
         }
         let name = |p: &[u8]| {
             let s = text(p);
-            (!s.is_empty() && !s.contains('/') && !s.contains('\0') && s.len() < 64)
-                .then_some(s)
+            (!s.is_empty() && !s.contains('/') && !s.contains('\0') && s.len() < 64).then_some(s)
         };
         if let Some(g) = parts.next().and_then(name) {
-            let gdir = root.join("sys/kernel/iommu_groups").join(&g).join("devices");
+            let gdir = root
+                .join("sys/kernel/iommu_groups")
+                .join(&g)
+                .join("devices");
             if std::fs::create_dir_all(&gdir).is_ok() {
-                let _ = std::os::unix::fs::symlink(format!("../../../kernel/iommu_groups/{g}"), dev.join("iommu_group"));
+                let _ = std::os::unix::fs::symlink(
+                    format!("../../../kernel/iommu_groups/{g}"),
+                    dev.join("iommu_group"),
+                );
             }
         }
         if let Some(d) = parts.next().and_then(name) {
-            let _ = std::os::unix::fs::symlink(format!("../../../bus/pci/drivers/{d}"), dev.join("driver"));
+            let _ = std::os::unix::fs::symlink(
+                format!("../../../bus/pci/drivers/{d}"),
+                dev.join("driver"),
+            );
         }
         let sys = SysRoot::new(root);
         if let Ok(d) = PciDevice::read(&sys, bdf) {
@@ -179,11 +187,8 @@ pub fn rootfs_manifest(data: &[u8]) {
 
 /// A regress plan file.
 pub fn regress_plan(data: &[u8]) {
-    let _ = vfioctl::regress::plan::Plan::parse(
-        &text(data),
-        Path::new("/fuzz/plan.toml"),
-        &|_| None,
-    );
+    let _ =
+        vfioctl::regress::plan::Plan::parse(&text(data), Path::new("/fuzz/plan.toml"), &|_| None);
 }
 
 /// A Kata base configuration through the patcher (target chosen from the file, GPUs of
@@ -198,8 +203,7 @@ pub fn kata_patch(data: &[u8]) {
     let Ok(choice) = kata::choose_target(None, None, Some(&doc), None) else {
         return;
     };
-    let tree = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/kata-ws");
+    let tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kata-ws");
     let tree = if tree.exists() {
         tree
     } else {

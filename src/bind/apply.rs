@@ -9,9 +9,9 @@ use vfioctl_common::{Bdf, PciDevice, SysRoot};
 
 use super::driver::{self, Loaded};
 use super::error::BindError;
+use super::flow::{Prepared, Step};
 use super::ledger::{Entry, Ledger};
 use super::persist;
-use super::flow::{Prepared, Step};
 use super::safety;
 use super::state::{BindState, Tracker};
 use super::write::{self, fault_point, write_timed, TimedError};
@@ -171,8 +171,7 @@ pub fn restore_device(
                     }),
                 };
                 fault_point(&format!("{fault}-bind"), n);
-                if direct.is_err() || current_driver(root, bdf)?.as_deref() != Some(orig.as_str())
-                {
+                if direct.is_err() || current_driver(root, bdf)?.as_deref() != Some(orig.as_str()) {
                     tracing::debug!(
                         "{bdf}: direct bind to {orig}: {direct:?}; falling back to drivers_probe"
                     );

@@ -13,7 +13,10 @@ pub enum BindError {
     #[error("no PCI device matches {selector}")]
     NoMatch { selector: String },
     #[error("--driver {driver:?}: {reason}")]
-    BadDriver { driver: String, reason: &'static str },
+    BadDriver {
+        driver: String,
+        reason: &'static str,
+    },
     #[error("--timeout {secs}: {reason}")]
     BadTimeout { secs: u64, reason: &'static str },
     #[error("{bdf} was bound to {driver} by another vfioctl run (plan {plan}) while this one waited for the ledger lock; nothing was changed")]
@@ -22,7 +25,9 @@ pub enum BindError {
         driver: String,
         plan: String,
     },
-    #[error("{bdf} changed while this run waited for the ledger lock ({what}); nothing was changed")]
+    #[error(
+        "{bdf} changed while this run waited for the ledger lock ({what}); nothing was changed"
+    )]
     Changed { bdf: Bdf, what: String },
     #[error("{bdf}: the write of {value:?} to {path} is still blocked in the kernel (helper pid {pid}), so the device's final state is unknown; its ledger entry is kept")]
     WritePending {
@@ -108,7 +113,9 @@ pub enum BindError {
 impl From<vfioctl_common::pci::SelectError> for BindError {
     fn from(e: vfioctl_common::pci::SelectError) -> Self {
         match e {
-            vfioctl_common::pci::SelectError::NoMatch { selector } => BindError::NoMatch { selector },
+            vfioctl_common::pci::SelectError::NoMatch { selector } => {
+                BindError::NoMatch { selector }
+            }
             vfioctl_common::pci::SelectError::Pci(p) => BindError::Pci(p),
         }
     }

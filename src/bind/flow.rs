@@ -232,7 +232,10 @@ pub fn prepare(
     if !plan.is_noop() {
         for d in plan.drivers() {
             if let Some(describe) = driver::describe_load(root, &d) {
-                steps.push(Step::LoadModule { driver: d, describe });
+                steps.push(Step::LoadModule {
+                    driver: d,
+                    describe,
+                });
             }
         }
         steps.push(Step::RecordLedger {

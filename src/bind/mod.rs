@@ -27,8 +27,8 @@ pub mod state;
 pub mod write;
 
 pub use apply::{execute, restore, BindReport, RestoreReport};
-pub use flow::{prepare, PrepareOptions, Prepared, Step};
 pub use error::BindError;
+pub use flow::{prepare, PrepareOptions, Prepared, Step};
 pub use ledger::{Entry, Ledger};
 pub use plan::{plan, Action, GroupPlan, Member, Plan, Role, SysWrite};
 pub use safety::{assess, HostUse, Refusal, RefusalKind};

@@ -30,8 +30,12 @@ pub fn write(root: &SysRoot, bdf: Bdf, driver: &str) -> Result<String, BindError
         .create_dir_all_in(DIR)
         .map_err(|e| io(root.path(DIR))(e.source))?;
     let abs = path(bdf);
-    dir.write_atomic(&format!("pci-{bdf}"), format!("{driver}\n").as_bytes(), 0o644)
-        .map_err(io(root.path(&abs)))?;
+    dir.write_atomic(
+        &format!("pci-{bdf}"),
+        format!("{driver}\n").as_bytes(),
+        0o644,
+    )
+    .map_err(io(root.path(&abs)))?;
     Ok(abs)
 }
 

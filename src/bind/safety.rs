@@ -513,7 +513,10 @@ pub fn assess(d: &PciDevice, u: &HostUse) -> Vec<Refusal> {
         };
         out.push(refuse(
             RefusalKind::Unreadable,
-            format!("could not read {} ({}), so {what} is unknown", un.path, un.error),
+            format!(
+                "could not read {} ({}), so {what} is unknown",
+                un.path, un.error
+            ),
             format!(
                 "make {} readable (run as root, with /proc and /sys mounted)",
                 un.path

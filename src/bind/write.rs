@@ -274,7 +274,10 @@ mod tests {
         let fifo = t.path().join("unbind");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         let r = write_timed(&root, "/unbind", "0000:01:00.0", Duration::from_millis(200));
-        assert!(matches!(r, Err(TimedError::Timeout { pending: None })), "{r:?}");
+        assert!(
+            matches!(r, Err(TimedError::Timeout { pending: None })),
+            "{r:?}"
+        );
         assert!(pending().is_empty());
         // The helper is gone: a reader now finds no writer and nothing written.
         use std::os::unix::fs::OpenOptionsExt;

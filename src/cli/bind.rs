@@ -252,8 +252,10 @@ fn ledger_matches(ctx: &Context, args: &[String]) -> Result<Vec<Bdf>, Failure> {
         }
     }
     let known: Vec<Bdf> = ledger.devices.keys().copied().collect();
-    Ok(vfioctl_common::pci::select_among(&ctx.root, &sel, &known, "in the ledger")
-        .map_err(BindError::from)?)
+    Ok(
+        vfioctl_common::pci::select_among(&ctx.root, &sel, &known, "in the ledger")
+            .map_err(BindError::from)?,
+    )
 }
 
 #[derive(Serialize)]

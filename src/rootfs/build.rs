@@ -798,8 +798,8 @@ fn open_beneath(dir: i32, rel: &str, flags: i32) -> std::io::Result<std::os::fd:
 /// come in path order), resolving the parent with [`open_beneath`] and creating the last
 /// component with `O_EXCL`/`mkdirat`/`symlinkat`, none of which follow a link.
 fn stage_entry(root: i32, e: &Entry) -> std::io::Result<()> {
-    use std::os::fd::{AsRawFd, FromRawFd};
     use std::io::Write;
+    use std::os::fd::{AsRawFd, FromRawFd};
     let (parent, name) = match e.path.rsplit_once('/') {
         Some((p, n)) => (p, n),
         None => ("", e.path.as_str()),
@@ -831,7 +831,11 @@ fn stage_entry(root: i32, e: &Entry) -> std::io::Result<()> {
                 libc::openat(
                     pd.as_raw_fd(),
                     cname.as_ptr(),
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    libc::O_WRONLY
+                        | libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC,
                     e.mode as libc::c_uint,
                 )
             })?;

@@ -61,7 +61,9 @@ pub fn is_safe_name(path: &str) -> bool {
     !path.is_empty()
         && !path.starts_with('/')
         && !path.contains('\0')
-        && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// Write `entries` (sorted by path here, so callers need not) and the trailer. A name
@@ -77,7 +79,10 @@ pub fn write(w: &mut impl Write, entries: &[Entry], mtime: u32) -> io::Result<()
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
     for (i, e) in sorted.iter().enumerate() {
         let ino = u32::try_from(i + 1).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidInput, "more than 2^32 archive entries")
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "more than 2^32 archive entries",
+            )
         })?;
         let perm = e.mode & 0o7777;
         let (mode, nlink, data, rdev): (u32, u32, &[u8], (u32, u32)) = match &e.kind {
@@ -100,7 +105,15 @@ mod tests {
 
     #[test]
     fn names_that_climb_out_are_refused() {
-        for bad in ["../etc/passwd", "a/../../b", "/abs", "", "a//b", "./a", "a/."] {
+        for bad in [
+            "../etc/passwd",
+            "a/../../b",
+            "/abs",
+            "",
+            "a//b",
+            "./a",
+            "a/.",
+        ] {
             assert!(!is_safe_name(bad), "{bad}");
             let e = Entry {
                 path: bad.into(),
