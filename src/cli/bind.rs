@@ -39,11 +39,14 @@ pub struct BindArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct UnbindArgs {
+    /// Devices to give back (0000:d0:00.0, 10de:20b9, class:gpu); only devices the ledger
+    /// says vfioctl bound, each to the driver it had before.
     #[arg(required = true)]
     pub selectors: Vec<String>,
     /// Also remove the boot-time override written by `bind --persist`.
     #[arg(long)]
     pub persist: bool,
+    /// Seconds to wait for an unbind or a probe before giving up.
     #[arg(long, default_value_t = 10)]
     pub timeout: u64,
 }
@@ -55,6 +58,7 @@ pub struct RestoreArgs {
     /// Restore every device in the ledger.
     #[arg(long)]
     pub all: bool,
+    /// Seconds to wait for an unbind or a probe before giving up.
     #[arg(long, default_value_t = 10)]
     pub timeout: u64,
 }

@@ -1,13 +1,13 @@
 //! Write the fixture trees (`scripts/gen-fixtures` calls this).
 //!
 //! ```sh
-//! cargo run --example fixtures -- tests/fixtures          # the four hosts
-//! cargo run --example fixtures -- --bench 1024 /tmp/bench  # a generated 1,024-device tree
+//! cargo run -p vfioctl-testkit --bin gen-fixtures -- tests/fixtures         # every committed tree
+//! cargo run -p vfioctl-testkit --bin gen-fixtures -- --bench 1024 /tmp/b    # a 1,024-device tree
 //! ```
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use vfioctl::pci::fixture::{hosts, write_host};
+use vfioctl_testkit::fixture::{hosts, write_committed, write_host};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,15 +21,12 @@ fn main() -> ExitCode {
     };
     let result = match bench {
         Some(n) => fresh(&dir).and_then(|()| write_host(&hosts::bench(n), &dir)),
-        None => hosts::all().iter().try_for_each(|h| {
-            let d = dir.join(h.name);
-            fresh(&d).and_then(|()| write_host(h, &d))
-        }),
+        None => write_committed(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fixtures: writing under {}: {e}", dir.display());
+            eprintln!("gen-fixtures: writing under {}: {e}", dir.display());
             ExitCode::from(8)
         }
     }
@@ -43,6 +40,6 @@ fn fresh(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: fixtures DIR | fixtures --bench N DIR");
+    eprintln!("usage: gen-fixtures DIR | gen-fixtures --bench N DIR");
     ExitCode::from(2)
 }
