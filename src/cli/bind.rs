@@ -173,6 +173,12 @@ pub fn run_bind(ctx: &Context, a: BindArgs) -> Result<Exit, Failure> {
         let mut writes = Vec::new();
         for d in plan.drivers() {
             if let Some(l) = driver::describe_load(root, &d) {
+                if !root.is_host() {
+                    eprintln!(
+                        "note: `{l}` is not run for --root {}: vfioctl loads no module into the running kernel for another root",
+                        root.root().display()
+                    );
+                }
                 writes.push(l);
             }
         }
