@@ -14,6 +14,7 @@
 //! | [`kernel`] | guest kernel builds from `kernel-configs/` fragments, NVIDIA modules |
 //! | [`kata`] | Kata `configuration.toml` generation and patching |
 //! | [`regress`] | the nightly regression matrix and its reports |
+//! | [`snapshot`] | `vfioctl snapshot`: what the commands read, captured for `--root` replay |
 
 pub use vfioctl_common as common;
 pub use vfioctl_common::{Bdf, SysRoot};
@@ -31,6 +32,7 @@ pub mod pci;
 pub mod qmp;
 pub mod regress;
 pub mod rootfs;
+pub mod snapshot;
 pub mod vm;
 
 pub use context::Context;

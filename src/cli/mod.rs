@@ -16,6 +16,7 @@ pub mod kata;
 pub mod kernel;
 pub mod regress;
 pub mod rootfs;
+pub mod snapshot;
 pub mod validate;
 pub mod vm;
 
@@ -41,6 +42,11 @@ pub struct Cli {
     /// Print JSON for machines instead of text for people.
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// Record every host path the command touches into FILE, one `<access> <path>` per
+    /// line (what `vfioctl snapshot` runs each command with).
+    #[arg(long, global = true, hide = true, value_name = "FILE")]
+    pub access_log: Option<PathBuf>,
 
     /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -78,6 +84,9 @@ pub enum Command {
     Kata(kata::KataCommand),
     /// Run the passthrough regression matrix and report what regressed.
     Regress(regress::Args),
+    /// Capture what vfioctl reads from this host into a tree or .tar.zst that anyone can
+    /// replay with --root (redacted; MANIFEST says why each file was taken).
+    Snapshot(snapshot::Args),
 }
 
 fn init_logging(verbose: u8) {
@@ -98,13 +107,17 @@ fn init_logging(verbose: u8) {
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> Result<Exit, Failure> {
-    let ctx = Context::new(SysRoot::new(&cli.root), cli.json);
-    if !ctx.root.root().is_dir() {
+    let mut root = SysRoot::new(&cli.root);
+    if !root.root().is_dir() {
         return Err(Failure::usage(format!(
             "--root {}: not a directory",
             cli.root.display()
         )));
     }
+    if let Some(log) = &cli.access_log {
+        root = root.with_log(std::sync::Arc::new(crate::snapshot::FileLog::create(log)?));
+    }
+    let ctx = Context::new(root, cli.json);
     match cli.command {
         Command::Devices(a) => devices::run(&ctx, a),
         Command::Check(a) => check::run(&ctx, a),
@@ -117,6 +130,7 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Kernel(c) => kernel::run(&ctx, c),
         Command::Kata(c) => kata::run(&ctx, c),
         Command::Regress(a) => regress::run(&ctx, a),
+        Command::Snapshot(a) => snapshot::run(&ctx, a),
     }
 }
 
