@@ -4,8 +4,7 @@
 //! guest with a second QEMU inside L1 and the device cold-plugged through vfio-pci, and
 //! passes only when L2 lists 0000:01:00.0 (8086:10d3) and L1 restored the device.
 //!
-//! About 2-3 minutes under TCG, so it runs only with VFIOCTL_NESTED=1 (the nightly timer
-//! and `VFIOCTL_NESTED=1 cargo test --test regress_nested -- --ignored`); skipped loudly otherwise.
+//! About 3 minutes under TCG: the `nested` tier of scripts/test (CI).
 
 use std::path::Path;
 use std::process::Command;
@@ -24,11 +23,7 @@ fn skip(why: &str) {
 }
 
 #[test]
-#[ignore = "nightly tier: VFIOCTL_NESTED=1 cargo test --test regress_nested -- --ignored"]
 fn nested_guest_lists_the_device_passed_through_by_l1() {
-    if std::env::var("VFIOCTL_NESTED").as_deref() != Ok("1") {
-        return skip("nightly tier; set VFIOCTL_NESTED=1 to run (about 3 minutes under TCG)");
-    }
     if vfioctl::regress::lab::which(Path::new("qemu-system-x86_64")).is_none() {
         return skip("qemu-system-x86_64 not installed (run scripts/setup)");
     }

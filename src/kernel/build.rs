@@ -22,6 +22,7 @@ use sha2::Digest;
 use super::cmd::{have, Cmd};
 use super::config::DotConfig;
 use super::error::{io, KernelError};
+use super::flock::FileLock;
 use super::kconfig::KconfigTree;
 use super::manifest::{
     Artefacts, BuildManifest, FragmentInfo, NvidiaInfo, PhaseTime, Pins, Toolchain, VerifySummary,
@@ -53,6 +54,8 @@ pub struct BuildOptions {
     pub nice: i32,
     /// Use ccache (default: when installed).
     pub ccache: bool,
+    /// Remove the `O=` tree first: a clean build, not an incremental one.
+    pub clean: bool,
 }
 
 /// A progress event, for the command line to print.
@@ -138,6 +141,9 @@ pub fn make(tree: &Path, obj: &Path, arch: &str) -> Cmd {
     ])
 }
 
+/// The build identity's timestamp: fixed, so the same inputs give the same bytes.
+pub const BUILD_TIMESTAMP: &str = "2026-01-01 00:00:00";
+
 /// The compile step: pinned build identity (reproducible, ccache-friendly), empty
 /// LOCALVERSION (the fragment's CONFIG_LOCALVERSION names it), `nice`.
 pub fn compile_cmd(
@@ -153,9 +159,12 @@ pub fn compile_cmd(
         .arg(format!("-j{jobs}"))
         .arg(format!("CC={cc}"))
         .arg("LOCALVERSION=")
-        .env("KBUILD_BUILD_TIMESTAMP", "2026-01-01 00:00:00")
+        .env("KBUILD_BUILD_TIMESTAMP", BUILD_TIMESTAMP)
         .env("KBUILD_BUILD_USER", "vfioctl")
-        .env("KBUILD_BUILD_HOST", "vfioctl");
+        .env("KBUILD_BUILD_HOST", "vfioctl")
+        // `#1` in `uname -v`: otherwise the O= tree's `.version` counts builds and two
+        // builds of the same inputs differ.
+        .env("KBUILD_BUILD_VERSION", "1");
     if cc.starts_with("ccache") {
         // Objects of every flavour's O= dir sit at the same depth under the lab, so
         // relative paths (and ccache hits) are shared between flavours.
@@ -260,40 +269,6 @@ pub fn configure(
     Ok(dot)
 }
 
-/// An exclusive lock on a file (released on drop): builds sharing a lab (several
-/// worktrees, parallel tests) take turns on one `O=` tree and output.
-pub struct Lock(#[allow(dead_code)] std::fs::File);
-
-impl Lock {
-    pub fn take(path: &Path, mut waiting: impl FnMut()) -> Result<Lock, KernelError> {
-        use std::os::fd::AsRawFd;
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(io(d, "cannot create"))?;
-        }
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io(path, "cannot open lock"))?;
-        // SAFETY: flock on a file descriptor we own; no memory is shared.
-        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r != 0 {
-            waiting();
-            // SAFETY: as above (blocking this time).
-            let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-            if r != 0 {
-                return Err(KernelError::Io {
-                    path: path.to_path_buf(),
-                    what: "cannot lock",
-                    source: std::io::Error::last_os_error(),
-                });
-            }
-        }
-        Ok(Lock(f))
-    }
-}
-
 /// Run a build.
 pub fn build(
     opts: &BuildOptions,
@@ -339,7 +314,7 @@ pub fn build(
     let out = std::fs::canonicalize(&out).map_err(io(&out, "cannot resolve"))?;
     let logs = out.join("logs");
     let log = |n: &str| logs.join(format!("{n}.log"));
-    let _lock = Lock::take(
+    let _lock = FileLock::take(
         &lab.join("kernel-build/locks").join(format!("{fkey}.lock")),
         || {
             progress(Progress::Start {
@@ -361,24 +336,25 @@ pub fn build(
         let _ = std::fs::remove_file(log(n));
     }
     let tree = source::prepare(
-        opts.source.as_deref(),
-        kpin,
-        &opts.configs,
-        &lab.join("kernel-src"),
-        opts.allow_unpinned,
+        &source::SourceRequest {
+            given: opts.source.as_deref(),
+            pin: kpin,
+            configs: &opts.configs,
+            cache: &lab.join("kernel-src"),
+            allow_unpinned: opts.allow_unpinned,
+        },
         &log("source"),
     )?;
+    let found = match (&tree.info.package, &tree.info.package_version) {
+        (Some(p), Some(v)) => format!("{} ({p} {v})", tree.version),
+        _ => tree.version.clone(),
+    };
     ph.done(
         !tree.extracted,
         format!(
-            "{} {}{}",
+            "{} {found}: {}",
             tree.dir.display(),
-            tree.version,
-            if tree.info.pinned {
-                " (pinned)"
-            } else {
-                " (NOT the pinned source)"
-            }
+            tree.info.lock.note(&found)
         ),
     );
 
@@ -422,7 +398,10 @@ pub fn build(
     let manifest_path = out.join("build-manifest.json");
     let previous = BuildManifest::read(&manifest_path);
     if let Some(prev) = &previous {
-        if !opts.force && prev.input_key == input_key && out.join("vmlinuz").is_file() {
+        if !(opts.force || opts.clean)
+            && prev.input_key == input_key
+            && out.join("vmlinuz").is_file()
+        {
             let report = Report {
                 requested: prev.verify.requested,
                 ..Default::default()
@@ -438,6 +417,13 @@ pub fn build(
 
     // --- configure
     let obj = lab.join("kernel-build/obj").join(&fkey);
+    if opts.clean {
+        match std::fs::remove_dir_all(&obj) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&obj, "cannot remove for a clean build")(e)),
+        }
+    }
     let arch = kpin.arch.as_str();
     ph.start(
         "configure",
@@ -486,7 +472,7 @@ pub fn build(
         _ => String::new(),
     };
 
-    let reuse = !opts.force
+    let reuse = !(opts.force || opts.clean)
         && previous.as_ref().is_some_and(|p| {
             p.config_sha256 == config_sha
                 && p.nvidia.as_ref().map(|n| n.mode.clone())
@@ -761,7 +747,7 @@ fn build_nvidia(
         cc,
     };
     b.make_modules()
-        .env("KBUILD_BUILD_TIMESTAMP", "2026-01-01 00:00:00")
+        .env("KBUILD_BUILD_TIMESTAMP", BUILD_TIMESTAMP)
         .niced(opts.nice)
         .run_logged("nvidia", log)?;
     b.make_modules_install(out).run_logged("nvidia", log)?;
@@ -938,7 +924,7 @@ mod tests {
         );
         assert_eq!(
             c.render(),
-            "KBUILD_BUILD_TIMESTAMP='2026-01-01 00:00:00' KBUILD_BUILD_USER=vfioctl KBUILD_BUILD_HOST=vfioctl CCACHE_BASEDIR=/lab nice -n 10 make -C /s O=/o ARCH=x86_64 -j2 'CC=ccache gcc' LOCALVERSION="
+            "KBUILD_BUILD_TIMESTAMP='2026-01-01 00:00:00' KBUILD_BUILD_USER=vfioctl KBUILD_BUILD_HOST=vfioctl KBUILD_BUILD_VERSION=1 CCACHE_BASEDIR=/lab nice -n 10 make -C /s O=/o ARCH=x86_64 -j2 'CC=ccache gcc' LOCALVERSION="
         );
     }
 }

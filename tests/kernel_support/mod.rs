@@ -47,11 +47,13 @@ pub fn kernel_tree() -> Result<PathBuf, String> {
     let logdir = lab().join("kernel-build/test-logs");
     std::fs::create_dir_all(&logdir).map_err(|e| e.to_string())?;
     let t = kernel::source::prepare(
-        None,
-        &pins.kernel,
-        &configs(),
-        &lab().join("kernel-src"),
-        false,
+        &kernel::source::SourceRequest {
+            given: None,
+            pin: &pins.kernel,
+            configs: &configs(),
+            cache: &lab().join("kernel-src"),
+            allow_unpinned: false,
+        },
         &logdir.join("source.log"),
     )
     .map_err(|e| e.to_string())?;
@@ -239,6 +241,7 @@ pub fn build(flavours: &[&str], nvidia: Option<&str>) -> Result<kernel::BuildRes
         force: false,
         nice: 10,
         ccache: true,
+        clean: false,
     };
     kernel::build(&opts, &mut |p| eprintln!("{p:?}")).map_err(|e| {
         let mut s = e.to_string();
