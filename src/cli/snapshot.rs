@@ -69,7 +69,11 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
         });
         emit(ctx, &v, |o| write_commands(o, &commands))
             .map_err(|e| Failure::new(Exit::Infrastructure, e))?;
-        return Ok(if identical { Exit::Ok } else { Exit::CheckFailed });
+        return Ok(if identical {
+            Exit::Ok
+        } else {
+            Exit::CheckFailed
+        });
     }
     let out = a.out.expect("clap requires OUT without --replay");
     let opts = snapshot::Options {

@@ -59,7 +59,8 @@ pub fn pack(dir: &Path) -> Result<Vec<u8>, SnapshotError> {
             h.set_entry_type(tar::EntryType::Symlink);
             h.set_mode(0o777);
             h.set_size(0);
-            b.append_link(&mut h, r, &t).map_err(io("archiving", &full))?;
+            b.append_link(&mut h, r, &t)
+                .map_err(io("archiving", &full))?;
         } else if md.is_dir() {
             h.set_entry_type(tar::EntryType::Directory);
             h.set_mode(0o755);
@@ -134,7 +135,11 @@ mod tests {
         let src = t.path().join("src");
         fs::create_dir_all(src.join("sys/devices/pci0000:00/0000:00:02.0")).unwrap();
         fs::create_dir_all(src.join("sys/bus/pci/devices")).unwrap();
-        fs::write(src.join("sys/devices/pci0000:00/0000:00:02.0/vendor"), "0x8086\n").unwrap();
+        fs::write(
+            src.join("sys/devices/pci0000:00/0000:00:02.0/vendor"),
+            "0x8086\n",
+        )
+        .unwrap();
         std::os::unix::fs::symlink(
             "../../../devices/pci0000:00/0000:00:02.0",
             src.join("sys/bus/pci/devices/0000:00:02.0"),
@@ -192,7 +197,10 @@ mod tests {
             let d = t.path().join(format!("d{}", name.replace('/', "_")));
             fs::create_dir(&d).unwrap();
             let e = unpack(&mk(name, kind), &d).unwrap_err();
-            assert!(matches!(e, SnapshotError::UnsafeEntry { .. }), "{name}: {e}");
+            assert!(
+                matches!(e, SnapshotError::UnsafeEntry { .. }),
+                "{name}: {e}"
+            );
         }
         let junk = t.path().join("junk.tar.zst");
         fs::write(&junk, b"not zstd at all").unwrap();

@@ -8,8 +8,8 @@
 //!   `--keep-identifiers`; so does the Device Serial Number capability in PCI `config`
 //!   (its 8 bytes zeroed: many NICs derive it from their MAC).
 //! - The host name (`/proc/sys/kernel/hostname`, `/etc/hostname`) is always replaced.
-//! - `pci.ids` keeps the vendors present in the tree and the class list: the only lines
-//!   vfioctl's parser keeps (it ignores every other vendor's block).
+//! - `pci.ids` keeps the lines naming the vendors and devices present, and the class
+//!   list: vfioctl only looks up names of devices it found (the replay proves it).
 
 use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt;
@@ -38,8 +38,8 @@ const ID_FILES: [&str; 11] = [
 #[derive(Clone, Debug, Default)]
 pub struct Redactor {
     pub keep_identifiers: bool,
-    /// PCI vendors present (`pci.ids` keeps these).
-    pub vendors: BTreeSet<u16>,
+    /// PCI (vendor, device) ids present (`pci.ids` keeps their names).
+    pub ids: BTreeSet<(u16, u16)>,
 }
 
 impl Redactor {
@@ -53,10 +53,10 @@ impl Redactor {
             );
         }
         if name == "pci.ids" && abs.starts_with("/usr/share") {
-            let kept = trim_pci_ids(&bytes, &self.vendors);
+            let kept = trim_pci_ids(&bytes, &self.ids);
             let note = format!(
-                "pci.ids trimmed to the {} vendor(s) present and the class list ({} of {} bytes)",
-                self.vendors.len(),
+                "pci.ids trimmed to the {} device id(s) present and the class list ({} of {} bytes)",
+                self.ids.len(),
                 kept.len(),
                 bytes.len()
             );
@@ -87,7 +87,10 @@ impl Redactor {
             if zero_dsn(&mut b) {
                 return (
                     b,
-                    Some("Device Serial Number capability zeroed (--keep-identifiers keeps it)".into()),
+                    Some(
+                        "Device Serial Number capability zeroed (--keep-identifiers keeps it)"
+                            .into(),
+                    ),
                 );
             }
             return (b, None);
@@ -116,32 +119,40 @@ pub fn zero_dsn(cfg: &mut [u8]) -> bool {
     found
 }
 
-/// Keep the blocks of `pci.ids` that vfioctl's parser reads for `vendors`: each wanted
-/// vendor line with its device lines, and every class (`C xx`) block. Subsystem lines
-/// (two tabs) and comments go.
-pub fn trim_pci_ids(text: &[u8], vendors: &BTreeSet<u16>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 << 10);
-    let mut keep = false;
+/// Keep the lines of `pci.ids` that name the `ids` present: each vendor line with the
+/// device lines of its present devices, and every class (`C xx`) block. Subsystem lines
+/// (two tabs), other vendors and devices, and comments go; the parser reads what is left
+/// in the same order and so gives the same names for these ids.
+pub fn trim_pci_ids(text: &[u8], ids: &BTreeSet<(u16, u16)>) -> Vec<u8> {
+    let hex4 = |b: Option<&[u8]>| {
+        b.and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u16::from_str_radix(h, 16).ok())
+    };
+    let mut out = Vec::with_capacity(16 << 10);
+    // The vendor whose block we are in (kept), or a class block (`u32::MAX`).
+    let mut block: Option<u32> = None;
     for line in text.split_inclusive(|&b| b == b'\n') {
         match line.first() {
             Some(b'#') | None => {}
-            Some(b'\t') => {
-                if keep && line.get(1) != Some(&b'\t') {
-                    out.extend_from_slice(line);
+            Some(b'\t') => match block {
+                Some(u32::MAX) if line.get(1) != Some(&b'\t') => out.extend_from_slice(line),
+                Some(v) if line.get(1) != Some(&b'\t') => {
+                    let d = hex4(line.get(1..5));
+                    if d.is_some_and(|d| ids.contains(&(v as u16, d))) {
+                        out.extend_from_slice(line);
+                    }
                 }
-            }
+                _ => {}
+            },
             Some(b'C') if line.get(1) == Some(&b' ') => {
-                keep = true;
+                block = Some(u32::MAX);
                 out.extend_from_slice(line);
             }
             Some(_) => {
-                keep = line
-                    .get(..4)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u16::from_str_radix(h, 16).ok())
-                    .is_some_and(|v| vendors.contains(&v))
-                    && line.get(4..6) == Some(b"  ");
-                if keep {
+                block = hex4(line.get(..4))
+                    .filter(|v| line.get(4..6) == Some(b"  ") && ids.iter().any(|(iv, _)| iv == v))
+                    .map(u32::from);
+                if block.is_some() {
                     out.extend_from_slice(line);
                 }
             }
@@ -170,15 +181,19 @@ mod tests {
     use crate::pci::names::PciIds;
     use std::collections::HashSet;
 
-    const IDS: &str = "# comment\n8086  Intel Corporation\n\t10d3  82574L Gigabit Network Connection\n\t\t8086 0001  subsys\n10de  NVIDIA Corporation\n\t2330  GH100 [H100 SXM5 80GB]\n1af4  Red Hat, Inc.\n\t1000  Virtio network device\nC 02  Network controller\n\t00  Ethernet controller\nC 03  Display controller\n\t02  3D controller\n";
+    const IDS: &str = "# comment\n8086  Intel Corporation\n\t10d3  82574L Gigabit Network Connection\n\t10fb  82599ES 10-Gigabit\n\t\t8086 0001  subsys\n10de  NVIDIA Corporation\n\t2330  GH100 [H100 SXM5 80GB]\n1af4  Red Hat, Inc.\n\t1000  Virtio network device\nC 02  Network controller\n\t00  Ethernet controller\nC 03  Display controller\n\t02  3D controller\n";
 
     #[test]
     fn trimmed_pci_ids_parse_the_same_for_present_vendors() {
-        let vendors: BTreeSet<u16> = [0x8086, 0x1af4].into();
-        let t = trim_pci_ids(IDS.as_bytes(), &vendors);
+        let ids: BTreeSet<(u16, u16)> = [(0x8086, 0x10d3), (0x1af4, 0x1000)].into();
+        let t = trim_pci_ids(IDS.as_bytes(), &ids);
         let text = String::from_utf8(t.clone()).unwrap();
         assert!(!text.contains("NVIDIA") && !text.contains("subsys") && !text.contains('#'));
-        let want: HashSet<u16> = vendors.iter().copied().collect();
+        assert!(
+            !text.contains("82599"),
+            "other devices of a present vendor go"
+        );
+        let want: HashSet<u16> = ids.iter().map(|(v, _)| *v).collect();
         let a = PciIds::parse(IDS.as_bytes(), &want);
         let b = PciIds::parse(&t, &want);
         for (v, d) in [(0x8086, 0x10d3), (0x1af4, 0x1000)] {
@@ -199,9 +214,15 @@ mod tests {
         let (b, n) = r.apply(mac, b"52:54:00:12:34:56\n".to_vec());
         assert_eq!(b, b"02:00:00:00:00:00\n");
         assert!(n.is_some());
-        let (b, _) = r.apply(Path::new("/sys/block/nvme0n1/device/serial"), b"S4X9NF0M\n".to_vec());
+        let (b, _) = r.apply(
+            Path::new("/sys/block/nvme0n1/device/serial"),
+            b"S4X9NF0M\n".to_vec(),
+        );
         assert_eq!(b, b"redacted\n");
-        let (b, _) = r.apply(Path::new("/proc/sys/kernel/hostname"), b"gpu-07.corp\n".to_vec());
+        let (b, _) = r.apply(
+            Path::new("/proc/sys/kernel/hostname"),
+            b"gpu-07.corp\n".to_vec(),
+        );
         assert_eq!(b, b"snapshot-host\n");
         // Other files untouched.
         let (b, n) = r.apply(Path::new("/sys/class/net/eth0/operstate"), b"up\n".to_vec());

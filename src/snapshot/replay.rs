@@ -89,11 +89,10 @@ pub fn read_meta(dir: &Path) -> Result<Meta, SnapshotError> {
             })
         }
     };
-    let meta: Meta =
-        serde_json::from_slice(&text).map_err(|source| SnapshotError::BadMeta {
-            path: p.clone(),
-            source,
-        })?;
+    let meta: Meta = serde_json::from_slice(&text).map_err(|source| SnapshotError::BadMeta {
+        path: p.clone(),
+        source,
+    })?;
     if meta.format != FORMAT {
         return Err(SnapshotError::Format {
             path: p,

@@ -94,7 +94,14 @@ pub fn plan(root: &SysRoot, selectors: &[Selector]) -> Result<Vec<Planned>, Snap
         });
         out.push(Planned {
             label: "kata config",
-            args: s(&["kata", "config", "--kata-version", KATA_VERSION, "--gpu", &b]),
+            args: s(&[
+                "kata",
+                "config",
+                "--kata-version",
+                KATA_VERSION,
+                "--gpu",
+                &b,
+            ]),
         });
     }
     Ok(out)

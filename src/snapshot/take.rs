@@ -11,10 +11,10 @@ use vfioctl_common::pci::enumerate;
 use vfioctl_common::sysroot::Access;
 use vfioctl_common::{Selector, SysRoot};
 
+use super::error::io;
 use super::redact::Redactor;
 use super::replay::{self, Meta, Replayed, Scratch, FORMAT, MANIFEST, META};
 use super::tree::{Counts, Tree};
-use super::error::io;
 use super::{archive, record, run, SnapshotError};
 
 /// What to snapshot and where.
@@ -65,14 +65,16 @@ fn rename_new(from: &Path, to: &Path) -> Result<(), SnapshotError> {
     }
 }
 
-/// The PCI vendors present under `root`.
-fn vendors(root: &SysRoot) -> Result<BTreeSet<u16>, SnapshotError> {
+/// The PCI (vendor, device) ids present under `root`.
+fn pci_ids(root: &SysRoot) -> Result<BTreeSet<(u16, u16)>, SnapshotError> {
+    let hex = |s: String| u16::from_str_radix(s.trim_start_matches("0x"), 16).ok();
     let mut out = BTreeSet::new();
     for bdf in enumerate(root)? {
-        if let Ok(v) = root.read_attr(format!("{}/vendor", bdf.sysfs_path())) {
-            if let Ok(v) = u16::from_str_radix(v.trim_start_matches("0x"), 16) {
-                out.insert(v);
-            }
+        let dir = bdf.sysfs_path();
+        let v = root.read_attr(format!("{dir}/vendor")).ok().and_then(hex);
+        let d = root.read_attr(format!("{dir}/device")).ok().and_then(hex);
+        if let (Some(v), Some(d)) = (v, d) {
+            out.insert((v, d));
         }
     }
     Ok(out)
@@ -120,7 +122,7 @@ pub fn take(root: &SysRoot, o: &Options) -> Result<Report, SnapshotError> {
     let src = SysRoot::new(root.root());
     let redactor = Redactor {
         keep_identifiers: o.keep_identifiers,
-        vendors: vendors(&src)?,
+        ids: pci_ids(&src)?,
     };
     let mut tree = Tree::new(src.clone(), tree_dir.clone(), redactor);
     for (label, acc) in &accesses {

@@ -15,8 +15,8 @@ use std::path::{Component, Path, PathBuf};
 use vfioctl_common::sysroot::Access;
 use vfioctl_common::SysRoot;
 
-use super::redact::{self, Redactor};
 use super::error::io;
+use super::redact::{self, Redactor};
 use super::SnapshotError;
 
 /// The most symlinks followed while resolving one path (the kernel's limit is 40).
@@ -31,11 +31,16 @@ pub enum Kind {
     /// A symlink with the target text the source had.
     Link(PathBuf),
     /// A file with its contents as read (`bytes` long).
-    File { bytes: u64 },
+    File {
+        bytes: u64,
+    },
     /// Named in a listing or tested for existence only: an empty placeholder.
     Name,
     /// A file whose contents were replaced (`why`).
-    Redacted { bytes: u64, why: String },
+    Redacted {
+        bytes: u64,
+        why: String,
+    },
     /// A file the source would not let be read (the error); an empty placeholder.
     Unreadable(String),
 }
@@ -92,7 +97,10 @@ fn is_fd_dir(abs: &Path) -> bool {
     let c: Vec<_> = abs.components().collect();
     c.len() == 4
         && c[1].as_os_str() == "proc"
-        && c[2].as_os_str().to_str().is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        && c[2]
+            .as_os_str()
+            .to_str()
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
         && c[3].as_os_str() == "fd"
 }
 
@@ -173,7 +181,12 @@ impl Tree {
         e.why.entry(verb).or_default().insert(label.to_string());
     }
 
-    fn make_dir(&mut self, abs: &Path, verb: &'static str, label: &str) -> Result<(), SnapshotError> {
+    fn make_dir(
+        &mut self,
+        abs: &Path,
+        verb: &'static str,
+        label: &str,
+    ) -> Result<(), SnapshotError> {
         if !self.entries.contains_key(abs) {
             let d = self.dst_path(abs);
             fs::create_dir_all(&d).map_err(io("creating", &d))?;
@@ -192,7 +205,12 @@ impl Tree {
     }
 
     /// An empty placeholder for a file whose name (or existence) was all that was used.
-    fn make_name(&mut self, abs: &Path, verb: &'static str, label: &str) -> Result<(), SnapshotError> {
+    fn make_name(
+        &mut self,
+        abs: &Path,
+        verb: &'static str,
+        label: &str,
+    ) -> Result<(), SnapshotError> {
         if !self.entries.contains_key(abs) {
             let d = self.dst_path(abs);
             fs::write(&d, b"").map_err(io("creating", &d))?;
@@ -204,7 +222,12 @@ impl Tree {
     }
 
     /// Copy the contents of the regular file at `abs` (a physical path), redacted.
-    fn copy_file(&mut self, abs: &Path, verb: &'static str, label: &str) -> Result<(), SnapshotError> {
+    fn copy_file(
+        &mut self,
+        abs: &Path,
+        verb: &'static str,
+        label: &str,
+    ) -> Result<(), SnapshotError> {
         if let Some(e) = self.entries.get(abs) {
             if !matches!(e.kind, Kind::Name) {
                 self.why(abs, verb, label);
@@ -417,7 +440,10 @@ impl Tree {
                 .why
                 .iter()
                 .map(|(verb, labels)| {
-                    format!("{verb} by {}", labels.iter().cloned().collect::<Vec<_>>().join(", "))
+                    format!(
+                        "{verb} by {}",
+                        labels.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )
                 })
                 .collect();
             out.push_str(&format!(
