@@ -319,7 +319,7 @@ impl Tree {
                 };
                 cur = p;
             } else if md.is_dir() {
-                self.make_dir(&next, "on the way", label)?;
+                self.make_dir(&next, "parent of a path used", label)?;
                 cur = next;
             } else {
                 if !last {
