@@ -1,7 +1,9 @@
 //! `vfioctl snapshot` over the committed fixture trees (`--root` pointed at a tree stands
 //! for a host): every recorded command prints against the snapshot exactly what it
 //! printed against the tree, MANIFEST lists every entry with its reason, a tampered
-//! snapshot is caught by `--replay`.
+//! snapshot is caught by `--replay`, and the committed lab-guest snapshots
+//! (`tests/fixtures/lab-iommu-*`, taken by tests/snapshot_lab.rs) still replay identically
+//! with this vfioctl and hold the cases the hand-built bind trees were made for.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -227,4 +229,125 @@ fn bad_outputs_and_inputs_are_refused_with_the_fix() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("junk.tar.zst")]);
+}
+/// The lab-guest snapshots committed under tests/fixtures (taken by tests/snapshot_lab.rs
+/// inside the intel-iommu guest) replay with this vfioctl exactly as the guest printed.
+#[test]
+fn committed_lab_snapshots_replay_identically() {
+    let mut n = 0;
+    for e in fs::read_dir(fixture("")).unwrap() {
+        let p = e.unwrap().path();
+        if !p.join("SNAPSHOT.json").is_file() {
+            continue;
+        }
+        n += 1;
+        let o = vfioctl(
+            None,
+            &["--json", "snapshot", "--replay", p.to_str().unwrap()],
+        );
+        assert!(o.status.success(), "{}: {}", p.display(), text(&o));
+    }
+    assert!(
+        n >= 2,
+        "expected the committed lab snapshots in tests/fixtures"
+    );
+}
+
+fn recorded(snapshot: &str, args: &[&str]) -> (i32, serde_json::Value) {
+    let meta: vfioctl::snapshot::Meta =
+        serde_json::from_slice(&fs::read(fixture(snapshot).join("SNAPSHOT.json")).unwrap())
+            .unwrap();
+    let c = meta
+        .commands
+        .iter()
+        .find(|c| c.args == args)
+        .unwrap_or_else(|| panic!("{snapshot}: no recorded {args:?}"));
+    (c.exit, serde_json::from_str(&c.stdout).unwrap())
+}
+
+/// The lab snapshots hold, from a real kernel's sysfs, the cases the hand-built bind
+/// trees were made for: `bind-bridge-pair` (an e1000 behind a pcie-pci-bridge brings its
+/// neighbour along as a companion, the bridge stays) and `bind-nic-route` (the NIC that
+/// carries the default route is refused); and the bound state that Kata's checks need.
+#[test]
+fn lab_snapshots_cover_the_bind_fixture_cases_from_a_real_kernel() {
+    let (exit, v) = recorded(
+        "lab-iommu-host-drivers",
+        &["bind", "--dry-run", "0000:03:01.0"],
+    );
+    assert_eq!(exit, 0, "{v:#}");
+    let members = v["plan"]["groups"][0]["members"].as_array().unwrap();
+    let role = |b: &str| {
+        members
+            .iter()
+            .find(|m| m["bdf"] == b)
+            .map(|m| m["role"].as_str().unwrap().to_string())
+    };
+    assert_eq!(role("0000:03:02.0").as_deref(), Some("companion"), "{v:#}");
+    assert_eq!(role("0000:02:00.0").as_deref(), Some("bridge"), "{v:#}");
+    assert_eq!(
+        v["writes"][0], "modprobe vfio_pci",
+        "vfio-pci not loaded yet"
+    );
+
+    let (exit, v) = recorded(
+        "lab-iommu-host-drivers",
+        &["bind", "--dry-run", "0000:04:00.0"],
+    );
+    assert_eq!(exit, 6, "{v:#}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("carries the default route"),
+        "{v:#}"
+    );
+
+    let (exit, v) = recorded("lab-iommu-vfio-bound", &["devices"]);
+    assert_eq!(exit, 0);
+    for b in ["0000:01:00.0", "0000:03:01.0", "0000:03:02.0"] {
+        let d = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["bdf"] == b)
+            .unwrap();
+        assert_eq!(d["driver"], "vfio-pci", "{d:#}");
+    }
+    let (exit, v) = recorded(
+        "lab-iommu-vfio-bound",
+        &[
+            "kata",
+            "config",
+            "--kata-version",
+            "4.1.0",
+            "--gpu",
+            "0000:01:00.0",
+        ],
+    );
+    assert_eq!(exit, 0, "{v:#}");
+}
+
+/// The console example in README.md's "Reporting a problem" section runs as written.
+#[test]
+fn readme_snapshot_example_runs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = fs::read_to_string(root.join("README.md")).unwrap();
+    let start = readme
+        .find("<!-- section: snapshot -->")
+        .expect("README section marker");
+    let section = &readme[start..];
+    let block = &section[section.find("```console").expect("console block")..];
+    let mut lines = block.lines().skip(1);
+    let cmd = lines.next().unwrap().strip_prefix("$ vfioctl ").unwrap();
+    let want: Vec<&str> = lines.take_while(|l| l.trim() != "```").collect();
+    let o = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
+        .args(cmd.split_whitespace())
+        .current_dir(root)
+        .env_remove("VFIOCTL_ROOT")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let got = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(got.lines().collect::<Vec<_>>(), want);
 }

@@ -426,7 +426,8 @@ impl Tree {
              # Kinds: dir; file (contents as read); link (symlink, target as the source had it);\n\
              # name (listed or tested only: an empty placeholder; device nodes are always names);\n\
              # redacted (contents replaced, detail says how); unreadable (the source refused the\n\
-             # read, detail has the error; an empty placeholder).\n",
+             # read, detail has the error; an empty placeholder).\n\
+             # Not listed: MANIFEST itself and SNAPSHOT.json (the commands and what they printed).\n",
         );
         for (p, e) in &self.entries {
             let detail = match &e.kind {
