@@ -14,6 +14,7 @@
 //! | [`kernel`] | guest kernel builds from `kernel-configs/` fragments, NVIDIA modules |
 //! | [`kata`] | Kata `configuration.toml` generation and patching |
 //! | [`regress`] | the nightly regression matrix and its reports |
+//! | [`shared`] | shared GPUs: SR-IOV VFs, mediated devices (vGPU), iommufd vs groups |
 //! | [`snapshot`] | `vfioctl snapshot`: what the commands read, captured for `--root` replay |
 
 pub use vfioctl_common as common;
@@ -32,6 +33,7 @@ pub mod pci;
 pub mod qmp;
 pub mod regress;
 pub mod rootfs;
+pub mod shared;
 pub mod snapshot;
 pub mod vm;
 

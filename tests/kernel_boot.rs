@@ -15,22 +15,17 @@ use std::time::Duration;
 
 use kernel_support::*;
 
-fn prerequisites() -> Result<(), String> {
-    if !have_build_tools() {
-        return Err("make/gcc/flex/bison missing (scripts/setup)".into());
-    }
-    kernel_tree().map(|_| ())?;
-    if !vfioctl::kernel::cmd::have("qemu-system-x86_64") {
-        return Err("qemu-system-x86_64 missing (scripts/setup)".into());
-    }
+/// make/gcc/flex/bison, the pinned kernel tree, QEMU and busybox.
+fn prerequisites() -> Result<(), vfioctl_testkit::Missing> {
+    build_prerequisites()?;
+    vfioctl_testkit::prereq::qemu()?;
+    vfioctl_testkit::prereq::busybox()?;
     Ok(())
 }
 
 #[test]
 fn base_kernel_builds_and_boots_under_tcg() {
-    if let Err(e) = prerequisites() {
-        skip_kernel!("{e}");
-    }
+    vfioctl_testkit::require!(prerequisites());
     let r = build(&[], None).unwrap_or_else(|e| panic!("kernel build failed: {e}"));
     let m = &r.manifest;
     assert_eq!(m.verify.dropped, 0);

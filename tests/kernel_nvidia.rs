@@ -9,32 +9,37 @@ use std::time::Duration;
 
 use kernel_support::*;
 
-fn prerequisites() -> Result<(), String> {
-    if !have_build_tools() {
-        return Err("make/gcc/flex/bison missing (scripts/setup)".into());
-    }
-    kernel_tree().map(|_| ())?;
-    if !vfioctl::kernel::cmd::have("qemu-system-x86_64") {
-        return Err("qemu-system-x86_64 missing (scripts/setup)".into());
-    }
+/// make/gcc/flex/bison, the pinned kernel tree, QEMU and busybox.
+fn prerequisites() -> Result<(), vfioctl_testkit::Missing> {
+    build_prerequisites()?;
+    vfioctl_testkit::prereq::qemu()?;
+    vfioctl_testkit::prereq::busybox()?;
     Ok(())
+}
+
+/// The NVIDIA 535 packages: fetched into the lab, or an apt source that serves them.
+fn nvidia_debs(source_deb: &str) -> Result<(), vfioctl_testkit::Missing> {
+    let deb = lab().join("nvidia/debs").join(source_deb);
+    let apt = std::path::Path::new("/etc/apt/sources.list.d/vfioctl-nvidia.sources");
+    if deb.is_file() || apt.is_file() {
+        return Ok(());
+    }
+    Err(
+        vfioctl_testkit::Missing::new("nvidia-535-debs", vfioctl_testkit::prereq::SETUP_NVIDIA)
+            .detail(format!(
+                "{} not fetched and {} not there",
+                deb.display(),
+                apt.display()
+            )),
+    )
 }
 
 #[test]
 fn nvidia_open_535_modules_load_up_to_no_gpu() {
-    if let Err(e) = prerequisites() {
-        skip_kernel!("{e}");
-    }
+    vfioctl_testkit::require!(prerequisites());
     let pins = pins();
     let nv = &pins.nvidia["open-535"];
-    let debs = lab().join("nvidia/debs");
-    if !debs.join(&nv.source_deb).is_file()
-        && !std::path::Path::new("/etc/apt/sources.list.d/vfioctl-nvidia.sources").is_file()
-    {
-        skip_kernel!(
-            "NVIDIA .debs not fetched and contrib/non-free not enabled: scripts/setup --nvidia"
-        );
-    }
+    vfioctl_testkit::require!(nvidia_debs(&nv.source_deb));
     let r =
         build(&["nvidia"], Some("open-535")).unwrap_or_else(|e| panic!("nvidia build failed: {e}"));
     let m = &r.manifest;

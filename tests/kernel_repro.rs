@@ -10,12 +10,7 @@ use kernel_support::*;
 
 #[test]
 fn two_clean_builds_of_the_same_inputs_give_the_same_bzimage() {
-    if !have_build_tools() {
-        skip_kernel!("make/gcc/flex/bison missing (scripts/setup)");
-    }
-    if let Err(e) = kernel_tree() {
-        skip_kernel!("{e}");
-    }
+    vfioctl_testkit::require!(build_prerequisites());
     let dir = tempfile::tempdir().unwrap();
     let clean = |name: &str, ccache: bool| {
         let opts = vfioctl::kernel::BuildOptions {

@@ -64,7 +64,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
     let mut client = AgentClient::connect(&transport, Duration::from_secs(a.connect_timeout))?;
     let view = validate::collect(&mut client, target.as_ref(), Duration::from_secs(a.wait))?;
     let checks = validate::evaluate(target.as_ref(), &view);
-    let report = Report::new(transport, target, checks);
+    let report = Report::new(transport, target, checks).with_timings(view.timings.clone());
     if let Some(path) = &a.junit {
         std::fs::write(path, validate::junit(&report)).map_err(|e| {
             Failure::new(

@@ -11,7 +11,7 @@ use crate::pci::list::names_for;
 use crate::pci::{select, PciIds, SelectError};
 
 /// Counts per status and the overall verdict.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Summary {
     pub pass: usize,
     pub warn: usize,
@@ -24,7 +24,7 @@ pub struct Summary {
 }
 
 /// What `vfioctl check --json` prints.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct CheckReport {
     pub checks: Vec<Check>,
     pub summary: Summary,
@@ -82,15 +82,20 @@ impl CheckReport {
 }
 
 /// Run the host checks and the device checks for the devices `selectors` pick (every
-/// display controller, class 0x03, when empty), narrowed to `class` when given.
+/// display controller, class 0x03, when empty), narrowed to `class` when given. `qemu`,
+/// when given, is probed for the iommufd object (the `vfio-backend` check).
 pub fn run_checks(
     root: &SysRoot,
     selectors: &[Selector],
     class: Option<ClassFilter>,
     vm_memory: Option<u64>,
+    qemu: Option<&std::path::Path>,
 ) -> Result<CheckReport, SelectError> {
     let host = HostFacts::gather(root);
     let mut checks = host_checks(&host, vm_memory);
+    // Which VFIO backend (groups or iommufd) a VM would get; QEMU only when named.
+    let backend = crate::shared::BackendFacts::gather(root, qemu);
+    checks.push(crate::shared::readiness::backend_check(&backend));
 
     let all = if root.exists("/sys/bus/pci/devices") {
         all_bdfs(root)?
@@ -109,6 +114,16 @@ pub fn run_checks(
     if let Some(c) = class {
         devs.retain(|d| c.matches(d.class));
     }
+    tracing::info!(
+        "selected {} device(s) for device checks ({}): {:?}",
+        devs.len(),
+        if default_class {
+            "default: class 0x03 display controllers".to_string()
+        } else {
+            format!("selectors {selectors:?}, class {class:?}")
+        },
+        devs.iter().map(|d| d.bdf.to_string()).collect::<Vec<_>>()
+    );
     if devs.is_empty() {
         let what = match class {
             Some(c) if !default_class => format!("no selected device of class {c:?}"),
@@ -136,10 +151,32 @@ pub fn run_checks(
             ),
         ));
         summary.devices.push(dev.bdf);
+        // SR-IOV readiness, NVIDIA per-VF vGPU types, mdev types (shared GPUs).
+        let shared = crate::shared::readiness::device_checks(root, &dev);
         let f = DeviceFacts::gather(root, dev, &all)?;
         checks.extend(device_checks(&f, &host));
+        checks.extend(shared);
     }
     for c in &checks {
+        let on = c.device.map(|b| format!(" {b}")).unwrap_or_default();
+        match c.status {
+            Status::Fail | Status::Warn => tracing::info!(
+                "verdict {}{on}: {} because {}{}",
+                c.id,
+                c.status.as_str(),
+                c.message,
+                c.hint
+                    .as_deref()
+                    .map(|h| format!(" (fix: {h})"))
+                    .unwrap_or_default()
+            ),
+            _ => tracing::info!(
+                "verdict {}{on}: {} because {}",
+                c.id,
+                c.status.as_str(),
+                c.message
+            ),
+        }
         match c.status {
             Status::Pass => summary.pass += 1,
             Status::Warn => summary.warn += 1,
