@@ -15,6 +15,7 @@
 //! | [`kata`] | Kata `configuration.toml` generation and patching |
 //! | [`regress`] | the nightly regression matrix and its reports |
 //! | [`shared`] | shared GPUs: SR-IOV VFs, mediated devices (vGPU), iommufd vs groups |
+//! | [`snapshot`] | `vfioctl snapshot`: what the commands read, captured for `--root` replay |
 
 pub use vfioctl_common as common;
 pub use vfioctl_common::{Bdf, SysRoot};
@@ -33,6 +34,7 @@ pub mod qmp;
 pub mod regress;
 pub mod rootfs;
 pub mod shared;
+pub mod snapshot;
 pub mod vm;
 
 pub use context::Context;

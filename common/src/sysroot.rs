@@ -181,11 +181,56 @@ pub unsafe fn openat2_raw(dirfd: i32, path: *const libc::c_char, how: &libc::ope
     }
 }
 
+/// How a [`SysRoot`] access used a host path, as told to an [`AccessLog`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Access {
+    /// The path was resolved for the caller's own `std::fs` call ([`SysRoot::path`]).
+    Path,
+    /// The file's contents were read.
+    Read,
+    /// The directory's entries were listed.
+    List,
+    /// The symlink itself was read (`readlink`).
+    ReadLink,
+    /// Existence or type was asked, following symlinks.
+    Stat,
+    /// Existence was asked without following a final symlink.
+    StatNoFollow,
+    /// Every symlink on the way was resolved (`realpath`).
+    Resolve,
+    /// The file was opened for writing.
+    Write,
+}
+
+/// Told of every path a [`SysRoot`] touches (`vfioctl snapshot` records what the commands
+/// read this way). The host-absolute path is passed, before the access happens.
+pub trait AccessLog: Send + Sync {
+    fn record(&self, access: Access, abs: &Path);
+}
+
 /// A root directory under which host-absolute paths are resolved.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct SysRoot {
     root: PathBuf,
+    log: Option<std::sync::Arc<dyn AccessLog>>,
 }
+
+impl std::fmt::Debug for SysRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SysRoot")
+            .field("root", &self.root)
+            .field("logged", &self.log.is_some())
+            .finish()
+    }
+}
+
+/// Two roots are equal when they stand for the same tree, logged or not.
+impl PartialEq for SysRoot {
+    fn eq(&self, other: &Self) -> bool {
+        self.root == other.root
+    }
+}
+impl Eq for SysRoot {}
 
 impl Default for SysRoot {
     fn default() -> Self {
@@ -196,14 +241,28 @@ impl Default for SysRoot {
 impl SysRoot {
     /// The machine itself (`/`).
     pub fn host() -> Self {
-        Self {
-            root: PathBuf::from("/"),
-        }
+        Self::new("/")
     }
 
     /// A tree whose `sys/`, `proc/`, `dev/`, ... stand for the host's.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            log: None,
+        }
+    }
+
+    /// The same root, telling `log` of every path it touches from now on (clones and
+    /// [`SysDir`]s opened from it included).
+    pub fn with_log(mut self, log: std::sync::Arc<dyn AccessLog>) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    fn note(&self, access: Access, abs: &Path) {
+        if let Some(log) = &self.log {
+            log.record(access, abs);
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -220,6 +279,13 @@ impl SysRoot {
     /// `..` components are dropped rather than followed, so a caller cannot climb out of
     /// the root by accident; BDFs and driver names are validated before they get here.
     pub fn path(&self, abs: impl AsRef<Path>) -> PathBuf {
+        self.note(Access::Path, abs.as_ref());
+        self.full(abs)
+    }
+
+    /// [`path`](Self::path) without telling the log: for the accessors below, which tell
+    /// it what they do with the path.
+    fn full(&self, abs: impl AsRef<Path>) -> PathBuf {
         let mut out = self.root.clone();
         for c in abs.as_ref().components() {
             if let Component::Normal(part) = c {
@@ -244,34 +310,38 @@ impl SysRoot {
             path: if self.is_host() {
                 abs.to_path_buf()
             } else {
-                self.path(abs)
+                self.full(abs)
             },
             source,
         }
     }
 
     pub fn exists(&self, abs: impl AsRef<Path>) -> bool {
-        self.path(abs).exists()
+        self.note(Access::Stat, abs.as_ref());
+        self.full(abs).exists()
     }
 
     /// `exists` without following a final symlink.
     pub fn exists_nofollow(&self, abs: impl AsRef<Path>) -> bool {
-        fs::symlink_metadata(self.path(abs)).is_ok()
+        self.note(Access::StatNoFollow, abs.as_ref());
+        fs::symlink_metadata(self.full(abs)).is_ok()
     }
 
     pub fn is_dir(&self, abs: impl AsRef<Path>) -> bool {
-        self.path(abs).is_dir()
+        self.note(Access::Stat, abs.as_ref());
+        self.full(abs).is_dir()
     }
 
     pub fn read_bytes(&self, abs: impl AsRef<Path>) -> Result<Vec<u8>, SysError> {
         use std::os::unix::fs::OpenOptionsExt;
         let abs = abs.as_ref();
+        self.note(Access::Read, abs);
         // O_NONBLOCK: a FIFO planted where a sysfs file should be must not hang the open;
         // `read_regular` then refuses anything that is not a regular file.
         let f = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(self.path(abs))
+            .open(self.full(abs))
             .map_err(|e| self.err("read", abs, e))?;
         // A sysfs attribute is produced whole by one show() call (at most a page) and
         // handed out by the first read; a short first read is the whole file. procfs
@@ -312,7 +382,8 @@ impl SysRoot {
     /// gives `nvidia`); `None` when the link does not exist.
     pub fn link_name(&self, abs: impl AsRef<Path>) -> Result<Option<String>, SysError> {
         let abs = abs.as_ref();
-        match fs::read_link(self.path(abs)) {
+        self.note(Access::ReadLink, abs);
+        match fs::read_link(self.full(abs)) {
             Ok(t) => Ok(t.file_name().map(|n| n.to_string_lossy().into_owned())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.err("readlink", abs, e)),
@@ -322,14 +393,16 @@ impl SysRoot {
     /// The host-absolute canonical path (symlinks resolved inside the root).
     pub fn canonicalize(&self, abs: impl AsRef<Path>) -> Result<PathBuf, SysError> {
         let abs = abs.as_ref();
-        let full = fs::canonicalize(self.path(abs)).map_err(|e| self.err("resolve", abs, e))?;
+        self.note(Access::Resolve, abs);
+        let full = fs::canonicalize(self.full(abs)).map_err(|e| self.err("resolve", abs, e))?;
         Ok(self.strip(&full))
     }
 
     /// Sorted entry names of a directory; an absent directory is an error.
     pub fn list(&self, abs: impl AsRef<Path>) -> Result<Vec<String>, SysError> {
         let abs = abs.as_ref();
-        let rd = fs::read_dir(self.path(abs)).map_err(|e| self.err("list", abs, e))?;
+        self.note(Access::List, abs);
+        let rd = fs::read_dir(self.full(abs)).map_err(|e| self.err("list", abs, e))?;
         let mut names = Vec::new();
         for entry in rd {
             let entry = entry.map_err(|e| self.err("list", abs, e))?;
@@ -400,9 +473,17 @@ impl SysRoot {
         mode: u32,
     ) -> io::Result<fs::File> {
         let abs = abs.as_ref();
+        let acc = flags & libc::O_ACCMODE;
+        self.note(
+            if acc == libc::O_RDONLY && flags & libc::O_CREAT == 0 {
+                Access::Read
+            } else {
+                Access::Write
+            },
+            abs,
+        );
         if self.is_host() {
             use std::os::unix::fs::OpenOptionsExt;
-            let acc = flags & libc::O_ACCMODE;
             return fs::OpenOptions::new()
                 .read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
                 .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
@@ -430,10 +511,11 @@ impl SysRoot {
     pub fn prepare_open(&self, abs: impl AsRef<Path>, flags: i32) -> io::Result<PreparedOpen> {
         use std::os::unix::ffi::OsStrExt;
         let abs = abs.as_ref();
+        self.note(Access::Write, abs);
         if self.is_host() {
             return Ok(PreparedOpen {
                 dir: None,
-                path: std::ffi::CString::new(self.path(abs).as_os_str().as_bytes())
+                path: std::ffi::CString::new(self.full(abs).as_os_str().as_bytes())
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
                 flags: flags | libc::O_CLOEXEC,
                 how: open_how_in_root(flags, 0),
@@ -451,6 +533,7 @@ impl SysRoot {
     /// resolved inside the root as [`open_in_root`](Self::open_in_root) does.
     pub fn create_dir_all_in(&self, abs: impl AsRef<Path>) -> Result<RootDir, SysError> {
         let abs = abs.as_ref();
+        self.note(Access::Write, abs);
         let open = |p: &Path| self.open_in_root(p, libc::O_RDONLY | libc::O_DIRECTORY, 0);
         if let Ok(f) = open(abs) {
             return Ok(RootDir {
@@ -644,10 +727,11 @@ impl SysRoot {
     pub fn open_dir(&self, abs: impl AsRef<Path>) -> Result<SysDir, SysError> {
         use std::os::unix::fs::OpenOptionsExt;
         let abs = abs.as_ref();
+        self.note(Access::Stat, abs);
         let f = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY)
-            .open(self.path(abs))
+            .open(self.full(abs))
             .map_err(|e| self.err("open", abs, e))?;
         Ok(SysDir {
             fd: f.into(),
@@ -660,6 +744,12 @@ impl SysRoot {
 impl SysDir {
     fn err(&self, op: &'static str, name: &str, source: io::Error) -> SysError {
         self.root.err(op, &self.abs.join(name), source)
+    }
+
+    fn note(&self, access: Access, name: &str) {
+        if self.root.log.is_some() {
+            self.root.note(access, &self.abs.join(name));
+        }
     }
 
     fn cname(&self, name: &str) -> Result<std::ffi::CString, SysError> {
@@ -682,6 +772,7 @@ impl SysDir {
     /// Read the whole entry `name` (a plain name, no `/`).
     pub fn read_bytes(&self, name: &str) -> Result<Vec<u8>, SysError> {
         use std::os::fd::{AsRawFd, FromRawFd};
+        self.note(Access::Read, name);
         let c = self.cname(name)?;
         // SAFETY: `c` is a valid NUL-terminated string and `self.fd` an open directory
         // descriptor owned by `self`; openat does not retain either pointer.
@@ -722,6 +813,7 @@ impl SysDir {
     /// The final component of the symlink `name`'s target; `None` when there is no link.
     pub fn link_name(&self, name: &str) -> Result<Option<String>, SysError> {
         use std::os::fd::AsRawFd;
+        self.note(Access::ReadLink, name);
         let c = self.cname(name)?;
         let mut buf = vec![0u8; 4096];
         // SAFETY: `c` is NUL-terminated, `buf` is writable for `buf.len()` bytes, and
@@ -906,6 +998,43 @@ mod tests {
         assert!(rd.remove("ledger.json").unwrap());
         assert!(!rd.remove("ledger.json").unwrap());
         assert!(rd.open("../x", libc::O_RDONLY, 0).is_err());
+    }
+
+    #[test]
+    fn log_hears_every_access_once() {
+        #[derive(Default)]
+        struct Log(std::sync::Mutex<Vec<(Access, PathBuf)>>);
+        impl AccessLog for Log {
+            fn record(&self, access: Access, abs: &Path) {
+                self.0.lock().unwrap().push((access, abs.to_path_buf()));
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("sys/devices/x");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("vendor"), "0x8086\n").unwrap();
+        let log = std::sync::Arc::new(Log::default());
+        let r = SysRoot::new(dir.path()).with_log(log.clone());
+        assert_eq!(r, SysRoot::new(dir.path()));
+        r.read_attr("/sys/devices/x/vendor").unwrap();
+        r.list("/sys/devices").unwrap();
+        let _ = r.link_name("/sys/devices/x");
+        let _ = r.path("/proc/1/fd");
+        let h = r.clone().open_dir("/sys/devices/x").unwrap();
+        h.read_attr_opt("vendor").unwrap();
+        let got = log.0.lock().unwrap().clone();
+        let p = PathBuf::from;
+        assert_eq!(
+            got,
+            vec![
+                (Access::Read, p("/sys/devices/x/vendor")),
+                (Access::List, p("/sys/devices")),
+                (Access::ReadLink, p("/sys/devices/x")),
+                (Access::Path, p("/proc/1/fd")),
+                (Access::Stat, p("/sys/devices/x")),
+                (Access::Read, p("/sys/devices/x/vendor")),
+            ]
+        );
     }
 
     #[test]

@@ -122,20 +122,16 @@ impl Loaded {
     }
 }
 
-/// What `ensure_loaded` would do, for `--dry-run`.
+/// What `ensure_loaded` would do, for `--dry-run`: `modprobe <module>` when the driver is
+/// not registered. The line is the same for any `--root`, so that a dry run against a
+/// snapshot of a host prints what it prints on that host (`vfioctl snapshot`); that a
+/// real bind under another root loads nothing is said by [`ensure_loaded`]'s error and by
+/// the dry run's note on standard error.
 pub fn describe_load(root: &SysRoot, driver: &str) -> Option<String> {
     if driver_dir(root, driver).is_some() {
         return None;
     }
-    let module = driver.replace('-', "_");
-    Some(if root.is_host() {
-        format!("modprobe {module}")
-    } else {
-        format!(
-            "modprobe {module} (not run: --root {} is not /, and vfioctl loads no module into the running kernel for another root)",
-            root.root().display()
-        )
-    })
+    Some(format!("modprobe {}", driver.replace('-', "_")))
 }
 
 /// Make sure `driver` is registered with the PCI bus; load its module on the real host.
@@ -222,9 +218,10 @@ alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e
         let root = SysRoot::new(t.path());
         let e = ensure_loaded(&root, "vfio-pci").unwrap_err();
         assert!(e.to_string().contains("vfio-pci"), "{e}");
-        assert!(describe_load(&root, "vfio-pci")
-            .unwrap()
-            .contains("not run"));
+        assert_eq!(
+            describe_load(&root, "vfio-pci").as_deref(),
+            Some("modprobe vfio_pci")
+        );
         std::fs::create_dir_all(t.path().join("sys/bus/pci/drivers/vfio-pci")).unwrap();
         assert_eq!(
             ensure_loaded(&root, "vfio_pci").unwrap(),

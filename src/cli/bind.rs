@@ -161,6 +161,16 @@ pub fn run_bind(ctx: &Context, a: BindArgs) -> Result<Exit, Failure> {
     }
 
     if a.dry_run {
+        if !ctx.root.is_host() && ctx.notes() {
+            for s in &prepared.steps {
+                if let bind::Step::LoadModule { describe, .. } = s {
+                    eprintln!(
+                        "note: `{describe}` is not run for --root {}: vfioctl loads no module into the running kernel for another root",
+                        ctx.root.root().display()
+                    );
+                }
+            }
+        }
         let v = BindOutput {
             plan,
             forced: prepared.forced.clone(),

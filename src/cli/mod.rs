@@ -17,6 +17,7 @@ pub mod kernel;
 pub mod mdev;
 pub mod regress;
 pub mod rootfs;
+pub mod snapshot;
 pub mod validate;
 pub mod vf;
 pub mod vm;
@@ -43,6 +44,11 @@ pub struct Cli {
     /// Print JSON for machines instead of text for people.
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// Record every host path the command touches into FILE, one `<access> <path>` per
+    /// line (what `vfioctl snapshot` runs each command with).
+    #[arg(long, global = true, hide = true, value_name = "FILE")]
+    pub access_log: Option<PathBuf>,
 
     /// More logging on stderr: -v says what was read and concluded at each decision
     /// (info), -vv debug, -vvv trace; RUST_LOG overrides.
@@ -92,6 +98,9 @@ pub enum Command {
     Kata(kata::KataCommand),
     /// Run the passthrough regression matrix and report what regressed.
     Regress(regress::Args),
+    /// Capture what vfioctl reads from this host into a tree or .tar.zst that anyone can
+    /// replay with --root (redacted; MANIFEST says why each file was taken).
+    Snapshot(snapshot::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(CompletionsArgs),
     /// Write man pages (vfioctl.1 and one per subcommand) into DIR, or print vfioctl(1).
@@ -223,6 +232,10 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
             cli.root.display()
         )));
     }
+    if let Some(log) = &cli.access_log {
+        let log = std::sync::Arc::new(crate::snapshot::FileLog::create(log)?);
+        ctx.root = ctx.root.clone().with_log(log);
+    }
     match cli.command {
         Command::Devices(a) => devices::run(&ctx, a),
         Command::Check(a) => check::run(&ctx, a),
@@ -237,6 +250,7 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Kernel(c) => kernel::run(&ctx, c),
         Command::Kata(c) => kata::run(&ctx, c),
         Command::Regress(a) => regress::run(&ctx, a),
+        Command::Snapshot(a) => snapshot::run(&ctx, a),
         Command::Completions(a) => run_completions(a),
         Command::Man(a) => run_man(&ctx, a),
     }
