@@ -434,22 +434,9 @@ pub fn expected_from_host(root: &SysRoot, bdf: Bdf) -> Result<Expected, vfioctl_
     PciDevice::read(root, bdf).map(|d| Expected::from_host(&d))
 }
 
+/// Guest text into XML 1.0: the shared escaper (no `&#27;`, which XML 1.0 forbids).
 fn xml_escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&apos;"),
-            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => {
-                o.push_str(&format!("&#{};", c as u32))
-            }
-            c => o.push(c),
-        }
-    }
-    o
+    vfioctl_common::text::xml(s)
 }
 
 /// JUnit XML: one testsuite `vfioctl-validate`, one testcase per check; fail ->
@@ -717,8 +704,8 @@ mod tests {
     #[test]
     fn xml_is_escaped() {
         assert_eq!(
-            xml_escape("a<b & \"c\"\u{1}"),
-            "a&lt;b &amp; &quot;c&quot;&#1;"
+            xml_escape("a<b & \"c\"\u{1}\u{1b}[31m"),
+            "a&lt;b &amp; &quot;c&quot;\\x01\\x1b[31m"
         );
     }
 }

@@ -89,9 +89,12 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Log lines may quote the guest: written through the escaping writer, without colours
+    // (their escape sequences would be escaped too).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| vfioctl_common::text::TerminalWriter::new(std::io::stderr()))
+        .with_ansi(false)
         .with_target(false)
         .try_init();
 }
@@ -140,12 +143,14 @@ pub fn report(f: &Failure, json: bool) {
             serde_json::to_string_pretty(&v).unwrap_or_default()
         );
     } else {
-        eprintln!("error: {}", chain[0]);
+        // Errors quote the guest too (serial tails, kernel log lines): escaped.
+        use vfioctl_common::text::terminal;
+        eprintln!("error: {}", terminal(&chain[0]));
         for cause in &chain[1..] {
-            eprintln!("  caused by: {cause}");
+            eprintln!("  caused by: {}", terminal(cause));
         }
         if let Some(h) = &f.hint {
-            eprintln!("  hint: {h}");
+            eprintln!("  hint: {}", terminal(h));
         }
     }
 }

@@ -10,22 +10,10 @@ use std::fmt::Write;
 
 use super::results::{fmt_ms, Outcome, RunResults, ScenarioResult, StepStatus};
 
-/// Escape text for XML attributes and bodies; drops characters XML 1.0 forbids.
+/// Escape text for XML attributes and bodies: the shared escaper, which writes the
+/// characters XML 1.0 forbids visibly (`\x1b`) instead of dropping them.
 pub fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&apos;"),
-            '\t' | '\n' | '\r' => o.push(c),
-            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => {}
-            c => o.push(c),
-        }
-    }
-    o
+    vfioctl_common::text::xml(s)
 }
 
 fn secs(ms: u64) -> String {
@@ -184,7 +172,7 @@ mod tests {
     fn escapes_markup_and_control_characters() {
         assert_eq!(
             esc("a<b>&\"c'\u{1b}[0m\n"),
-            "a&lt;b&gt;&amp;&quot;c&apos;[0m\n"
+            "a&lt;b&gt;&amp;&quot;c&apos;\\x1b[0m\n"
         );
     }
 }
