@@ -152,3 +152,31 @@ pub fn tail_file(path: &Path, n: usize) -> String {
     let text = std::fs::read(path).unwrap_or_default();
     super::evidence::tail(&String::from_utf8_lossy(&text), n)
 }
+
+/// Fields of `/proc/PID/stat` after the command name: `[0]` is the state letter, `[19]`
+/// the start time in clock ticks since boot.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = SysRoot::host()
+        .read_string(format!("/proc/{pid}/stat"))
+        .ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
+/// The start time of a live (not zombie) process, in clock ticks since boot: with the pid
+/// it identifies a process across pid reuse.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let f = stat_fields(pid)?;
+    if matches!(f.first().map(String::as_str), Some("Z") | Some("X")) {
+        return None;
+    }
+    f.get(19)?.parse().ok()
+}
+
+/// The process is stopped (SIGSTOP, or a debugger): it runs no code and answers nothing.
+pub fn stopped(pid: u32) -> bool {
+    matches!(
+        stat_fields(pid).as_ref().and_then(|f| f.first()).map(String::as_str),
+        Some("T") | Some("t")
+    )
+}
