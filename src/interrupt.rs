@@ -142,10 +142,7 @@ pub fn install() -> Result<(), crate::Failure> {
                 libc::sigaction(sig, &sa, std::ptr::null_mut())
             };
             if rc != 0 {
-                return Err(format!(
-                    "sigaction: {}",
-                    std::io::Error::last_os_error()
-                ));
+                return Err(format!("sigaction: {}", std::io::Error::last_os_error()));
             }
         }
         Ok(())

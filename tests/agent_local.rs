@@ -244,7 +244,10 @@ fn every_request_needs_the_vms_secret() {
         assert_eq!(err_kind(&r), ErrorKind::Unauthorized);
         let mut rest = Vec::new();
         let _ = s.read_to_end(&mut rest);
-        assert!(rest.is_empty(), "the connection is closed after the refusal");
+        assert!(
+            rest.is_empty(),
+            "the connection is closed after the refusal"
+        );
     }
     // The client with a wrong secret is told so at once (no retry until the deadline),
     // with the fix.

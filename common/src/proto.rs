@@ -224,7 +224,10 @@ impl Token {
         if t.len() != Self::LEN {
             return Err(TokenError("expected 64 hex digits"));
         }
-        if !t.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !t
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(TokenError("expected lowercase hex digits"));
         }
         Ok(Token(t.into()))
@@ -819,7 +822,10 @@ mod tests {
         };
         assert_eq!(
             String::from_utf8(to_payload(&r)).unwrap(),
-            format!(r#"{{"id":1,"token":"{}","req":{{"op":"hello"}}}}"#, "ab".repeat(32))
+            format!(
+                r#"{{"id":1,"token":"{}","req":{{"op":"hello"}}}}"#,
+                "ab".repeat(32)
+            )
         );
         let resp = Response {
             id: None,

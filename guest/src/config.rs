@@ -238,7 +238,9 @@ mod tests {
             .unwrap();
         assert!(c.exec(false));
         assert_eq!(c.token_file, "/t");
-        assert!(c.apply_args(&["--handshake-timeout".into(), "0".into()]).is_err());
+        assert!(c
+            .apply_args(&["--handshake-timeout".into(), "0".into()])
+            .is_err());
         c.apply_args(&["--handshake-timeout".into(), "0.5".into()])
             .unwrap();
         assert_eq!(c.handshake_timeout, Duration::from_millis(500));

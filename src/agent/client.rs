@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use vfioctl_common::proto::{
     self, AgentError, CheckOutcome, DevicesReply, ErrorKind, ExecReply, FrameError, HelloReply,
-    KernelLogReply, Outcome, PowerAction, Reply, Request, RequestBody, Token, WaitReply,
-    MAX_REPLY,
+    KernelLogReply, Outcome, PowerAction, Reply, Request, RequestBody, Token, WaitReply, MAX_REPLY,
 };
 use vfioctl_common::Selector;
 

@@ -23,7 +23,8 @@ pub mod vm;
 ///
 /// Exit codes: 0 ok, 1 check failed, 2 usage or input error, 3 validation failed,
 /// 4 boot timeout, 5 regression, 6 refused by a safety rule, 7 operation failed (rolled
-/// back), 8 infrastructure error.
+/// back), 8 infrastructure error, 130 SIGINT / 143 SIGTERM (after tearing down what the
+/// command started).
 #[derive(Debug, Parser)]
 #[command(name = "vfioctl", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
@@ -171,7 +172,15 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let _ = e.print();
+            if e.use_stderr() {
+                // clap quotes the offending argument: escaped like everything else.
+                eprint!(
+                    "{}",
+                    vfioctl_common::text::terminal(&e.render().to_string())
+                );
+            } else {
+                let _ = e.print();
+            }
             return if e.use_stderr() {
                 Exit::Usage.into()
             } else {

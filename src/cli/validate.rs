@@ -102,11 +102,8 @@ fn collect(ctx: &Context, a: Args) -> Result<(Report, Option<PathBuf>), Failure>
     if let (Some(t), Some(d)) = (target.as_mut(), &a.expect_driver) {
         t.driver = Some(d.clone());
     }
-    let mut client = AgentClient::connect(
-        &transport,
-        &token,
-        Duration::from_secs(a.connect_timeout),
-    )?;
+    let mut client =
+        AgentClient::connect(&transport, &token, Duration::from_secs(a.connect_timeout))?;
     let view = validate::collect(&mut client, target.as_ref(), Duration::from_secs(a.wait))?;
     let checks = validate::evaluate(target.as_ref(), &view);
     Ok((Report::new(transport, target, checks), a.junit))

@@ -594,7 +594,7 @@ mod tests {
                     .as_u64()
                     .unwrap();
                 let chunk = vec![b'x'; 1 << 20];
-                for _ in 0..(3 * MAX_LINE >> 20) {
+                for _ in 0..((3 * MAX_LINE) >> 20) {
                     if wr.write_all(&chunk).await.is_err() {
                         return;
                     }
@@ -613,7 +613,10 @@ mod tests {
         let mut rx = q.subscribe();
         q.execute_raw("query-status", None).await.unwrap();
         let e = rx.recv().await.unwrap();
-        assert!(e.name.starts_with('X') && e.name.contains('\u{fffd}'), "{e:?}");
+        assert!(
+            e.name.starts_with('X') && e.name.contains('\u{fffd}'),
+            "{e:?}"
+        );
         assert!(!q.is_closed());
     }
 

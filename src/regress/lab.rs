@@ -32,9 +32,7 @@ use crate::bind;
 use crate::qmp::Qmp;
 use crate::rootfs::{self, agent_bin, BuildOptions};
 use crate::vm::profile::{lab_kernel, DeviceEntry, GpuSpec, PlugWhen, Profile, Ready};
-use crate::vm::{
-    lifecycle, plug, process, Env, Firmware as VmFirmware, VmError, VmName, VmRecord,
-};
+use crate::vm::{lifecycle, plug, process, Env, Firmware as VmFirmware, VmError, VmName, VmRecord};
 use crate::{Context, Exit, Failure};
 
 /// A host device picked by a scenario, with its IOMMU group.
@@ -573,7 +571,8 @@ impl Backend for LabBackend {
                         step,
                         ctx.timeout,
                         Exit::BootTimeout,
-                        lifecycle::up(&env, &profile),
+                        // SIGINT/SIGTERM: vm up kills what it started itself.
+                        lifecycle::up_until(&env, &profile, crate::interrupt::wait()),
                     )?;
                     match r {
                         Ok(rec) => {

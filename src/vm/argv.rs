@@ -264,8 +264,14 @@ mod tests {
         l.agent_token = Some("/run/a,b/lab/agent.token".into());
         l.qmp_socket = "/run/a,b/lab/qmp.sock".into();
         let a = qemu_argv(&l);
-        assert!(a.contains(&"name=opt/vfioctl/token,file=/run/a,,b/lab/agent.token".to_string()), "{a:?}");
-        assert!(a.contains(&"unix:/run/a,,b/lab/qmp.sock,server=on,wait=off".to_string()), "{a:?}");
+        assert!(
+            a.contains(&"name=opt/vfioctl/token,file=/run/a,,b/lab/agent.token".to_string()),
+            "{a:?}"
+        );
+        assert!(
+            a.contains(&"unix:/run/a,,b/lab/qmp.sock,server=on,wait=off".to_string()),
+            "{a:?}"
+        );
         assert!(!a.iter().any(|x| x.contains("opt/vfioctl/exec")));
     }
 }

@@ -284,4 +284,3 @@ impl Diagnose for PlugError {
         }
     }
 }
-

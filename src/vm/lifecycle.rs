@@ -296,9 +296,9 @@ pub async fn up_until(
     }
     rd.create().map_err(io_err(&name, "creating", rd.path()))?;
     rec.starter = Starter::me();
-    let token = rd
-        .write_token()
-        .map_err(io_err(&name, "writing the agent secret", &rd.token_file()))?;
+    let token =
+        rd.write_token()
+            .map_err(io_err(&name, "writing the agent secret", &rd.token_file()))?;
     save(&rec)?;
     let booted = tokio::select! {
         r = boot(env, profile, &launch, &mut rec, &token) => r,
@@ -508,10 +508,9 @@ async fn wait_ready(
                     .min(Duration::from_secs(3))
                     .max(Duration::from_millis(100));
                 let (tt, tok) = (t.clone(), token.clone());
-                let r =
-                    tokio::task::spawn_blocking(move || AgentClient::connect(&tt, &tok, slice))
-                        .await
-                        .expect("agent connect task");
+                let r = tokio::task::spawn_blocking(move || AgentClient::connect(&tt, &tok, slice))
+                    .await
+                    .expect("agent connect task");
                 match r {
                     Ok(c) => {
                         rec.guest = Some(c.hello_info().clone());
@@ -596,7 +595,9 @@ async fn down_locked(env: &Env, rd: &RunDir, powerdown: Duration) -> Result<Down
     let remove = |report: &mut DownReport| -> Result<(), VmError> {
         match rd.remove() {
             Ok(_) => {
-                report.steps.push(format!("removed {}", rd.path().display()));
+                report
+                    .steps
+                    .push(format!("removed {}", rd.path().display()));
                 Ok(())
             }
             Err(o) => Err(VmError::NotOurs {
@@ -604,7 +605,9 @@ async fn down_locked(env: &Env, rd: &RunDir, powerdown: Duration) -> Result<Down
                 path: rd.path().into(),
                 reason: match o {
                     Ownership::Foreign(r) => r,
-                    Ownership::Absent | Ownership::Ours => "it changed while vfioctl stopped the VM".into(),
+                    Ownership::Absent | Ownership::Ours => {
+                        "it changed while vfioctl stopped the VM".into()
+                    }
                 },
             }),
         }
@@ -613,7 +616,9 @@ async fn down_locked(env: &Env, rd: &RunDir, powerdown: Duration) -> Result<Down
         Ok(r) => r,
         Err(e) => {
             // Our directory without a readable state: nothing we started can be found.
-            report.steps.push(format!("no readable state ({})", chain(&e)));
+            report
+                .steps
+                .push(format!("no readable state ({})", chain(&e)));
             remove(&mut report)?;
             return Ok(report);
         }
@@ -629,9 +634,11 @@ async fn down_locked(env: &Env, rd: &RunDir, powerdown: Duration) -> Result<Down
                 for p in rec.plugged.clone().iter().filter(|p| !p.cold) {
                     match plug::unplug(env, &mut rec, &qmp, &p.id).await {
                         Ok(_) => report.steps.push(format!("unplugged {} ({})", p.id, p.gpu)),
-                        Err(e) => report
-                            .steps
-                            .push(format!("unplug {} failed: {}", p.id, chain(&e))),
+                        Err(e) => {
+                            report
+                                .steps
+                                .push(format!("unplug {} failed: {}", p.id, chain(&e)))
+                        }
                     }
                 }
                 if !powerdown.is_zero() && rec.ready == Ready::Agent {

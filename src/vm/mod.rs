@@ -34,7 +34,7 @@ pub mod vsock;
 
 pub use error::{PlugError, VmError};
 pub use lifecycle::{down, list, status, up};
-pub use rundir::{Env, VmName};
 pub use ports::{DeviceBars, Firmware, PhysBits, Plan, PortPlan};
 pub use profile::{GpuSpec, Profile};
+pub use rundir::{Env, VmName};
 pub use state::{VmRecord, VmState};

@@ -660,8 +660,8 @@ async fn connect_qmp(rec: &VmRecord) -> Result<Qmp, VmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Diagnose, Exit};
     use crate::vm::ports::{self, DeviceBars, Firmware, PhysBits};
+    use crate::{Diagnose, Exit};
 
     fn rec() -> VmRecord {
         let mut r = VmRecord::new(&super::super::rundir::RunDir::new(

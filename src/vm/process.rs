@@ -176,7 +176,10 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
 /// The process is stopped (SIGSTOP, or a debugger): it runs no code and answers nothing.
 pub fn stopped(pid: u32) -> bool {
     matches!(
-        stat_fields(pid).as_ref().and_then(|f| f.first()).map(String::as_str),
+        stat_fields(pid)
+            .as_ref()
+            .and_then(|f| f.first())
+            .map(String::as_str),
         Some("T") | Some("t")
     )
 }

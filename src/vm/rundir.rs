@@ -277,7 +277,10 @@ impl RunDir {
         }
         match std::fs::read_to_string(&marker) {
             Ok(t) if t == marker_text(&self.name) => Ownership::Ours,
-            _ => Ownership::Foreign(format!("its {MARKER} marker is not vfioctl's for {}", self.name)),
+            _ => Ownership::Foreign(format!(
+                "its {MARKER} marker is not vfioctl's for {}",
+                self.name
+            )),
         }
     }
 
@@ -418,8 +421,22 @@ mod tests {
             assert_eq!(VmName::new(good).unwrap().as_str(), good);
         }
         for bad in [
-            "", "/", "..", ".", "../x", "/abs/dir", "a/b", "-x", "_x", ".hidden", "a b",
-            "a,b", "a\u{1b}[2J", "naïve", &"n".repeat(33), "x\0y",
+            "",
+            "/",
+            "..",
+            ".",
+            "../x",
+            "/abs/dir",
+            "a/b",
+            "-x",
+            "_x",
+            ".hidden",
+            "a b",
+            "a,b",
+            "a\u{1b}[2J",
+            "naïve",
+            &"n".repeat(33),
+            "x\0y",
         ] {
             let e = VmName::new(bad).unwrap_err();
             assert!(e.to_string().contains("invalid VM name"), "{bad:?}: {e}");
@@ -497,7 +514,11 @@ mod tests {
         let tok = rd.write_token().unwrap();
         assert_eq!(tok.as_str().len(), 64);
         assert_eq!(
-            std::fs::metadata(rd.token_file()).unwrap().permissions().mode() & 0o777,
+            std::fs::metadata(rd.token_file())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
             0o600
         );
         assert_eq!(rd.read_token().unwrap(), tok);

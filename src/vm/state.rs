@@ -392,7 +392,11 @@ mod tests {
         assert_eq!(back.state.to_string(), "ready");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
-            std::fs::metadata(rd.state_file()).unwrap().permissions().mode() & 0o777,
+            std::fs::metadata(rd.state_file())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
             0o600
         );
         // A tampered state file cannot point the paths elsewhere or rename the VM.
@@ -423,7 +427,10 @@ mod tests {
                 Ok(()) => assert!(to == Created || Created.valid_transition(to)),
                 Err(e) => {
                     assert_eq!((e.from, e.to), (Created, to));
-                    assert_eq!(e.to_string(), format!("VM lab: invalid state transition created -> {to}"));
+                    assert_eq!(
+                        e.to_string(),
+                        format!("VM lab: invalid state transition created -> {to}")
+                    );
                     assert_eq!(c.state, Created, "a refused move changes nothing");
                 }
             }
@@ -451,5 +458,4 @@ mod tests {
             PathBuf::from("/tmp/vfioctl-1000")
         );
     }
-
 }

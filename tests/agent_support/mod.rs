@@ -69,7 +69,9 @@ impl LocalAgent {
         let socket = dir.path().join("agent.sock");
         let mut b = [0u8; 32];
         for (i, x) in b.iter_mut().enumerate() {
-            *x = (std::process::id() as u8).wrapping_mul(31).wrapping_add(i as u8 * 7);
+            *x = (std::process::id() as u8)
+                .wrapping_mul(31)
+                .wrapping_add(i as u8 * 7);
         }
         let token = vfioctl_common::proto::Token::from_bytes(&b);
         let token_file = dir.path().join("agent.token");

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use vfioctl::vm::lifecycle::{self, Env};
-use vfioctl::vm::profile::{Profile, Ready, VsockChoice};
+use vfioctl::vm::profile::{AccelChoice, Profile, Ready, VsockChoice};
 use vfioctl::SysRoot;
 
 pub const READY_MARKER: &str = "VFIOCTL-READY";
@@ -105,6 +105,9 @@ impl Lab {
             ready: Ready::Agent,
             vsock: VsockChoice::Auto,
             boot_timeout: 300,
+            // The lab is TCG (LAB.md fact 7): on these machines the KVM probe can pass
+            // (`query-kvm` enabled, `cont` runs) while a guest never prints a line.
+            accel: AccelChoice::Tcg,
             ..Profile::default()
         }
     }
@@ -119,6 +122,9 @@ impl Lab {
             ready: Ready::Serial(READY_MARKER.into()),
             vsock: VsockChoice::Auto,
             boot_timeout: 300,
+            // The lab is TCG (LAB.md fact 7): on these machines the KVM probe can pass
+            // (`query-kvm` enabled, `cont` runs) while a guest never prints a line.
+            accel: AccelChoice::Tcg,
             ..Profile::default()
         }
     }
