@@ -15,6 +15,7 @@
 //! | [`kata`] | Kata `configuration.toml` generation and patching |
 //! | [`regress`] | the nightly regression matrix and its reports |
 //! | [`interrupt`] | SIGINT/SIGTERM for commands that start things (exit 130/143) |
+//! | [`shared`] | shared GPUs: SR-IOV VFs, mediated devices (vGPU), iommufd vs groups |
 
 pub use vfioctl_common as common;
 pub use vfioctl_common::{Bdf, SysRoot};
@@ -33,6 +34,7 @@ pub mod pci;
 pub mod qmp;
 pub mod regress;
 pub mod rootfs;
+pub mod shared;
 pub mod vm;
 
 pub use context::Context;

@@ -84,7 +84,11 @@ fn hello_devices_and_checks() {
         // Unprivileged CI runners may not read the host's /dev/kmsg; the guest test
         // covers the kernel log.
         Err(ClientError::Agent { error, .. }) if error.kind == ErrorKind::Io => {
-            eprintln!("SKIPPED: kernel_log on this host: {}", error.message)
+            vfioctl_testkit::skip(
+                &vfioctl_testkit::prereq::test_name(module_path!()),
+                &vfioctl_testkit::Missing::new("readable /dev/kmsg", "run the tests as root")
+                    .detail(format!("the kernel_log part: {}", error.message)),
+            )
         }
         Err(e) => panic!("{e}"),
     }

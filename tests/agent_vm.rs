@@ -8,6 +8,7 @@
 
 mod agent_support;
 mod common;
+mod junit_support;
 
 use std::io::{Read, Write};
 use std::process::Command;
@@ -50,9 +51,7 @@ fn check<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_as_init_validate_and_negative_control() {
-    let Some(lab) = common::Lab::get("agent_vm") else {
-        return;
-    };
+    let lab = vfioctl_testkit::require!(common::Lab::get());
     let h = common::Harness::new("agent_vm");
     // The lab image with exec enabled (the agent's default is off).
     let initrd = h.env.base.join("lab-exec.cpio.gz");
@@ -197,6 +196,7 @@ async fn agent_as_init_validate_and_negative_control() {
     assert_eq!(check(&v, "driver-bound")["verdict"], "skip");
     let x = std::fs::read_to_string(&junit).unwrap();
     assert!(x.contains("failures=\"0\""), "{x}");
+    junit_support::assert_valid_junit(&junit);
 
     // Negative control: unplug, then hotplug the same 8 GiB device onto rp1 (no
     // prefetchable reserve) straight through QMP, so it stays plugged with BAR 2 unassigned.
@@ -261,6 +261,7 @@ async fn agent_as_init_validate_and_negative_control() {
     assert_eq!(check(&v, "kernel-log")["verdict"], "fail");
     let x = std::fs::read_to_string(&junit).unwrap();
     assert!(x.contains("<failure message=\"BAR2"), "{x}");
+    junit_support::assert_valid_junit(&junit);
     drop(qmp);
 
     // Down: the agent powers the guest off; nothing is left behind.

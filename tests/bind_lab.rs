@@ -5,13 +5,13 @@
 //! the agent answers) and the test runs the script through the agent's exec. The script
 //! prints one `@@ name key=value` line per check, asserted here.
 //!
-//! Skipped loudly (not passed) when QEMU, the lab kernel or vhost-device-vsock is missing.
+//! Skipped loudly (not passed), or failed under `VFIOCTL_REQUIRE_LAB=1`, when QEMU, the
+//! lab kernel or vhost-device-vsock is missing.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use vfioctl::agent::{AgentClient, Transport};
@@ -96,22 +96,7 @@ fn parse(stdout: &str) -> BTreeMap<String, BTreeMap<String, String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_lab_real_kernel_through_the_agent() {
-    let Some(lab) = common::Lab::get("bind_lab") else {
-        return;
-    };
-    if Command::new("sh")
-        .args([
-            "-c",
-            "command -v vhost-device-vsock || test -x $HOME/.cargo/bin/vhost-device-vsock",
-        ])
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        println!("SKIPPED: bind_lab: vhost-device-vsock not installed (scripts/setup)");
-        eprintln!("SKIPPED: bind_lab: vhost-device-vsock not installed (scripts/setup)");
-        return;
-    }
+    let lab = vfioctl_testkit::require!(common::Lab::get());
     let h = common::Harness::new("bind_lab");
     let work = tempfile::tempdir().unwrap();
     let initrd = initramfs(&lab, work.path());

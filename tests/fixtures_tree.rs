@@ -78,14 +78,12 @@ fn running_kernel_has_modules() -> bool {
 
 #[test]
 fn lspci_reads_every_tree_without_complaint() {
-    let Ok(version) = Command::new("lspci").arg("--version").output() else {
-        println!("SKIPPED: lspci not installed (scripts/setup installs pciutils)");
-        return;
-    };
+    let lspci = vfioctl_testkit::require!(vfioctl_testkit::prereq::lspci());
+    let version = Command::new(&lspci).arg("--version").output().unwrap();
     assert!(version.status.success());
     for host in hosts::all() {
         let tree = fixtures().join(host.name);
-        let out = Command::new("lspci")
+        let out = Command::new(&lspci)
             .arg("-A")
             .arg("linux-sysfs")
             .arg("-O")

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use vfioctl::common::Selector;
-use vfioctl::kata::{self, Artefacts, Base, PlugMode, Runtime};
+use vfioctl::kata::{self, Base, Guest, Options, PlugMode, Runtime};
 use vfioctl::SysRoot;
 
 fn fixture(name: &str) -> PathBuf {
@@ -22,29 +22,43 @@ struct Case {
     mode: Option<PlugMode>,
     tree: &'static str,
     gpus: &'static [&'static str],
+    guest: Guest,
 }
 
 fn patch(c: &Case) -> (String, kata::Outcome) {
     let path = fixture(&format!("kata/{}", c.base));
     let (text, doc) = kata::read_base(&path).unwrap();
-    let choice =
-        kata::choose_target(c.version.map(|v| v.parse().unwrap()), c.runtime, Some(&doc)).unwrap();
+    let choice = kata::choose_target(
+        c.version.map(|v| v.parse().unwrap()),
+        c.runtime,
+        Some(&doc),
+        None,
+    )
+    .unwrap();
     let sels: Vec<Selector> = c.gpus.iter().map(|s| s.parse().unwrap()).collect();
     let sel = kata::select(&SysRoot::new(fixture(c.tree)), &sels).unwrap();
     let out = kata::configure(
         choice,
-        c.mode,
-        Artefacts::default(),
+        opts(c),
         sel,
         Some(Base {
             path: &path,
             text: &text,
             doc,
         }),
+        &[],
         None,
     )
     .unwrap();
     (text, out)
+}
+
+fn opts(c: &Case) -> Options {
+    Options {
+        mode: c.mode,
+        guest: c.guest,
+        ..Options::default()
+    }
 }
 
 /// Split keeping line terminators, so CRLF/LF differences count.
@@ -129,31 +143,33 @@ fn check_survives(c: &Case) -> kata::Outcome {
         );
     }
     // Patching the result again is a no-op.
-    let path = std::env::temp_dir().join(format!("vfioctl-kata-{}-{}", std::process::id(), c.base));
+    // A directory of its own: two tests may patch the same base at once.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join(c.base);
     std::fs::write(&path, &out.config).unwrap();
     let (text2, doc2) = kata::read_base(&path).unwrap();
     let choice = kata::choose_target(
         c.version.map(|v| v.parse().unwrap()),
         c.runtime,
         Some(&doc2),
+        None,
     )
     .unwrap();
     let sels: Vec<Selector> = c.gpus.iter().map(|s| s.parse().unwrap()).collect();
     let sel = kata::select(&SysRoot::new(fixture(c.tree)), &sels).unwrap();
     let again = kata::configure(
         choice,
-        c.mode,
-        Artefacts::default(),
+        opts(c),
         sel,
         Some(Base {
             path: &path,
             text: &text2,
             doc: doc2,
         }),
+        &[],
         None,
     )
     .unwrap();
-    std::fs::remove_file(&path).unwrap();
     assert_eq!(
         again.config, out.config,
         "{}: second patch changed the file",
@@ -179,6 +195,7 @@ fn nvidia_template_4_1_only_gpu_keys_change() {
         mode: None,
         tree: "kata-dgx",
         gpus: &[],
+        guest: Guest::Vfioctl,
     });
     // The NVIDIA template already has cold plug, 8 ports (>= 2), 8192 MiB, 1200 s and
     // the realloc parameters: those are kept; only the hook path changes.
@@ -220,6 +237,7 @@ fn nvidia_template_4_1_hotplug_switches_keys() {
         mode: Some(PlugMode::Hot),
         tree: "kata-ws",
         gpus: &["0000:01:00.0"],
+        guest: Guest::Vfioctl,
     });
     assert!(o.config.contains("hot_plug_vfio = \"root-port\"\n"));
     assert!(o.config.contains("cold_plug_vfio = \"no-port\"\n"));
@@ -231,14 +249,14 @@ fn nvidia_template_4_1_hotplug_switches_keys() {
 fn go_3_1_root_bus_keys() {
     let o = check_survives(&Case {
         base: "configuration-qemu-3.1.toml",
-        version: None, // inferred from hotplug_vfio_on_root_bus
+        version: Some("3.1.0"),
         runtime: None,
         mode: None,
         tree: "kata-dgx",
         gpus: &[],
+        guest: Guest::Vfioctl,
     });
     assert_eq!(o.target.target.version.to_string(), "3.1.0");
-    assert!(o.target.how.contains("inferred"));
     assert!(o.config.contains("hotplug_vfio_on_root_bus = true\n"));
     assert!(o.config.contains("pcie_root_port = 2\n"));
     assert!(o.config.contains("dial_timeout = 1200\n"));
@@ -255,6 +273,7 @@ fn go_3_4_patch() {
         mode: None,
         tree: "kata-dgx",
         gpus: &["0000:1b:00.0", "0000:43:00.0"],
+        guest: Guest::Vfioctl,
     });
     assert_eq!(
         value_line(&o.config, "default_memory"),
@@ -289,11 +308,12 @@ fn go_3_4_patch() {
 fn runtime_rs_template() {
     let o = check_survives(&Case {
         base: "configuration-qemu-nvidia-gpu-runtime-rs.toml",
-        version: None,
+        version: Some("4.1.0"),
         runtime: None, // inferred from [runtime] hypervisor_name / dial_timeout_ms
         mode: Some(PlugMode::Hot),
         tree: "kata-dgx",
         gpus: &[],
+        guest: Guest::Vfioctl,
     });
     assert_eq!(o.target.target.runtime, Runtime::Rs);
     assert_eq!(
@@ -316,6 +336,7 @@ fn hand_edited_crlf_file() {
         mode: None,
         tree: "kata-dgx",
         gpus: &[],
+        guest: Guest::Vfioctl,
     });
     let c = &o.config;
     // One line-ending style: every line still ends in CRLF, the inserted one too.
@@ -382,9 +403,9 @@ mod prop {
             let path = dir.path().join("configuration.toml");
             std::fs::write(&path, &text).unwrap();
             let (text, doc) = kata::read_base(&path).unwrap();
-            let choice = kata::choose_target(Some("3.4.0".parse().unwrap()), None, Some(&doc)).unwrap();
+            let choice = kata::choose_target(Some("3.4.0".parse().unwrap()), None, Some(&doc), None).unwrap();
             let sel = kata::select(&SysRoot::new(fixture("kata-dgx")), &[]).unwrap();
-            let out = kata::configure(choice, None, Artefacts::default(), sel, Some(Base { path: &path, text: &text, doc }), None).unwrap();
+            let out = kata::configure(choice, Options::default(), sel, Some(Base { path: &path, text: &text, doc }), &[], None).unwrap();
             let changed: BTreeSet<(String, String)> = out.settings.iter().filter(|s| s.changed)
                 .map(|s| (s.table.to_string(), s.key.to_string())).collect();
             prop_assert_eq!(outside(&text, &changed), outside(&out.config, &changed));

@@ -106,23 +106,164 @@ fn verify_passes_and_fails_with_documented_exit_codes() {
     assert!(out.contains("unknown flavour `nope`"), "{out}");
 }
 
-#[test]
-fn build_refuses_an_unpinned_tarball() {
-    let (d, cfgs) = setup();
-    let fake = d.path().join("linux-fake.tar.xz");
-    std::fs::write(&fake, b"not a kernel").unwrap();
-    let lab = d.path().join("lab");
-    let (rc, out) = vfioctl(&[
+/// A tiny "kernel source" tarball: `linux-<v>/Makefile` with that version, a Kconfig
+/// and a file the test patch can touch.
+fn fake_tarball(dir: &std::path::Path, version: &str, hello: &str) -> std::path::PathBuf {
+    let mut parts = version.split('.');
+    let (v, p, sub) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap_or("0"),
+    );
+    let top = dir.join(format!("src-{version}/linux-{version}"));
+    std::fs::create_dir_all(&top).unwrap();
+    std::fs::write(
+        top.join("Makefile"),
+        format!("VERSION = {v}\nPATCHLEVEL = {p}\nSUBLEVEL = {sub}\nEXTRAVERSION =\n"),
+    )
+    .unwrap();
+    std::fs::write(top.join("Kconfig"), "# empty\n").unwrap();
+    std::fs::write(top.join("hello.c"), hello).unwrap();
+    let tar = dir.join(format!("linux-{version}.tar.xz"));
+    let st = Command::new("tar")
+        .arg("-cJf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(dir.join(format!("src-{version}")))
+        .arg(format!("linux-{version}"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    tar
+}
+
+fn build_with(
+    cfgs: &std::path::Path,
+    lab: &std::path::Path,
+    src: &std::path::Path,
+) -> (i32, String) {
+    vfioctl(&[
         "kernel",
         "build",
         "--configs",
         cfgs.to_str().unwrap(),
         "--source",
-        fake.to_str().unwrap(),
+        src.to_str().unwrap(),
         "--lab",
         lab.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn build_refuses_a_file_that_is_no_kernel_tarball() {
+    let (d, cfgs) = setup();
+    let fake = d.path().join("linux-fake.tar.xz");
+    std::fs::write(&fake, b"not a kernel").unwrap();
+    let (rc, out) = build_with(&cfgs, &d.path().join("lab"), &fake);
+    assert_eq!(rc, 2, "{out}");
+    assert!(out.contains("not a kernel source tarball"), "{out}");
+    assert!(out.contains("linux-fake.tar.xz"), "{out}");
+}
+
+#[test]
+fn build_refuses_another_series_naming_the_pin_and_the_fix() {
+    let (d, cfgs) = setup();
+    let tar = fake_tarball(d.path(), "6.12.5", "int x;\n");
+    let lab = d.path().join("lab");
+    let (rc, out) = build_with(&cfgs, &lab, &tar);
+    assert_eq!(rc, 2, "{out}");
+    assert!(
+        out.contains("version 6.12.5 is not in the pinned series 6.1"),
+        "{out}"
+    );
+    assert!(out.contains("manifest.toml"), "{out}");
+    assert!(out.contains("--allow-unpinned"), "{out}");
+    // nothing half-extracted is left behind
+    let left: Vec<_> = std::fs::read_dir(lab.join("kernel-src"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.') && n != "checksums.json")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_newer_source_of_the_series_builds_with_a_note_and_kernel_lock_records_it() {
+    let (d, cfgs) = setup();
+    let tar = fake_tarball(d.path(), "6.1.999", "int x;\n");
+    let lab = d.path().join("lab");
+    // A lock recording another tarball of the series (the 6.1.192-2 of the issue).
+    std::fs::write(
+        cfgs.join("kernel.lock"),
+        "[kernel]\npackage = \"linux-source-6.1\"\npackage_version = \"6.1.192-2\"\nversion = \"6.1.192\"\nsha256 = \"4d415b3d364834fd818270e88813e90323bbfce4f519a0e6bd4940ddcd7df693\"\n",
+    )
+    .unwrap();
+    let (_rc, out) = build_with(&cfgs, &lab, &tar);
+    // The fake tree cannot be configured, but the source phase passed with its note.
+    assert!(
+        out.contains(
+            "6.1.999 differs from kernel-configs/kernel.lock (linux-source-6.1 6.1.192-2)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("run `vfioctl kernel lock` to record it"),
+        "{out}"
+    );
+    assert!(!out.contains("not in the pinned series"), "{out}");
+
+    // `kernel lock --check` says it is stale (exit 1) and writes nothing ...
+    let c = cfgs.to_str().unwrap();
+    let t = tar.to_str().unwrap();
+    let (rc, out) = vfioctl(&["kernel", "lock", "--configs", c, "--source", t, "--check"]);
+    assert_eq!(rc, 1, "{out}");
+    assert!(out.contains("out of date"), "{out}");
+    assert!(out.contains("version: 6.1.192 -> 6.1.999"), "{out}");
+    // ... `kernel lock` records it and prints what changed ...
+    let (rc, out) = vfioctl(&["kernel", "lock", "--configs", c, "--source", t, "--json"]);
+    assert_eq!(rc, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["written"], true);
+    assert_eq!(v["new"]["version"], "6.1.999");
+    let lock = std::fs::read_to_string(cfgs.join("kernel.lock")).unwrap();
+    assert!(lock.contains("version = \"6.1.999\""), "{lock}");
+    // ... and the next build is on the lock.
+    let (_rc, out) = build_with(&cfgs, &lab, &tar);
+    assert!(out.contains("matches kernel-configs/kernel.lock"), "{out}");
+    // another series is refused by `kernel lock` too
+    let other = fake_tarball(d.path(), "5.10.7", "int x;\n");
+    let (rc, out) = vfioctl(&[
+        "kernel",
+        "lock",
+        "--configs",
+        c,
+        "--source",
+        other.to_str().unwrap(),
     ]);
     assert_eq!(rc, 2, "{out}");
-    assert!(out.contains("does not match the pinned"), "{out}");
-    assert!(out.contains("--allow-unpinned"), "{out}");
+    assert!(out.contains("not in the pinned series 6.1"), "{out}");
+}
+
+#[test]
+fn a_patch_that_no_longer_applies_stops_the_build_naming_the_patch() {
+    let (d, cfgs) = setup();
+    let pdir = cfgs.join("patches/linux-6.1");
+    std::fs::create_dir_all(&pdir).unwrap();
+    let patch = pdir.join("0001-hello.patch");
+    std::fs::write(
+        &patch,
+        "--- a/hello.c\n+++ b/hello.c\n@@ -1 +1 @@\n-int x;\n+int y;\n",
+    )
+    .unwrap();
+    // The patch applies to a tree with `int x;` (the build then fails later, in configure) ...
+    let good = fake_tarball(d.path(), "6.1.200", "int x;\n");
+    let (_rc, out) = build_with(&cfgs, &d.path().join("lab"), &good);
+    assert!(!out.contains("no longer applies"), "{out}");
+    // ... and stops the build, naming the patch and the fix, on one where the line moved on.
+    let moved = fake_tarball(d.path(), "6.1.201", "long x;\n");
+    let (rc, out) = build_with(&cfgs, &d.path().join("lab"), &moved);
+    assert_eq!(rc, 2, "{out}");
+    assert!(out.contains("0001-hello.patch no longer applies"), "{out}");
+    assert!(out.contains("refresh"), "{out}");
 }

@@ -1,7 +1,7 @@
 //! The merge/verify logic on a REAL Kconfig tree (Debian's pinned linux-source 6.1):
 //! the Kconfig reader names the dependencies that `olddefconfig` silently dropped, and
 //! every committed fragment lands. Needs linux-source (scripts/setup); skips loudly
-//! without it. About 10-20 s per configure on 2 cores.
+//! without it (fails under `VFIOCTL_REQUIRE_LAB=1`). About 10-20 s per configure on 2 cores.
 
 mod kernel_support;
 
@@ -32,10 +32,7 @@ fn configured(tree: &Path, frags: &[Fragment]) -> (tempfile::TempDir, DotConfig)
 
 #[test]
 fn kconfig_reader_on_linux_6_1() {
-    let tree = match kernel_tree() {
-        Ok(t) => t,
-        Err(e) => skip_kernel!("{e}"),
-    };
+    let tree = vfioctl_testkit::require!(kernel_tree());
     let t = KconfigTree::load(&tree, "x86").unwrap();
     assert!(t.files > 1000, "only {} Kconfig files read", t.files);
     assert!(t.symbols.len() > 10_000, "{} symbols", t.symbols.len());
@@ -79,13 +76,7 @@ fn kconfig_reader_on_linux_6_1() {
 /// exits 0; our verifier catches each one and names why.
 #[test]
 fn naive_fragment_drops_are_caught_and_explained() {
-    if !have_build_tools() {
-        skip_kernel!("make/gcc/flex/bison missing (scripts/setup)");
-    }
-    let tree = match kernel_tree() {
-        Ok(t) => t,
-        Err(e) => skip_kernel!("{e}"),
-    };
+    let tree = vfioctl_testkit::require!(build_prerequisites());
     let naive = Fragment::parse(
         Path::new("naive.config"),
         "CONFIG_64BIT=y\nCONFIG_PCI=y\nCONFIG_PCI_MMCONFIG=y\nCONFIG_HOTPLUG_PCI_PCIE=y\n\
@@ -152,13 +143,7 @@ fn naive_fragment_drops_are_caught_and_explained() {
 /// Every committed fragment lands, alone (base) and with every flavour at once.
 #[test]
 fn committed_fragments_land_on_tinyconfig() {
-    if !have_build_tools() {
-        skip_kernel!("make/gcc/flex/bison missing (scripts/setup)");
-    }
-    let tree = match kernel_tree() {
-        Ok(t) => t,
-        Err(e) => skip_kernel!("{e}"),
-    };
+    let tree = vfioctl_testkit::require!(build_prerequisites());
     let pins = pins();
     let t = KconfigTree::load(&tree, &pins.kernel.srcarch).unwrap();
     let allow_text = read(&configs().join("allowlist"));

@@ -16,18 +16,8 @@ use vfioctl::vm::{lifecycle, VmState};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn built_kernel_runs_the_agent_under_vm_up() {
-    let Some(lab) = common::Lab::get("kernel_vm") else {
-        return;
-    };
-    if !kernel_support::have_build_tools() {
-        println!("SKIPPED: kernel_vm: make/gcc/flex/bison missing (scripts/setup)");
-        return;
-    }
-    if let Err(e) = kernel_support::kernel_tree() {
-        println!("SKIPPED: kernel_vm: {e}");
-        eprintln!("SKIPPED: kernel_vm: {e}");
-        return;
-    }
+    let lab = vfioctl_testkit::require!(common::Lab::get());
+    vfioctl_testkit::require!(kernel_support::build_prerequisites());
     let built = tokio::task::spawn_blocking(|| kernel_support::build(&[], None))
         .await
         .unwrap()

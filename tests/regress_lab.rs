@@ -4,6 +4,8 @@
 //!
 //! CI tier: the three stand-in scenarios with --jobs 3. Nested passthrough is nightly.
 
+mod junit_support;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -12,9 +14,7 @@ use vfioctl::regress::{Outcome, RunResults};
 const CI_SCENARIOS: &str = "standin-8g-hot,standin-8g-cold,no-reserve-negative";
 
 fn lab() -> std::path::PathBuf {
-    std::env::var_os("VFIOCTL_LAB")
-        .map(Into::into)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".lab"))
+    vfioctl_testkit::prereq::lab_dir()
 }
 
 /// QEMU processes whose command line mentions `needle`.
@@ -33,17 +33,8 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 
 #[test]
 fn lab_plan_standin_passes_and_negative_control_fails_as_expected() {
-    if vfioctl::regress::lab::which(Path::new("qemu-system-x86_64")).is_none() {
-        println!("SKIPPED: qemu-system-x86_64 not installed (run scripts/setup)");
-        return;
-    }
-    if !lab().join("kernel/current/vmlinuz").is_file() {
-        println!(
-            "SKIPPED: no lab guest kernel in {} (run scripts/setup)",
-            lab().display()
-        );
-        return;
-    }
+    vfioctl_testkit::require!(vfioctl_testkit::prereq::qemu());
+    vfioctl_testkit::require!(vfioctl_testkit::prereq::lab_kernel());
     let out = tempfile::tempdir().unwrap();
     let hist = out.path().join("history");
     let child = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
@@ -63,19 +54,6 @@ fn lab_plan_standin_passes_and_negative_control_fails_as_expected() {
     let stderr = String::from_utf8_lossy(&res.stderr);
     let r: RunResults = serde_json::from_slice(&res.stdout)
         .unwrap_or_else(|e| panic!("no results JSON ({e}); stderr:\n{stderr}"));
-    let missing: Vec<_> = r
-        .scenarios
-        .iter()
-        .filter(|s| s.summary.contains("is not in this build"))
-        .map(|s| s.summary.clone())
-        .collect();
-    if !missing.is_empty() {
-        println!(
-            "SKIPPED: the lab plan needs library pieces not in this build: {}",
-            missing[0]
-        );
-        return;
-    }
     let get = |n: &str| r.scenarios.iter().find(|s| s.name == n).unwrap();
     assert_eq!(get("standin-8g-hot").outcome, Outcome::Passed, "{stderr}");
     assert_eq!(get("standin-8g-cold").outcome, Outcome::Passed, "{stderr}");
@@ -93,6 +71,7 @@ fn lab_plan_standin_passes_and_negative_control_fails_as_expected() {
     assert!(html.contains("failed as expected"));
     let junit = std::fs::read_to_string(run_dir.join("junit.xml")).unwrap();
     assert!(junit.contains("failures=\"0\" errors=\"0\""), "{junit}");
+    junit_support::assert_valid_junit(&run_dir.join("junit.xml"));
     // Nothing left running.
     let left = processes_mentioning(&run_base);
     assert!(left.is_empty(), "left behind: {left:?}");

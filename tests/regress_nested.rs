@@ -4,8 +4,8 @@
 //! guest with a second QEMU inside L1 and the device cold-plugged through vfio-pci, and
 //! passes only when L2 lists 0000:01:00.0 (8086:10d3) and L1 restored the device.
 //!
-//! About 2-3 minutes under TCG, so it runs only with VFIOCTL_NESTED=1 (the nightly timer
-//! and `VFIOCTL_NESTED=1 cargo test --test regress_nested -- --ignored`); skipped loudly otherwise.
+//! About 3 minutes under TCG: the `nested` tier of scripts/test (CI). Without QEMU or the
+//! lab kernel it skips loudly (fails under `VFIOCTL_REQUIRE_LAB=1`).
 
 use std::path::Path;
 use std::process::Command;
@@ -13,31 +13,13 @@ use std::process::Command;
 use vfioctl::regress::{Outcome, RunResults};
 
 fn lab() -> std::path::PathBuf {
-    std::env::var_os("VFIOCTL_LAB")
-        .map(Into::into)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".lab"))
-}
-
-fn skip(why: &str) {
-    println!("SKIPPED: regress_nested: {why}");
-    eprintln!("SKIPPED: regress_nested: {why}");
+    vfioctl_testkit::prereq::lab_dir()
 }
 
 #[test]
-#[ignore = "nightly tier: VFIOCTL_NESTED=1 cargo test --test regress_nested -- --ignored"]
 fn nested_guest_lists_the_device_passed_through_by_l1() {
-    if std::env::var("VFIOCTL_NESTED").as_deref() != Ok("1") {
-        return skip("nightly tier; set VFIOCTL_NESTED=1 to run (about 3 minutes under TCG)");
-    }
-    if vfioctl::regress::lab::which(Path::new("qemu-system-x86_64")).is_none() {
-        return skip("qemu-system-x86_64 not installed (run scripts/setup)");
-    }
-    if !lab().join("kernel/current/vmlinuz").is_file() {
-        return skip(&format!(
-            "no lab guest kernel in {} (run scripts/setup)",
-            lab().display()
-        ));
-    }
+    vfioctl_testkit::require!(vfioctl_testkit::prereq::qemu());
+    vfioctl_testkit::require!(vfioctl_testkit::prereq::lab_kernel());
     let out = tempfile::tempdir().unwrap();
     let path = format!(
         "{}/.cargo/bin:{}",

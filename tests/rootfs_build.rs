@@ -6,12 +6,13 @@ mod agent_support;
 use std::path::Path;
 use std::process::Command;
 
-use agent_support::{lab_kernel, static_agent, workspace};
+use agent_support::{static_agent, workspace};
 use vfioctl::rootfs::{build, BuildOptions};
+use vfioctl_testkit::{prereq, require, Missing};
 
-fn opts(manifest: &str, out: &Path) -> Option<BuildOptions> {
-    let k = lab_kernel()?;
-    Some(BuildOptions {
+fn opts(manifest: &str, out: &Path) -> Result<BuildOptions, Missing> {
+    let k = prereq::lab_kernel()?;
+    Ok(BuildOptions {
         manifest: workspace().join("rootfs").join(manifest),
         kernel_modules: Some(k),
         out: out.into(),
@@ -49,12 +50,7 @@ fn extract(archive: &Path, file: &str) -> String {
 fn lab_initramfs_is_byte_identical_and_complete() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.cpio.gz"), dir.path().join("b.cpio.gz"));
-    let Some(oa) = opts("lab.toml", &a) else {
-        skip!(
-            "no lab kernel in {} (run scripts/setup)",
-            agent_support::lab().display()
-        )
-    };
+    let oa = require!(opts("lab.toml", &a));
     let ra = build(&oa).unwrap();
     let rb = build(&opts("lab.toml", &b).unwrap()).unwrap();
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
@@ -107,12 +103,8 @@ fn lab_initramfs_is_byte_identical_and_complete() {
 fn vfio_variant_has_busybox_vfio_modules_and_exec() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("v.cpio.gz");
-    let Some(mut o) = opts("lab-vfio.toml", &out) else {
-        skip!("no lab kernel (run scripts/setup)")
-    };
-    if !Path::new("/bin/busybox").is_file() {
-        skip!("no /bin/busybox (install busybox-static)")
-    }
+    let mut o = require!(opts("lab-vfio.toml", &out));
+    require!(prereq::busybox());
     o.extra = vec![(
         workspace().join("rootfs/lab.toml"),
         "/etc/extra.toml".into(),
@@ -144,14 +136,13 @@ fn vfio_variant_has_busybox_vfio_modules_and_exec() {
 fn nvidia_flavour_reports_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("n.cpio.gz");
-    let Some(o) = opts("nvidia.toml", &out) else {
-        skip!("no lab kernel (run scripts/setup)")
-    };
-    if !Path::new("/bin/busybox").is_file() {
-        skip!("no /bin/busybox (install busybox-static)")
-    }
+    let o = require!(opts("nvidia.toml", &out));
+    require!(prereq::busybox());
     if std::env::var_os("NVIDIA_USERLAND").is_some() {
-        skip!("NVIDIA_USERLAND is set: this test checks the report without it")
+        require!(Err::<(), _>(
+            Missing::new("NVIDIA_USERLAND unset", "unset NVIDIA_USERLAND")
+                .detail("this test checks the report of what is missing without it")
+        ));
     }
     let r = build(&o).unwrap();
     assert!(r
@@ -174,11 +165,9 @@ fn ext4_image_through_mkfs_d() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("l.cpio.gz");
     let img = dir.path().join("l.ext4");
-    let Some(mut o) = opts("lab.toml", &out) else {
-        skip!("no lab kernel (run scripts/setup)")
-    };
-    if agent_support::which("mkfs.ext4").is_none() && !Path::new("/sbin/mkfs.ext4").exists() {
-        skip!("mkfs.ext4 missing (install e2fsprogs)")
+    let mut o = require!(opts("lab.toml", &out));
+    if !Path::new("/sbin/mkfs.ext4").exists() {
+        require!(prereq::program("mkfs.ext4", prereq::SETUP));
     }
     o.ext4 = Some(img.clone());
     build(&o).unwrap();
@@ -192,9 +181,7 @@ fn ext4_image_through_mkfs_d() {
 
 #[test]
 fn cli_build_prints_json_report() {
-    let Some(k) = lab_kernel() else {
-        skip!("no lab kernel (run scripts/setup)")
-    };
+    let k = require!(prereq::lab_kernel());
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("c.cpio.gz");
     let o = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
@@ -237,9 +224,7 @@ fn cli_build_prints_json_report() {
 /// The README's `vfioctl rootfs build` example, run as written (from the source tree).
 #[test]
 fn readme_example_builds() {
-    if lab_kernel().is_none() {
-        skip!("no lab kernel (run scripts/setup)")
-    }
+    let kernel = require!(prereq::lab_kernel());
     let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
     let line = readme
         .lines()
@@ -250,10 +235,7 @@ fn readme_example_builds() {
     let out = dir.path().join("readme.cpio.gz");
     let mut args: Vec<String> = line.split_whitespace().skip(1).map(String::from).collect();
     for (flag, value) in [
-        (
-            "--kernel-modules",
-            lab_kernel().unwrap().display().to_string(),
-        ),
+        ("--kernel-modules", kernel.display().to_string()),
         ("--out", out.display().to_string()),
     ] {
         let i = args.iter().position(|a| a == flag).expect(flag);

@@ -18,12 +18,8 @@ fn name(s: &str) -> VmName {
 
 #[tokio::test]
 async fn hotplug_8g_stand_in_on_a_sized_port_and_the_negative_control() {
-    let Some(lab) = common::Lab::get("vm_hotplug") else {
-        return;
-    };
-    let Some(initrd) = lab.agent_initramfs("vm_hotplug") else {
-        return;
-    };
+    let lab = vfioctl_testkit::require!(common::Lab::get());
+    let initrd = lab.agent_initramfs();
     let h = common::Harness::new("vm_hotplug");
     let mut profile = lab.agent_profile("hp", initrd);
     profile.gpu_ports = 2; // rp0 sized for the device, rp1 a plain spare
@@ -120,9 +116,7 @@ async fn hotplug_8g_stand_in_on_a_sized_port_and_the_negative_control() {
 
 #[tokio::test]
 async fn qemu_that_dies_at_start_is_reported_with_its_stderr() {
-    let Some(lab) = common::Lab::get("vm_crash") else {
-        return;
-    };
+    let lab = vfioctl_testkit::require!(common::Lab::get());
     let h = common::Harness::new("vm_crash");
     let mut profile = lab.profile("crash");
     profile.qemu_args = vec!["-device".into(), "no-such-device-model".into()];
@@ -145,9 +139,7 @@ async fn qemu_that_dies_at_start_is_reported_with_its_stderr() {
 #[tokio::test]
 async fn a_qemu_killed_while_running_is_reported_crashed_and_cleaned_up() {
     // The busybox initramfs: readiness from the serial marker (the no-agent path).
-    let Some(lab) = common::Lab::get("vm_crash_running") else {
-        return;
-    };
+    let lab = vfioctl_testkit::require!(common::Lab::get());
     let h = common::Harness::new("vm_crash_running");
     let profile = lab.profile("boom");
     let up = lifecycle::up(&h.env, &profile).await;

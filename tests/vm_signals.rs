@@ -1,6 +1,7 @@
 //! The command line against real QEMU (TCG, the busybox initramfs): Ctrl-C and SIGTERM
 //! during `vm up`, `vm up` killed with SIGKILL, and two `vm up` of one name at once.
-//! Reproducers of issue 13, items 10 and 11. Skips loudly without the lab.
+//! Reproducers of issue 13, items 10 and 11. Skips loudly without the lab (fails under
+//! `VFIOCTL_REQUIRE_LAB=1`).
 
 mod common;
 
@@ -98,9 +99,7 @@ fn assert_gone(rec: &VmRecord) {
 
 #[test]
 fn sigint_and_sigterm_during_vm_up_tear_down_what_it_started() {
-    let Some(lab) = common::Lab::get("vm_signals") else {
-        return;
-    };
+    let lab = vfioctl_testkit::require!(common::Lab::get());
     let base = tempfile::Builder::new()
         .prefix("vfs")
         .tempdir_in("/tmp")
@@ -128,9 +127,7 @@ fn sigint_and_sigterm_during_vm_up_tear_down_what_it_started() {
 
 #[test]
 fn a_killed_vm_up_leaves_an_orphan_that_status_shows_and_down_cleans() {
-    let Some(lab) = common::Lab::get("vm_signals_kill") else {
-        return;
-    };
+    let lab = vfioctl_testkit::require!(common::Lab::get());
     let base = tempfile::Builder::new()
         .prefix("vfk")
         .tempdir_in("/tmp")
@@ -162,9 +159,7 @@ fn a_killed_vm_up_leaves_an_orphan_that_status_shows_and_down_cleans() {
 
 #[test]
 fn two_vm_up_of_one_name_at_once_one_wins_the_other_fails_at_once() {
-    let Some(lab) = common::Lab::get("vm_signals_race") else {
-        return;
-    };
+    let lab = vfioctl_testkit::require!(common::Lab::get());
     let base = tempfile::Builder::new()
         .prefix("vfr")
         .tempdir_in("/tmp")

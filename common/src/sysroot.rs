@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 /// An I/O failure on one host path. The path is the host-absolute one (as a person would
@@ -27,6 +28,156 @@ impl SysError {
     }
     pub fn is_permission_denied(&self) -> bool {
         self.source.kind() == io::ErrorKind::PermissionDenied
+    }
+}
+
+/// The most bytes vfioctl reads from one file under `/sys` (a text attribute is at most a
+/// page, `config` 4 KiB; ACPI tables stay well below this).
+pub const MAX_SYSFS_READ: usize = 1 << 20;
+/// The most bytes read from one file under `/proc` (`mountinfo` of a container host).
+pub const MAX_PROCFS_READ: usize = 16 << 20;
+/// The most bytes read from any other host file (`modules.alias`, `pci.ids`).
+pub const MAX_FILE_READ: usize = 64 << 20;
+/// The most bytes read from one attribute of an opened device directory ([`SysDir`]):
+/// sysfs text attributes are at most a page (64 KiB on the largest page size).
+pub const MAX_ATTR_READ: usize = 64 << 10;
+
+fn read_limit(abs: &Path) -> usize {
+    if abs.starts_with("/sys/") {
+        MAX_SYSFS_READ
+    } else if abs.starts_with("/proc/") {
+        MAX_PROCFS_READ
+    } else {
+        MAX_FILE_READ
+    }
+}
+
+/// Read an opened file whole, refusing what is not a regular file (a FIFO in place of a
+/// sysfs attribute would block the read forever, a device node would never end) and
+/// anything longer than `limit` bytes. `short_is_all`: a short first read ends the file
+/// (sysfs hands out an attribute in one read).
+fn read_regular(f: fs::File, limit: usize, short_is_all: bool) -> io::Result<Vec<u8>> {
+    check_regular(&f)?;
+    read_bounded(f, limit, short_is_all)
+}
+
+fn check_regular(f: &fs::File) -> io::Result<()> {
+    let ft = f.metadata()?.file_type();
+    if !ft.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "not a regular file ({}): refusing to read it",
+                kind_name(&ft)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The read loop of [`read_regular`] without the up-front type check. Opened with
+/// `O_NONBLOCK`, anything that is not a regular file ends here one of three ways: an empty
+/// read (a FIFO without a writer, `/dev/null`), `EAGAIN`, or more than `limit` bytes; the
+/// first is checked with `fstat` afterwards, the other two are errors. A regular file
+/// costs no extra system call (the hot path of `vfioctl devices`).
+fn read_bounded(mut f: fs::File, limit: usize, short_is_all: bool) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    // Not `fs::read`: it stats the file to size its buffer, and sysfs reports 4096 for
+    // every attribute anyway. A plain read loop saves a system call per file.
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 4096];
+    loop {
+        match f.read(&mut chunk) {
+            Ok(0) => {
+                if buf.is_empty() {
+                    check_regular(&f)?;
+                }
+                return Ok(buf);
+            }
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > limit {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("longer than {limit} bytes: not what the kernel writes there"),
+                    ));
+                }
+                if short_is_all && buf.len() < chunk.len() {
+                    return Ok(buf);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the read would block: not a sysfs or procfs file",
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn kind_name(ft: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
+    }
+}
+
+/// `openat2(2)` with `RESOLVE_IN_ROOT`: `rel` is resolved as if `dirfd` were `/`, so
+/// neither `..` nor an absolute symlink inside the tree can lead out of it.
+fn openat2_in_root(dirfd: i32, rel: &std::ffi::CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let how = open_how_in_root(flags, mode);
+    // SAFETY: `rel` is NUL-terminated, `how` a valid open_how whose size is passed, and
+    // the returned descriptor is owned by nobody else.
+    let fd = unsafe { openat2_raw(dirfd, rel.as_ptr(), &how) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by openat2 and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The `open_how` of [`openat2_in_root`], built before a fork so that the child only has
+/// to make the system call.
+pub fn open_how_in_root(flags: i32, mode: u32) -> libc::open_how {
+    // SAFETY: open_how is plain old data; all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.mode = if flags & libc::O_CREAT != 0 {
+        u64::from(mode)
+    } else {
+        0
+    };
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    how
+}
+
+/// The raw `openat2` system call (async-signal-safe: one syscall, no allocation).
+///
+/// # Safety
+/// `path` must be a valid NUL-terminated string and `how` a valid `open_how`.
+pub unsafe fn openat2_raw(dirfd: i32, path: *const libc::c_char, how: &libc::open_how) -> i32 {
+    // SAFETY: the caller guarantees the pointers; the kernel copies `how` by its size.
+    unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd,
+            path,
+            how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        ) as i32
     }
 }
 
@@ -113,31 +264,21 @@ impl SysRoot {
     }
 
     pub fn read_bytes(&self, abs: impl AsRef<Path>) -> Result<Vec<u8>, SysError> {
-        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
         let abs = abs.as_ref();
-        // Not `fs::read`: it stats the file to size its buffer, and sysfs reports 4096
-        // for every attribute anyway. A plain read loop saves a system call per file.
-        let mut f = fs::File::open(self.path(abs)).map_err(|e| self.err("read", abs, e))?;
-        let mut buf = Vec::with_capacity(256);
-        let mut chunk = [0u8; 4096];
+        // O_NONBLOCK: a FIFO planted where a sysfs file should be must not hang the open;
+        // `read_regular` then refuses anything that is not a regular file.
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(self.path(abs))
+            .map_err(|e| self.err("read", abs, e))?;
         // A sysfs attribute is produced whole by one show() call (at most a page) and
         // handed out by the first read; a short first read is the whole file. procfs
         // seq_files (/proc/cpuinfo) may stop short of a page mid-file, so only /sys
         // takes the shortcut.
         let sysfs = abs.starts_with("/sys/");
-        loop {
-            match f.read(&mut chunk) {
-                Ok(0) => return Ok(buf),
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    if sysfs && buf.len() < chunk.len() {
-                        return Ok(buf);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.err("read", abs, e)),
-            }
-        }
+        read_regular(f, read_limit(abs), sysfs).map_err(|e| self.err("read", abs, e))
     }
 
     pub fn read_string(&self, abs: impl AsRef<Path>) -> Result<String, SysError> {
@@ -210,17 +351,267 @@ impl SysRoot {
     /// Write a sysfs attribute the way `echo -n value > attr` does: open with `O_TRUNC`
     /// (as the shell's `>`; sysfs ignores it, a regular fixture file is replaced rather
     /// than left with the tail of a longer old value) and one `write(2)` of the whole
-    /// value. sysfs store functions see exactly these bytes.
+    /// value. sysfs store functions see exactly these bytes. The path is resolved inside
+    /// the root ([`open_in_root`](Self::open_in_root)), and a FIFO in its place fails
+    /// (`O_NONBLOCK`) instead of hanging.
     pub fn write_attr(&self, abs: impl AsRef<Path>, value: &str) -> Result<(), SysError> {
         use std::io::Write;
         let abs = abs.as_ref();
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(self.path(abs))
+        let mut f = self
+            .open_in_root(abs, libc::O_WRONLY | libc::O_TRUNC | libc::O_NONBLOCK, 0)
             .map_err(|e| self.err("open for write", abs, e))?;
         f.write_all(value.as_bytes())
             .map_err(|e| self.err("write", abs, e))
+    }
+
+    /// `abs` relative to the root, `..` dropped, as a C string (`.` for the root itself).
+    fn rel_c(&self, abs: &Path) -> io::Result<std::ffi::CString> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut rel = PathBuf::new();
+        for c in abs.components() {
+            if let Component::Normal(part) = c {
+                rel.push(part);
+            }
+        }
+        if rel.as_os_str().is_empty() {
+            rel.push(".");
+        }
+        std::ffi::CString::new(rel.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    }
+
+    fn root_fd(&self) -> io::Result<OwnedFd> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_PATH)
+            .open(&self.root)?;
+        Ok(f.into())
+    }
+
+    /// Open `abs` with `flags` (`O_WRONLY | O_TRUNC`, `O_CREAT`, ...), resolved inside the
+    /// root: under a `--root` tree, `..` and absolute or relative symlinks that point out of
+    /// the tree are resolved as if the tree were `/` (`openat2` with `RESOLVE_IN_ROOT`), so
+    /// a write can never land outside it. On the real machine (`/`) this is a plain open.
+    pub fn open_in_root(
+        &self,
+        abs: impl AsRef<Path>,
+        flags: i32,
+        mode: u32,
+    ) -> io::Result<fs::File> {
+        let abs = abs.as_ref();
+        if self.is_host() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let acc = flags & libc::O_ACCMODE;
+            return fs::OpenOptions::new()
+                .read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
+                .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
+                .custom_flags(flags & !libc::O_ACCMODE)
+                .mode(mode)
+                .open(abs);
+        }
+        let root = self.root_fd()?;
+        let rel = self.rel_c(abs)?;
+        let fd = openat2_in_root(root.as_raw_fd(), &rel, flags, mode).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOSYS) {
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "openat2(2) is missing (Linux before 5.6): writes under --root need it to stay inside the tree",
+                )
+            } else {
+                e
+            }
+        })?;
+        Ok(fd.into())
+    }
+
+    /// Everything a forked child needs to open `abs` inside the root with one system call
+    /// ([`PreparedOpen::open_raw`]), prepared before the fork.
+    pub fn prepare_open(&self, abs: impl AsRef<Path>, flags: i32) -> io::Result<PreparedOpen> {
+        use std::os::unix::ffi::OsStrExt;
+        let abs = abs.as_ref();
+        if self.is_host() {
+            return Ok(PreparedOpen {
+                dir: None,
+                path: std::ffi::CString::new(self.path(abs).as_os_str().as_bytes())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+                flags: flags | libc::O_CLOEXEC,
+                how: open_how_in_root(flags, 0),
+            });
+        }
+        Ok(PreparedOpen {
+            dir: Some(self.root_fd()?),
+            path: self.rel_c(abs)?,
+            flags: flags | libc::O_CLOEXEC,
+            how: open_how_in_root(flags, 0),
+        })
+    }
+
+    /// The directory `abs`, created with its parents (mode 0755) when missing, every step
+    /// resolved inside the root as [`open_in_root`](Self::open_in_root) does.
+    pub fn create_dir_all_in(&self, abs: impl AsRef<Path>) -> Result<RootDir, SysError> {
+        let abs = abs.as_ref();
+        let open = |p: &Path| self.open_in_root(p, libc::O_RDONLY | libc::O_DIRECTORY, 0);
+        if let Ok(f) = open(abs) {
+            return Ok(RootDir {
+                file: f,
+                abs: abs.to_path_buf(),
+            });
+        }
+        let mut cur = PathBuf::from("/");
+        for c in abs.components() {
+            let Component::Normal(part) = c else { continue };
+            let next = cur.join(part);
+            match open(&next) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    let parent = open(&cur).map_err(|e| self.err("open", &cur, e))?;
+                    let c = plain_name(&part.to_string_lossy())
+                        .map_err(|e| self.err("create directory", &next, e))?;
+                    // SAFETY: `c` is NUL-terminated, `parent` an open directory.
+                    let rc = unsafe { libc::mkdirat(parent.as_raw_fd(), c.as_ptr(), 0o755) };
+                    if rc < 0 {
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::AlreadyExists {
+                            return Err(self.err("create directory", &next, e));
+                        }
+                    }
+                }
+                Err(e) => return Err(self.err("open", &next, e)),
+            }
+            cur = next;
+        }
+        let f = open(abs).map_err(|e| self.err("open", abs, e))?;
+        Ok(RootDir {
+            file: f,
+            abs: abs.to_path_buf(),
+        })
+    }
+}
+
+/// An open(2) prepared by [`SysRoot::prepare_open`].
+#[derive(Debug)]
+pub struct PreparedOpen {
+    dir: Option<OwnedFd>,
+    path: std::ffi::CString,
+    flags: i32,
+    how: libc::open_how,
+}
+
+impl PreparedOpen {
+    /// Open it: one `open` or `openat2` system call, no allocation (safe to call in a
+    /// child between `fork` and `_exit`). Returns the descriptor or -1 with `errno` set.
+    pub fn open_raw(&self) -> i32 {
+        match &self.dir {
+            // SAFETY: `path` is NUL-terminated and lives as long as `self`.
+            None => unsafe { libc::open(self.path.as_ptr(), self.flags) },
+            // SAFETY: `path` is NUL-terminated, `how` valid, `d` an open directory.
+            Some(d) => unsafe { openat2_raw(d.as_raw_fd(), self.path.as_ptr(), &self.how) },
+        }
+    }
+
+    /// The directory descriptor it resolves under (kept open across a fork's fd cleanup).
+    pub fn dir_fd(&self) -> Option<i32> {
+        self.dir.as_ref().map(|d| d.as_raw_fd())
+    }
+}
+
+/// A directory opened inside a [`SysRoot`]; its entries are opened by plain name relative
+/// to it, never following a symlink, so what vfioctl keeps there (the ledger, boot-time
+/// overrides) cannot be redirected elsewhere.
+#[derive(Debug)]
+pub struct RootDir {
+    file: fs::File,
+    abs: PathBuf,
+}
+
+fn plain_name(name: &str) -> io::Result<std::ffi::CString> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a plain file name"),
+        ));
+    }
+    std::ffi::CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+impl RootDir {
+    /// The directory's host-absolute path (for messages).
+    pub fn path(&self) -> &Path {
+        &self.abs
+    }
+
+    /// Open the entry `name` with `flags` (`O_NOFOLLOW` and `O_CLOEXEC` added).
+    pub fn open(&self, name: &str, flags: i32, mode: u32) -> io::Result<fs::File> {
+        let c = plain_name(name)?;
+        // SAFETY: `c` is NUL-terminated, the directory descriptor is open.
+        let fd = unsafe {
+            libc::openat(
+                self.file.as_raw_fd(),
+                c.as_ptr(),
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by openat and is owned by nothing else.
+        Ok(unsafe { fs::File::from_raw_fd(fd) })
+    }
+
+    /// Read the regular file `name` (at most `limit` bytes); `None` when it does not exist.
+    pub fn read(&self, name: &str, limit: usize) -> io::Result<Option<Vec<u8>>> {
+        match self.open(name, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+            Ok(f) => read_regular(f, limit, false).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replace `name` atomically with `data`: a temp file (mode `mode`), fsync, rename
+    /// over, fsync of the directory; a crash leaves the old or the new content.
+    pub fn write_atomic(&self, name: &str, data: &[u8], mode: u32) -> io::Result<()> {
+        use std::io::Write;
+        let tmp = format!(".{name}.{}.tmp", std::process::id());
+        let _ = self.remove(&tmp);
+        {
+            let mut f = self.open(&tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, mode)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+        }
+        self.rename(&tmp, name)?;
+        self.sync()
+    }
+
+    /// `renameat` within the directory.
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (a, b) = (plain_name(from)?, plain_name(to)?);
+        let fd = self.file.as_raw_fd();
+        // SAFETY: both names are NUL-terminated, the descriptor is open.
+        if unsafe { libc::renameat(fd, a.as_ptr(), fd, b.as_ptr()) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Remove the entry `name` (not following a symlink); `false` when there was none.
+    pub fn remove(&self, name: &str) -> io::Result<bool> {
+        let c = plain_name(name)?;
+        // SAFETY: `c` is NUL-terminated, the descriptor is open.
+        if unsafe { libc::unlinkat(self.file.as_raw_fd(), c.as_ptr(), 0) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::NotFound {
+                return Ok(false);
+            }
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// fsync the directory (makes renames and removals durable).
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_all()
     }
 }
 
@@ -278,7 +669,6 @@ impl SysDir {
 
     /// Read the whole entry `name` (a plain name, no `/`).
     pub fn read_bytes(&self, name: &str) -> Result<Vec<u8>, SysError> {
-        use std::io::Read;
         use std::os::fd::{AsRawFd, FromRawFd};
         let c = self.cname(name)?;
         // SAFETY: `c` is a valid NUL-terminated string and `self.fd` an open directory
@@ -287,31 +677,17 @@ impl SysDir {
             libc::openat(
                 self.fd.as_raw_fd(),
                 c.as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
+                libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY,
             )
         };
         if fd < 0 {
             return Err(self.err("read", name, io::Error::last_os_error()));
         }
         // SAFETY: `fd` was just returned by openat, is valid, and nothing else owns it.
-        let mut f = unsafe { fs::File::from_raw_fd(fd) };
-        let mut buf = Vec::with_capacity(256);
-        let mut chunk = [0u8; 4096];
+        let f = unsafe { fs::File::from_raw_fd(fd) };
         // Same rule as SysRoot::read_bytes: a short first read of a sysfs file is all.
         let sysfs = self.abs.starts_with("/sys/");
-        loop {
-            match f.read(&mut chunk) {
-                Ok(0) => return Ok(buf),
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    if sysfs && buf.len() < chunk.len() {
-                        return Ok(buf);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.err("read", name, e)),
-            }
-        }
+        read_bounded(f, MAX_ATTR_READ, sysfs).map_err(|e| self.err("read", name, e))
     }
 
     /// A one-value attribute, trimmed; `None` when it does not exist.
@@ -441,6 +817,83 @@ mod tests {
         assert_eq!(h.link_name("nope").unwrap(), None);
         assert!(h.read_bytes("../x").is_err());
         assert!(r.open_dir("/sys/nope").unwrap_err().is_not_found());
+    }
+
+    #[test]
+    fn a_fifo_or_a_device_in_place_of_an_attribute_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SysRoot::new(dir.path());
+        let d = r.path("/sys/devices/x");
+        std::fs::create_dir_all(&d).unwrap();
+        let fifo = std::ffi::CString::new(d.join("config").to_str().unwrap()).unwrap();
+        // SAFETY: a valid path string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let e = r.read_bytes("/sys/devices/x/config").unwrap_err();
+        assert!(e.to_string().contains("/sys/devices/x/config"), "{e}");
+        assert!(
+            std::error::Error::source(&e)
+                .unwrap()
+                .to_string()
+                .contains("FIFO"),
+            "{e:?}"
+        );
+        let h = r.open_dir("/sys/devices/x").unwrap();
+        let e = h.read_bytes("config").unwrap_err();
+        assert!(format!("{e:?}").contains("FIFO"), "{e:?}");
+        std::os::unix::fs::symlink("/dev/zero", d.join("resource")).unwrap();
+        let e = h.read_bytes("resource").unwrap_err();
+        assert!(format!("{e:?}").contains("longer than"), "{e:?}");
+        std::os::unix::fs::symlink("/dev/null", d.join("vendor")).unwrap();
+        let e = h.read_bytes("vendor").unwrap_err();
+        assert!(format!("{e:?}").contains("character device"), "{e:?}");
+    }
+
+    #[test]
+    fn reads_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SysRoot::new(dir.path());
+        let d = r.path("/sys/devices/x");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("driver_override"), vec![b'a'; 1 << 20]).unwrap();
+        let h = r.open_dir("/sys/devices/x").unwrap();
+        let e = h.read_attr_opt("driver_override").unwrap_err();
+        assert!(
+            format!("{e:?}").contains("longer than 65536 bytes"),
+            "{e:?}"
+        );
+        std::fs::write(d.join("big"), vec![b'a'; MAX_SYSFS_READ + 1]).unwrap();
+        assert!(r.read_bytes("/sys/devices/x/big").is_err());
+    }
+
+    #[test]
+    fn writes_stay_inside_the_root_whatever_the_links_say() {
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let r = SysRoot::new(dir.path());
+        let d = r.path("/sys/devices/x");
+        std::fs::create_dir_all(&d).unwrap();
+        // An absolute link, and a relative one climbing out of the tree.
+        std::os::unix::fs::symlink(&victim, d.join("driver_override")).unwrap();
+        let up = "../".repeat(20) + victim.strip_prefix("/").unwrap().to_str().unwrap();
+        std::os::unix::fs::symlink(&up, d.join("unbind")).unwrap();
+        for attr in ["driver_override", "unbind"] {
+            let _ = r.write_attr(format!("/sys/devices/x/{attr}"), "vfio-pci");
+        }
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        // A directory link out of the tree resolves inside it, as if the tree were `/`.
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("var")).unwrap();
+        let inside = dir.path().join(outside.path().strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        let rd = r.create_dir_all_in("/var/lib/vfioctl").unwrap();
+        rd.write_atomic("ledger.json", b"{}", 0o600).unwrap();
+        assert!(!outside.path().join("lib").exists());
+        assert!(inside.join("lib/vfioctl/ledger.json").exists());
+        assert_eq!(rd.read("ledger.json", 10).unwrap().unwrap(), b"{}");
+        assert!(rd.remove("ledger.json").unwrap());
+        assert!(!rd.remove("ledger.json").unwrap());
+        assert!(rd.open("../x", libc::O_RDONLY, 0).is_err());
     }
 
     #[test]

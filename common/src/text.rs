@@ -50,11 +50,21 @@ pub fn one_line(s: &str) -> Cow<'_, str> {
     escape_with(s, |c| c == '\t')
 }
 
-/// For XML 1.0 text and attribute values: markup escaped, and every character XML 1.0
-/// forbids (C0 controls other than tab, newline and carriage return; `U+FFFE`, `U+FFFF`)
+/// For XML 1.0 text: markup escaped, and every character XML 1.0 forbids (C0 controls
+/// other than tab, newline and carriage return; `U+FFFE`, `U+FFFF`) and the C1 controls
 /// written visibly as `\xNN` / `\u{...}` rather than as a character reference, which XML
 /// 1.0 forbids for those characters too (`&#27;` is not well-formed).
 pub fn xml(s: &str) -> String {
+    xml_with(s, false)
+}
+
+/// For an XML attribute value: as [`xml`], and tab, newline and carriage return as
+/// character references, which attribute-value normalisation leaves alone.
+pub fn xml_attr(s: &str) -> String {
+    xml_with(s, true)
+}
+
+fn xml_with(s: &str, attr: bool) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -63,6 +73,9 @@ pub fn xml(s: &str) -> String {
             '>' => o.push_str("&gt;"),
             '"' => o.push_str("&quot;"),
             '\'' => o.push_str("&apos;"),
+            '\n' if attr => o.push_str("&#10;"),
+            '\r' if attr => o.push_str("&#13;"),
+            '\t' if attr => o.push_str("&#9;"),
             '\t' | '\n' | '\r' => o.push(c),
             c if is_control(c) || c == '\u{fffe}' || c == '\u{ffff}' => push_escaped(&mut o, c),
             c => o.push(c),
@@ -175,8 +188,12 @@ mod tests {
             "a&lt;b&gt;&amp;&quot;c&apos;\\x1b[0m\n\\x01"
         );
         assert_eq!(xml("\u{fffe}"), "\\u{fffe}");
+        assert_eq!(
+            xml_attr("one\ntwo\tthree\u{1}"),
+            "one&#10;two&#9;three\\x01"
+        );
         for c in (0u32..0x110000).filter_map(char::from_u32) {
-            let s = xml(&c.to_string());
+            let s = xml(&c.to_string()) + &xml_attr(&c.to_string());
             assert!(
                 s.chars().all(|c| {
                     let u = c as u32;
@@ -187,7 +204,12 @@ mod tests {
                 }),
                 "{c:?} -> {s:?}"
             );
-            assert!(!s.contains("&#"), "{s}");
+            // The only character references: tab and line breaks in attributes.
+            let refs = s
+                .replace("&#9;", "")
+                .replace("&#10;", "")
+                .replace("&#13;", "");
+            assert!(!refs.contains("&#"), "{s}");
         }
     }
 

@@ -35,28 +35,54 @@ pub fn human(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// The largest size vfioctl accepts anywhere: 4 PiB, the 52-bit physical address space of
+/// x86-64 and arm64 (LA57 included). Guest memory, a BAR or a window beyond it cannot exist,
+/// and keeping every size below it means sums of a few thousand of them cannot overflow.
+pub const MAX_ADDRESSABLE: u64 = 1 << 52;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid size {input:?}: expected a number with an optional K/M/G/T suffix, e.g. 8G or 256M"
-)]
+#[error("invalid size {input:?}: {reason}")]
 pub struct SizeError {
     pub input: String,
+    pub reason: &'static str,
 }
+
+const SYNTAX: &str = "expected a number with an optional K/M/G/T/P suffix, e.g. 8G or 256M";
+const TOO_BIG: &str =
+    "larger than 4P, the most any machine can address (52-bit physical addresses)";
 
 /// Parse `8G`, `8GiB`, `8g`, `256M`, `4096`, `0x200000000`.
 pub fn parse(input: &str) -> Result<u64, SizeError> {
     let err = || SizeError {
         input: input.to_string(),
+        reason: SYNTAX,
+    };
+    let big = || SizeError {
+        input: input.to_string(),
+        reason: TOO_BIG,
+    };
+    let capped = |n: u64| {
+        if n > MAX_ADDRESSABLE {
+            Err(big())
+        } else {
+            Ok(n)
+        }
     };
     let s = input.trim();
     if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        return u64::from_str_radix(hex, 16).map_err(|_| err());
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(err());
+        }
+        return match u64::from_str_radix(hex, 16) {
+            Ok(n) => capped(n),
+            Err(_) => Err(big()),
+        };
     }
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     if digits_end == 0 {
         return Err(err());
     }
-    let n: u64 = s[..digits_end].parse().map_err(|_| err())?;
+    let n: u64 = s[..digits_end].parse().map_err(|_| big())?;
     let suffix = s[digits_end..].to_ascii_uppercase();
     let mult: u64 = match suffix.trim_end_matches("IB").trim_end_matches('B') {
         "" => 1,
@@ -67,7 +93,7 @@ pub fn parse(input: &str) -> Result<u64, SizeError> {
         "P" => 1 << 50,
         _ => return Err(err()),
     };
-    n.checked_mul(mult).ok_or_else(err)
+    n.checked_mul(mult).ok_or_else(big).and_then(capped)
 }
 
 /// A size that prints short and parses from people's notation.
@@ -108,5 +134,20 @@ mod tests {
         assert!(parse("G").is_err());
         assert!(parse("12X").is_err());
         assert!(parse("99999999999T").is_err());
+        assert_eq!(parse("4P").unwrap(), MAX_ADDRESSABLE);
+        for huge in [
+            "0xffffffffffffffff",
+            "0x8000000000000000",
+            "5P",
+            "0x10000000000001",
+        ] {
+            let e = parse(huge).unwrap_err();
+            assert!(e.to_string().contains("larger than 4P"), "{huge}: {e}");
+        }
+        assert!(parse("0x")
+            .unwrap_err()
+            .to_string()
+            .contains("expected a number"));
+        assert!(parse("0x+1").is_err());
     }
 }

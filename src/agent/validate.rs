@@ -117,6 +117,31 @@ pub struct GuestView {
     pub klog: KernelLogReply,
     /// NVIDIA checks run in the guest (empty when not an NVIDIA guest).
     pub nvidia: Vec<CheckOutcome>,
+    /// How long each question to the agent took (the checks' times in JUnit).
+    pub timings: Timings,
+}
+
+/// Milliseconds spent asking the agent, per question: each check is judged from one of
+/// them, and its JUnit `time` is that question's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Timings {
+    pub hello_ms: u64,
+    /// Waiting for the device with its BARs assigned.
+    pub device_ms: u64,
+    pub kernel_log_ms: u64,
+    /// Per NVIDIA check, by name.
+    pub checks_ms: std::collections::BTreeMap<String, u64>,
+}
+
+impl Timings {
+    /// The time behind the check called `name`.
+    pub fn of(&self, name: &str) -> u64 {
+        match name {
+            "agent" => self.hello_ms,
+            "kernel-log" => self.kernel_log_ms,
+            n => self.checks_ms.get(n).copied().unwrap_or(self.device_ms),
+        }
+    }
 }
 
 fn check(
@@ -385,7 +410,12 @@ pub fn collect(
     exp: Option<&Expected>,
     wait: Duration,
 ) -> Result<GuestView, ClientError> {
+    let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
+    let mut timings = Timings::default();
+    let t = std::time::Instant::now();
     let hello = client.hello()?;
+    timings.hello_ms = ms(t);
+    let t = std::time::Instant::now();
     let device = match exp {
         Some(e) => client
             .wait_device(&e.selector(), wait, true)?
@@ -393,11 +423,16 @@ pub fn collect(
             .map(|d| *d),
         None => None,
     };
+    timings.device_ms = ms(t);
+    let t = std::time::Instant::now();
     let klog = client.kernel_log(None, Some(2000))?;
+    timings.kernel_log_ms = ms(t);
     let mut nvidia = Vec::new();
     if exp.is_some_and(Expected::nvidia) {
         for (name, _) in NVIDIA_CHECKS {
+            let t = std::time::Instant::now();
             nvidia.push(client.run_check(name, &[])?);
+            timings.checks_ms.insert(name.to_string(), ms(t));
         }
     }
     Ok(GuestView {
@@ -405,6 +440,7 @@ pub fn collect(
         device,
         klog,
         nvidia,
+        timings,
     })
 }
 
@@ -415,6 +451,8 @@ pub struct Report {
     pub target: Option<Expected>,
     pub passed: bool,
     pub checks: Vec<CheckOutcome>,
+    /// How long each question to the agent took.
+    pub timings: Timings,
 }
 
 impl Report {
@@ -425,7 +463,14 @@ impl Report {
             target,
             passed,
             checks,
+            timings: Timings::default(),
         }
+    }
+
+    /// The report with the agent's answer times (the checks' JUnit times).
+    pub fn with_timings(mut self, timings: Timings) -> Self {
+        self.timings = timings;
+        self
     }
 }
 
@@ -434,24 +479,11 @@ pub fn expected_from_host(root: &SysRoot, bdf: Bdf) -> Result<Expected, vfioctl_
     PciDevice::read(root, bdf).map(|d| Expected::from_host(&d))
 }
 
-/// Guest text into XML 1.0: the shared escaper (no `&#27;`, which XML 1.0 forbids).
-fn xml_escape(s: &str) -> String {
-    vfioctl_common::text::xml(s)
-}
-
-/// JUnit XML: one testsuite `vfioctl-validate`, one testcase per check; fail ->
-/// `<failure>`, skip -> `<skipped>`.
-pub fn junit(r: &Report) -> String {
-    let failures = r
-        .checks
-        .iter()
-        .filter(|c| c.verdict == Verdict::Fail)
-        .count();
-    let skipped = r
-        .checks
-        .iter()
-        .filter(|c| c.verdict == Verdict::Skip)
-        .count();
+/// The JUnit document: one testsuite `vfioctl-validate`, one testcase per check (fail ->
+/// `<failure>` with the evidence, skip -> `<skipped>`), each timed by the question to the
+/// agent it was judged from; written by the one JUnit writer ([`crate::regress::junit`]).
+pub fn junit_report(r: &Report) -> crate::regress::junit::Report {
+    use crate::regress::junit::{Case, Report as Junit, Status, Suite};
     let suite = format!(
         "vfioctl-validate{}",
         r.target
@@ -459,44 +491,47 @@ pub fn junit(r: &Report) -> String {
             .map(|t| format!(" {}", t.label))
             .unwrap_or_default()
     );
-    let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    s.push_str(&format!(
-        "<testsuites name=\"vfioctl\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">\n",
-        r.checks.len()
-    ));
-    s.push_str(&format!(
-        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\" errors=\"0\">\n",
-        xml_escape(&suite),
-        r.checks.len()
-    ));
-    for c in &r.checks {
-        s.push_str(&format!(
-            "    <testcase classname=\"vfioctl.validate\" name=\"{}\"",
-            xml_escape(&c.name)
-        ));
-        let body = if c.evidence.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "      <system-out>{}</system-out>\n",
-                xml_escape(&c.evidence.join("\n"))
-            )
-        };
-        match c.verdict {
-            Verdict::Pass if body.is_empty() => s.push_str("/>\n"),
-            Verdict::Pass => s.push_str(&format!(">\n{body}    </testcase>\n")),
-            Verdict::Fail => s.push_str(&format!(
-                ">\n      <failure message=\"{}\"/>\n{body}    </testcase>\n",
-                xml_escape(&c.detail)
-            )),
-            Verdict::Skip => s.push_str(&format!(
-                ">\n      <skipped message=\"{}\"/>\n{body}    </testcase>\n",
-                xml_escape(&c.detail)
-            )),
-        }
+    let cases = r
+        .checks
+        .iter()
+        .map(|c| Case {
+            name: c.name.clone(),
+            classname: "vfioctl.validate".into(),
+            time_ms: r.timings.of(&c.name),
+            status: match c.verdict {
+                Verdict::Pass => Status::Passed,
+                Verdict::Fail => Status::Failure {
+                    message: c.detail.clone(),
+                    kind: c.name.clone(),
+                    body: c.evidence.join("\n"),
+                },
+                Verdict::Skip => Status::Skipped {
+                    message: c.detail.clone(),
+                },
+            },
+            system_out: (!c.evidence.is_empty()).then(|| c.evidence.join("\n")),
+            system_err: None,
+        })
+        .collect();
+    let t = &r.timings;
+    Junit {
+        name: "vfioctl validate".into(),
+        suites: vec![Suite {
+            name: suite,
+            hostname: None,
+            timestamp: None,
+            time_ms: Some(
+                t.hello_ms + t.device_ms + t.kernel_log_ms + t.checks_ms.values().sum::<u64>(),
+            ),
+            properties: vec![("agent".into(), r.agent.to_string())],
+            cases,
+        }],
     }
-    s.push_str("  </testsuite>\n</testsuites>\n");
-    s
+}
+
+/// [`junit_report`] as XML.
+pub fn junit(r: &Report) -> String {
+    junit_report(r).to_xml()
 }
 
 #[cfg(test)]
@@ -604,6 +639,7 @@ mod tests {
                 "pci 0000:00:10.1: bridge window [io  size 0x1000]: can't assign; no space",
             ]),
             nvidia: vec![],
+            timings: Timings::default(),
         };
         let v = evaluate(Some(&exp), &g);
         use Verdict::*;
@@ -626,7 +662,10 @@ mod tests {
         let r = Report::new(Transport::Vsock { cid: 3, port: 1024 }, Some(exp), v);
         assert!(r.passed);
         let x = junit(&r);
-        assert!(x.contains("tests=\"10\" failures=\"0\" skipped=\"5\""));
+        assert!(
+            x.contains("tests=\"10\" failures=\"0\" errors=\"0\" skipped=\"5\""),
+            "{x}"
+        );
     }
 
     #[test]
@@ -643,6 +682,7 @@ mod tests {
                 "pci 0000:01:00.0: BAR 2: failed to assign [mem size 0x200000000 64bit pref]",
             ]),
             nvidia: vec![],
+            timings: Timings::default(),
         };
         let v = evaluate(Some(&exp), &g);
         let bars = v.iter().find(|c| c.name == "bars-assigned").unwrap();
@@ -676,6 +716,7 @@ mod tests {
                 detail: "no GPU".into(),
                 evidence: vec![],
             }],
+            timings: Timings::default(),
         };
         let v = evaluate(Some(&exp), &g);
         assert!(v
@@ -692,6 +733,7 @@ mod tests {
             device: None,
             klog: klog(&[]),
             nvidia: vec![],
+            timings: Timings::default(),
         };
         let v = evaluate(None, &g);
         assert!(v.iter().all(|c| c.verdict != Verdict::Fail));
@@ -699,13 +741,5 @@ mod tests {
             .iter()
             .filter(|c| c.verdict == Verdict::Skip)
             .all(|c| !c.detail.is_empty()));
-    }
-
-    #[test]
-    fn xml_is_escaped() {
-        assert_eq!(
-            xml_escape("a<b & \"c\"\u{1}\u{1b}[31m"),
-            "a&lt;b &amp; &quot;c&quot;\\x01\\x1b[31m"
-        );
     }
 }

@@ -48,6 +48,13 @@ pub struct Entry {
 pub struct LedgerFile {
     pub version: u32,
     pub devices: BTreeMap<Bdf, Entry>,
+    /// Physical functions whose VFs vfioctl enabled (`vfioctl vf create`); `restore`
+    /// disables them after the VFs themselves are given back.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sriov: BTreeMap<Bdf, crate::shared::SriovRecord>,
+    /// Mediated devices vfioctl created (`vfioctl mdev create`), by UUID.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mdevs: BTreeMap<String, crate::shared::MdevRecord>,
 }
 
 /// An open, locked ledger. The lock is released when this is dropped (or the process
@@ -93,7 +100,7 @@ impl Ledger {
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => LedgerFile {
                 version: 1,
-                devices: BTreeMap::new(),
+                ..LedgerFile::default()
             },
             Err(e) => return Err(io(&path)(e)),
         };

@@ -305,10 +305,40 @@ fn ledger_matches(ctx: &Context, args: &[String]) -> Result<Vec<Bdf>, Failure> {
     Ok(out.into_iter().collect())
 }
 
-fn print_restore(ctx: &Context, r: &bind::RestoreReport) -> Result<(), Failure> {
-    emit(ctx, r, |o| {
-        if r.devices.is_empty() {
+#[derive(Serialize)]
+struct RestoreOutput<'a> {
+    #[serde(flatten)]
+    devices: &'a bind::RestoreReport,
+    /// What vfioctl had created (VFs, mdevs) and `restore --all` removed.
+    #[serde(skip_serializing_if = "is_nothing")]
+    created: &'a crate::shared::SharedRestoreReport,
+}
+
+fn is_nothing(c: &&crate::shared::SharedRestoreReport) -> bool {
+    **c == crate::shared::SharedRestoreReport::default()
+}
+
+fn print_restore(
+    ctx: &Context,
+    r: &bind::RestoreReport,
+    created: &crate::shared::SharedRestoreReport,
+) -> Result<(), Failure> {
+    let v = RestoreOutput {
+        devices: r,
+        created,
+    };
+    emit(ctx, &v, |o| {
+        if r.devices.is_empty() && is_nothing(&created) {
             writeln!(o, "ledger is empty: nothing to restore")?;
+        }
+        for u in &created.mdevs_removed {
+            writeln!(o, "mdev {u}: removed (vfioctl had created it)")?;
+        }
+        for (pf, n) in &created.vfs_removed {
+            writeln!(o, "{pf}: {n} VFs removed (vfioctl had created them)")?;
+        }
+        for f in &created.failed {
+            writeln!(o, "not removed: {f}")?;
         }
         for d in &r.devices {
             writeln!(
@@ -388,7 +418,7 @@ pub fn run_unbind(ctx: &Context, a: UnbindArgs) -> Result<Exit, Failure> {
         Duration::from_secs(a.timeout),
         a.persist,
     )?;
-    print_restore(ctx, &r)?;
+    print_restore(ctx, &r, &crate::shared::SharedRestoreReport::default())?;
     Ok(Exit::Ok)
 }
 
@@ -409,6 +439,20 @@ pub fn run_restore(ctx: &Context, a: RestoreArgs) -> Result<Exit, Failure> {
         Duration::from_secs(a.timeout),
         false,
     )?;
-    print_restore(ctx, &r)?;
+    // With --all, what vfioctl created goes too (mdevs, then VFs), now that the devices
+    // on them were given back.
+    let created = if a.all {
+        crate::shared::restore_created(&ctx.root, Duration::from_secs(a.timeout.max(30)))?
+    } else {
+        crate::shared::SharedRestoreReport::default()
+    };
+    print_restore(ctx, &r, &created)?;
+    if !created.failed.is_empty() {
+        return Err(Failure::new(
+            Exit::OperationFailed,
+            format!("restore: {}", created.failed.join("; ")),
+        )
+        .with_hint("`vfioctl vf list` / `vfioctl mdev list` show what is left; `vfioctl restore --all` can be run again"));
+    }
     Ok(Exit::Ok)
 }

@@ -2,7 +2,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use crate::kata::{self, Artefacts, Base, KataError, PlugMode, Runtime};
+use crate::kata::{self, Artefacts, Base, Guest, KataError, Options, PlugMode, Runtime};
 use crate::output::Table;
 use crate::{Context, Exit, Failure};
 
@@ -20,8 +20,9 @@ pub enum KataCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct ConfigArgs {
-    /// Kata release the file is for (`kata-runtime --version`), e.g. 3.1.0, 3.5.0, 3.6.0.
-    /// Default: inferred from --base, else the newest modelled (4.1.0).
+    /// Kata release the file is for (`kata-runtime --version`), e.g. 3.1.0, 3.5.0, 3.30.0.
+    /// Default: the Kata installed on this host (kata-runtime --version, kata-ctl
+    /// version, the kata-containers package); without one, this flag is required.
     #[arg(long, value_name = "V")]
     pub kata_version: Option<String>,
     /// Which Kata runtime reads the file.
@@ -53,8 +54,21 @@ pub struct ConfigArgs {
     #[arg(long)]
     pub explain: bool,
     /// Write the file here instead of stdout.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "drop_in")]
     pub out: Option<PathBuf>,
+    /// Write only vfioctl's keys as a drop-in, DIR/90-vfioctl-gpu.toml, instead of a whole
+    /// file. DIR is the config.d/ beside the configuration.toml Kata loads (--base, or
+    /// Kata's stock template of the version); its other drop-ins are taken into account.
+    #[arg(long, value_name = "DIR")]
+    pub drop_in: Option<PathBuf>,
+    /// The guest image the containers boot: Kata's NVIDIA guest (NVRC, guest-side CDI) or
+    /// vfioctl's own (`vfioctl rootfs build`, OCI hooks: sets guest_hook_path).
+    #[arg(long, value_enum, default_value_t = Guest::Kata)]
+    pub guest: Guest,
+    /// The file is for Kubernetes: keep pod_resource_api_sock (Kata 3.24 - 3.32 abort
+    /// sandbox creation when the kubelet socket is missing, so it is cleared otherwise).
+    #[arg(long)]
+    pub kubernetes: bool,
 }
 
 pub fn run(ctx: &Context, c: KataCommand) -> Result<Exit, Failure> {
@@ -82,7 +96,18 @@ fn config(ctx: &Context, a: ConfigArgs) -> Result<Exit, Failure> {
         Some(p) => Some((p.clone(), kata::read_base(p)?)),
         None => None,
     };
-    let choice = kata::choose_target(version, a.runtime, base.as_ref().map(|(_, (_, d))| d))?;
+    // Only the real host can say which Kata is installed; a --root tree cannot.
+    let installed = if ctx.root.is_host() {
+        kata::detect::installed()
+    } else {
+        None
+    };
+    let choice = kata::choose_target(
+        version,
+        a.runtime,
+        base.as_ref().map(|(_, (_, d))| d),
+        installed.as_ref(),
+    )?;
     let artefacts = Artefacts {
         kernel: a
             .kernel
@@ -123,13 +148,31 @@ fn config(ctx: &Context, a: ConfigArgs) -> Result<Exit, Failure> {
         }
         None => None,
     };
-    let outcome = kata::configure(choice, mode, artefacts, sel, base_arg, out_abs.as_deref())?;
+    let drop_ins = match &a.drop_in {
+        Some(dir) => kata::dropin::read_dir(dir)?,
+        None => Vec::new(),
+    };
+    let opts = Options {
+        mode,
+        artefacts,
+        guest: a.guest,
+        kubernetes: a.kubernetes,
+    };
+    let config_path = if a.drop_in.is_some() {
+        None
+    } else {
+        out_abs.as_deref()
+    };
+    let outcome = kata::configure(choice, opts, sel, base_arg, &drop_ins, config_path)?;
 
     if let Some(out) = &a.out {
         std::fs::write(out, &outcome.config).map_err(|source| KataError::Write {
             path: out.clone(),
             source,
         })?;
+    }
+    if let Some(dir) = &a.drop_in {
+        return drop_in(ctx, dir, &drop_ins, &outcome);
     }
     if ctx.json {
         let mut v =
@@ -170,7 +213,13 @@ fn config(ctx: &Context, a: ConfigArgs) -> Result<Exit, Failure> {
             side.write_all(d.as_bytes()).map_err(io)?;
         }
     }
+    for w in &outcome.warnings {
+        writeln!(side, "warning: {w}").map_err(io)?;
+    }
     if a.explain {
+        if let Some(t) = &outcome.template {
+            writeln!(side, "template: {}", t.how).map_err(io)?;
+        }
         writeln!(
             side,
             "\n{} [{}]: {}, {} PCIe port(s) for IOMMU group(s) {}",
@@ -217,6 +266,90 @@ fn config(ctx: &Context, a: ConfigArgs) -> Result<Exit, Failure> {
         for c in &outcome.try_commands {
             writeln!(side, "  {c}").map_err(io)?;
         }
+    }
+    Ok(Exit::Ok)
+}
+
+/// Write `outcome.drop_in` into `dir` and report.
+fn drop_in(
+    ctx: &Context,
+    dir: &std::path::Path,
+    others: &[kata::dropin::DropIn],
+    outcome: &kata::Outcome,
+) -> Result<Exit, Failure> {
+    let io = |e: std::io::Error| Failure::new(Exit::Infrastructure, e);
+    std::fs::create_dir_all(dir).map_err(|source| KataError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join(kata::DROP_IN_NAME);
+    std::fs::write(&path, &outcome.drop_in).map_err(|source| KataError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    let mut warnings = outcome.warnings.clone();
+    if dir.file_name().is_none_or(|n| n != "config.d") {
+        warnings.push(format!(
+            "{} is not named config.d: Kata reads drop-ins only from the config.d/ beside the configuration.toml it loads",
+            dir.display()
+        ));
+    }
+    let later: Vec<String> = others
+        .iter()
+        .filter(|d| {
+            d.path
+                .file_name()
+                .is_some_and(|n| n > std::ffi::OsStr::new(kata::DROP_IN_NAME))
+        })
+        .map(|d| d.path.display().to_string())
+        .collect();
+    if !later.is_empty() {
+        warnings.push(format!(
+            "{} sort after {} and override it where they set the same keys",
+            later.join(", "),
+            kata::DROP_IN_NAME
+        ));
+    }
+    let changed: Vec<&kata::Setting> = outcome.settings.iter().filter(|s| s.changed).collect();
+    if ctx.json {
+        let v = serde_json::json!({
+            "drop_in": path.display().to_string(),
+            "target": outcome.target,
+            "mode": outcome.mode,
+            "topology": outcome.topology,
+            "keys": changed,
+            "read_over": others.iter().map(|d| d.path.display().to_string()).collect::<Vec<_>>(),
+            "warnings": warnings,
+            "try_commands": outcome.try_commands,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| Failure::new(Exit::Infrastructure, e))?
+        );
+        return Ok(Exit::Ok);
+    }
+    let mut o = std::io::stdout().lock();
+    for w in &warnings {
+        writeln!(o, "warning: {w}").map_err(io)?;
+    }
+    writeln!(
+        o,
+        "wrote {} for {}: {} key(s)",
+        path.display(),
+        outcome.target.target,
+        changed.len()
+    )
+    .map_err(io)?;
+    for s in &changed {
+        writeln!(o, "  [{}] {} = {}  ({})", s.table, s.key, s.value, s.reason).map_err(io)?;
+    }
+    writeln!(
+        o,
+        "\nTry it on the GPU host (containerd with the Kata shim):"
+    )
+    .map_err(io)?;
+    for c in &outcome.try_commands {
+        writeln!(o, "  {c}").map_err(io)?;
     }
     Ok(Exit::Ok)
 }

@@ -15,6 +15,23 @@ pub enum KernelCommand {
     /// Check a .config against the fragments: every requested option must have landed;
     /// with --source, name the unmet Kconfig dependency of each one that did not.
     Verify(VerifyArgs),
+    /// Record the exact kernel source (Debian package version, kernel version, sha256)
+    /// in kernel-configs/kernel.lock and print what changed. manifest.toml pins the
+    /// series; the lock records which tarball of it a build used.
+    Lock(LockArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LockArgs {
+    /// Fragments, allowlist, manifest.toml and kernel.lock.
+    #[arg(long, env = "VFIOCTL_KERNEL_CONFIGS", value_name = "DIR")]
+    pub configs: Option<PathBuf>,
+    /// The tarball to record [default: the pinned package's, /usr/src/linux-source-6.1.tar.xz].
+    #[arg(long, value_name = "TARBALL")]
+    pub source: Option<PathBuf>,
+    /// Write nothing; exit 1 when the lock does not match the installed source.
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,9 +74,12 @@ pub struct BuildArgs {
     /// Rebuild even when the inputs are unchanged.
     #[arg(long)]
     pub force: bool,
-    /// Accept a tarball whose sha256 differs from kernel-configs/manifest.toml.
+    /// Build a source of another kernel series than kernel-configs/manifest.toml pins.
     #[arg(long)]
     pub allow_unpinned: bool,
+    /// Remove the O= build tree first: a clean build (implies --force).
+    #[arg(long)]
+    pub clean: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,7 +110,66 @@ pub fn run(ctx: &Context, c: KernelCommand) -> Result<Exit, Failure> {
     match c {
         KernelCommand::Build(a) => run_build(ctx, a),
         KernelCommand::Verify(a) => run_verify(ctx, a),
+        KernelCommand::Lock(a) => run_lock(ctx, a),
     }
+}
+
+fn run_lock(ctx: &Context, a: LockArgs) -> Result<Exit, Failure> {
+    let configs = configs_dir(&Common {
+        configs: a.configs,
+        flavours: Vec::new(),
+    });
+    let pins = read_pins(&configs)?;
+    let tarball = a.source.unwrap_or_else(|| pins.kernel.tarball.clone());
+    let u = kernel::lock::update(
+        &configs,
+        &pins.kernel.package,
+        &pins.kernel.series,
+        &tarball,
+        a.check,
+    )?;
+    emit(ctx, &u, |out| {
+        if u.changes.is_empty() {
+            writeln!(
+                out,
+                "{}: unchanged ({} {}, kernel {})",
+                u.path.display(),
+                u.new.package,
+                u.new.package_version,
+                u.new.version
+            )
+        } else {
+            let verb = if u.written { "updated" } else { "out of date" };
+            writeln!(out, "{}: {verb}", u.path.display())?;
+            for c in &u.changes {
+                writeln!(out, "  {c}")?;
+            }
+            Ok(())
+        }
+    })
+    .map_err(|e| Failure::new(Exit::Infrastructure, e))?;
+    Ok(if a.check && !u.changes.is_empty() {
+        Exit::CheckFailed
+    } else {
+        Exit::Ok
+    })
+}
+
+fn read_pins(configs: &Path) -> Result<kernel::manifest::Pins, Failure> {
+    let pins_path = configs.join("manifest.toml");
+    let text = std::fs::read_to_string(&pins_path).map_err(|source| {
+        Failure::from(kernel::KernelError::Io {
+            path: pins_path.clone(),
+            what: "cannot read the pin manifest",
+            source,
+        })
+    })?;
+    kernel::manifest::Pins::parse(&text).map_err(|source| {
+        Failure::from(kernel::KernelError::Pins {
+            path: pins_path,
+            source,
+        })
+    })
 }
 
 fn run_build(ctx: &Context, a: BuildArgs) -> Result<Exit, Failure> {
@@ -106,6 +185,7 @@ fn run_build(ctx: &Context, a: BuildArgs) -> Result<Exit, Failure> {
         force: a.force,
         nice: a.nice,
         ccache: !a.no_ccache,
+        clean: a.clean,
     };
     let mut progress = |p: Progress| {
         let mut e = std::io::stderr();
@@ -173,12 +253,7 @@ fn run_build(ctx: &Context, a: BuildArgs) -> Result<Exit, Failure> {
 
 fn run_verify(ctx: &Context, a: VerifyArgs) -> Result<Exit, Failure> {
     let configs = configs_dir(&a.common);
-    let pins_path = configs.join("manifest.toml");
-    let pins = std::fs::read_to_string(&pins_path)
-        .map_err(|e| Failure::new(Exit::Usage, e).with_hint(format!("{}", pins_path.display())))
-        .and_then(|t| {
-            kernel::manifest::Pins::parse(&t).map_err(|e| Failure::new(Exit::Usage, e))
-        })?;
+    let pins = read_pins(&configs)?;
     let flavours: Vec<String> = a
         .common
         .flavours

@@ -14,9 +14,11 @@ pub mod check;
 pub mod devices;
 pub mod kata;
 pub mod kernel;
+pub mod mdev;
 pub mod regress;
 pub mod rootfs;
 pub mod validate;
+pub mod vf;
 pub mod vm;
 
 /// GPU passthrough labs for Kata Containers and QEMU.
@@ -63,6 +65,12 @@ pub enum Command {
     Unbind(bind::UnbindArgs),
     /// Put back every device the ledger records (after a crash, or --all).
     Restore(bind::RestoreArgs),
+    /// SR-IOV virtual functions: list, create, remove.
+    #[command(subcommand)]
+    Vf(vf::VfCommand),
+    /// Mediated devices (vGPU): types, create, list, remove.
+    #[command(subcommand)]
+    Mdev(mdev::MdevCommand),
     /// Start, inspect, plug into and stop lab VMs.
     #[command(subcommand)]
     Vm(vm::VmCommand),
@@ -115,6 +123,8 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Bind(a) => bind::run_bind(&ctx, a),
         Command::Unbind(a) => bind::run_unbind(&ctx, a),
         Command::Restore(a) => bind::run_restore(&ctx, a),
+        Command::Vf(c) => vf::run(&ctx, c),
+        Command::Mdev(c) => mdev::run(&ctx, c),
         Command::Vm(c) => vm::run(&ctx, c),
         Command::Validate(a) => validate::run(&ctx, a),
         Command::Rootfs(c) => rootfs::run(&ctx, c),

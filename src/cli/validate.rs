@@ -106,7 +106,8 @@ fn collect(ctx: &Context, a: Args) -> Result<(Report, Option<PathBuf>), Failure>
         AgentClient::connect(&transport, &token, Duration::from_secs(a.connect_timeout))?;
     let view = validate::collect(&mut client, target.as_ref(), Duration::from_secs(a.wait))?;
     let checks = validate::evaluate(target.as_ref(), &view);
-    Ok((Report::new(transport, target, checks), a.junit))
+    let report = Report::new(transport, target, checks).with_timings(view.timings.clone());
+    Ok((report, a.junit))
 }
 
 fn finish(ctx: &Context, report: Report, junit: Option<PathBuf>) -> Result<Exit, Failure> {

@@ -82,15 +82,20 @@ impl CheckReport {
 }
 
 /// Run the host checks and the device checks for the devices `selectors` pick (every
-/// display controller, class 0x03, when empty), narrowed to `class` when given.
+/// display controller, class 0x03, when empty), narrowed to `class` when given. `qemu`,
+/// when given, is probed for the iommufd object (the `vfio-backend` check).
 pub fn run_checks(
     root: &SysRoot,
     selectors: &[Selector],
     class: Option<ClassFilter>,
     vm_memory: Option<u64>,
+    qemu: Option<&std::path::Path>,
 ) -> Result<CheckReport, SelectError> {
     let host = HostFacts::gather(root);
     let mut checks = host_checks(&host, vm_memory);
+    // Which VFIO backend (groups or iommufd) a VM would get; QEMU only when named.
+    let backend = crate::shared::BackendFacts::gather(root, qemu);
+    checks.push(crate::shared::readiness::backend_check(&backend));
 
     let all = if root.exists("/sys/bus/pci/devices") {
         all_bdfs(root)?
@@ -136,8 +141,11 @@ pub fn run_checks(
             ),
         ));
         summary.devices.push(dev.bdf);
+        // SR-IOV readiness, NVIDIA per-VF vGPU types, mdev types (shared GPUs).
+        let shared = crate::shared::readiness::device_checks(root, &dev);
         let f = DeviceFacts::gather(root, dev, &all)?;
         checks.extend(device_checks(&f, &host));
+        checks.extend(shared);
     }
     for c in &checks {
         match c.status {

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 
 use vfioctl_common::{Bdf, PciError};
 
-use super::version::{KataVersion, TargetError, VersionError};
+use super::version::{KataVersion, Runtime, Target, TargetError, VersionError};
 use crate::{Diagnose, Exit};
 
 /// A member of an IOMMU group and the driver it is on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Holder {
     pub bdf: Bdf,
     pub driver: Option<String>,
@@ -42,11 +42,19 @@ pub enum KataError {
     Target(#[from] TargetError),
     #[error("hot_plug_vfio and cold_plug_vfio cannot both be set: Kata rejects the file (\"only one of them can be set\")")]
     BothPlugModes,
-    #[error("{key} does not exist in Kata {version}: Kata before 3.2 only hot-plugs VFIO devices (hotplug_vfio_on_root_bus)")]
+    #[error("{key} is not read by Kata {version} ({runtime}): cold plug of VFIO devices arrives in {since}{}", match runtime { Runtime::Go => "; before it Kata only hot-plugs them (hotplug_vfio_on_root_bus)", Runtime::Rs => " (kata-types DeviceInfo); older runtime-rs silently ignores the key and hot-plugs into pcie_root_port" })]
     ColdPlugUnsupported {
         key: &'static str,
         version: KataVersion,
+        runtime: Runtime,
+        since: KataVersion,
     },
+    #[error("which Kata release reads the file is unknown: {why}")]
+    VersionUnknown { why: String },
+    #[error("no Kata template is stored for {target} (stored: {stored})")]
+    NoTemplate { target: Target, stored: String },
+    #[error("--drop-in {}: {why}", path.display())]
+    DropIn { path: PathBuf, why: String },
     #[error("--{flag} {}: no such file", path.display())]
     Artefact { flag: &'static str, path: PathBuf },
     #[error("--gpu {selector}: no PCI device matches")]
@@ -55,8 +63,6 @@ pub enum KataError {
     NoDevices { gpus: Vec<Holder> },
     #[error("{bdf} has no IOMMU group: the IOMMU is off")]
     NoIommuGroup { bdf: Bdf },
-    #[error("{bdf} is not bound to vfio-pci ({}): Kata's cold_plug_vfio/hot_plug_vfio hand QEMU only vfio-pci devices", match driver { Some(d) => format!("driver {d}"), None => "no driver".into() })]
-    NotBound { bdf: Bdf, driver: Option<String> },
     #[error(
         "{bdf}: BAR{bar} was never assigned on the host, so QEMU cannot map it into the guest"
     )]
@@ -122,8 +128,17 @@ impl Diagnose for KataError {
                 "use --runtime go, or --kata-version 3.6 or newer".into()
             }
             KataError::BothPlugModes => "pass either --coldplug (Kata's supported NVIDIA mode) or --hotplug, not both".into(),
-            KataError::ColdPlugUnsupported { .. } => {
-                "drop --coldplug (hot plug into root ports), or upgrade Kata to 3.2 or newer and pass --kata-version".into()
+            KataError::ColdPlugUnsupported { since, .. } => format!(
+                "drop --coldplug (hot plug into root ports), or upgrade Kata to {since} or newer and pass --kata-version"
+            ),
+            KataError::VersionUnknown { .. } => {
+                "pass --kata-version with what `kata-runtime --version` (or `kata-ctl version`) prints on the Kata host, e.g. --kata-version 3.30.0".into()
+            }
+            KataError::NoTemplate { .. } => {
+                "pass the installed configuration.toml with --base, or a --kata-version that has a template".into()
+            }
+            KataError::DropIn { .. } => {
+                "pass the config.d directory beside the configuration.toml Kata loads, e.g. /opt/kata/share/defaults/kata-containers/config.d".into()
             }
             KataError::Artefact { flag, .. } => {
                 format!("give the path of an existing file to --{flag} (build one with `vfioctl kernel build` / `vfioctl rootfs build`)")
@@ -138,7 +153,6 @@ impl Diagnose for KataError {
             KataError::NoIommuGroup { .. } => {
                 "add intel_iommu=on (or amd_iommu=on) iommu=pt to the host kernel command line, and enable VT-d/AMD-Vi in the firmware".into()
             }
-            KataError::NotBound { bdf, .. } => format!("`vfioctl bind {bdf}`"),
             KataError::UnassignedBar { .. } => {
                 "enable Above 4G Decoding (and Resizable BAR support if offered) in the firmware setup, then check with `vfioctl check`".into()
             }
@@ -170,12 +184,11 @@ impl Diagnose for KataError {
         match self {
             KataError::NoDevices { .. }
             | KataError::NoIommuGroup { .. }
-            | KataError::NotBound { .. }
             | KataError::UnassignedBar { .. }
             | KataError::VfioModeSplitsGroup { .. }
             | KataError::GroupNotViable { .. }
             | KataError::TooManyPorts { .. } => Exit::CheckFailed,
-            KataError::Write { .. } => Exit::Infrastructure,
+            KataError::Write { .. } | KataError::DropIn { .. } => Exit::Infrastructure,
             KataError::Pci(e) => e.exit(),
             _ => Exit::Usage,
         }

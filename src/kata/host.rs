@@ -40,6 +40,9 @@ pub struct Function {
     pub largest_bar: u64,
     /// The BARs as the VM's root-port sizing sees them.
     pub bars: DeviceBars,
+    /// The upstream port of the host PCIe switch this function sits behind (its parent
+    /// is a switch downstream port, whose parent is the upstream port), if any.
+    pub switch: Option<Bdf>,
 }
 
 impl Function {
@@ -57,6 +60,7 @@ impl Function {
             pref64_bytes: pref64,
             largest_bar: d.bars.iter().filter_map(|b| b.size).max().unwrap_or(0),
             bars: DeviceBars::from_pci(d),
+            switch: host_switch(d),
         }
     }
 
@@ -72,6 +76,12 @@ impl Function {
     pub fn large_bar(&self) -> bool {
         self.largest_bar >= LARGE_BAR
     }
+}
+
+/// The switch upstream port above `d`: `parents` is nearest first with the root port
+/// last, so a function behind a switch has [downstream, upstream, ..., root port].
+fn host_switch(d: &PciDevice) -> Option<Bdf> {
+    (d.parents.len() >= 3).then(|| d.parents[1])
 }
 
 /// Kata's `checkIgnorePCIClass`: host bridges and PCI-PCI bridges stay on the host.
@@ -90,27 +100,35 @@ pub struct Group {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Selection {
     pub groups: Vec<Group>,
+    /// Functions of the groups still on a host driver: the file does not depend on the
+    /// driver (BARs and groups do), so it is written, and these must be bound to
+    /// vfio-pci before a container starts.
+    pub unbound: Vec<Holder>,
+}
+
+/// Functions that share one host PCIe switch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SharedSwitch {
+    /// The switch's upstream port on the host.
+    pub upstream: Bdf,
+    pub functions: Vec<Bdf>,
 }
 
 impl Selection {
     /// Check the groups of `selected` among `devices` (every device of those groups must
-    /// be in `devices`): each selected device and each non-bridge companion on vfio-pci,
-    /// bridges on pcieport or no driver.
+    /// be in `devices`). A selected device or non-bridge companion on a host driver is
+    /// listed in `unbound` (a warning: `vfioctl bind` it before starting containers); a
+    /// bridge on a driver other than pcieport (or none) makes the group not viable.
     pub fn from_devices(devices: &[PciDevice], selected: &[Bdf]) -> Result<Self, KataError> {
         let by_bdf: BTreeMap<Bdf, &PciDevice> = devices.iter().map(|d| (d.bdf, d)).collect();
         let mut groups: BTreeMap<u32, Vec<Function>> = BTreeMap::new();
+        let mut unbound = Vec::new();
         let chosen: BTreeSet<Bdf> = selected.iter().copied().collect();
         for &bdf in &chosen {
             let d = by_bdf.get(&bdf).ok_or(KataError::NoMatch {
                 selector: bdf.to_string(),
             })?;
             let group = d.iommu_group.ok_or(KataError::NoIommuGroup { bdf })?;
-            if !d.driver.as_deref().is_some_and(is_vfio_pci) {
-                return Err(KataError::NotBound {
-                    bdf,
-                    driver: d.driver.clone(),
-                });
-            }
             if groups.contains_key(&group) {
                 continue;
             }
@@ -124,24 +142,26 @@ impl Selection {
                     continue;
                 };
                 let f = Function::from_device(md, chosen.contains(&m));
-                let ok = if f.bridge {
-                    md.is_vfio_safe()
+                if f.bridge {
+                    if !md.is_vfio_safe() {
+                        bad.push(Holder {
+                            bdf: m,
+                            driver: md.driver.clone(),
+                        });
+                    }
                 } else {
-                    md.driver.as_deref().is_some_and(is_vfio_pci)
-                };
-                if ok && !f.bridge {
                     if let Some(b) = md.unassigned_bars().next() {
                         return Err(KataError::UnassignedBar {
                             bdf: m,
                             bar: b.index,
                         });
                     }
-                }
-                if !ok {
-                    bad.push(Holder {
-                        bdf: m,
-                        driver: md.driver.clone(),
-                    });
+                    if !md.driver.as_deref().is_some_and(is_vfio_pci) {
+                        unbound.push(Holder {
+                            bdf: m,
+                            driver: md.driver.clone(),
+                        });
+                    }
                 }
                 functions.push(f);
             }
@@ -159,7 +179,47 @@ impl Selection {
                 .into_iter()
                 .map(|(number, functions)| Group { number, functions })
                 .collect(),
+            unbound,
         })
+    }
+
+    /// Host PCIe switches under which two or more port-taking functions of the selection
+    /// sit (GPUs that talk peer-to-peer through the switch).
+    pub fn shared_switches(&self) -> Vec<SharedSwitch> {
+        let mut by: BTreeMap<Bdf, Vec<Bdf>> = BTreeMap::new();
+        for f in self.port_functions() {
+            if let Some(up) = f.switch {
+                by.entry(up).or_default().push(f.bdf);
+            }
+        }
+        by.into_iter()
+            .filter(|(_, v)| v.len() >= 2)
+            .map(|(upstream, functions)| SharedSwitch {
+                upstream,
+                functions,
+            })
+            .collect()
+    }
+
+    /// The `vfioctl bind` commands for the functions still on a host driver, one per
+    /// IOMMU group (binding one function binds its whole group).
+    pub fn bind_commands(&self) -> Vec<String> {
+        self.groups
+            .iter()
+            .filter(|g| {
+                g.functions
+                    .iter()
+                    .any(|f| self.unbound.iter().any(|h| h.bdf == f.bdf))
+            })
+            .filter_map(|g| {
+                let f = g
+                    .functions
+                    .iter()
+                    .find(|f| f.selected && !f.bridge)
+                    .or_else(|| g.functions.iter().find(|f| !f.bridge))?;
+                Some(format!("sudo vfioctl bind {}", f.bdf))
+            })
+            .collect()
     }
 
     pub fn functions(&self) -> impl Iterator<Item = &Function> {
@@ -231,6 +291,7 @@ pub fn select(root: &SysRoot, selectors: &[Selector]) -> Result<Selection, KataE
     }
     let mut chosen = BTreeSet::new();
     if selectors.is_empty() {
+        // Without --gpu: the GPUs already on vfio-pci (what the user prepared).
         let gpus: Vec<&PciDevice> = devices.values().filter(|d| d.is_gpu()).collect();
         for d in &gpus {
             if d.driver.as_deref().is_some_and(is_vfio_pci) {

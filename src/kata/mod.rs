@@ -8,6 +8,8 @@
 //! - [`patch`]: toml_edit patching that keeps everything else byte for byte.
 //! - [`error`]: typed errors with the key and the fix.
 
+pub mod detect;
+pub mod dropin;
 pub mod error;
 pub mod host;
 pub mod patch;
@@ -20,20 +22,20 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use toml_edit::DocumentMut;
 
+pub use detect::Installed;
 pub use error::KataError;
 pub use host::{select, Selection};
 pub use patch::Applied;
-pub use plan::{Artefacts, Request};
+pub use plan::{Artefacts, Guest, Request, Topology};
 pub use version::{KataVersion, PlugMode, Runtime, Target};
-
-use plan::HQ;
-
-/// The default Kata when neither flag nor base file says: the newest modelled release.
-pub const DEFAULT_VERSION: KataVersion = KataVersion::LATEST;
 
 /// Container image and command for the try-it line.
 const CUDA_IMAGE: &str = "docker.io/nvidia/cuda:12.4.1-base-ubuntu22.04";
 const PLAIN_IMAGE: &str = "docker.io/library/busybox:latest";
+
+/// The drop-in file name vfioctl writes into `config.d/` (Kata merges drop-ins in name
+/// order, later files win).
+pub const DROP_IN_NAME: &str = "90-vfioctl-gpu.toml";
 
 /// Where the target came from, for --explain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -42,71 +44,61 @@ pub struct TargetChoice {
     pub how: String,
 }
 
-/// Pick the target: flags win; otherwise the base file's keys tell the era; otherwise
-/// the newest release.
+/// Pick the target. The runtime: --runtime, else the base file's runtime-rs keys, else
+/// the installed Kata's, else Go. The version: --kata-version, else the Kata installed
+/// on this host ([`detect::installed`], passed in by the caller); never guessed from a
+/// file's keys (Kata 3.4.0's own NVIDIA template still carries 3.1's
+/// `hotplug_vfio_on_root_bus`, and the generic templates of 3.1 - 4.1 have no VFIO keys).
 pub fn choose_target(
     version: Option<KataVersion>,
     runtime: Option<Runtime>,
     base: Option<&DocumentMut>,
+    installed: Option<&Installed>,
 ) -> Result<TargetChoice, KataError> {
-    let inferred = base.and_then(infer);
-    let (v, r, how) = match (version, runtime, inferred) {
-        (Some(v), Some(r), _) => (v, r, "--kata-version and --runtime".to_string()),
-        (Some(v), None, _) => (v, Runtime::Go, "--kata-version (Go runtime)".to_string()),
-        (None, Some(r), Some((iv, ir, why))) if ir == r => {
-            (iv, r, format!("--runtime; version {why}"))
+    let file_rs = base.is_some_and(is_runtime_rs);
+    let (r, r_how) = match (runtime, file_rs, installed.and_then(|i| i.runtime)) {
+        (Some(r), _, _) => (r, "--runtime".to_string()),
+        (None, true, _) => (
+            Runtime::Rs,
+            "runtime-rs keys in the base file ([runtime] hypervisor_name / [agent.kata] dial_timeout_ms)".to_string(),
+        ),
+        (None, false, Some(r)) => (r, "the installed Kata".to_string()),
+        (None, false, None) => (Runtime::Go, "the Go runtime (default)".to_string()),
+    };
+    let (v, v_how) = match (version, installed) {
+        (Some(v), _) => (v, "--kata-version".to_string()),
+        (None, Some(i)) if i.runtime.is_none_or(|ir| ir == r) => (i.version, i.how.clone()),
+        (None, _) => {
+            let why = match base {
+                Some(_) => "the base file's keys do not decide it (Kata 3.4.0's own NVIDIA template still carries 3.1's hotplug_vfio_on_root_bus; the stock generic templates of 3.1 - 4.1 have no VFIO keys at all), and no Kata was found on this host",
+                None => "no --kata-version, and no Kata was found on this host (kata-runtime --version, kata-ctl version, the kata-containers package)",
+            };
+            return Err(KataError::VersionUnknown { why: why.into() });
         }
-        (None, Some(r), _) => (
-            DEFAULT_VERSION,
-            r,
-            format!("--runtime; newest modelled version {DEFAULT_VERSION}"),
-        ),
-        (None, None, Some((v, r, why))) => (v, r, why),
-        (None, None, None) => (
-            DEFAULT_VERSION,
-            Runtime::Go,
-            format!("newest modelled release {DEFAULT_VERSION}; pass --kata-version for another"),
-        ),
     };
     Ok(TargetChoice {
         target: Target::new(v, r)?,
-        how,
+        how: format!("version from {v_how}; runtime from {r_how}"),
     })
 }
 
-/// The era of a base file from the keys it has (not from comments).
-fn infer(doc: &DocumentMut) -> Option<(KataVersion, Runtime, String)> {
-    let hq = patch::table(doc, HQ)?;
+/// runtime-rs files name the hypervisor and agent in [runtime] and time the agent in ms.
+fn is_runtime_rs(doc: &DocumentMut) -> bool {
     let agent = patch::table(doc, "agent.kata");
-    let has = |k: &str| hq.contains_key(k);
     let agent_has = |k: &str| agent.is_some_and(|a| a.contains_key(k));
-    let runtime_rs = patch::table(doc, "runtime")
-        .is_some_and(|r| r.contains_key("hypervisor_name"))
+    patch::table(doc, "runtime").is_some_and(|r| r.contains_key("hypervisor_name"))
         || agent_has("dial_timeout_ms")
-        || agent_has("reconnect_timeout_ms");
-    if runtime_rs {
-        return Some((
-            DEFAULT_VERSION,
-            Runtime::Rs,
-            format!("inferred from the base file: runtime-rs keys ([runtime] hypervisor_name / dial_timeout_ms); version {DEFAULT_VERSION} assumed"),
-        ));
-    }
-    if has("hotplug_vfio_on_root_bus") && !has("hot_plug_vfio") && !has("cold_plug_vfio") {
-        return Some((
-            KataVersion::new(3, 1, 0),
-            Runtime::Go,
-            "inferred from the base file: hotplug_vfio_on_root_bus (Kata 3.1 or older)".into(),
-        ));
-    }
-    if (has("hot_plug_vfio") || has("cold_plug_vfio")) && !has("pcie_root_port") {
-        return Some((
-            KataVersion::new(3, 5, 0),
-            Runtime::Go,
-            "inferred from the base file: hot_plug_vfio without pcie_root_port (Kata 3.2 - 3.5)"
-                .into(),
-        ));
-    }
-    None
+        || agent_has("reconnect_timeout_ms")
+}
+
+/// What the run asks for besides the target and the devices.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Options {
+    pub mode: Option<PlugMode>,
+    pub artefacts: Artefacts,
+    pub guest: Guest,
+    /// For Kubernetes: keep `pod_resource_api_sock` on Go 3.24 - 3.32.
+    pub kubernetes: bool,
 }
 
 /// Everything one run produced.
@@ -118,11 +110,19 @@ pub struct Outcome {
     pub ports: u32,
     pub groups: Vec<u32>,
     pub selection: Selection,
+    pub topology: Topology,
+    /// The Kata template a generated file starts from (None when patching --base).
+    pub template: Option<template::Chosen>,
     /// Every planned key with its final value and one-line reason.
     pub settings: Vec<Setting>,
     pub notes: Vec<String>,
+    /// Printed on every run (stderr when the file goes to stdout): devices still on a
+    /// host driver, the port topology chosen and why, a borrowed template.
+    pub warnings: Vec<String>,
     /// The resulting configuration.toml.
     pub config: String,
+    /// Only the keys vfioctl changed, as a `config.d/` drop-in for the same base.
+    pub drop_in: String,
     /// The unified diff against --base (None when generating).
     pub diff: Option<String>,
     /// Commands to try the file on a GPU host.
@@ -161,21 +161,40 @@ pub struct Base<'a> {
     pub doc: DocumentMut,
 }
 
-/// Plan and produce the file. No I/O: the selection and the base file were read by the
-/// caller ([`select`], [`read_base`]).
+/// Plan and produce the file. No I/O: the selection, the base file and any existing
+/// drop-ins were read by the caller ([`select`], [`read_base`], [`dropin::read_dir`]).
+/// `drop_ins` are merged over the base (as Kata does) before planning, so the drop-in
+/// vfioctl writes holds exactly what the effective configuration lacks.
 pub fn configure(
     choice: TargetChoice,
-    mode: Option<PlugMode>,
-    artefacts: Artefacts,
+    opts: Options,
     sel: Selection,
     base: Option<Base<'_>>,
+    drop_ins: &[dropin::DropIn],
     config_path: Option<&Path>,
 ) -> Result<Outcome, KataError> {
     let target = choice.target;
-    let mode = mode.unwrap_or_else(|| target.default_mode());
-    let vfio_mode = match base
-        .as_ref()
-        .and_then(|b| patch::table(&b.doc, "runtime"))
+    let mode = opts.mode.unwrap_or_else(|| target.default_mode());
+    let (mut doc, annotate, path, old, chosen) = match base {
+        Some(b) => (
+            b.doc,
+            false,
+            b.path.to_path_buf(),
+            Some((b.path, b.text)),
+            None,
+        ),
+        None => {
+            let (chosen, text) = template::base(&target)?;
+            let doc: DocumentMut = text.parse().expect("stored templates are valid TOML");
+            (doc, true, PathBuf::from("<template>"), None, Some(chosen))
+        }
+    };
+    // What Kata will see: the base with the drop-ins merged over it.
+    let mut effective = doc.clone();
+    for d in drop_ins {
+        dropin::merge(&mut effective, &d.doc);
+    }
+    let vfio_mode = match patch::table(&effective, "runtime")
         .and_then(|t| t.get("vfio_mode"))
         .and_then(|i| i.as_str())
     {
@@ -185,35 +204,45 @@ pub fn configure(
     let req = Request {
         target,
         mode,
-        artefacts,
+        artefacts: opts.artefacts,
         vfio_mode,
+        guest: opts.guest,
+        kubernetes: opts.kubernetes,
     };
     let mut base_notes = Vec::new();
-    if let Some(sock) = base
-        .as_ref()
-        .and_then(|b| patch::table(&b.doc, "runtime"))
+    if let Some(sock) = patch::table(&effective, "runtime")
         .and_then(|t| t.get("pod_resource_api_sock"))
         .and_then(|i| i.as_str())
         .filter(|s| !s.is_empty())
     {
-        if mode == PlugMode::Cold && target.version >= KataVersion::new(3, 24, 0) {
-            base_notes.push(format!(
-                "pod_resource_api_sock = {sock:?} left as is: from Kata 3.24 cold plug asks the kubelet which devices to plug (#12087); with \"\" it needs a CDI annotation instead. A plain `ctr run --device` against such a release is not verified here"
-            ));
+        if mode == PlugMode::Cold && target.reads("runtime", "pod_resource_api_sock") {
+            base_notes.push(if opts.kubernetes || !target.pod_resources_abort() {
+                format!(
+                    "pod_resource_api_sock = {sock:?} kept: from Kata 3.24 cold plug asks the kubelet which devices to plug (#12087); outside Kubernetes Kata 4.0+ falls back when the socket is missing"
+                )
+            } else {
+                format!(
+                    "pod_resource_api_sock = {sock:?} cleared: Kata {} aborts sandbox creation without the kubelet socket (pass --kubernetes to keep it)",
+                    target.version
+                )
+            });
         }
     }
     plan::check(&req, &sel)?;
     let wants = plan::plan(&req, &sel);
-    let (mut doc, annotate, path, old) = match base {
-        Some(b) => (b.doc, false, b.path.to_path_buf(), Some((b.path, b.text))),
-        None => {
-            let text = template::base(&target);
-            let doc: DocumentMut = text.parse().expect("the template is valid TOML");
-            (doc, true, PathBuf::from("<template>"), None)
-        }
+    let (topology, topo_why) = plan::topology(&req, &sel);
+    // Plan against the effective file; the drop-in gets what changed there.
+    let applied_eff = patch::apply(&mut effective, &wants, false, &path)?;
+    patch::check_result(&effective, &target)?;
+    let drop_in = dropin::render(&target, &applied_eff);
+    let applied = if drop_ins.is_empty() {
+        let a = patch::apply(&mut doc, &wants, annotate, &path)?;
+        patch::check_result(&doc, &target)?;
+        a
+    } else {
+        // The shipped file stays as it is; the settings are those of the effective file.
+        applied_eff
     };
-    let applied = patch::apply(&mut doc, &wants, annotate, &path)?;
-    patch::check_result(&doc, &target)?;
     let mut config = doc.to_string();
     if let Some((_, text)) = old {
         config = match_line_endings(text, config);
@@ -228,43 +257,63 @@ pub fn configure(
     });
     let mut notes = plan::notes(&req, &sel);
     notes.extend(base_notes);
-    let try_commands = try_commands(&sel, config_path);
+    let mut warnings = Vec::new();
+    for h in &sel.unbound {
+        warnings.push(format!(
+            "{h} is not on vfio-pci yet: the file does not depend on the driver, but Kata can only pass it once it is bound"
+        ));
+    }
+    warnings.extend(topo_why);
+    if let Some(c) = &chosen {
+        if c.stock.tag != KataVersion::new(target.version.major, target.version.minor, 0) {
+            warnings.push(format!("template: {}", c.how));
+        }
+    }
+    let try_commands = try_commands(&target, &sel, config_path);
     Ok(Outcome {
         scheme: target.scheme(),
         target: choice,
         mode,
         ports: sel.ports_needed(),
         groups: sel.group_numbers(),
+        topology,
+        template: chosen,
         settings: applied.into_iter().map(Setting::from).collect(),
         notes,
+        warnings,
         config,
+        drop_in,
         diff,
         try_commands,
         selection: sel,
     })
 }
 
-/// `ctr` commands that start a Kata container with the groups' /dev/vfio nodes.
-pub fn try_commands(sel: &Selection, config_path: Option<&Path>) -> Vec<String> {
+/// The commands that put the file in place and start a Kata container with the
+/// groups' /dev/vfio nodes: `vfioctl bind` for what is still on a host driver, the
+/// install into the path the target's shim reads, and `ctr run` with that shim.
+pub fn try_commands(target: &Target, sel: &Selection, config_path: Option<&Path>) -> Vec<String> {
     let (image, cmd) = if sel.has_nvidia_gpu() {
         (CUDA_IMAGE, "nvidia-smi")
     } else {
         (PLAIN_IMAGE, "ls /sys/bus/pci/devices")
     };
-    let cfg = config_path
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "/etc/kata-containers/configuration.toml".into());
+    let install = target.install_path();
     let devices: String = sel
         .group_numbers()
         .iter()
         .map(|g| format!(" --device /dev/vfio/{g}"))
         .collect();
-    vec![
-        format!("sudo ctr image pull {image}"),
-        format!(
-            "sudo ctr run --rm -t --runtime io.containerd.kata.v2 --runtime-config-path {cfg}{devices} {image} vfioctl-gpu {cmd}"
-        ),
-    ]
+    let mut v = sel.bind_commands();
+    if let Some(p) = config_path.filter(|p| *p != Path::new(install)) {
+        v.push(format!("sudo install -D -m 0644 {} {install}", p.display()));
+    }
+    v.push(format!("sudo ctr image pull {image}"));
+    v.push(format!(
+        "sudo ctr run --rm -t --runtime {}{devices} {image} vfioctl-gpu {cmd}",
+        target.shim()
+    ));
+    v
 }
 
 /// Read a base file from disk.

@@ -111,6 +111,11 @@ pub fn apply(
                 Some(c) if c == v => continue,
                 Some(_) => Some(v.clone()),
             },
+            Rule::OneOf { allowed, fallback } => match &cur_val {
+                None => continue,
+                Some(Val::Str(c)) if allowed.contains(c) => continue,
+                Some(_) => Some(fallback.clone()),
+            },
             Rule::AtLeast(min) => match (&current, &cur_val) {
                 (None, _) => Some(Val::Int(*min)),
                 (Some(_), Some(Val::Int(i))) if i >= min => None,

@@ -8,11 +8,14 @@ use serde::Serialize;
 
 use super::error::KataError;
 use super::host::{Selection, LARGE_BAR};
-use super::version::{port, KeyScheme, PlugMode, Target};
+use super::version::{
+    port, KataVersion, KeyScheme, PlugMode, Runtime, Target, BLOCK_DRIVERS_GO, BLOCK_DRIVERS_RS,
+};
 use crate::vm::ports::{self, DeviceBars, Firmware, PhysBits};
 
 pub const HQ: &str = "hypervisor.qemu";
 pub const AGENT: &str = "agent.kata";
+pub const RT: &str = "runtime";
 
 /// A TOML value as Kata reads it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -69,6 +72,8 @@ pub enum Rule {
     /// Only if the key is present with another value: set it to this (Kata's default).
     /// Absent keys stay absent.
     Reset(Val),
+    /// Only if the key is present with a value outside `allowed`: set it to `fallback`.
+    OneOf { allowed: Vec<String>, fallback: Val },
 }
 
 /// One key vfioctl wants, with its one-line reason.
@@ -99,6 +104,17 @@ pub enum VfioMode {
     Vfio,
 }
 
+/// Which guest image the containers boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Guest {
+    /// Kata's own (NVIDIA) guest: NVRC init, guest-side CDI, no OCI hooks directory.
+    #[default]
+    Kata,
+    /// vfioctl's guest image (`vfioctl rootfs build`): OCI hooks in /usr/share/oci/hooks.
+    Vfioctl,
+}
+
 /// What the run asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Request {
@@ -107,6 +123,9 @@ pub struct Request {
     pub artefacts: Artefacts,
     /// From the base file's `[runtime] vfio_mode` (guest-kernel when absent or generating).
     pub vfio_mode: VfioMode,
+    pub guest: Guest,
+    /// The file is for Kubernetes: keep `pod_resource_api_sock`.
+    pub kubernetes: bool,
 }
 
 /// The guest kernel parameters that let the guest reassign bridge windows for BARs the
@@ -137,6 +156,8 @@ pub fn check(req: &Request, sel: &Selection) -> Result<(), KataError> {
         return Err(KataError::ColdPlugUnsupported {
             key: "cold_plug_vfio",
             version: t.version,
+            runtime: t.runtime,
+            since: t.cold_plug_since(),
         });
     }
     if req.vfio_mode == VfioMode::Vfio {
@@ -177,6 +198,63 @@ pub fn check(req: &Request, sel: &Selection) -> Result<(), KataError> {
     Ok(())
 }
 
+/// How the plan lays out the PCIe ports in the guest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topology {
+    /// One root port per PCIe function (`pcie_root_port`, bus rpN).
+    RootPorts,
+    /// One virtual switch with a downstream port per function (`pcie_switch_port`, bus
+    /// swdpN): the GPUs share a switch on the host and talk peer-to-peer through it.
+    Switch,
+}
+
+/// The port layout for `req` on `sel`, with the reason (printed on every run).
+pub fn topology(req: &Request, sel: &Selection) -> (Topology, Option<String>) {
+    let shared = sel.shared_switches();
+    if shared.is_empty() {
+        return (Topology::RootPorts, None);
+    }
+    let which = shared
+        .iter()
+        .map(|s| {
+            format!(
+                "{} share the host PCIe switch {}",
+                s.functions
+                    .iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+                s.upstream
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let t = req.target;
+    if t.supports_switch(req.mode) {
+        (
+            Topology::Switch,
+            Some(format!(
+                "{which} (peer-to-peer): {t} puts them behind one virtual PCIe switch (pcie_switch_port), so the guest sees them under a common switch as on the host"
+            )),
+        )
+    } else {
+        let why = match (t.runtime, req.mode) {
+            (Runtime::Rs, PlugMode::Cold) if t.version >= KataVersion::RS_SWITCH_PORT => {
+                "runtime-rs cold plug supports root ports only"
+            }
+            (Runtime::Rs, _) => "runtime-rs reads pcie_switch_port from 3.17",
+            (Runtime::Go, _) => "the Go runtime reads pcie_switch_port from 3.6",
+        };
+        (
+            Topology::RootPorts,
+            Some(format!(
+                "{which} (peer-to-peer), but {t} gets root ports: {why}"
+            )),
+        )
+    }
+}
+
 /// The keys to set for `req` on the host `sel`. Call [`check`] first.
 pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
     let t = req.target;
@@ -189,10 +267,31 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
         .collect::<Vec<_>>()
         .join(", ");
     let fn_word = if n == 1 { "function" } else { "functions" };
-    let ports_why = format!(
-        "{n} PCIe {fn_word} in IOMMU group(s) {groups} ({}), one root port each",
-        sel.describe_ports()
-    );
+    let (topo, topo_why) = topology(req, sel);
+    let (count_key, zero_key, port_value, port_word) = match topo {
+        Topology::RootPorts => (
+            "pcie_root_port",
+            "pcie_switch_port",
+            port::ROOT,
+            "root port",
+        ),
+        Topology::Switch => (
+            "pcie_switch_port",
+            "pcie_root_port",
+            port::SWITCH,
+            "switch downstream port",
+        ),
+    };
+    let ports_why = match &topo_why {
+        Some(why) if topo == Topology::Switch => format!(
+            "{n} PCIe {fn_word} in IOMMU group(s) {groups} ({}), one {port_word} each; {why}",
+            sel.describe_ports()
+        ),
+        _ => format!(
+            "{n} PCIe {fn_word} in IOMMU group(s) {groups} ({}), one {port_word} each",
+            sel.describe_ports()
+        ),
+    };
 
     let ports_rule = Rule::Range {
         min: n.into(),
@@ -205,7 +304,7 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
         "PCIe root ports (pcie-root-port) exist only on the q35 machine",
     ));
 
-    let plug_value = Val::str(port::ROOT);
+    let plug_value = Val::str(port_value);
     let none = Val::str(port::NONE);
     match (t.scheme(), req.mode) {
         (KeyScheme::RootBus, _) => {
@@ -235,7 +334,7 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
                 PlugMode::Hot => (
                     "hot_plug_vfio",
                     "cold_plug_vfio",
-                    String::from("hot plug: devices are added over QMP after boot into root ports"),
+                    format!("hot plug: devices are added over QMP after boot into {port_word}s"),
                 ),
             };
             if t.scheme() == KeyScheme::PortsImplicit {
@@ -258,38 +357,28 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
                 "only one of hot_plug_vfio and cold_plug_vfio may be set",
             ));
             if t.scheme() == KeyScheme::Ports {
-                w.push(want(
-                    HQ,
-                    "pcie_root_port",
-                    ports_rule.clone(),
-                    ports_why.clone(),
-                ));
+                w.push(want(HQ, count_key, ports_rule.clone(), ports_why.clone()));
             }
         }
         (KeyScheme::RuntimeRs, PlugMode::Cold) => {
             w.push(want(
                 HQ,
                 "cold_plug_vfio",
-                Rule::Set(plug_value),
+                Rule::Set(Val::str(port::ROOT)),
                 "cold plug: runtime-rs puts each device on a root port at boot",
             ));
-            w.push(want(
-                HQ,
-                "pcie_root_port",
-                ports_rule.clone(),
-                ports_why.clone(),
-            ));
+            w.push(want(HQ, count_key, ports_rule.clone(), ports_why.clone()));
         }
         (KeyScheme::RuntimeRs, PlugMode::Hot) => {
             w.push(want(
                 HQ,
                 "cold_plug_vfio",
                 Rule::Reset(none),
-                "hot plug: runtime-rs has no hot_plug_vfio; it hot-plugs into the pcie_root_port ports",
+                format!("hot plug: runtime-rs has no hot_plug_vfio; it hot-plugs into the {count_key} ports"),
             ));
             w.push(want(
                 HQ,
-                "pcie_root_port",
+                count_key,
                 ports_rule.clone(),
                 format!(
                     "{ports_why}; runtime-rs hot-plugs into these ports (no hot_plug_vfio key)"
@@ -297,12 +386,50 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
             ));
         }
     }
-    if matches!(t.scheme(), KeyScheme::Ports | KeyScheme::RuntimeRs) {
+    if t.scheme() != KeyScheme::RootBus {
         w.push(want(
             HQ,
-            "pcie_switch_port",
+            zero_key,
             Rule::Reset(Val::Int(0)),
-            "root ports are used; Kata rejects pcie_root_port and pcie_switch_port both above 0",
+            match topo {
+                Topology::RootPorts => "root ports are used; Kata rejects pcie_root_port and pcie_switch_port both above 0",
+                Topology::Switch => "switch ports are used; Kata rejects pcie_root_port and pcie_switch_port both above 0",
+            },
+        ));
+    }
+
+    // The block driver name differs between the runtimes: a Go name in a runtime-rs file
+    // (or the reverse) makes the loader refuse the file.
+    let (drivers, fallback): (&[&str], &str) = match t.runtime {
+        Runtime::Go => (&BLOCK_DRIVERS_GO, "virtio-blk"),
+        Runtime::Rs => (&BLOCK_DRIVERS_RS, "virtio-blk-pci"),
+    };
+    w.push(want(
+        HQ,
+        "block_device_driver",
+        Rule::OneOf {
+            allowed: drivers.iter().map(|d| d.to_string()).collect(),
+            fallback: Val::str(fallback),
+        },
+        format!(
+            "{} reads only {}: the other runtime's name makes it refuse the file",
+            match t.runtime {
+                Runtime::Go => "the Go runtime",
+                Runtime::Rs => "runtime-rs (kata-types)",
+            },
+            drivers.join(", ")
+        ),
+    ));
+
+    if t.pod_resources_abort() && !req.kubernetes {
+        w.push(want(
+            RT,
+            "pod_resource_api_sock",
+            Rule::Reset(Val::str("")),
+            format!(
+                "Kata {} aborts sandbox creation when the kubelet socket is missing (the fallback came in 4.0.0): outside Kubernetes it stays empty (pass --kubernetes to keep it)",
+                t.version
+            ),
         ));
     }
 
@@ -367,13 +494,14 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
         ));
     }
 
-    // GPU flavour.
-    if sel.has_nvidia_gpu() {
+    // GPU flavour: only vfioctl's own guest image runs OCI hooks; Kata's NVIDIA guest
+    // (NVRC init, guest-side CDI) has no hooks directory.
+    if sel.has_nvidia_gpu() && req.guest == Guest::Vfioctl {
         w.push(want(
             HQ,
             "guest_hook_path",
             Rule::Set(Val::str(GUEST_HOOK_PATH)),
-            "NVIDIA GPU: the guest's OCI hooks (nvidia-container-toolkit) inject the driver into the container",
+            "NVIDIA GPU with vfioctl's guest image (--guest vfioctl): its OCI hooks (nvidia-container-toolkit) inject the driver into the container",
         ));
     }
     let large = sel.large_gpus();
@@ -423,6 +551,9 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
             why,
         ));
     }
+    // A key the target does not read would be ignored (Go) or refused (runtime-rs
+    // [agent.kata]): never write one.
+    w.retain(|x| t.reads(x.table, x.key));
     w
 }
 
@@ -552,6 +683,7 @@ mod tests {
                 mem32: vec![16 << 20],
                 io: vec![],
             },
+            switch: None,
         }
     }
 
@@ -564,6 +696,7 @@ mod tests {
                     functions: vec![gpu(i + 1, 0, 0x030000, bar), gpu(i + 1, 1, 0x040300, 0)],
                 })
                 .collect(),
+            unbound: vec![],
         }
     }
 
@@ -573,6 +706,8 @@ mod tests {
             mode,
             artefacts: Artefacts::default(),
             vfio_mode: VfioMode::GuestKernel,
+            guest: Guest::Kata,
+            kubernetes: false,
         }
     }
 
@@ -657,6 +792,7 @@ mod tests {
                 number: 7,
                 functions: vec![gpu(1, 0, 0x030200, 0)],
             }],
+            unbound: vec![],
         };
         assert!(check(&r, &single).is_ok());
         let w = plan(&r, &single);

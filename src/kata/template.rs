@@ -1,288 +1,350 @@
-//! The complete configuration.toml vfioctl starts from when no `--base` is given: Kata's
-//! QEMU GPU template for the target's key scheme, with the template's defaults (paths as
-//! kata-deploy installs them under /opt/kata). The plan is then applied to it with the
-//! same code that patches a user's file.
+//! Kata's own configuration templates, per release, as data: the file vfioctl starts from
+//! when no `--base` is given is the NVIDIA GPU template of the requested release (the
+//! generic QEMU template where that release has none), rendered exactly as Kata's
+//! Makefiles render it for kata-deploy (`PREFIX=/opt/kata`). The plan is then applied
+//! with the same code that patches a user's file, so only the keys vfioctl must change
+//! differ from Kata's template. `src/kata/templates/README.md` says how each file was
+//! rendered and from which commit.
 
-use std::fmt::Write;
+use serde::Serialize;
 
-use super::plan::{AGENT, HQ};
-use super::version::{port, KeyScheme, Runtime, Target};
+use super::error::KataError;
+use super::version::{KataVersion, Runtime, Target};
 
 /// kata-deploy's install prefix.
 pub const PREFIX: &str = "/opt/kata";
 
-struct Writer<'a> {
-    out: String,
-    target: &'a Target,
+/// Which of a release's templates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Flavour {
+    /// `configuration-qemu-nvidia-gpu.toml` (Go) / `configuration-qemu-nvidia-gpu-runtime-rs.toml`.
+    NvidiaGpu,
+    /// `configuration-qemu.toml` (Go) / `configuration-qemu-runtime-rs.toml`.
+    Generic,
 }
 
-impl Writer<'_> {
-    fn header(&mut self, table: &str, comment: &[&str]) {
-        if !self.out.ends_with("\n\n") {
-            self.out.push('\n');
-        }
-        for c in comment {
-            let _ = writeln!(self.out, "# {c}");
-        }
-        let _ = writeln!(self.out, "[{table}]");
-    }
-
-    /// A key with its comment, written only when the target reads it.
-    fn key(&mut self, table: &str, key: &str, raw: &str, comment: &[&str]) {
-        if !self.target.reads(table, key) {
-            return;
-        }
-        for c in comment {
-            if c.is_empty() {
-                self.out.push_str("#\n");
-            } else {
-                let _ = writeln!(self.out, "# {c}");
-            }
-        }
-        let _ = writeln!(self.out, "{key} = {raw}");
-        self.out.push('\n');
-    }
+/// One of Kata's templates, as shipped by one tag.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Stock {
+    /// The Kata tag it was rendered from.
+    pub tag: KataVersion,
+    pub runtime: Runtime,
+    pub flavour: Flavour,
+    /// The file name Kata installs it as.
+    pub file: &'static str,
+    /// Where the `.in` file lives in kata-containers.
+    pub source: &'static str,
+    #[serde(skip)]
+    pub text: &'static str,
 }
 
-fn q(s: &str) -> String {
-    format!("{s:?}")
-}
-
-/// The starting file for `target`.
-pub fn base(target: &Target) -> String {
-    let rs = target.runtime == Runtime::Rs;
-    let scheme = target.scheme();
-    let mut w = Writer {
-        out: String::new(),
-        target,
+macro_rules! stock {
+    ($rt:ident, $dir:literal, $maj:literal, $min:literal, $flavour:ident, $file:literal, $src:literal) => {
+        Stock {
+            tag: KataVersion::new($maj, $min, 0),
+            runtime: Runtime::$rt,
+            flavour: Flavour::$flavour,
+            file: $file,
+            source: concat!($src, "/", $file, ".in"),
+            text: include_str!(concat!("templates/", $dir, "/", $file)),
+        }
     };
-    let _ = writeln!(
-        w.out,
+}
+
+/// Every stored template, oldest first.
+pub const STOCK: &[Stock] = &[
+    stock!(
+        Go,
+        "go-3.1.0",
+        3,
+        1,
+        Generic,
+        "configuration-qemu.toml",
+        "src/runtime/config"
+    ),
+    stock!(
+        Go,
+        "go-3.4.0",
+        3,
+        4,
+        NvidiaGpu,
+        "configuration-qemu-nvidia-gpu.toml",
+        "src/runtime/config"
+    ),
+    stock!(
+        Go,
+        "go-3.4.0",
+        3,
+        4,
+        Generic,
+        "configuration-qemu.toml",
+        "src/runtime/config"
+    ),
+    stock!(
+        Go,
+        "go-3.6.0",
+        3,
+        6,
+        NvidiaGpu,
+        "configuration-qemu-nvidia-gpu.toml",
+        "src/runtime/config"
+    ),
+    stock!(
+        Go,
+        "go-3.6.0",
+        3,
+        6,
+        Generic,
+        "configuration-qemu.toml",
+        "src/runtime/config"
+    ),
+    stock!(
+        Go,
+        "go-3.24.0",
+        3,
+        24,
+        NvidiaGpu,
+        "configuration-qemu-nvidia-gpu.toml",
+        "src/runtime/config"
+    ),
+    stock!(
+        Go,
+        "go-3.24.0",
+        3,
+        24,
+        Generic,
+        "configuration-qemu.toml",
+        "src/runtime/config"
+    ),
+    stock!(
+        Go,
+        "go-3.30.0",
+        3,
+        30,
+        NvidiaGpu,
+        "configuration-qemu-nvidia-gpu.toml",
+        "src/runtime/config"
+    ),
+    stock!(
+        Go,
+        "go-3.30.0",
+        3,
+        30,
+        Generic,
+        "configuration-qemu.toml",
+        "src/runtime/config"
+    ),
+    stock!(
+        Go,
+        "go-4.1.0",
+        4,
+        1,
+        NvidiaGpu,
+        "configuration-qemu-nvidia-gpu.toml",
+        "src/runtime/config"
+    ),
+    stock!(
+        Go,
+        "go-4.1.0",
+        4,
+        1,
+        Generic,
+        "configuration-qemu.toml",
+        "src/runtime/config"
+    ),
+    stock!(
+        Rs,
+        "rs-3.6.0",
+        3,
+        6,
+        Generic,
+        "configuration-qemu-runtime-rs.toml",
+        "src/runtime-rs/config"
+    ),
+    stock!(
+        Rs,
+        "rs-3.17.0",
+        3,
+        17,
+        Generic,
+        "configuration-qemu-runtime-rs.toml",
+        "src/runtime-rs/config"
+    ),
+    stock!(
+        Rs,
+        "rs-3.30.0",
+        3,
+        30,
+        Generic,
+        "configuration-qemu-runtime-rs.toml",
+        "src/runtime-rs/config"
+    ),
+    stock!(
+        Rs,
+        "rs-4.1.0",
+        4,
+        1,
+        NvidiaGpu,
+        "configuration-qemu-nvidia-gpu-runtime-rs.toml",
+        "src/runtime-rs/config"
+    ),
+    stock!(
+        Rs,
+        "rs-4.1.0",
+        4,
+        1,
+        Generic,
+        "configuration-qemu-runtime-rs.toml",
+        "src/runtime-rs/config"
+    ),
+];
+
+/// Releases between which the GPU keys, their meaning or Kata's GPU behaviour change: a
+/// template is only borrowed from a release of the same band.
+fn band(runtime: Runtime, v: KataVersion) -> u8 {
+    let bounds: &[KataVersion] = match runtime {
+        Runtime::Go => &[
+            KataVersion::PORT_KEYS,
+            KataVersion::PORT_COUNT,
+            KataVersion::POD_RESOURCES,
+            KataVersion::POD_RESOURCES_FALLBACK,
+        ],
+        Runtime::Rs => &[KataVersion::RS_SWITCH_PORT, KataVersion::RS_COLD_PLUG],
+    };
+    bounds.iter().filter(|b| v >= **b).count() as u8
+}
+
+/// The template a generated file starts from, and how it was picked.
+#[derive(Clone, Debug, Serialize)]
+pub struct Chosen {
+    pub stock: Stock,
+    /// One line for the file header and --explain: the tag, and why when it is not the
+    /// requested version's own.
+    pub how: String,
+}
+
+/// The template for `target`: the requested release's own NVIDIA template when stored,
+/// else the nearest stored release of the same key band (the newest at or below the
+/// version, else the oldest above it), preferring the NVIDIA template over the generic
+/// one of the same tag.
+pub fn choose(target: &Target) -> Result<Chosen, KataError> {
+    let no_template = || KataError::NoTemplate {
+        target: *target,
+        stored: STOCK
+            .iter()
+            .filter(|s| s.runtime == target.runtime)
+            .map(|s| s.tag.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    // Kata 2.x files differ from 3.x beyond the GPU keys: no 3.x template stands in.
+    if target.version.major < 3 {
+        return Err(no_template());
+    }
+    let b = band(target.runtime, target.version);
+    let mine: Vec<&Stock> = STOCK
+        .iter()
+        .filter(|s| s.runtime == target.runtime && band(s.runtime, s.tag) == b)
+        .collect();
+    let rank = |s: &&Stock| (s.flavour == Flavour::NvidiaGpu) as u8;
+    // Compare major.minor: a patch release ships its minor's template.
+    let mm = |v: KataVersion| KataVersion::new(v.major, v.minor, 0);
+    let want = mm(target.version);
+    let below = mine
+        .iter()
+        .filter(|s| s.tag <= want)
+        .max_by_key(|s| (s.tag, rank(s)));
+    let pick = below.or_else(|| {
+        mine.iter()
+            .filter(|s| s.tag > want)
+            .min_by_key(|s| (s.tag, std::cmp::Reverse(rank(s))))
+    });
+    let Some(stock) = pick.map(|s| **s) else {
+        return Err(no_template());
+    };
+    let exact = stock.tag == want;
+    let flavour_note = match stock.flavour {
+        Flavour::NvidiaGpu => "",
+        Flavour::Generic => {
+            " (that release ships no NVIDIA GPU template for this runtime: its generic QEMU template)"
+        }
+    };
+    let how = if exact {
+        format!("Kata {}'s {}{flavour_note}", stock.tag, stock.file)
+    } else {
+        format!(
+            "Kata {}'s {}{flavour_note}: no template of {} is stored, {} is the nearest release with the same GPU keys",
+            stock.tag, stock.file, target.version, stock.tag
+        )
+    };
+    Ok(Chosen { stock, how })
+}
+
+/// The stored templates of one runtime (every flavour and tag).
+pub fn stock(runtime: Runtime) -> impl Iterator<Item = &'static Stock> {
+    STOCK.iter().filter(move |s| s.runtime == runtime)
+}
+
+/// The header vfioctl puts above Kata's template text.
+pub fn header(target: &Target, chosen: &Chosen) -> String {
+    format!(
         "# Kata Containers configuration for QEMU with VFIO GPU passthrough, written by\n\
          # `vfioctl kata config` for {target}.\n\
          #\n\
-         # Lines marked \"vfioctl:\" were derived from this host; the other values are the\n\
-         # defaults of Kata's QEMU NVIDIA GPU template ({}).\n\
-         # Install: sudo install -D -m 0644 <this file> /etc/kata-containers/configuration.toml",
-        if rs {
-            "src/runtime-rs/config/configuration-qemu-nvidia-gpu-runtime-rs.toml.in"
-        } else {
-            "src/runtime/config/configuration-qemu-nvidia-gpu.toml.in"
-        }
-    );
-    w.header(HQ, &[]);
-    let qemu = format!("{PREFIX}/bin/qemu-system-x86_64");
-    w.key(HQ, "path", &q(&qemu), &[]);
-    w.key(
-        HQ,
-        "kernel",
-        &q(&format!(
-            "{PREFIX}/share/kata-containers/vmlinuz-nvidia-gpu.container"
-        )),
-        &["Guest kernel; it needs CONFIG_HOTPLUG_PCI_PCIE and CONFIG_PCI_MMCONFIG for large BARs."],
-    );
-    w.key(
-        HQ,
-        "image",
-        &q(&format!(
-            "{PREFIX}/share/kata-containers/kata-containers-nvidia-gpu.img"
-        )),
-        &["Guest root filesystem image. Set either image or initrd, never both."],
-    );
-    w.key(HQ, "initrd", &q(""), &[]);
-    w.key(
-        HQ,
-        "machine_type",
-        &q("q35"),
-        &["Machine type: PCIe root ports need q35."],
-    );
-    w.key(
-        HQ,
-        "rootfs_type",
-        &q("erofs"),
-        &["Filesystem of the image: ext4, xfs or erofs."],
-    );
-    w.key(
-        HQ,
-        "kernel_params",
-        &q(""),
-        &["Extra guest kernel parameters, separated by spaces."],
-    );
-    w.key(
-        HQ,
-        "firmware",
-        &q(""),
-        &["Firmware image; empty uses QEMU's default (SeaBIOS)."],
-    );
-    w.key(HQ, "default_vcpus", "1", &["vCPUs at boot."]);
-    w.key(
-        HQ,
-        "default_maxvcpus",
-        "0",
-        &["Maximum vCPUs; 0 means the host's CPU count."],
-    );
-    w.key(HQ, "default_memory", "2048", &["Memory at boot, in MiB."]);
-    w.key(
-        HQ,
-        "default_bridges",
-        "1",
-        &["PCI bridges for devices that are not PCIe."],
-    );
-    w.key(
-        HQ,
-        "disable_image_nvdimm",
-        "true",
-        &["Attach the image as virtio-blk instead of an NVDIMM (no DAX)."],
-    );
-    w.key(HQ, "block_device_driver", &q("virtio-blk"), &[]);
-    w.key(HQ, "shared_fs", &q("virtio-fs"), &[]);
-    w.key(
-        HQ,
-        "virtio_fs_daemon",
-        &q(&format!("{PREFIX}/libexec/virtiofsd")),
-        &[],
-    );
-    w.key(
-        HQ,
-        "valid_virtio_fs_daemon_paths",
-        &format!("[{}]", q(&format!("{PREFIX}/libexec/virtiofsd"))),
-        &[],
-    );
-    w.key(HQ, "virtio_fs_cache", &q("auto"), &[]);
-    w.key(
-        HQ,
-        "valid_hypervisor_paths",
-        &format!("[{}]", q(&qemu)),
-        &[],
-    );
-    w.key(
-        HQ,
-        "enable_annotations",
-        r#"["enable_iommu", "kernel_params"]"#,
-        &["Pod annotations allowed to override these keys."],
-    );
-    w.key(
-        HQ,
-        "enable_iommu",
-        "false",
-        &[
-            "Give the guest a vIOMMU (intel_iommu=on,iommu=pt); needed only for",
-            "vfio_mode = \"vfio\".",
-        ],
-    );
-    w.key(HQ, "enable_iommu_platform", "false", &[]);
-    match scheme {
-        KeyScheme::RootBus => {
-            w.key(
-                HQ,
-                "hotplug_vfio_on_root_bus",
-                "false",
-                &[
-                    "Hot-plug VFIO devices on a PCIe root port instead of a PCI bridge;",
-                    "devices with large BARs need it. Valid on q35 only.",
-                ],
-            );
-            w.key(
-                HQ,
-                "pcie_root_port",
-                "0",
-                &["Root ports to create; only used with hotplug_vfio_on_root_bus."],
-            );
-        }
-        KeyScheme::PortsImplicit | KeyScheme::Ports => {
-            w.key(
-                HQ,
-                "hot_plug_vfio",
-                &q(port::NONE),
-                &[
-                    "Where VFIO devices are hot-plugged: \"bridge-port\", \"root-port\",",
-                    "\"switch-port\" or \"no-port\" (disabled). Only one of hot_plug_vfio",
-                    "and cold_plug_vfio may be set.",
-                ],
-            );
-            w.key(
-                HQ,
-                "cold_plug_vfio",
-                &q(port::NONE),
-                &[
-                    "Where VFIO devices are cold-plugged at boot: \"bridge-port\",",
-                    "\"root-port\", \"switch-port\" or \"no-port\" (disabled).",
-                ],
-            );
-        }
-        KeyScheme::RuntimeRs => {
-            w.key(
-                HQ,
-                "cold_plug_vfio",
-                &q(port::NONE),
-                &["Cold plug of VFIO devices: \"no-port\" (disabled) or \"root-port\"."],
-            );
-        }
-    }
-    if scheme != KeyScheme::RootBus {
-        w.key(
-            HQ,
-            "pcie_root_port",
-            "0",
-            &[
-                "PCIe root ports to create, for large PCI BAR devices such as NVIDIA GPUs",
-                "(at most 16). Root ports and switch ports cannot both be set.",
-            ],
-        );
-    }
-    w.key(
-        HQ,
-        "pcie_switch_port",
-        "0",
-        &["PCIe switch ports to create."],
-    );
-    w.key(
-        HQ,
-        "guest_hook_path",
-        &q(""),
-        &["OCI hooks in the guest; recommended value when enabling: /usr/share/oci/hooks."],
-    );
+         # Everything below is {how}\n\
+         # ({source} at that tag, rendered for kata-deploy's /opt/kata), except the lines\n\
+         # marked \"vfioctl:\", which were derived from this host.\n\
+         # Install: sudo install -D -m 0644 <this file> {install}\n\n",
+        how = chosen.how,
+        source = chosen.stock.source,
+        install = target.install_path(),
+    )
+}
 
-    w.header(AGENT, &[]);
-    w.key(AGENT, "enable_debug", "false", &[]);
-    w.key(
-        AGENT,
-        "kernel_modules",
-        "[]",
-        &["Modules the agent loads at boot."],
-    );
-    if rs {
-        w.key(
-            AGENT,
-            "dial_timeout_ms",
-            "1000",
-            &["Per-attempt timeout connecting to the agent, in ms."],
-        );
+/// The starting file for `target`: vfioctl's header plus Kata's template text.
+pub fn base(target: &Target) -> Result<(Chosen, String), KataError> {
+    let chosen = choose(target)?;
+    let text = format!("{}{}", header(target, &chosen), chosen.stock.text);
+    Ok((chosen, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pick(v: &str, rt: Runtime) -> Stock {
+        choose(&Target::new(v.parse().unwrap(), rt).unwrap())
+            .unwrap()
+            .stock
     }
 
-    w.header("runtime", &[]);
-    if rs {
-        w.key("runtime", "name", &q("virt_container"), &[]);
-        w.key("runtime", "hypervisor_name", &q("qemu"), &[]);
-        w.key("runtime", "agent_name", &q("kata"), &[]);
+    #[test]
+    fn every_stored_template_parses_and_names_its_hypervisor() {
+        for s in STOCK {
+            let doc: toml_edit::DocumentMut = s.text.parse().unwrap_or_else(|e| {
+                panic!("{} {}: {e}", s.tag, s.file);
+            });
+            assert!(doc["hypervisor"]["qemu"].is_table(), "{} {}", s.tag, s.file);
+        }
     }
-    w.key("runtime", "internetworking_model", &q("tcfilter"), &[]);
-    w.key("runtime", "disable_guest_seccomp", "true", &[]);
-    w.key("runtime", "sandbox_cgroup_only", "true", &[]);
-    w.key("runtime", "static_sandbox_resource_mgmt", "true", &[]);
-    w.key(
-        "runtime",
-        "vfio_mode",
-        &q("guest-kernel"),
-        &[
-            "\"guest-kernel\": the guest's own driver binds the device;",
-            "\"vfio\": the guest binds it to vfio-pci (needs enable_iommu).",
-        ],
-    );
-    w.key("runtime", "experimental", "[]", &[]);
-    // One trailing newline, as an editor saves it.
-    while w.out.ends_with("\n\n") {
-        w.out.pop();
+
+    #[test]
+    fn nearest_template_stays_in_its_key_band() {
+        assert_eq!(pick("3.1.3", Runtime::Go).tag.to_string(), "3.1.0");
+        // 3.2 - 3.5 read hot_plug_vfio/cold_plug_vfio: never 3.1's hotplug_vfio_on_root_bus file.
+        assert_eq!(pick("3.2.0", Runtime::Go).tag.to_string(), "3.4.0");
+        assert_eq!(pick("3.5.0", Runtime::Go).tag.to_string(), "3.4.0");
+        assert_eq!(pick("3.17.0", Runtime::Go).tag.to_string(), "3.6.0");
+        assert_eq!(pick("3.27.0", Runtime::Go).tag.to_string(), "3.24.0");
+        assert_eq!(pick("3.32.0", Runtime::Go).tag.to_string(), "3.30.0");
+        assert_eq!(pick("4.0.0", Runtime::Go).tag.to_string(), "4.1.0");
+        assert_eq!(pick("4.1.0", Runtime::Go).flavour, Flavour::NvidiaGpu);
+        assert_eq!(pick("3.1.0", Runtime::Go).flavour, Flavour::Generic);
+        assert_eq!(pick("3.10.0", Runtime::Rs).tag.to_string(), "3.6.0");
+        assert_eq!(pick("3.20.0", Runtime::Rs).tag.to_string(), "3.17.0");
+        assert_eq!(pick("3.31.0", Runtime::Rs).tag.to_string(), "4.1.0");
+        assert_eq!(pick("4.1.0", Runtime::Rs).flavour, Flavour::NvidiaGpu);
+        assert!(choose(&Target::new("2.5.0".parse().unwrap(), Runtime::Go).unwrap()).is_err());
     }
-    w.out
 }

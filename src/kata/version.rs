@@ -7,7 +7,10 @@
 //! | 2.0 – 3.1 | Go | `hotplug_vfio_on_root_bus` (bool) + `pcie_root_port` (u32); hot plug only |
 //! | 3.2 – 3.5 | Go | `hot_plug_vfio` / `cold_plug_vfio` (port enum); no `pcie_root_port`: one port per PCIe function known at sandbox creation |
 //! | 3.6 + | Go | `hot_plug_vfio` / `cold_plug_vfio` + `pcie_root_port` / `pcie_switch_port` (u32) |
-//! | 3.6 + | runtime-rs | `cold_plug_vfio` ("no-port" or "root-port") + `pcie_root_port` / `pcie_switch_port`; no `hot_plug_vfio` |
+//! | 3.24 + | Go | `[runtime] pod_resource_api_sock` (cold plug asks the kubelet; 3.24 - 3.32 abort when its socket is missing, 4.0 falls back) |
+//! | 3.6 + | runtime-rs | `pcie_root_port` only: devices are hot-plugged into the root ports; no `hot_plug_vfio` |
+//! | 3.17 + | runtime-rs | `pcie_switch_port` (kata-types `DeviceInfo`) |
+//! | 3.31 + | runtime-rs | `cold_plug_vfio` ("no-port" or "root-port") and `[runtime] pod_resource_api_sock`; older kata-types silently ignore both |
 
 use std::fmt;
 use std::str::FromStr;
@@ -57,6 +60,14 @@ impl KataVersion {
     pub const PORT_COUNT: KataVersion = KataVersion::new(3, 6, 0);
     /// Oldest Kata 2.x: older is Kata 1.x (`kata-runtime`, another repository).
     pub const OLDEST: KataVersion = KataVersion::new(2, 0, 0);
+    /// PR #12087: Go cold plug asks the kubelet Pod Resources API (pod_resource_api_sock).
+    pub const POD_RESOURCES: KataVersion = KataVersion::new(3, 24, 0);
+    /// 4.0.0: Go falls back when the kubelet socket is missing instead of aborting.
+    pub const POD_RESOURCES_FALLBACK: KataVersion = KataVersion::new(4, 0, 0);
+    /// kata-types `DeviceInfo` gains `pcie_switch_port`.
+    pub const RS_SWITCH_PORT: KataVersion = KataVersion::new(3, 17, 0);
+    /// kata-types `DeviceInfo` gains `cold_plug_vfio` (and `[runtime] pod_resource_api_sock`).
+    pub const RS_COLD_PLUG: KataVersion = KataVersion::new(3, 31, 0);
 }
 
 impl fmt::Display for KataVersion {
@@ -150,6 +161,23 @@ pub mod port {
     pub const RS_VALUES: [&str; 2] = [NONE, ROOT];
 }
 
+/// Go `block_device_driver` values (`checkHypervisorConfig`: "supported drivers").
+pub const BLOCK_DRIVERS_GO: [&str; 5] = [
+    "virtio-scsi",
+    "virtio-blk",
+    "virtio-mmio",
+    "nvdimm",
+    "virtio-blk-ccw",
+];
+/// kata-types `block_device_driver` values (runtime-rs names the bus: `virtio-blk-pci`).
+pub const BLOCK_DRIVERS_RS: [&str; 5] = [
+    "virtio-blk-pci",
+    "virtio-blk-ccw",
+    "virtio-blk-mmio",
+    "virtio-pmem",
+    "virtio-scsi",
+];
+
 /// `maxPCIeRootPorts = 16` (config.go), `maxPCIeRootPort = 16 // Limitation from QEMU`
 /// (qemu_arch_base.go): each port takes 4K of QEMU's ~54K I/O space (PR #4492).
 pub const MAX_PCIE_PORTS: u32 = 16;
@@ -210,7 +238,52 @@ impl Target {
         match (self.scheme(), mode) {
             // ≤ 3.1 has no cold plug of VFIO devices (cold_plug_vfio arrives in 3.2, #6699).
             (KeyScheme::RootBus, PlugMode::Cold) => false,
+            // kata-types reads cold_plug_vfio from 3.31 on; before, the key is ignored.
+            (KeyScheme::RuntimeRs, PlugMode::Cold) => self.version >= KataVersion::RS_COLD_PLUG,
             _ => true,
+        }
+    }
+
+    /// The first version of this runtime that cold-plugs VFIO devices.
+    pub fn cold_plug_since(&self) -> KataVersion {
+        match self.runtime {
+            Runtime::Go => KataVersion::PORT_KEYS,
+            Runtime::Rs => KataVersion::RS_COLD_PLUG,
+        }
+    }
+
+    /// True when the runtime can put the devices behind a virtual PCIe switch
+    /// (`pcie_switch_port`) in this plug mode: Go 3.6+ (hot and cold plug, "switch-port"),
+    /// runtime-rs 3.17+ for hot plug only (its cold plug accepts only "root-port").
+    pub fn supports_switch(&self, mode: PlugMode) -> bool {
+        match self.runtime {
+            Runtime::Go => self.version >= KataVersion::PORT_COUNT,
+            Runtime::Rs => self.version >= KataVersion::RS_SWITCH_PORT && mode == PlugMode::Hot,
+        }
+    }
+
+    /// Go 3.24 - 3.32: sandbox creation aborts when `pod_resource_api_sock` names a
+    /// kubelet socket that does not exist (4.0.0 falls back).
+    pub fn pod_resources_abort(&self) -> bool {
+        self.runtime == Runtime::Go
+            && self.version >= KataVersion::POD_RESOURCES
+            && self.version < KataVersion::POD_RESOURCES_FALLBACK
+    }
+
+    /// Where the shim reads its configuration (after /etc, the packaged default).
+    pub fn install_path(&self) -> &'static str {
+        match self.runtime {
+            Runtime::Go => "/etc/kata-containers/configuration.toml",
+            Runtime::Rs => "/etc/kata-containers/runtime-rs/configuration.toml",
+        }
+    }
+
+    /// The containerd shim that reads the file, as `ctr run --runtime` takes it:
+    /// Go's `containerd-shim-kata-v2` on PATH, runtime-rs's as kata-deploy installs it.
+    pub fn shim(&self) -> &'static str {
+        match self.runtime {
+            Runtime::Go => "io.containerd.kata.v2",
+            Runtime::Rs => "/opt/kata/runtime-rs/bin/containerd-shim-kata-v2",
         }
     }
 
@@ -313,7 +386,11 @@ pub const KEYS: &[KeyDef] = &[
     key(HQ, "image", KeyType::Str),
     key(HQ, "initrd", KeyType::Str),
     key(HQ, "machine_type", KeyType::Str),
-    since(key(HQ, "rootfs_type", KeyType::Str), KataVersion::PORT_KEYS),
+    // Go: `rootfs_type` arrives in 3.1.0 (3.1.0's configuration-qemu.toml.in has it).
+    since(
+        key(HQ, "rootfs_type", KeyType::Str),
+        KataVersion::new(3, 1, 0),
+    ),
     key(HQ, "kernel_params", KeyType::Str),
     key(HQ, "firmware", KeyType::Str),
     key(HQ, "default_vcpus", KeyType::UInt),
@@ -321,7 +398,16 @@ pub const KEYS: &[KeyDef] = &[
     key(HQ, "default_memory", KeyType::UInt),
     key(HQ, "default_bridges", KeyType::UInt),
     key(HQ, "disable_image_nvdimm", KeyType::Bool),
-    key(HQ, "block_device_driver", KeyType::Str),
+    go_only(key(
+        HQ,
+        "block_device_driver",
+        KeyType::Enum(&BLOCK_DRIVERS_GO),
+    )),
+    rs_only(key(
+        HQ,
+        "block_device_driver",
+        KeyType::Enum(&BLOCK_DRIVERS_RS),
+    )),
     key(HQ, "shared_fs", KeyType::Str),
     key(HQ, "virtio_fs_daemon", KeyType::Str),
     key(HQ, "valid_virtio_fs_daemon_paths", KeyType::StrList),
@@ -344,10 +430,14 @@ pub const KEYS: &[KeyDef] = &[
         key(HQ, "pcie_root_port", KeyType::UInt),
         KataVersion::PORT_COUNT,
     ),
-    since(
+    go_only(since(
         key(HQ, "pcie_switch_port", KeyType::UInt),
         KataVersion::PORT_COUNT,
-    ),
+    )),
+    rs_only(since(
+        key(HQ, "pcie_switch_port", KeyType::UInt),
+        KataVersion::RS_SWITCH_PORT,
+    )),
     go_only(since(
         key(HQ, "hot_plug_vfio", KeyType::Enum(&port::GO_VALUES)),
         KataVersion::PORT_KEYS,
@@ -356,8 +446,14 @@ pub const KEYS: &[KeyDef] = &[
         key(HQ, "cold_plug_vfio", KeyType::Enum(&port::GO_VALUES)),
         KataVersion::PORT_KEYS,
     )),
-    rs_only(key(HQ, "cold_plug_vfio", KeyType::Enum(&port::RS_VALUES))),
-    go_only(key(AK, "dial_timeout", KeyType::UInt)),
+    rs_only(since(
+        key(HQ, "cold_plug_vfio", KeyType::Enum(&port::RS_VALUES)),
+        KataVersion::RS_COLD_PLUG,
+    )),
+    go_only(since(
+        key(AK, "dial_timeout", KeyType::UInt),
+        KataVersion::new(2, 1, 0),
+    )),
     rs_only(key(AK, "dial_timeout_ms", KeyType::UInt)),
     rs_only(key(AK, "reconnect_timeout_ms", KeyType::UInt)),
     key(AK, "kernel_modules", KeyType::StrList),
@@ -365,11 +461,25 @@ pub const KEYS: &[KeyDef] = &[
     rs_only(key(RT, "name", KeyType::Str)),
     rs_only(key(RT, "hypervisor_name", KeyType::Str)),
     rs_only(key(RT, "agent_name", KeyType::Str)),
-    go_only(key(RT, "internetworking_model", KeyType::Str)),
+    key(RT, "internetworking_model", KeyType::Str),
     key(RT, "disable_guest_seccomp", KeyType::Bool),
     key(RT, "sandbox_cgroup_only", KeyType::Bool),
-    key(RT, "static_sandbox_resource_mgmt", KeyType::Bool),
-    key(RT, "vfio_mode", KeyType::Enum(&["guest-kernel", "vfio"])),
+    since(
+        key(RT, "static_sandbox_resource_mgmt", KeyType::Bool),
+        KataVersion::new(2, 4, 0),
+    ),
+    since(
+        key(RT, "vfio_mode", KeyType::Enum(&["guest-kernel", "vfio"])),
+        KataVersion::new(2, 3, 0),
+    ),
+    go_only(since(
+        key(RT, "pod_resource_api_sock", KeyType::Str),
+        KataVersion::POD_RESOURCES,
+    )),
+    rs_only(since(
+        key(RT, "pod_resource_api_sock", KeyType::Str),
+        KataVersion::RS_COLD_PLUG,
+    )),
     key(RT, "experimental", KeyType::StrList),
 ];
 

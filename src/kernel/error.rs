@@ -31,6 +31,26 @@ pub enum KernelError {
         want: String,
         got: String,
     },
+    #[error("{}: invalid lock file", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("kernel source {}: version {version} is not in the pinned series {series}", path.display())]
+    Series {
+        path: PathBuf,
+        version: String,
+        series: String,
+        /// The pin file that names the series.
+        manifest: PathBuf,
+    },
+    #[error("patch {} no longer applies to {}; log {}", patch.display(), tree.display(), log.display())]
+    Patch {
+        patch: PathBuf,
+        tree: PathBuf,
+        log: PathBuf,
+    },
     #[error("unknown flavour `{name}` (kernel-configs/ has: {known})")]
     UnknownFlavour { name: String, known: String },
     #[error("{dropped} requested kernel option(s) did not land in {}:\n{report}", config.display())]
@@ -61,7 +81,18 @@ impl Diagnose for KernelError {
                 "install Debian's source with `scripts/setup --kernel-source` (tarball under /usr/src), or pass --source DIR|TARBALL of a clean tree (`make mrproper`)".into()
             }
             KernelError::Checksum { .. } => {
-                "the tarball is not the pinned one: update kernel-configs/manifest.toml (and re-check the NVIDIA patch), or pass --allow-unpinned".into()
+                "the file is not the pinned one: download it again (`scripts/setup --nvidia`), or update kernel-configs/manifest.toml (and re-check the NVIDIA patch)".into()
+            }
+            KernelError::Series { manifest, series, .. } => format!(
+                "install the {series} source (scripts/setup installs linux-source), or move the pin: change `series` in {} and re-check the patches and fragments (then `vfioctl kernel lock`); --allow-unpinned builds it anyway",
+                manifest.display()
+            ),
+            KernelError::Patch { patch, .. } => format!(
+                "refresh {} against the new source (re-create it from the changed files, or drop it if upstream now has the change), then rebuild",
+                patch.display()
+            ),
+            KernelError::Lock { .. } => {
+                "fix the file at the position named above, or re-create it with `vfioctl kernel lock`".into()
             }
             KernelError::UnknownFlavour { .. } => {
                 "flavours are the NN-<name>.config files in kernel-configs/".into()
@@ -86,7 +117,10 @@ impl Diagnose for KernelError {
             | KernelError::Pins { .. }
             | KernelError::UnknownFlavour { .. }
             | KernelError::Source { .. }
-            | KernelError::Checksum { .. } => Exit::Usage,
+            | KernelError::Checksum { .. }
+            | KernelError::Series { .. }
+            | KernelError::Patch { .. }
+            | KernelError::Lock { .. } => Exit::Usage,
             _ => Exit::Infrastructure,
         }
     }

@@ -16,11 +16,12 @@ pub struct Pins {
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 pub struct KernelPin {
-    pub version: String,
+    /// The upstream series every source must belong to (`6.1`); the exact version and
+    /// checksum used are recorded in `kernel.lock` (see [`super::lock`]).
+    pub series: String,
+    /// The Debian package that ships the tarball.
     pub package: String,
-    pub package_version: String,
     pub tarball: PathBuf,
-    pub sha256: String,
     pub arch: String,
     pub srcarch: String,
     pub base: String,
@@ -94,8 +95,12 @@ pub struct SourceInfo {
     pub tree: PathBuf,
     /// sha256 of the tarball (None for a directory source).
     pub sha256: Option<String>,
-    /// Whether it matches `kernel-configs/manifest.toml`.
-    pub pinned: bool,
+    /// The Debian package the tarball came from and its exact version, when it is the
+    /// pinned package's tarball.
+    pub package: Option<String>,
+    pub package_version: Option<String>,
+    /// How it relates to `kernel-configs/kernel.lock`.
+    pub lock: super::lock::LockState,
     pub patches: Vec<FragmentInfo>,
 }
 

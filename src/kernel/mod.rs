@@ -5,7 +5,9 @@
 //! | [`config`] | fragment / `.config` line parser and value comparison |
 //! | [`kconfig`] | a small Kconfig reader: definitions, prompts, `depends on`, `select`, expression evaluation |
 //! | [`verify`] | merge fragments in order, check every request landed, explain drops, allowlist |
-//! | [`source`] | kernel source: pinned tarball (checksum, extract once, patches) or a directory |
+//! | [`source`] | kernel source: a tarball of the pinned series (checksum, extract once, patches) or a directory |
+//! | [`lock`] | `kernel-configs/kernel.lock`: the exact source recorded, `vfioctl kernel lock` |
+//! | [`flock`] | the exclusive file lock builds and extractions share |
 //! | [`build`] | the build pipeline: configure, verify, compile, install, manifest, cache |
 //! | [`nvidia`] | NVIDIA open modules (Debian 535 or a `.run`): commands and modes |
 //! | [`manifest`] | `kernel-configs/manifest.toml` pins and `build-manifest.json` |
@@ -15,7 +17,9 @@ pub mod build;
 pub mod cmd;
 pub mod config;
 pub mod error;
+pub mod flock;
 pub mod kconfig;
+pub mod lock;
 pub mod manifest;
 pub mod nvidia;
 pub mod source;

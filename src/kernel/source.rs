@@ -10,6 +10,8 @@ use sha2::Digest;
 
 use super::cmd::Cmd;
 use super::error::{io, KernelError};
+use super::flock::FileLock;
+use super::lock::{check_series, package_version, LockState, SourceLock};
 use super::manifest::{FragmentInfo, KernelPin, SourceInfo};
 
 /// sha256 of a file, streamed.
@@ -99,14 +101,26 @@ pub fn patch_list(dir: &Path) -> Result<Vec<FragmentInfo>, KernelError> {
     Ok(out)
 }
 
-/// Apply patches with `patch -p1` in `dir`.
+/// Apply patches with `patch -p1` in `dir`. Each is first tried with `--dry-run`, so a
+/// patch that no longer applies (a point release changed the lines it touches) stops the
+/// build naming the patch, with the tree left as it was.
 pub fn apply_patches(dir: &Path, patches: &[FragmentInfo], log: &Path) -> Result<(), KernelError> {
     for p in patches {
-        Cmd::new("patch")
-            .args(["-p1", "--forward", "--batch", "-i"])
-            .arg(p.path.display().to_string())
-            .cwd(dir)
-            .run_logged("patch", log)?;
+        let patch = |dry: bool| {
+            let mut c = Cmd::new("patch").args(["-p1", "--forward", "--batch"]);
+            if dry {
+                c = c.arg("--dry-run");
+            }
+            c.arg("-i").arg(p.path.display().to_string()).cwd(dir)
+        };
+        patch(true)
+            .run_logged("patch", log)
+            .map_err(|_| KernelError::Patch {
+                patch: p.path.clone(),
+                tree: dir.to_path_buf(),
+                log: log.to_path_buf(),
+            })?;
+        patch(false).run_logged("patch", log)?;
     }
     Ok(())
 }
@@ -129,16 +143,29 @@ pub struct Tree {
     pub extracted: bool,
 }
 
-/// Resolve `--source` (or the pinned tarball) to a clean tree.
-pub fn prepare(
-    given: Option<&Path>,
-    pin: &KernelPin,
-    configs: &Path,
-    cache: &Path,
-    allow_unpinned: bool,
-    log: &Path,
-) -> Result<Tree, KernelError> {
-    let given = given
+/// Where the kernel source comes from and what it must be.
+#[derive(Clone, Debug)]
+pub struct SourceRequest<'a> {
+    /// `--source` (a tree or a tarball); `None` = the pinned package's tarball.
+    pub given: Option<&'a Path>,
+    pub pin: &'a KernelPin,
+    /// `kernel-configs/` (patches, `manifest.toml`, `kernel.lock`).
+    pub configs: &'a Path,
+    /// Where tarballs are extracted (`<lab>/kernel-src`).
+    pub cache: &'a Path,
+    /// Build a source of another series than the pin.
+    pub allow_unpinned: bool,
+}
+
+/// Resolve `--source` (or the pinned tarball) to a clean tree: a directory is used as
+/// it is; a tarball is extracted once per checksum with the pinned patches applied, and
+/// must hold a kernel of the pinned series (unless `allow_unpinned`). The result says
+/// how the tarball relates to `kernel.lock`.
+pub fn prepare(req: &SourceRequest<'_>, log: &Path) -> Result<Tree, KernelError> {
+    let pin = req.pin;
+    let manifest = req.configs.join("manifest.toml");
+    let given = req
+        .given
         .map(Path::to_path_buf)
         .unwrap_or_else(|| pin.tarball.clone());
     let src_err = |reason: String| KernelError::Source {
@@ -159,12 +186,17 @@ pub fn prepare(
         }
         let version =
             makefile_version(&mk).ok_or_else(|| src_err("no version in Makefile".into()))?;
+        if !req.allow_unpinned {
+            check_series(&dir, &version, &pin.series, &manifest)?;
+        }
         return Ok(Tree {
             info: SourceInfo {
                 given: given.clone(),
                 tree: dir.clone(),
                 sha256: None,
-                pinned: version == pin.version,
+                package: None,
+                package_version: None,
+                lock: LockState::Unpinned,
                 patches: Vec::new(),
             },
             dir,
@@ -176,18 +208,11 @@ pub fn prepare(
         return Err(src_err("not found".into()));
     }
     let given = std::fs::canonicalize(&given).map_err(io(&given, "cannot resolve"))?;
+    let cache = req.cache;
     // one extraction at a time per lab (parallel tests, several worktrees)
-    let _lock = super::build::Lock::take(&cache.join(".lock"), || {})?;
+    let _lock = FileLock::take(&cache.join(".lock"), || {})?;
     let sha = sha256_cached(&given, &cache.join("checksums.json"))?;
-    let pinned = sha == pin.sha256;
-    if !pinned && !allow_unpinned {
-        return Err(KernelError::Checksum {
-            path: given,
-            want: pin.sha256.clone(),
-            got: sha,
-        });
-    }
-    let patches = patch_list(&configs.join(&pin.patches))?;
+    let patches = patch_list(&req.configs.join(&pin.patches))?;
     let root = cache.join(&sha[..12]);
     let stamp = root.join(".vfioctl-source");
     let want = stamp_text(&sha, &patches);
@@ -197,15 +222,34 @@ pub fn prepare(
         let _ = std::fs::remove_dir_all(&tmp);
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&tmp).map_err(io(&tmp, "cannot create"))?;
-        Cmd::new("tar")
+        let untar = Cmd::new("tar")
             .args(["-xf".to_string(), given.display().to_string(), "-C".into()])
             .arg(tmp.display().to_string())
-            .run_logged("source", log)?;
-        let top = single_subdir(&tmp).ok_or_else(|| KernelError::Source {
-            path: given.clone(),
-            reason: "the tarball does not hold exactly one top-level directory".into(),
-        })?;
-        apply_patches(&tmp.join(&top), &patches, log)?;
+            .run_logged("source", log);
+        let top = untar.ok().and_then(|()| single_subdir(&tmp));
+        let Some(top) = top else {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(KernelError::Source {
+                path: given.clone(),
+                reason: "not a kernel source tarball (tar cannot extract it, or it does not hold exactly one top-level directory)".into(),
+            });
+        };
+        // The series before the patches: a patch for 6.1 failing on 6.12 would name the
+        // wrong cause.
+        let version = std::fs::read_to_string(tmp.join(&top).join("Makefile"))
+            .ok()
+            .and_then(|m| makefile_version(&m))
+            .unwrap_or_default();
+        if !req.allow_unpinned {
+            if let Err(e) = check_series(&given, &version, &pin.series, &manifest) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        }
+        if let Err(e) = apply_patches(&tmp.join(&top), &patches, log) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
         std::fs::write(tmp.join(".vfioctl-source"), &want)
             .map_err(io(&tmp, "cannot write stamp"))?;
         std::fs::rename(&tmp, &root).map_err(io(&root, "cannot rename"))?;
@@ -219,12 +263,29 @@ pub fn prepare(
     let mk = std::fs::read_to_string(dir.join("Makefile"))
         .map_err(io(dir.join("Makefile"), "cannot read"))?;
     let version = makefile_version(&mk).unwrap_or_default();
+    let in_pin = super::lock::in_series(&pin.series, &version);
+    if !in_pin && !req.allow_unpinned {
+        check_series(&given, &version, &pin.series, &manifest)?;
+    }
+    // The package version only when this is the package's own tarball.
+    let packaged = std::fs::canonicalize(&pin.tarball).ok().as_ref() == Some(&given);
+    let lock = if in_pin {
+        LockState::of(&sha, SourceLock::read(req.configs)?.as_ref())
+    } else {
+        LockState::Unpinned
+    };
     Ok(Tree {
         info: SourceInfo {
             given,
             tree: dir.clone(),
             sha256: Some(sha),
-            pinned,
+            package: packaged.then(|| pin.package.clone()),
+            package_version: if packaged {
+                package_version(&pin.package)
+            } else {
+                None
+            },
+            lock,
             patches,
         },
         dir,

@@ -39,8 +39,11 @@ pub fn find_results(dir: &Path) -> Result<PathBuf, HistoryError> {
 }
 
 /// Merge runs: scenarios tagged with their node, regressions carried over (named
-/// `node/scenario`), the newest run id, the longest wall time.
-pub fn merge(runs: Vec<RunResults>) -> RunResults {
+/// `node/scenario`), the newest run id, the longest wall time. Two runs of one node (a
+/// retried Job, a history directory next to its `latest/`) do not duplicate test cases:
+/// per `node/scenario` the newest run's result is kept.
+pub fn merge(mut runs: Vec<RunResults>) -> RunResults {
+    runs.sort_by(|a, b| a.run_id.cmp(&b.run_id));
     let mut plans: Vec<String> = runs.iter().map(|r| r.plan.clone()).collect();
     plans.sort();
     plans.dedup();
@@ -83,7 +86,22 @@ pub fn merge(runs: Vec<RunResults>) -> RunResults {
             out.regressions.push(g);
         }
     }
-    out.scenarios.sort_by_key(|a| a.key());
+    // Newest last after the sort above: keep the last result of each key.
+    let mut newest = std::collections::BTreeMap::new();
+    for s in std::mem::take(&mut out.scenarios) {
+        newest.insert(s.key(), s);
+    }
+    out.scenarios = newest.into_values().collect();
+    let mut seen = Vec::new();
+    out.regressions.reverse();
+    out.regressions.retain(|g| {
+        let fresh = !seen.contains(g);
+        if fresh {
+            seen.push(g.clone());
+        }
+        fresh
+    });
+    out.regressions.reverse();
     out
 }
 
@@ -129,6 +147,28 @@ mod tests {
             ["20261122T020000Z@gpu-a", "20261122T020500Z@gpu-b"]
         );
         assert_eq!(m.exit(), crate::Exit::Regression);
+    }
+
+    #[test]
+    fn two_runs_of_one_node_keep_the_newest_result_once() {
+        let mut old = lab_run("20261122T020000Z", 4000);
+        old.host = "gpu-a".into();
+        old.scenarios[0].outcome = Outcome::Failed;
+        let mut new = lab_run("20261123T020000Z", 4000);
+        new.host = "gpu-a".into();
+        // Given newest first: the order of the directories must not matter.
+        let m = merge(vec![new.clone(), old]);
+        assert_eq!(m.scenarios.len(), new.scenarios.len());
+        assert_eq!(
+            m.scenario("gpu-a/standin-8g-hot").unwrap().outcome,
+            Outcome::Passed
+        );
+        let junit = crate::regress::junit::render(&m);
+        assert_eq!(
+            junit.matches("<testcase name=\"standin-8g-hot\"").count(),
+            1,
+            "{junit}"
+        );
     }
 
     #[test]

@@ -1,22 +1,13 @@
-//! Shared by the agent and rootfs integration tests: the static agent, the lab kernel, a
-//! local agent process on a unix socket, and loud skips.
+//! Shared by the agent and rootfs integration tests: the static agent, the lab kernel and
+//! a local agent process on a unix socket.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Print a loud skip line (counted by scripts/test's log grep) and return.
-#[macro_export]
-macro_rules! skip {
-    ($($arg:tt)*) => {{
-        eprintln!("SKIPPED: {}", format!($($arg)*));
-        return;
-    }};
 }
 
 /// The static agent, built once per test binary (cargo is a no-op when it is current).
@@ -30,27 +21,7 @@ pub fn static_agent() -> PathBuf {
 }
 
 pub fn lab() -> PathBuf {
-    std::env::var_os("VFIOCTL_LAB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".lab"))
-}
-
-/// `.lab/kernel/current` when the lab kernel is there.
-pub fn lab_kernel() -> Option<PathBuf> {
-    let k = lab().join("kernel/current");
-    (k.join("vmlinuz").is_file() && k.join("lib/modules").is_dir()).then_some(k)
-}
-
-pub fn which(prog: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .map(PathBuf::from)
-        .collect();
-    if let Some(h) = std::env::var_os("HOME") {
-        dirs.push(Path::new(&h).join(".cargo/bin"));
-    }
-    dirs.into_iter().map(|d| d.join(prog)).find(|p| p.is_file())
+    vfioctl_testkit::prereq::lab_dir()
 }
 
 /// An agent process on a unix socket with its own secret (`--token-file`); killed and

@@ -1,8 +1,9 @@
 //! Lab harness for tests that boot real guests under QEMU.
 //!
-//! - [`Lab::get`] finds QEMU, the lab kernel (`$VFIOCTL_LAB/kernel/current/vmlinuz`,
-//!   fetched by scripts/setup) and builds a busybox initramfs; when something is missing
-//!   it prints `SKIPPED: reason` and the test returns (counted as skipped, not passed).
+//! - [`Lab::get`] finds QEMU, a vsock backend, the lab kernel (`$VFIOCTL_LAB/kernel/current/vmlinuz`,
+//!   fetched by scripts/setup) and builds a busybox initramfs; what is missing comes back
+//!   as a `vfioctl_testkit::Missing` for `vfioctl_testkit::require!` (a loud skip, or a
+//!   failure under `VFIOCTL_REQUIRE_LAB=1`).
 //! - [`Harness`] gives each test a private runtime base, owns cleanup: on drop every VM
 //!   is taken down (process groups killed and reaped) and a test that leaves a process
 //!   behind fails. On failure the serial logs and QEMU stderr are copied to
@@ -16,6 +17,7 @@ use std::time::Duration;
 use vfioctl::vm::lifecycle::{self, Env};
 use vfioctl::vm::profile::{AccelChoice, Profile, Ready, VsockChoice};
 use vfioctl::SysRoot;
+use vfioctl_testkit::{prereq, Missing};
 
 pub const READY_MARKER: &str = "VFIOCTL-READY";
 
@@ -26,50 +28,25 @@ pub struct Lab {
 }
 
 fn lab_dir() -> PathBuf {
-    std::env::var_os("VFIOCTL_LAB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".lab"))
-}
-
-fn which(p: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {p}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    vfioctl_testkit::prereq::lab_dir()
 }
 
 impl Lab {
-    /// The lab, or `None` after printing why the test is skipped.
-    pub fn get(test: &str) -> Option<Lab> {
-        let skip = |why: &str| {
-            println!("SKIPPED: {test}: {why}");
-            eprintln!("SKIPPED: {test}: {why}");
-            None
-        };
-        if !which("qemu-system-x86_64") {
-            return skip("qemu-system-x86_64 not installed (scripts/setup)");
-        }
-        let kernel = lab_dir().join("kernel/current/vmlinuz");
-        if !kernel.is_file() {
-            return skip(&format!(
-                "no lab kernel at {} (scripts/setup)",
-                kernel.display()
-            ));
-        }
-        if !Path::new("/bin/busybox").is_file() || !which("cpio") {
-            return skip("busybox-static or cpio missing (scripts/setup)");
-        }
-        let initrd = match busybox_initramfs() {
-            Ok(p) => p,
-            Err(e) => return skip(&format!("building the busybox initramfs: {e}")),
-        };
-        Some(Lab { kernel, initrd })
+    /// The lab, or the prerequisite that is missing.
+    pub fn get() -> Result<Lab, Missing> {
+        prereq::qemu()?;
+        prereq::vsock_backend()?;
+        let kernel = prereq::lab_kernel()?.join("vmlinuz");
+        prereq::busybox()?;
+        prereq::program("cpio", prereq::SETUP)?;
+        let initrd =
+            busybox_initramfs().unwrap_or_else(|e| panic!("building the busybox initramfs: {e}"));
+        Ok(Lab { kernel, initrd })
     }
 
     /// The lab initramfs of `rootfs/lab.toml`: the static vfioctl agent as /init plus the
     /// vsock modules, built by `vfioctl::rootfs` (the same code as `vfioctl rootfs build`).
-    pub fn agent_initramfs(&self, test: &str) -> Option<PathBuf> {
+    pub fn agent_initramfs(&self) -> PathBuf {
         static P: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
         let r = P.get_or_init(|| {
             let ws = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -85,14 +62,8 @@ impl Lab {
             .map_err(|e| e.to_string())?;
             Ok(out)
         });
-        match r {
-            Ok(p) => Some(p.clone()),
-            Err(e) => {
-                println!("SKIPPED: {test}: building the agent initramfs: {e}");
-                eprintln!("SKIPPED: {test}: building the agent initramfs: {e}");
-                None
-            }
-        }
+        r.clone()
+            .unwrap_or_else(|e| panic!("building the agent initramfs: {e}"))
     }
 
     /// A profile booting the lab kernel with the agent initramfs; ready when the agent

@@ -1,20 +1,13 @@
 //! Shared helpers of the kernel test files: where the lab, the fragments and a real
-//! kernel tree are, and loud skips.
+//! kernel tree are. Missing prerequisites come back as `vfioctl_testkit::Missing` for
+//! `vfioctl_testkit::require!`.
 #![allow(dead_code)]
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use vfioctl::kernel::{self, manifest::Pins};
-
-/// Print a loud skip line and return from the test.
-#[macro_export]
-macro_rules! skip_kernel {
-    ($($t:tt)*) => {{
-        eprintln!("SKIPPED: {}", format!($($t)*));
-        return;
-    }};
-}
+use vfioctl_testkit::{prereq, Missing};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -25,9 +18,7 @@ pub fn configs() -> PathBuf {
 }
 
 pub fn lab() -> PathBuf {
-    std::env::var_os("VFIOCTL_LAB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".lab"))
+    prereq::lab_dir()
 }
 
 pub fn pins() -> Pins {
@@ -35,34 +26,47 @@ pub fn pins() -> Pins {
 }
 
 /// The pinned linux-source tree, extracted once into the lab (the same code path
-/// `vfioctl kernel build` uses); `Err(reason)` when the tarball is not installed.
-pub fn kernel_tree() -> Result<PathBuf, String> {
+/// `vfioctl kernel build` uses). Missing when the tarball is not installed; a tarball
+/// that is there but cannot be prepared (a pin it does not match, a patch that does not
+/// apply) is a failure of the project, not a missing prerequisite: it panics.
+pub fn kernel_tree() -> Result<PathBuf, Missing> {
     let pins = pins();
     if !pins.kernel.tarball.is_file() {
-        return Err(format!(
-            "{} not installed (scripts/setup installs linux-source)",
-            pins.kernel.tarball.display()
-        ));
+        return Err(Missing::new("linux-source", prereq::SETUP)
+            .detail(format!("{} not installed", pins.kernel.tarball.display())));
     }
     let logdir = lab().join("kernel-build/test-logs");
-    std::fs::create_dir_all(&logdir).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&logdir).unwrap_or_else(|e| panic!("{}: {e}", logdir.display()));
     let t = kernel::source::prepare(
-        None,
-        &pins.kernel,
-        &configs(),
-        &lab().join("kernel-src"),
-        false,
+        &kernel::source::SourceRequest {
+            given: None,
+            pin: &pins.kernel,
+            configs: &configs(),
+            cache: &lab().join("kernel-src"),
+            allow_unpinned: false,
+        },
         &logdir.join("source.log"),
     )
-    .map_err(|e| e.to_string())?;
+    .unwrap_or_else(|e| panic!("preparing the pinned kernel source: {}", chain(&e)));
     Ok(t.dir)
 }
 
-/// `make` and `gcc` are needed to run tinyconfig/olddefconfig.
-pub fn have_build_tools() -> bool {
-    ["make", "gcc", "flex", "bison"]
-        .iter()
-        .all(|t| kernel::cmd::have(t))
+/// What a kernel configure or build needs here: make, gcc, flex, bison and the pinned
+/// kernel tree.
+pub fn build_prerequisites() -> Result<PathBuf, Missing> {
+    prereq::kernel_build_tools()?;
+    kernel_tree()
+}
+
+/// An error and its sources, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(&format!(": {c}"));
+        src = c.source();
+    }
+    s
 }
 
 pub fn read(p: &Path) -> String {
@@ -78,11 +82,7 @@ pub fn initramfs(dir: &Path, script: &str, extra: &[(PathBuf, &str)]) -> Result<
     for d in ["bin", "dev", "proc", "sys", "tmp", "lib"] {
         std::fs::create_dir_all(root.join(d)).map_err(|e| e.to_string())?;
     }
-    let bb = ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .ok_or("busybox-static is not installed (scripts/setup)")?;
+    let bb = prereq::busybox().map_err(|m| m.to_string())?;
     std::fs::copy(&bb, root.join("bin/busybox")).map_err(|e| e.to_string())?;
     let init = format!(
         "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nexport PATH=/bin\n\
@@ -139,12 +139,9 @@ pub fn boot(
     timeout: std::time::Duration,
 ) -> Result<Boot, String> {
     use std::io::Read;
-    let qemu = "qemu-system-x86_64";
-    if !kernel_cmd_have(qemu) {
-        return Err("qemu-system-x86_64 is not installed (scripts/setup)".into());
-    }
+    let qemu = prereq::qemu().map_err(|m| m.to_string())?;
     let start = std::time::Instant::now();
-    let mut child = std::process::Command::new(qemu)
+    let mut child = std::process::Command::new(&qemu)
         .args([
             "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1",
         ])
@@ -220,10 +217,6 @@ pub fn boot(
     })
 }
 
-fn kernel_cmd_have(t: &str) -> bool {
-    kernel::cmd::have(t)
-}
-
 /// `vfioctl kernel build` of `flavours` into the lab's default output (cached by input
 /// hash, so a second run is instant), printing phases.
 pub fn build(flavours: &[&str], nvidia: Option<&str>) -> Result<kernel::BuildResult, String> {
@@ -239,14 +232,7 @@ pub fn build(flavours: &[&str], nvidia: Option<&str>) -> Result<kernel::BuildRes
         force: false,
         nice: 10,
         ccache: true,
+        clean: false,
     };
-    kernel::build(&opts, &mut |p| eprintln!("{p:?}")).map_err(|e| {
-        let mut s = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(c) = src {
-            s.push_str(&format!(": {c}"));
-            src = c.source();
-        }
-        s
-    })
+    kernel::build(&opts, &mut |p| eprintln!("{p:?}")).map_err(|e| chain(&e))
 }

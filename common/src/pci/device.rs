@@ -305,9 +305,11 @@ impl PciDevice {
         for i in 0..6u8 {
             if let Some(s) = attr(&format!("resource{i}_resize"))? {
                 let bits = parse_hex::<u64>(&s).unwrap_or(0);
-                let sizes = (0..64)
+                // Bit n means 2^(n+20) bytes; bits 44 and up would be 2^64 bytes or more,
+                // which no BAR can be (the kernel's mask is 36 bits today): ignored.
+                let sizes = (0..44u32)
                     .filter(|b| bits & (1u64 << b) != 0)
-                    .map(|b| 1u64 << (b + 20))
+                    .filter_map(|b| 1u64.checked_shl(b + 20))
                     .collect();
                 resizable_bars.push(ResizableBar { index: i, sizes });
             }
@@ -440,9 +442,9 @@ impl PciDevice {
         for b in &self.bars {
             let size = b.size.unwrap_or(0);
             if b.is_64bit && b.prefetchable {
-                pref64 += size;
+                pref64 = u64::saturating_add(pref64, size);
             } else if !b.io {
-                mem32 += size;
+                mem32 = u64::saturating_add(mem32, size);
             }
         }
         (pref64, mem32)

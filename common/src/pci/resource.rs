@@ -20,12 +20,16 @@ impl ResourceLine {
     pub fn is_zero(&self) -> bool {
         self.start == 0 && self.end == 0 && self.flags == 0
     }
+    /// `end - start + 1`; 0 for an empty line, an inverted range, or a range of 2^64
+    /// bytes (`0x0 0xffffffffffffffff`), which no address space holds.
     pub fn size(&self) -> u64 {
-        if self.end >= self.start && !(self.start == 0 && self.end == 0) {
-            self.end - self.start + 1
-        } else {
-            0
+        if self.start == 0 && self.end == 0 {
+            return 0;
         }
+        self.end
+            .checked_sub(self.start)
+            .and_then(|d| d.checked_add(1))
+            .unwrap_or(0)
     }
 }
 
@@ -202,6 +206,18 @@ mod tests {
         };
         let b = Bar::from_line(1, &unset).unwrap();
         assert!(!b.assigned && !b.above_4g);
+    }
+
+    #[test]
+    fn ranges_that_overflow_are_size_zero_not_a_panic() {
+        let l = parse("0x0000000000000000 0xffffffffffffffff 0x0000000000040200\n").unwrap();
+        assert_eq!(l[0].size(), 0);
+        let b = Bar::from_line(0, &l[0]).unwrap();
+        assert_eq!(b.size, None);
+        let inv = parse("0x0000000000002000 0x0000000000001000 0x0000000000040200\n").unwrap();
+        assert_eq!(inv[0].size(), 0);
+        let top = parse("0xfffffffffffff000 0xffffffffffffffff 0x0000000000040200\n").unwrap();
+        assert_eq!(top[0].size(), 4096);
     }
 
     #[test]

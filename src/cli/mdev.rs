@@ -1,0 +1,145 @@
+//! `vfioctl mdev types [PARENT]`, `mdev create PARENT TYPE [--uuid U]`, `mdev list`,
+//! `mdev remove UUID`: mediated devices. The work is in [`crate::shared::mdev`].
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::output::{emit, Table};
+use crate::shared::mdev::{self, MdevDevice, MdevUuid};
+use crate::{Context, Exit, Failure};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum MdevCommand {
+    /// Mediated device types per parent: id, name, description, available instances,
+    /// device API.
+    Types(TypesArgs),
+    /// Create one instance of a type; recorded in the ledger, removed by `restore --all`.
+    Create(CreateArgs),
+    /// Mediated devices that exist, with parent, type, IOMMU group and QEMU's sysfsdev.
+    List,
+    /// Remove a mediated device vfioctl created.
+    Remove(RemoveArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TypesArgs {
+    /// A parent (`0000:3b:00.0`, `mtty`); default: every parent.
+    pub parent: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    pub parent: String,
+    /// The type id (`nvidia-222`, `mtty-2`), from `vfioctl mdev types`.
+    #[arg(value_name = "TYPE")]
+    pub type_id: String,
+    /// The new device's UUID (default: a random one).
+    #[arg(long)]
+    pub uuid: Option<String>,
+    /// Print the write and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RemoveArgs {
+    pub uuid: String,
+    /// Remove a mediated device vfioctl did not create.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+}
+
+fn io(e: std::io::Error) -> Failure {
+    Failure::new(Exit::Infrastructure, e)
+}
+
+fn devices(out: &mut dyn Write, v: &[MdevDevice]) -> std::io::Result<()> {
+    if v.is_empty() {
+        return writeln!(out, "no mediated devices");
+    }
+    let mut t = Table::new(&["UUID", "PARENT", "TYPE", "GROUP", "DRIVER", "BY"]);
+    for d in v {
+        t.row(vec![
+            d.uuid.clone(),
+            d.parent.clone().unwrap_or_else(|| "-".into()),
+            d.type_id.clone().unwrap_or_else(|| "-".into()),
+            d.iommu_group.map_or("-".into(), |g| g.to_string()),
+            d.driver.clone().unwrap_or_else(|| "-".into()),
+            if d.created_by_vfioctl { "vfioctl" } else { "-" }.into(),
+        ]);
+    }
+    t.write(out)
+}
+
+pub fn run(ctx: &Context, c: MdevCommand) -> Result<Exit, Failure> {
+    match c {
+        MdevCommand::Types(a) => {
+            let v = mdev::types(&ctx.root, a.parent.as_deref())?;
+            emit(ctx, &v, |o| {
+                if v.is_empty() {
+                    return writeln!(
+                        o,
+                        "no mediated device parents (/sys/class/mdev_bus is empty)"
+                    );
+                }
+                let mut t =
+                    Table::new(&["PARENT", "TYPE", "NAME", "AVAILABLE", "API", "DESCRIPTION"]);
+                for x in &v {
+                    t.row(vec![
+                        x.parent.clone(),
+                        x.type_id.clone(),
+                        x.name.clone().unwrap_or_default(),
+                        x.available_instances.map_or("?".into(), |n| n.to_string()),
+                        x.device_api.clone().unwrap_or_default(),
+                        x.description.clone().unwrap_or_default(),
+                    ]);
+                }
+                t.write(o)
+            })
+            .map_err(io)?;
+            Ok(Exit::Ok)
+        }
+        MdevCommand::Create(a) => {
+            let uuid = a.uuid.as_deref().map(str::parse::<MdevUuid>).transpose()?;
+            if a.dry_run {
+                let u = uuid.unwrap_or_else(MdevUuid::random);
+                let w = mdev::create_write(&a.parent, &a.type_id, &u);
+                let v = serde_json::json!({"dry_run": true, "uuid": u, "writes": [w]});
+                emit(ctx, &v, |o| writeln!(o, "{w}")).map_err(io)?;
+                return Ok(Exit::Ok);
+            }
+            let d = mdev::create(
+                &ctx.root,
+                &a.parent,
+                &a.type_id,
+                uuid,
+                Duration::from_secs(a.timeout),
+            )?;
+            emit(ctx, &d, |o| {
+                writeln!(
+                    o,
+                    "{} created on {} ({}); pass it with --gpu mdev:{}",
+                    d.uuid, a.parent, a.type_id, d.uuid
+                )
+            })
+            .map_err(io)?;
+            Ok(Exit::Ok)
+        }
+        MdevCommand::List => {
+            let v = mdev::list(&ctx.root)?;
+            emit(ctx, &v, |o| devices(o, &v)).map_err(io)?;
+            Ok(Exit::Ok)
+        }
+        MdevCommand::Remove(a) => {
+            let u: MdevUuid = a.uuid.parse()?;
+            mdev::remove(&ctx.root, &u, Duration::from_secs(a.timeout), a.force)?;
+            let v = serde_json::json!({"removed": u});
+            emit(ctx, &v, |o| writeln!(o, "{u} removed")).map_err(io)?;
+            Ok(Exit::Ok)
+        }
+    }
+}

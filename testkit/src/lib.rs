@@ -1,0 +1,12 @@
+//! Test-only code of vfioctl (`publish = false`; a dev-dependency of the root crate, as
+//! nextest's `fixture-data` and Cloud Hypervisor's `test_infra` are).
+//!
+//! - [`prereq`]: the one prerequisite mechanism of every lab test. A test that cannot run
+//!   here for a missing prerequisite is never counted as passed: under
+//!   `VFIOCTL_REQUIRE_LAB=1` it fails naming what is missing and the setup step that
+//!   provides it; otherwise it skips loudly with one `VFIOCTL-SKIP` line.
+#![warn(missing_docs)]
+
+pub mod prereq;
+
+pub use prereq::{skip, Missing};
