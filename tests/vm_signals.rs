@@ -186,6 +186,15 @@ fn two_vm_up_of_one_name_at_once_one_wins_the_other_fails_at_once() {
     assert_eq!(won, 0, "{}", child_output(winner));
     let rec = record(base.path(), "race").unwrap();
     assert_eq!(rec.state.to_string(), "ready");
+    // Issue 13, 13: the run directory 0700, every file and socket in it 0600.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&rec.run_dir), 0o700);
+        for e in std::fs::read_dir(&rec.run_dir).unwrap().flatten() {
+            assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
+        }
+    }
     let o = cli(base.path())
         .args(["vm", "down", "race"])
         .output()

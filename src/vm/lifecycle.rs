@@ -343,6 +343,18 @@ async fn boot(
             &profile.ovmf_vars,
         ))?;
     }
+    // QEMU creates the serial log with the umask's mode; made first, it keeps 0600.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&rec.serial_log)
+            .map_err(io_err(&rec.name, "creating", &rec.serial_log))?;
+    }
     rec.transition(VmState::Booting)?;
     let mut pgid = 0;
     if let Some(argv) = launch

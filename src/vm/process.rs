@@ -15,7 +15,13 @@ use vfioctl_common::SysRoot;
 /// Start `argv` in process group `pgid` (0: a new group led by the child), with stdin
 /// from /dev/null and stdout+stderr appended to `log`.
 pub fn spawn(argv: &[String], pgid: i32, log: &Path) -> std::io::Result<u32> {
-    let out = File::options().create(true).append(true).open(log)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Logs may hold guest text and paths: readable by the owner only.
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(log)?;
     let err = out.try_clone()?;
     let child = Command::new(&argv[0])
         .args(&argv[1..])
