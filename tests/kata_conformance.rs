@@ -40,45 +40,6 @@ fn fixture(name: &str) -> PathBuf {
     repo().join("tests/fixtures").join(name)
 }
 
-/// `$VFIOCTL_KATA_LOADERS`, else `shared/kata-loaders` beside the checkout.
-fn loaders_dir() -> PathBuf {
-    std::env::var_os("VFIOCTL_KATA_LOADERS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/kata-loaders"))
-}
-
-/// The loaders' `check`, or None after saying why (a failure under VFIOCTL_REQUIRE_LAB=1).
-fn prerequisites(test: &str) -> Option<PathBuf> {
-    let missing = |what: String| {
-        if std::env::var("VFIOCTL_REQUIRE_LAB").as_deref() == Ok("1") {
-            panic!("{test}: prerequisite missing: {what}");
-        }
-        println!("SKIPPED: {test}: {what}");
-        eprintln!("SKIPPED: {test}: {what}");
-        None
-    };
-    let dir = loaders_dir();
-    let check = dir.join("check");
-    if !check.is_file() {
-        return missing(format!(
-            "Kata's configuration loaders: no {} (shared/kata-loaders beside the checkout, or set VFIOCTL_KATA_LOADERS)",
-            check.display()
-        ));
-    }
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    if uid != "0" {
-        return missing(format!(
-            "root: {} runs Kata's loaders in a private mount namespace (uid here: {uid:?})",
-            check.display()
-        ));
-    }
-    Some(check)
-}
-
 /// The loader for a release: its own where one was built, else the nearest one that
 /// reads the same GPU keys, with the sentence that says so.
 fn loader_for(t: &Target) -> (&'static str, Option<String>) {
@@ -704,9 +665,7 @@ fn judge(m: &Made, got: &Verdict, base: &Verdict) -> Vec<String> {
 
 #[test]
 fn every_configuration_loads_in_kata() {
-    let Some(check) = prerequisites("every_configuration_loads_in_kata") else {
-        return;
-    };
+    let check = vfioctl_testkit::require!(vfioctl_testkit::prereq::kata_loaders());
     let work = tempfile::tempdir().unwrap();
     let mut bases = Bases {
         dir: work.path().join("bases"),

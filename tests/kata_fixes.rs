@@ -64,28 +64,10 @@ fn stock(rt: Runtime, tag: &str, flavour: template::Flavour) -> &'static templat
         .unwrap()
 }
 
-/// Kata's loaders' `check`, when they and root are here (else None, said).
+/// Kata's loaders' `check`, when they and root are here (else None: the loader half is
+/// logged as skipped, a failure under VFIOCTL_REQUIRE_LAB=1).
 fn loaders() -> Option<PathBuf> {
-    let dir = std::env::var_os("VFIOCTL_KATA_LOADERS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/kata-loaders"));
-    let check = dir.join("check");
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    if check.is_file() && root {
-        return Some(check);
-    }
-    let what = format!(
-        "Kata's loaders ({}) as root: the loader half of this test",
-        check.display()
-    );
-    if std::env::var("VFIOCTL_REQUIRE_LAB").as_deref() == Ok("1") {
-        panic!("prerequisite missing: {what}");
-    }
-    println!("SKIPPED: {what}");
-    None
+    vfioctl_testkit::available!(vfioctl_testkit::prereq::kata_loaders())
 }
 
 /// `check --loader L` on one text: (verdict, detail).

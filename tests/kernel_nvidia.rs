@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use kernel_support::*;
 
+/// make/gcc/flex/bison, the pinned kernel tree, QEMU and busybox.
 fn prerequisites() -> Result<(), vfioctl_testkit::Missing> {
     build_prerequisites()?;
     vfioctl_testkit::prereq::qemu()?;

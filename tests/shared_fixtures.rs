@@ -119,7 +119,7 @@ fn vf_list_without_a_pf_lists_every_sriov_function() {
     assert_eq!(pfs, vec![NIC, PF]);
     assert_eq!(v[0]["total_vfs"], 7);
     assert_eq!(v[0]["num_vfs"], 0);
-    assert_eq!(v[0]["vf_device"], 0x10ca);
+    assert_eq!(v[0]["vf_device"], "10ca");
     assert_eq!(v[0]["drivers_autoprobe"], true);
 }
 
@@ -574,21 +574,7 @@ fn check_reports_sriov_readiness_vgpu_types_and_the_backend() {
 #[test]
 fn check_with_the_modern_qemu_says_which_backend_vm_up_takes() {
     // Any QEMU binary: the lab's QEMU 10 (iommufd) or the system's 7.2 (none).
-    let lab = std::env::var_os("VFIOCTL_LAB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".lab"));
-    let q10 = lab.join("stacks/qemu-10/usr/bin/qemu-system-x86_64");
-    if !q10.is_file() {
-        let why = format!("no QEMU 10 in {} (scripts/setup --modern)", lab.display());
-        // A lab prerequisite: missing it fails under VFIOCTL_REQUIRE_LAB=1, never passes.
-        assert!(
-            std::env::var("VFIOCTL_REQUIRE_LAB").as_deref() != Ok("1"),
-            "VFIOCTL_REQUIRE_LAB=1: {why}"
-        );
-        println!("SKIPPED: {why}");
-        eprintln!("SKIPPED: {why}");
-        return;
-    }
+    let q10 = vfioctl_testkit::require!(vfioctl_testkit::prereq::modern_qemu());
     let o = vfioctl(
         &fixture(),
         &["--json", "check", PF, "--qemu", q10.to_str().unwrap()],

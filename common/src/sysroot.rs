@@ -466,6 +466,18 @@ impl SysRoot {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     let parent = open(&cur).map_err(|e| self.err("open", &cur, e))?;
+                    if self.exists_nofollow(&next) {
+                        // There, but it does not resolve inside the root: a link whose
+                        // target is outside the tree (or missing). Refused, not followed.
+                        return Err(self.err(
+                            "create directory",
+                            &next,
+                            io::Error::new(
+                                io::ErrorKind::NotFound,
+                                "a symlink whose target is not inside the root: refusing to follow it out",
+                            ),
+                        ));
+                    }
                     let c = plain_name(&part.to_string_lossy())
                         .map_err(|e| self.err("create directory", &next, e))?;
                     // SAFETY: `c` is NUL-terminated, `parent` an open directory.

@@ -156,6 +156,12 @@ fn run_lock(ctx: &Context, a: LockArgs) -> Result<Exit, Failure> {
 }
 
 fn read_pins(configs: &Path) -> Result<kernel::manifest::Pins, Failure> {
+    if !configs.is_dir() {
+        return Err(Failure::usage(format!(
+            "--configs {}: no such directory; it holds the config fragments, the allowlist and manifest.toml (default: kernel-configs/ of this source tree)",
+            configs.display()
+        )));
+    }
     let pins_path = configs.join("manifest.toml");
     let text = std::fs::read_to_string(&pins_path).map_err(|source| {
         Failure::from(kernel::KernelError::Io {

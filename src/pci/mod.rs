@@ -3,12 +3,12 @@
 //!
 //! - [`names`]: vendor, device and class names from pci.ids (lazy; numeric when absent);
 //! - [`select`]: picking devices by BDF, vendor:device or class;
-//! - [`list`]: `vfioctl devices` as JSON entries and as a table;
-//! - [`fixture`]: writes realistic sysfs/procfs trees (the test fixtures, the benchmark).
+//! - [`list`]: `vfioctl devices` as JSON entries and as a table.
+//!
+//! The fixture trees the tests read are written by the `vfioctl-testkit` dev crate.
 pub use vfioctl_common::pci::*;
 pub use vfioctl_common::{Bdf, ClassFilter, Selector};
 
-pub mod fixture;
 pub mod list;
 pub mod names;
 pub mod select;

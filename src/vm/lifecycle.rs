@@ -158,7 +158,12 @@ pub fn prepare(env: &Env, profile: &Profile) -> Result<(Launch, VmRecord), VmErr
             len: longest,
         });
     }
-    let probe = accel::probe(&env.root, &profile.qemu, profile.accel)?;
+    let probe = accel::probe(
+        &env.root,
+        &profile.qemu,
+        profile.kernel.as_deref(),
+        profile.accel,
+    )?;
     let mut rec = VmRecord::new(&rd);
     if let Some(w) = &probe.warning {
         rec.warnings.push(w.clone());

@@ -5,8 +5,10 @@
 //!   here for a missing prerequisite is never counted as passed: under
 //!   `VFIOCTL_REQUIRE_LAB=1` it fails naming what is missing and the setup step that
 //!   provides it; otherwise it skips loudly with one `VFIOCTL-SKIP` line.
-#![warn(missing_docs)]
+//! - [`fixture`]: the one sysfs/procfs fixture generator (every tree under
+//!   `tests/fixtures/`, the benchmark's generated trees).
 
+pub mod fixture;
 pub mod prereq;
 
 pub use prereq::{skip, Missing};

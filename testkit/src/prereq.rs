@@ -256,6 +256,22 @@ macro_rules! require {
     };
 }
 
+/// For a prerequisite that only part of a test needs: `Some(v)`, or `None` after
+/// [`skip`] (so the part is logged as skipped, and fails under `VFIOCTL_REQUIRE_LAB=1`);
+/// the rest of the test goes on.
+#[macro_export]
+macro_rules! available {
+    ($check:expr) => {
+        match $check {
+            ::std::result::Result::Ok(v) => ::std::option::Option::Some(v),
+            ::std::result::Result::Err(missing) => {
+                $crate::prereq::skip(&$crate::prereq::test_name(module_path!()), &missing);
+                ::std::option::Option::None
+            }
+        }
+    };
+}
+
 /// The lab cache: `$VFIOCTL_LAB`, else `.lab` in the checkout.
 pub fn lab_dir() -> PathBuf {
     std::env::var_os("VFIOCTL_LAB")
@@ -348,6 +364,49 @@ pub fn kernel_build_tools() -> Result<(), Missing> {
         program(t, SETUP)?;
     }
     Ok(())
+}
+
+/// Root: what runs Kata's loaders in a private mount namespace, or binds devices.
+pub fn root() -> Result<(), Missing> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        Ok(())
+    } else {
+        Err(Missing::new("root", "run the tests as root").detail(format!("euid {uid}")))
+    }
+}
+
+/// QEMU 10 of the modern stack (LAB.md fact 8): `$VFIOCTL_LAB/stacks/qemu-10`.
+pub fn modern_qemu() -> Result<PathBuf, Missing> {
+    let q = lab_dir().join("stacks/qemu-10/usr/bin/qemu-system-x86_64");
+    if q.is_file() {
+        Ok(q)
+    } else {
+        Err(Missing::new("qemu-10", "scripts/setup --modern").detail(format!("no {}", q.display())))
+    }
+}
+
+/// Kata's real configuration loaders: their `check` script in `$VFIOCTL_KATA_LOADERS`,
+/// else `shared/kata-loaders` beside the checkout; it needs root (a private mount
+/// namespace per loader).
+pub fn kata_loaders() -> Result<PathBuf, Missing> {
+    let dir = std::env::var_os("VFIOCTL_KATA_LOADERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/kata-loaders"));
+    let check = dir.join("check");
+    if !check.is_file() {
+        return Err(Missing::new(
+            "kata-loaders",
+            "set VFIOCTL_KATA_LOADERS to the kata-loaders directory (or put shared/kata-loaders beside the checkout)",
+        )
+        .detail(format!("no {}", check.display())));
+    }
+    root().map_err(|m| Missing {
+        what: "kata-loaders as root".into(),
+        ..m
+    })?;
+    Ok(check)
 }
 
 /// `lspci` (package pciutils).
