@@ -353,7 +353,7 @@ fn the_loser_of_a_concurrent_bind_says_another_run_bound_it() {
     let root = SysRoot::new(t.path());
     // The winner holds the lock ...
     let held = bind::Ledger::open(&root).unwrap();
-    let mut loser = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
+    let loser = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
         .arg("--root")
         .arg(t.path())
         .args(["bind", P1])

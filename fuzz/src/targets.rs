@@ -7,8 +7,11 @@ use std::path::Path;
 use vfioctl::common::pci::{config, device, resource};
 use vfioctl::common::{proto, units, Bdf, PciDevice, Selector, SysRoot};
 
+/// One fuzz target's body: arbitrary bytes in, no panic, no hang.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the replay test and `scripts/fuzz`.
-pub const ALL: &[(&str, fn(&[u8]))] = &[
+pub const ALL: &[(&str, Target)] = &[
     ("parsers", parsers),
     ("resource", resource_file),
     ("config", config_space),

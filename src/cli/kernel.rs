@@ -39,7 +39,7 @@ pub struct Common {
     /// Fragments, allowlist, manifest.toml and patches.
     #[arg(long, env = "VFIOCTL_KERNEL_CONFIGS", value_name = "DIR")]
     pub configs: Option<PathBuf>,
-    /// Flavours on top of base + x86_64 (repeatable, or comma-separated): nvidia,
+    /// Flavours on top of base + x86_64 (repeatable, or comma-separated): nvidia, rdma,
     /// vfio-guest, debug. Merged in kernel-configs/ file-name order, whatever the order here.
     #[arg(long = "flavour", value_delimiter = ',', value_name = "NAME")]
     pub flavours: Vec<String>,

@@ -8,10 +8,10 @@
 //! KVM as usable only when that kernel prints `Linux version` on the serial console
 //! (decompressed, in long mode, running `start_kernel`): about a second where KVM works.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use vfioctl_common::SysRoot;
