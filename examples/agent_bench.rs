@@ -5,6 +5,9 @@
 //!                                           on ECHO_PORT over the same transport kind
 //!   agent_bench load ADDR N                 N x (hello, list_devices, kernel_log)
 //!   agent_bench shutdown ADDR               power the guest off (or stop the agent)
+//!
+//! The agent's secret comes from the file named by `VFIOCTL_AGENT_TOKEN` (a VM's
+//! `RUN_DIR/agent.token`).
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -21,7 +24,11 @@ fn stats(mut v: Vec<f64>) -> serde_json::Value {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let addr: Transport = args.get(1).expect("ADDR").parse().expect("agent address");
-    let mut c = AgentClient::connect(&addr, Duration::from_secs(300)).expect("agent answers");
+    let token_file = std::env::var_os("VFIOCTL_AGENT_TOKEN").expect("VFIOCTL_AGENT_TOKEN=FILE");
+    let token = vfioctl::vm::rundir::read_token_file(std::path::Path::new(&token_file))
+        .expect("the agent's secret");
+    let mut c =
+        AgentClient::connect(&addr, &token, Duration::from_secs(300)).expect("agent answers");
     match args[0].as_str() {
         "rtt" => {
             let n: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(200);

@@ -11,6 +11,8 @@
 //! | 6 | refused: a safety rule stopped an operation (device in use, boot VGA, ...) |
 //! | 7 | operation failed and was rolled back (bind, plug, unplug) |
 //! | 8 | infrastructure error (QEMU missing or crashed, I/O error, tool not installed) |
+//! | 130 | interrupted by SIGINT (Ctrl-C): what the command started was torn down |
+//! | 143 | terminated by SIGTERM: what the command started was torn down |
 
 use std::fmt;
 
@@ -27,6 +29,10 @@ pub enum Exit {
     Refused = 6,
     OperationFailed = 7,
     Infrastructure = 8,
+    /// SIGINT: 128 + 2, what a shell reports for a process killed by it.
+    Interrupted = 130,
+    /// SIGTERM: 128 + 15.
+    Terminated = 143,
 }
 
 impl Exit {

@@ -14,6 +14,7 @@
 //! | [`kernel`] | guest kernel builds from `kernel-configs/` fragments, NVIDIA modules |
 //! | [`kata`] | Kata `configuration.toml` generation and patching |
 //! | [`regress`] | the nightly regression matrix and its reports |
+//! | [`interrupt`] | SIGINT/SIGTERM for commands that start things (exit 130/143) |
 //! | [`shared`] | shared GPUs: SR-IOV VFs, mediated devices (vGPU), iommufd vs groups |
 //! | [`snapshot`] | `vfioctl snapshot`: what the commands read, captured for `--root` replay |
 
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod context;
 pub mod exit;
 pub mod host;
+pub mod interrupt;
 pub mod kata;
 pub mod kernel;
 pub mod output;

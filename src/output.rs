@@ -196,10 +196,15 @@ pub fn emit<T: Serialize>(
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     if ctx.json {
+        // JSON escapes control characters itself.
         serde_json::to_writer_pretty(&mut out, value)?;
         writeln!(out)?;
     } else {
-        human(&mut out)?;
+        // Text for people may quote the guest (kernel log, serial console, agent
+        // replies): control characters are escaped on the way to the terminal.
+        let mut esc = vfioctl_common::text::TerminalWriter::new(&mut out);
+        human(&mut esc)?;
+        esc.flush()?;
     }
     out.flush()
 }

@@ -28,7 +28,7 @@ fn err_kind(r: &Response) -> ErrorKind {
 #[test]
 fn hello_devices_and_checks() {
     let a = LocalAgent::start(&[]);
-    let mut c = AgentClient::connect(&a.transport(), T).unwrap();
+    let mut c = a.client(T);
     let h = c.hello().unwrap();
     assert_eq!(h.protocol_version, proto::PROTOCOL_VERSION);
     assert!(!h.pid1 && !h.exec_enabled);
@@ -97,14 +97,14 @@ fn hello_devices_and_checks() {
 #[test]
 fn exec_is_off_by_default_and_bounded_when_on() {
     let off = LocalAgent::start(&[]);
-    let mut c = AgentClient::connect(&off.transport(), T).unwrap();
+    let mut c = off.client(T);
     let e = c.exec(&["/bin/true"], T, 100).unwrap_err();
     assert!(
         matches!(e, ClientError::Agent { ref error, .. } if error.kind == ErrorKind::ExecDisabled)
     );
 
     let on = LocalAgent::start(&["--exec"]);
-    let mut c = AgentClient::connect(&on.transport(), T).unwrap();
+    let mut c = on.client(T);
     let r = c
         .exec(&["sh", "-c", "echo out; echo err >&2; exit 3"], T, 100)
         .unwrap();
@@ -142,7 +142,7 @@ fn exec_is_off_by_default_and_bounded_when_on() {
 fn garbage_gets_error_replies_and_the_agent_keeps_serving() {
     let a = LocalAgent::start(&[]);
     let tr = a.transport();
-    let mut c = AgentClient::connect(&tr, T).unwrap();
+    let mut c = a.client(T);
 
     // A well-framed payload that is not a request: error reply, same connection goes on.
     {
@@ -190,14 +190,14 @@ fn garbage_gets_error_replies_and_the_agent_keeps_serving() {
 
     // Still serving, old and new connections alike.
     assert!(c.hello().is_ok());
-    let mut c2 = AgentClient::connect(&tr, T).unwrap();
+    let mut c2 = a.client(T);
     assert!(c2.list_devices().is_ok());
 }
 
 #[test]
 fn shutdown_stops_a_service_agent() {
     let mut a = LocalAgent::start(&[]);
-    let c = AgentClient::connect(&a.transport(), T).unwrap();
+    let c = a.client(T);
     c.shutdown(PowerAction::Poweroff).unwrap();
     let status = a.child.wait().unwrap();
     assert!(status.success());
@@ -209,11 +209,152 @@ fn connect_times_out_with_boot_timeout_exit() {
     let tr = vfioctl::agent::Transport::Unix {
         path: dir.path().join("nobody.sock"),
     };
-    let e = match AgentClient::connect(&tr, Duration::from_millis(300)) {
+    let token = vfioctl_common::proto::Token::from_bytes(&[1; 32]);
+    let e = match AgentClient::connect(&tr, &token, Duration::from_millis(300)) {
         Err(e) => e,
         Ok(_) => panic!("connected to nobody"),
     };
     assert!(matches!(e, ClientError::NotReady { .. }), "{e}");
     use vfioctl::Diagnose;
     assert_eq!(e.exit(), vfioctl::Exit::BootTimeout);
+}
+
+/// Send one request frame (raw, with whatever token) and read the reply.
+fn raw_call(
+    tr: &vfioctl::agent::Transport,
+    token: Option<proto::Token>,
+) -> (Response, vfioctl::agent::Stream) {
+    let mut s = tr.open(T).unwrap();
+    s.set_timeout(Some(T)).unwrap();
+    let req = proto::Request {
+        id: 4,
+        token,
+        req: proto::RequestBody::Hello,
+    };
+    proto::write_frame(&mut s, &proto::to_payload(&req)).unwrap();
+    (read_response(&mut s), s)
+}
+
+#[test]
+fn every_request_needs_the_vms_secret() {
+    // Reproducer (issue 13, 8): the agent accepted every connection; any local user can
+    // reach a guest's vsock port. Without the secret, or with a wrong one: `unauthorized`,
+    // and the connection is closed.
+    let a = LocalAgent::start(&["--exec"]);
+    let tr = a.transport();
+    for token in [None, Some(proto::Token::from_bytes(&[0xee; 32]))] {
+        let (r, mut s) = raw_call(&tr, token);
+        assert_eq!(r.id, Some(4));
+        assert_eq!(err_kind(&r), ErrorKind::Unauthorized);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(
+            rest.is_empty(),
+            "the connection is closed after the refusal"
+        );
+    }
+    // The client with a wrong secret is told so at once (no retry until the deadline),
+    // with the fix.
+    let start = std::time::Instant::now();
+    let e = match AgentClient::connect(&tr, &proto::Token::from_bytes(&[0xee; 32]), T) {
+        Err(e) => e,
+        Ok(_) => panic!("connected with a wrong secret"),
+    };
+    assert!(start.elapsed() < Duration::from_secs(5), "{e}");
+    assert!(
+        matches!(e, ClientError::Agent { ref error, .. } if error.kind == ErrorKind::Unauthorized),
+        "{e}"
+    );
+    use vfioctl::Diagnose;
+    assert!(e.hint().unwrap().contains("--token-file"), "{:?}", e.hint());
+    // The right secret works, exec included (--exec: the agent's operator decides).
+    let mut c = a.client(T);
+    assert!(c.exec(&["/bin/true"], T, 10).unwrap().success());
+    let (r, _) = raw_call(&tr, Some(a.token.clone()));
+    assert!(matches!(r.result, Outcome::Ok(_)));
+}
+
+#[test]
+fn an_agent_without_a_secret_refuses_everything_and_says_why() {
+    // A guest booted without the fw_cfg item: the token file never existed.
+    let a = LocalAgent::start(&["--token-file", "/nonexistent/agent.token"]);
+    let (r, _) = raw_call(&a.transport(), Some(a.token.clone()));
+    let Outcome::Err(e) = r.result else {
+        panic!("{r:?}")
+    };
+    assert_eq!(e.kind, ErrorKind::Unauthorized);
+    assert!(
+        e.message.contains("no secret") && e.message.contains("fw_cfg"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn half_open_handshakes_time_out_without_wedging_the_agent() {
+    // Reproducer (issue 13, 8): an abandoned connect wedged the agent. Here: more silent
+    // or half-framed connections than the agent serves at once; they are closed after the
+    // handshake timeout, and a real client gets through meanwhile.
+    let a = LocalAgent::start(&["--handshake-timeout", "0.5"]);
+    let tr = a.transport();
+    let mut idle = Vec::new();
+    for i in 0..40 {
+        let mut s = tr.open(T).unwrap();
+        if i % 2 == 0 {
+            s.write_all(&proto::encode_header(100)[..5]).unwrap();
+        }
+        idle.push(s);
+    }
+    let start = std::time::Instant::now();
+    let mut c = a.client(Duration::from_secs(30));
+    assert!(c.hello().is_ok());
+    assert!(start.elapsed() < Duration::from_secs(20));
+    // Every silent connection was closed by the agent (EOF, or a reset for the ones
+    // refused at accept), none hangs.
+    for mut s in idle {
+        s.set_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 64];
+        match s.read(&mut b) {
+            Ok(0) => {}
+            Ok(n) => panic!("unexpected {n} bytes"),
+            Err(e) => assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                ),
+                "still open: {e}"
+            ),
+        }
+    }
+    // An authenticated connection is not cut by the handshake limit.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(c.hello().is_ok());
+}
+
+#[test]
+fn a_peer_that_is_not_our_agent_is_reported_with_its_cause() {
+    // Reproducer (issue 13, 14): a reply with a wrong magic was retried until the timeout
+    // and reported as "did not answer". A fake agent that answers HTTP.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fake.sock");
+    let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut b = [0u8; 4096];
+            let _ = s.read(&mut b);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+    });
+    let tr = vfioctl::agent::Transport::Unix { path };
+    let start = std::time::Instant::now();
+    let e = match AgentClient::connect(&tr, &proto::Token::from_bytes(&[1; 32]), T) {
+        Err(e) => e,
+        Ok(_) => panic!("HTTP is not the agent"),
+    };
+    assert!(start.elapsed() < Duration::from_secs(5), "not retried: {e}");
+    let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+    assert!(chain.contains("bad frame magic"), "{chain}");
+    use vfioctl::Diagnose;
+    assert!(e.hint().unwrap().contains("not a vfioctl agent"));
 }

@@ -66,6 +66,8 @@ async fn agent_as_init_validate_and_negative_control() {
     })
     .unwrap();
     let mut profile = lab.agent_profile("av", initrd);
+    // The image allows exec and this VM asks for it: both are needed.
+    profile.agent_exec = true;
     profile.gpu_ports = 2; // rp0 sized for the stand-in, rp1 without a reserve
     profile.devices.push(DeviceEntry {
         gpu: "emulated:8G".into(),
@@ -83,12 +85,23 @@ async fn agent_as_init_validate_and_negative_control() {
         }
     };
     assert_eq!(rec.state, VmState::DevicePlugged);
-    let tr = rec.agent.clone().expect("agent transport in the state");
+    let (tr, token) = vfioctl::vm::guest::access(&rec).expect("agent transport and secret");
+    let token_file = rec.rundir().token_file();
+    // The secret is the VM's own: 0600 in its run directory, never in the state file.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(m & 0o777, 0o600);
+        let state = std::fs::read_to_string(rec.state_file()).unwrap();
+        assert!(!state.contains(token.as_str()));
+    }
 
     let tr2 = tr.clone();
+    let tok2 = token.clone();
     let gpu_bdf = rec.plugged[0].guest_bdf.clone();
     tokio::task::spawn_blocking(move || {
-        let mut c = AgentClient::connect(&tr2, Duration::from_secs(60)).expect("agent answers");
+        let mut c =
+            AgentClient::connect(&tr2, &tok2, Duration::from_secs(60)).expect("agent answers");
         let hello = c.hello().unwrap();
         assert!(hello.pid1, "the agent is the guest's init");
         assert!(hello.exec_enabled);
@@ -126,7 +139,21 @@ async fn agent_as_init_validate_and_negative_control() {
         let mut rest = Vec::new();
         let _ = raw.read_to_end(&mut rest);
         assert!(c.hello().is_ok());
-        let mut c2 = AgentClient::connect(&tr2, Duration::from_secs(30)).unwrap();
+        let mut c2 = AgentClient::connect(&tr2, &tok2, Duration::from_secs(30)).unwrap();
+        // Over the real vsock path too: a request without the secret is refused.
+        let mut raw = tr2.open(Duration::from_secs(30)).unwrap();
+        raw.set_timeout(Some(Duration::from_secs(30))).unwrap();
+        let req = proto::Request {
+            id: 1,
+            token: None,
+            req: proto::RequestBody::Hello,
+        };
+        proto::write_frame(&mut raw, &proto::to_payload(&req)).unwrap();
+        let reply = proto::read_frame(&mut raw, proto::MAX_REPLY).unwrap();
+        match proto::decode_response(&reply).unwrap().result {
+            Outcome::Err(e) => assert_eq!(e.kind, ErrorKind::Unauthorized),
+            other => panic!("{other:?}"),
+        }
         assert!(c2.list_devices().is_ok());
 
         // Exec and the kernel log.
@@ -192,8 +219,9 @@ async fn agent_as_init_validate_and_negative_control() {
     .await
     .unwrap();
     let tr3 = tr.clone();
+    let tok3 = token.clone();
     let seen = tokio::task::spawn_blocking(move || {
-        let mut c = AgentClient::connect(&tr3, Duration::from_secs(30)).unwrap();
+        let mut c = AgentClient::connect(&tr3, &tok3, Duration::from_secs(30)).unwrap();
         // Present, BARs or not (event-driven wait in the guest).
         c.wait_device(&IVSHMEM_ID.parse().unwrap(), Duration::from_secs(60), false)
             .unwrap()
@@ -211,6 +239,8 @@ async fn agent_as_init_validate_and_negative_control() {
         &[
             "--agent",
             &addr,
+            "--token-file",
+            token_file.to_str().unwrap(),
             "--gpu",
             "emulated:8G",
             "--wait",
@@ -236,7 +266,7 @@ async fn agent_as_init_validate_and_negative_control() {
 
     // Down: the agent powers the guest off; nothing is left behind.
     let procs = lifecycle::processes(&rec);
-    lifecycle::down(&h.env, "av", Duration::from_secs(30))
+    lifecycle::down(&h.env, &"av".parse().unwrap(), Duration::from_secs(30))
         .await
         .unwrap();
     for (p, m) in &procs {

@@ -253,7 +253,10 @@ fn kill_at_every_step_of_the_rollback() {
         assert!(r.status.success(), "{ctx}: restore: {}", text(&r));
         assert_clean(t.path(), &ctx);
     }
-    println!("kill points: bind with rollback {} (all passed)", points.len());
+    println!(
+        "kill points: bind with rollback {} (all passed)",
+        points.len()
+    );
 }
 
 /// Issue 13 item 2: `bind --timeout 1` with an unbind that blocks 4 s. The helper child

@@ -113,6 +113,8 @@ async fn bind_lab_real_kernel_through_the_agent() {
         vsock: VsockChoice::Auto,
         boot_timeout: 300,
         qemu_args: topology(),
+        // The image allows exec (lab-vfio.toml) and this VM asks for it.
+        agent_exec: true,
         ..Profile::default()
     };
     let up = lifecycle::up(&h.env, &profile).await;
@@ -120,9 +122,11 @@ async fn bind_lab_real_kernel_through_the_agent() {
         h.track(r);
     }
     let rec = up.expect("vm up with the agent answering");
-    let transport: Transport = rec.agent.clone().expect("agent transport");
+    let (transport, token): (Transport, _) =
+        vfioctl::vm::guest::access(&rec).expect("agent transport and secret");
     let reply = tokio::task::spawn_blocking(move || {
-        let mut c = AgentClient::connect(&transport, Duration::from_secs(60)).expect("agent connect");
+        let mut c = AgentClient::connect(&transport, &token, Duration::from_secs(60))
+            .expect("agent connect");
         c.exec(
             &["/bin/busybox", "sh", "-c", "/bin/busybox --install -s /bin 2>/dev/null; export PATH=/bin:/sbin:/usr/bin:/usr/sbin; sh /lab.sh 2>&1; echo '@@ done'"],
             Duration::from_secs(300),
@@ -262,7 +266,7 @@ async fn bind_lab_real_kernel_through_the_agent() {
         ],
     );
 
-    lifecycle::down(&h.env, "bindlab", Duration::from_secs(5))
+    lifecycle::down(&h.env, &"bindlab".parse().unwrap(), Duration::from_secs(5))
         .await
         .expect("vm down");
 }

@@ -100,6 +100,8 @@ fn validate_junit_passes_the_jenkins_schema() {
     let o = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
         .args(["validate", "--agent"])
         .arg(agent.transport().to_string())
+        .arg("--token-file")
+        .arg(&agent.token_file)
         .args(["--gpu", "emulated:8G", "--wait", "1", "--junit"])
         .arg(&junit)
         .output()

@@ -48,10 +48,11 @@ async fn built_kernel_runs_the_agent_under_vm_up() {
         }
     };
     assert_eq!(rec.state, VmState::Ready);
-    let tr = rec.agent.clone().expect("agent transport");
+    let (tr, token) = vfioctl::vm::guest::access(&rec).expect("agent transport and secret");
     let release = m.kernel_release.clone();
     tokio::task::spawn_blocking(move || {
-        let mut c = AgentClient::connect(&tr, Duration::from_secs(60)).expect("agent answers");
+        let mut c =
+            AgentClient::connect(&tr, &token, Duration::from_secs(60)).expect("agent answers");
         let hello = c.hello().unwrap();
         assert!(hello.pid1, "the agent is the guest's init");
         assert_eq!(hello.kernel, release);
@@ -63,7 +64,7 @@ async fn built_kernel_runs_the_agent_under_vm_up() {
     })
     .await
     .unwrap();
-    lifecycle::down(&h.env, "kv", Duration::from_secs(30))
+    lifecycle::down(&h.env, &"kv".parse().unwrap(), Duration::from_secs(30))
         .await
         .unwrap();
 }

@@ -24,20 +24,16 @@ use std::process::Command;
 use std::time::Duration;
 
 use vfioctl::agent::{AgentClient, Transport};
+use vfioctl_common::proto::Token;
+
+/// The guest agent: its transport and the VM's secret.
+type Agent = (Transport, Token);
 use vfioctl::vm::lifecycle;
 use vfioctl::vm::profile::{AccelChoice, Profile, Ready, VsockChoice};
 use vfioctl_common::proto::ExecReply;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn skip(test: &str, why: &str) {
-    if std::env::var("VFIOCTL_REQUIRE_LAB").as_deref() == Ok("1") {
-        panic!("{test}: {why} (VFIOCTL_REQUIRE_LAB=1: a lab test must run)");
-    }
-    println!("SKIPPED: {test}: {why}");
-    eprintln!("SKIPPED: {test}: {why}");
 }
 
 fn initramfs(lab: &common::Lab, dir: &Path) -> PathBuf {
@@ -89,13 +85,13 @@ fn topology() -> Vec<String> {
     .collect()
 }
 
-fn exec(t: &Transport, argv: &[&str]) -> ExecReply {
-    let mut c = AgentClient::connect(t, Duration::from_secs(60)).expect("agent connect");
+fn exec(t: &Agent, argv: &[&str]) -> ExecReply {
+    let mut c = AgentClient::connect(&t.0, &t.1, Duration::from_secs(60)).expect("agent connect");
     c.exec(argv, Duration::from_secs(600), 1 << 20)
         .expect("agent exec")
 }
 
-fn sh(t: &Transport, script: &str) -> ExecReply {
+fn sh(t: &Agent, script: &str) -> ExecReply {
     let s = format!("export PATH=/bin:/sbin:/usr/bin:/usr/sbin; {script}");
     let r = exec(t, &["/bin/busybox", "sh", "-c", &s]);
     assert!(
@@ -107,7 +103,7 @@ fn sh(t: &Transport, script: &str) -> ExecReply {
 
 /// Take a snapshot in the guest, bring it here, replay each recorded command both live in
 /// the guest and here against the snapshot. Returns the compressed size.
-fn snapshot_and_compare(t: &Transport, name: &str, work: &Path) -> u64 {
+fn snapshot_and_compare(t: &Agent, name: &str, work: &Path) -> u64 {
     let r = sh(t, &format!("vfioctl --json snapshot /tmp/{name}.tar.zst"));
     let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("snapshot report");
     assert_eq!(
@@ -201,20 +197,7 @@ fn setup_fields(stdout: &str) -> BTreeMap<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_guest_snapshots_replay_here_exactly() {
     const TEST: &str = "snapshot_lab";
-    let Some(lab) = common::Lab::get(TEST) else {
-        return;
-    };
-    if Command::new("sh")
-        .args([
-            "-c",
-            "command -v vhost-device-vsock || test -x $HOME/.cargo/bin/vhost-device-vsock",
-        ])
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        return skip(TEST, "vhost-device-vsock not installed (scripts/setup)");
-    }
+    let lab = vfioctl_testkit::require!(common::Lab::get());
     let h = common::Harness::new(TEST);
     let work = tempfile::tempdir().unwrap();
     let initrd = initramfs(&lab, work.path());
@@ -233,6 +216,8 @@ async fn lab_guest_snapshots_replay_here_exactly() {
         // TCG on a loaded 2-core machine has taken more than 300 s to boot this guest.
         boot_timeout: 900,
         qemu_args: topology(),
+        // The image allows exec (lab-vfio.toml) and this VM asks for it.
+        agent_exec: true,
         ..Profile::default()
     };
     let up = lifecycle::up(&h.env, &profile).await;
@@ -240,7 +225,7 @@ async fn lab_guest_snapshots_replay_here_exactly() {
         h.track(r);
     }
     let rec = up.expect("vm up with the agent answering");
-    let t: Transport = rec.agent.clone().expect("agent transport");
+    let t: Agent = vfioctl::vm::guest::access(&rec).expect("agent transport and secret");
     let dir = work.path().to_path_buf();
     let sizes = tokio::task::spawn_blocking(move || {
         sh(&t, "/bin/busybox --install -s /bin 2>/dev/null; true");
@@ -258,7 +243,7 @@ async fn lab_guest_snapshots_replay_here_exactly() {
         "lab guest snapshots: {} bytes (host drivers), {} bytes (vfio-pci bound), zstd-compressed",
         sizes.0, sizes.1
     );
-    lifecycle::down(&h.env, "snaplab", Duration::from_secs(5))
+    lifecycle::down(&h.env, &"snaplab".parse().unwrap(), Duration::from_secs(5))
         .await
         .expect("vm down");
 }

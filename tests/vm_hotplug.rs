@@ -10,7 +10,11 @@ use std::time::Duration;
 use vfioctl::qmp::Qmp;
 use vfioctl::vm::devices::IVSHMEM_ID;
 use vfioctl::vm::profile::{DeviceEntry, GpuSpec, PlugWhen};
-use vfioctl::vm::{evidence, lifecycle, plug, VmError, VmState};
+use vfioctl::vm::{evidence, lifecycle, plug, VmError, VmName, VmState};
+
+fn name(s: &str) -> VmName {
+    VmName::new(s).unwrap()
+}
 
 #[tokio::test]
 async fn hotplug_8g_stand_in_on_a_sized_port_and_the_negative_control() {
@@ -40,9 +44,9 @@ async fn hotplug_8g_stand_in_on_a_sized_port_and_the_negative_control() {
     );
     assert!(rec.guest.is_some(), "the agent answered: {:?}", rec.guest);
     // Ask the guest itself (the agent): where did BAR 2 go?
-    let t = rec.agent.clone().unwrap();
+    let t = rec.clone();
     let dev = tokio::task::spawn_blocking(move || {
-        let mut c = vfioctl::agent::AgentClient::connect(&t, Duration::from_secs(30)).unwrap();
+        let mut c = vfioctl::vm::guest::connect(&t, Duration::from_secs(30)).unwrap();
         let d = c.list_devices().unwrap();
         d.devices
             .into_iter()
@@ -93,7 +97,7 @@ async fn hotplug_8g_stand_in_on_a_sized_port_and_the_negative_control() {
     // Down: no process left, runtime directory gone; idempotent.
     let procs = lifecycle::processes(&rec);
     assert!(!procs.is_empty());
-    let r = lifecycle::down(&h.env, "hp", Duration::from_secs(1))
+    let r = lifecycle::down(&h.env, &name("hp"), Duration::from_secs(1))
         .await
         .unwrap();
     assert_eq!(r.was, Some(VmState::Ready));
@@ -104,7 +108,7 @@ async fn hotplug_8g_stand_in_on_a_sized_port_and_the_negative_control() {
         );
     }
     assert!(!rec.run_dir.exists());
-    let again = lifecycle::down(&h.env, "hp", Duration::from_secs(1))
+    let again = lifecycle::down(&h.env, &name("hp"), Duration::from_secs(1))
         .await
         .unwrap();
     assert_eq!(again.was, None);
@@ -124,9 +128,9 @@ async fn qemu_that_dies_at_start_is_reported_with_its_stderr() {
         "stderr tail in the error: {text}"
     );
     // The failed VM is kept for inspection, marked crashed; down cleans it up.
-    let st = lifecycle::status(&h.env, "crash").await.unwrap();
+    let st = lifecycle::status(&h.env, &name("crash")).await.unwrap();
     assert_eq!(st.state, VmState::Crashed);
-    lifecycle::down(&h.env, "crash", Duration::ZERO)
+    lifecycle::down(&h.env, &name("crash"), Duration::ZERO)
         .await
         .unwrap();
     assert!(lifecycle::list(&h.env).is_empty());
@@ -151,13 +155,13 @@ async fn a_qemu_killed_while_running_is_reported_crashed_and_cleaned_up() {
     )
     .unwrap();
     // Detected from the host side on the next look, with QEMU's and the guest's words.
-    let mut st = lifecycle::status(&h.env, "boom").await.unwrap();
+    let mut st = lifecycle::status(&h.env, &name("boom")).await.unwrap();
     for _ in 0..200 {
         if st.state == VmState::Crashed {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-        st = lifecycle::status(&h.env, "boom").await.unwrap();
+        st = lifecycle::status(&h.env, &name("boom")).await.unwrap();
     }
     assert_eq!(st.state, VmState::Crashed);
     let crash = st.crash.expect("crash report");
@@ -167,7 +171,7 @@ async fn a_qemu_killed_while_running_is_reported_crashed_and_cleaned_up() {
     );
     // down kills what is left (vhost-device-vsock) and removes the directory.
     let procs = lifecycle::processes(&rec);
-    let r = lifecycle::down(&h.env, "boom", Duration::ZERO)
+    let r = lifecycle::down(&h.env, &name("boom"), Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(r.was, Some(VmState::Crashed));

@@ -7,6 +7,7 @@
 //!   `resource` and `config`, link, reset, power, SR-IOV, resizable BARs).
 //! - [`proto`]: the versioned host <-> guest agent protocol.
 //! - [`units`]: byte sizes as people write them (`32G`, `256M`).
+//! - [`text`]: escaping of untrusted (guest) text for terminals, logs and XML.
 //!
 //! The guest agent links this crate too, so the guest lists its PCI devices with the very
 //! parser the host uses, and the BARs on both sides can be compared field by field.
@@ -15,6 +16,7 @@ pub mod bdf;
 pub mod pci;
 pub mod proto;
 pub mod sysroot;
+pub mod text;
 pub mod units;
 
 pub use bdf::{Bdf, BdfError, ClassFilter, Selector};

@@ -18,9 +18,19 @@
 //! valid request gets the error and the connection keeps serving. The agent as a whole
 //! keeps serving other connections either way.
 //!
+//! # The per-VM secret
+//!
+//! Every request carries the VM's [`Token`]: 32 random bytes as 64 hex digits, created by
+//! the host (`vfioctl vm up`, mode 0600 in the VM's run directory) and handed to the guest
+//! out of band, as QEMU `-fw_cfg name=opt/vfioctl/token,file=...` ([`TOKEN_FW_CFG`]),
+//! which the guest reads at [`TOKEN_SYSFS`] (kernel module `qemu_fw_cfg`). The agent
+//! compares it in constant time and answers a request without the right token with
+//! [`ErrorKind::Unauthorized`], then closes the connection. Any local user can reach a
+//! guest's vsock port; only root (and QEMU) can read the token.
+//!
 //! # Messages
 //!
-//! A [`Request`] is `{"id": N, "req": {"op": "hello", ...}}`; the [`Response`] carries the
+//! A [`Request`] is `{"id": N, "token": "...", "req": {"op": "hello", ...}}`; the [`Response`] carries the
 //! same id (or none when the request could not be parsed) and either `{"ok": {"op": ...}}`
 //! or `{"err": {"kind": ..., "message": ...}}`. New optional fields may be added within a
 //! protocol version (unknown fields are ignored on both sides); anything else bumps it.
@@ -34,7 +44,17 @@ use crate::bdf::{Bdf, Selector};
 use crate::pci::PciDevice;
 
 /// The protocol version both sides speak; in every frame header and in [`HelloReply`].
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Version 2: every request carries the VM's [`Token`].
+pub const PROTOCOL_VERSION: u8 = 2;
+/// The fw_cfg item name of the per-VM secret (`-fw_cfg name=opt/vfioctl/token,file=...`).
+pub const TOKEN_FW_CFG: &str = "opt/vfioctl/token";
+/// Where the guest kernel's `qemu_fw_cfg` module shows that item.
+pub const TOKEN_SYSFS: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/vfioctl/token/raw";
+/// The fw_cfg item with which a VM asks for `exec` (`string=1`); the image must allow it
+/// too (`exec = true` in its manifest).
+pub const EXEC_FW_CFG: &str = "opt/vfioctl/exec";
+/// Where the guest sees [`EXEC_FW_CFG`].
+pub const EXEC_SYSFS: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/vfioctl/exec/raw";
 /// The vsock port the agent listens on unless told otherwise (Kata's agent uses 1024 too).
 pub const DEFAULT_PORT: u32 = 1024;
 /// Frame magic.
@@ -174,10 +194,82 @@ pub fn to_payload<T: Serialize>(msg: &T) -> Vec<u8> {
     })
 }
 
+/// The per-VM agent secret: 64 lowercase hex digits (32 random bytes). `Debug` does not
+/// show it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Token(String);
+
+/// Text that is not a token.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not an agent token: {0}")]
+pub struct TokenError(&'static str);
+
+impl Token {
+    /// Hex digits in a token.
+    pub const LEN: usize = 64;
+
+    /// Hex-encode 32 random bytes.
+    pub fn from_bytes(b: &[u8; 32]) -> Token {
+        let mut s = String::with_capacity(Self::LEN);
+        for x in b {
+            s.push_str(&format!("{x:02x}"));
+        }
+        Token(s)
+    }
+
+    /// Parse a token file's content (surrounding whitespace ignored).
+    pub fn parse(s: &str) -> Result<Token, TokenError> {
+        let t = s.trim();
+        if t.len() != Self::LEN {
+            return Err(TokenError("expected 64 hex digits"));
+        }
+        if !t
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(TokenError("expected lowercase hex digits"));
+        }
+        Ok(Token(t.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Compare in constant time (no early exit on the first differing byte).
+    pub fn matches(&self, other: &Token) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl TryFrom<String> for Token {
+    type Error = TokenError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Token::parse(&s)
+    }
+}
+
+impl From<Token> for String {
+    fn from(t: Token) -> String {
+        t.0
+    }
+}
+
 /// One request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub id: u64,
+    /// The VM's secret; required by the agent on every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Token>,
     pub req: RequestBody,
 }
 
@@ -639,6 +731,8 @@ pub enum ErrorKind {
     UnsupportedVersion,
     /// Well framed, but not a valid request.
     BadRequest,
+    /// The request did not carry the VM's secret (or the agent has none to compare with).
+    Unauthorized,
     ExecDisabled,
     UnknownCheck,
     NotFound,
@@ -668,7 +762,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn roundtrip(req: RequestBody) {
-        let r = Request { id: 7, req };
+        let r = Request {
+            id: 7,
+            token: Some(Token::from_bytes(&[7; 32])),
+            req,
+        };
         let p = to_payload(&r);
         let framed = encode_frame(&p);
         let got = read_frame(&mut &framed[..], MAX_REQUEST).unwrap();
@@ -712,11 +810,24 @@ mod tests {
     fn wire_shape_is_stable() {
         let r = Request {
             id: 1,
+            token: None,
             req: RequestBody::Hello,
         };
         assert_eq!(
             String::from_utf8(to_payload(&r)).unwrap(),
             r#"{"id":1,"req":{"op":"hello"}}"#
+        );
+        let r = Request {
+            id: 1,
+            token: Some(Token::from_bytes(&[0xab; 32])),
+            req: RequestBody::Hello,
+        };
+        assert_eq!(
+            String::from_utf8(to_payload(&r)).unwrap(),
+            format!(
+                r#"{{"id":1,"token":"{}","req":{{"op":"hello"}}}}"#,
+                "ab".repeat(32)
+            )
         );
         let resp = Response {
             id: None,
@@ -726,7 +837,7 @@ mod tests {
             String::from_utf8(to_payload(&resp)).unwrap(),
             r#"{"id":null,"result":{"err":{"kind":"bad_request","message":"x"}}}"#
         );
-        assert_eq!(encode_header(5), [b'V', b'F', b'A', 1, 0, 0, 0, 5]);
+        assert_eq!(encode_header(5), [b'V', b'F', b'A', 2, 0, 0, 0, 5]);
         // wait_device's all_bars defaults to true.
         let r: Request = serde_json::from_str(
             r#"{"id":3,"req":{"op":"wait_device","selector":{"kind":"id","vendor":6900,"device":4368},"timeout_ms":10}}"#,
@@ -780,6 +891,23 @@ mod tests {
             Some(5)
         );
         assert_eq!(salvage_id(b"\xff\xfe"), None);
+    }
+
+    #[test]
+    fn tokens_parse_strictly_compare_fully_and_never_print() {
+        let t = Token::from_bytes(&[0x5a; 32]);
+        assert_eq!(Token::parse(&format!("{}\n", t.as_str())).unwrap(), t);
+        assert!(t.matches(&Token::parse(t.as_str()).unwrap()));
+        let mut other = t.as_str().to_string();
+        other.replace_range(63..64, "b");
+        assert!(!t.matches(&Token::parse(&other).unwrap()));
+        for bad in ["", "abc", &"G".repeat(64), &"A".repeat(64), &"a".repeat(65)] {
+            assert!(Token::parse(bad).is_err(), "{bad}");
+        }
+        assert!(!format!("{t:?}").contains("5a5a"));
+        // A request with a malformed token is a bad request, not a panic.
+        let e = decode_request(br#"{"id":1,"token":"x","req":{"op":"hello"}}"#).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest);
     }
 
     #[test]

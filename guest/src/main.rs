@@ -105,17 +105,16 @@ fn run(pid1: bool, args: &[String]) -> Result<(), String> {
             Err(e) => eprintln!("vfioctl-agent: echo port {port}: {e}"),
         }
     }
+    let state = Arc::new(ops::State::new(SysRoot::host(), pid1, cfg, modules));
+    let secret = match state.token() {
+        Ok(_) => "secret loaded".to_string(),
+        Err(e) => format!("no secret yet: {e}"),
+    };
     eprintln!(
-        "vfioctl-agent {} ready on {:?} (pid1 {pid1}, exec {})",
+        "vfioctl-agent {} ready on {:?} (pid1 {pid1}, exec {}, {secret})",
         env!("CARGO_PKG_VERSION"),
-        cfg.listen,
-        cfg.exec
+        state.cfg.listen,
+        state.exec_enabled()
     );
-    let state = Arc::new(ops::State {
-        root: SysRoot::host(),
-        pid1,
-        exec: cfg.exec,
-        modules,
-    });
     server::serve(listener, state)
 }

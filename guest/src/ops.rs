@@ -16,8 +16,57 @@ use crate::sys;
 pub struct State {
     pub root: SysRoot,
     pub pid1: bool,
-    pub exec: bool,
+    pub cfg: crate::config::Config,
     pub modules: Vec<ModuleLoad>,
+    /// The secret, once it could be read (it may appear after start-up).
+    token: std::sync::Mutex<Option<proto::Token>>,
+}
+
+impl State {
+    pub fn new(
+        root: SysRoot,
+        pid1: bool,
+        cfg: crate::config::Config,
+        modules: Vec<ModuleLoad>,
+    ) -> State {
+        State {
+            root,
+            pid1,
+            cfg,
+            modules,
+            token: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Exec needs the image and the VM to ask (see `config`).
+    pub fn exec_enabled(&self) -> bool {
+        let fw_cfg = std::fs::read(proto::EXEC_SYSFS)
+            .map(|b| String::from_utf8_lossy(&b).trim() == "1")
+            .unwrap_or(false);
+        self.cfg.exec(fw_cfg)
+    }
+
+    /// The per-VM secret, read once from the token file; the error says what is missing.
+    pub fn token(&self) -> Result<proto::Token, String> {
+        let mut g = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = g.as_ref() {
+            return Ok(t.clone());
+        }
+        let path = &self.cfg.token_file;
+        let mut text = String::new();
+        use std::io::Read;
+        std::fs::File::open(path)
+            .and_then(|f| f.take(256).read_to_string(&mut text))
+            .map_err(|e| {
+                format!(
+                    "this agent has no secret: {path}: {e} (start QEMU with -fw_cfg name={},file=TOKEN and load the qemu_fw_cfg module in the guest, or pass --token-file)",
+                    proto::TOKEN_FW_CFG
+                )
+            })?;
+        let t = proto::Token::parse(&text).map_err(|e| format!("{path}: {e}"))?;
+        *g = Some(t.clone());
+        Ok(t)
+    }
 }
 
 pub fn hello(st: &State) -> HelloReply {
@@ -35,7 +84,7 @@ pub fn hello(st: &State) -> HelloReply {
         cmdline: read("/proc/cmdline"),
         uptime_s,
         pid1: st.pid1,
-        exec_enabled: st.exec,
+        exec_enabled: st.exec_enabled(),
         modules: st.modules.clone(),
         rss_kib: rss_kib(&st.root),
     }

@@ -1,10 +1,18 @@
-//! Accepting connections and answering frames: a thread per connection.
+//! Accepting connections and answering frames: a thread per connection, so a slow or
+//! silent peer never holds up the accept loop.
+//!
+//! Hostile peers: every local user of a real host can reach the guest's vsock port, so a
+//! connection must send a complete request carrying the VM's secret within the handshake
+//! timeout (a half-open or silent connection is closed, never waited on), a request with
+//! a wrong or missing secret is answered with `unauthorized` and the connection closed,
+//! and at most [`MAX_CONNECTIONS`] connections are served at once.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vfioctl_common::proto::{
     self, AgentError, ErrorKind, FrameError, Outcome, PowerAction, Reply, RequestBody, Response,
@@ -19,6 +27,51 @@ pub enum Listener {
     Unix(UnixListener),
 }
 
+/// Connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 32;
+/// An authenticated connection idle this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a live connection; the count drops with it.
+struct Slot;
+
+impl Slot {
+    fn take() -> Option<Slot> {
+        let n = ACTIVE.fetch_add(1, Ordering::SeqCst);
+        if n >= MAX_CONNECTIONS {
+            ACTIVE.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        ACTIVE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Reads bounded by a deadline: each read first sets the socket's receive timeout to
+/// what is left, so a peer that trickles bytes cannot stretch a frame past it.
+struct Deadline<'a> {
+    conn: &'a mut dyn Conn,
+    until: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        sys::set_recv_timeout(self.conn.as_raw_fd(), left)?;
+        self.conn.read(buf)
+    }
+}
+
 /// Serve forever (until a shutdown request).
 pub fn serve(listener: Listener, state: Arc<State>) -> ! {
     loop {
@@ -30,11 +83,20 @@ pub fn serve(listener: Listener, state: Arc<State>) -> ! {
         };
         match accepted {
             Ok((conn, peer)) => {
+                let Some(slot) = Slot::take() else {
+                    eprintln!(
+                        "vfioctl-agent: {peer}: more than {MAX_CONNECTIONS} connections; closing it"
+                    );
+                    continue;
+                };
                 let st = state.clone();
                 let spawned = std::thread::Builder::new()
                     .name("conn".into())
                     .stack_size(256 * 1024)
-                    .spawn(move || handle(conn, &peer, &st));
+                    .spawn(move || {
+                        let _slot = slot;
+                        handle(conn, &peer, &st)
+                    });
                 if let Err(e) = spawned {
                     eprintln!("vfioctl-agent: cannot start a connection thread: {e}");
                 }
@@ -79,10 +141,37 @@ fn send(conn: &mut dyn Conn, resp: &Response) -> bool {
 }
 
 fn handle(mut conn: Box<dyn Conn>, peer: &str, st: &State) {
+    let mut authenticated = false;
     loop {
-        let payload = match proto::read_frame(&mut conn, MAX_REQUEST) {
+        let limit = if authenticated {
+            IDLE_TIMEOUT
+        } else {
+            st.cfg.handshake_timeout
+        };
+        let read = proto::read_frame(
+            &mut Deadline {
+                conn: conn.as_mut(),
+                until: Instant::now() + limit,
+            },
+            MAX_REQUEST,
+        );
+        let payload = match read {
             Ok(p) => p,
             Err(FrameError::Eof) => return,
+            Err(FrameError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                if !authenticated {
+                    eprintln!(
+                        "vfioctl-agent: {peer}: no complete request within {:?}; closing the connection",
+                        limit
+                    );
+                }
+                return;
+            }
             Err(e) => {
                 // Bad magic, version or size: answer once, then drop the connection (the
                 // stream cannot be resynchronised).
@@ -101,6 +190,18 @@ fn handle(mut conn: Box<dyn Conn>, peer: &str, st: &State) {
         };
         let (id, result) = match proto::decode_request(&payload) {
             Ok(req) => {
+                if let Err(why) = authorize(st, req.token.as_ref()) {
+                    eprintln!("vfioctl-agent: {peer}: {why}; closing the connection");
+                    send(
+                        conn.as_mut(),
+                        &Response {
+                            id: Some(req.id),
+                            result: Outcome::Err(AgentError::new(ErrorKind::Unauthorized, why)),
+                        },
+                    );
+                    return;
+                }
+                authenticated = true;
                 let body = req.req;
                 let shutdown = match &body {
                     RequestBody::Shutdown { action } => Some(*action),
@@ -143,6 +244,16 @@ fn handle(mut conn: Box<dyn Conn>, peer: &str, st: &State) {
     }
 }
 
+/// The request's secret against the agent's: both must exist and match.
+fn authorize(st: &State, token: Option<&proto::Token>) -> Result<(), String> {
+    let mine = st.token()?;
+    match token {
+        None => Err("request without the VM's secret (token)".into()),
+        Some(t) if mine.matches(t) => Ok(()),
+        Some(_) => Err("request with a wrong secret (token)".into()),
+    }
+}
+
 fn dispatch(st: &State, body: RequestBody) -> Result<Reply, AgentError> {
     Ok(match body {
         RequestBody::Hello => Reply::Hello(ops::hello(st)),
@@ -169,11 +280,12 @@ fn dispatch(st: &State, body: RequestBody) -> Result<Reply, AgentError> {
             max_output,
             env,
         } => {
-            if !st.exec {
+            if !st.exec_enabled() {
                 return Err(AgentError::new(
                     ErrorKind::ExecDisabled,
-                    "exec is disabled in this agent; start it with --exec, vfioctl.exec=1 on the \
-                     kernel command line, or exec = true in the rootfs manifest",
+                    "exec is disabled in this agent: it needs both the image (exec = true in the \
+                     rootfs manifest) and the VM (vfioctl vm up --agent-exec, or vfioctl.exec=1 \
+                     on the kernel command line) to ask, or --exec on the agent's command line",
                 ));
             }
             Reply::Exec(exec::run(

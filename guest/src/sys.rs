@@ -117,6 +117,26 @@ pub fn read_uevents(fd: &OwnedFd) -> Vec<String> {
     out
 }
 
+/// `SO_RCVTIMEO` on a socket (vsock or unix); at least 1 ms (0 would mean "forever").
+pub fn set_recv_timeout(fd: RawFd, t: Duration) -> io::Result<()> {
+    let t = t.max(Duration::from_millis(1));
+    let tv = libc::timeval {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_usec: t.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: `tv` is a live timeval of the size passed; fd is an open socket.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })
+    .map(|_| ())
+}
+
 /// Wait until `fd` is readable or `timeout` passes; true when readable.
 pub fn poll_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
     let mut p = libc::pollfd {

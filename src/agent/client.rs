@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use vfioctl_common::proto::{
     self, AgentError, CheckOutcome, DevicesReply, ErrorKind, ExecReply, FrameError, HelloReply,
-    KernelLogReply, Outcome, PowerAction, Reply, Request, RequestBody, WaitReply, MAX_REPLY,
+    KernelLogReply, Outcome, PowerAction, Reply, Request, RequestBody, Token, WaitReply, MAX_REPLY,
 };
 use vfioctl_common::Selector;
 
@@ -65,7 +65,13 @@ impl Diagnose for ClientError {
                 Transport::Unix { .. } => "start the agent with --listen unix:PATH".into(),
             }),
             ClientError::Agent { error, .. } if error.kind == ErrorKind::ExecDisabled => Some(
-                "boot the guest with vfioctl.exec=1 or build the rootfs from a manifest with exec = true".into(),
+                "exec needs both the image (exec = true in the rootfs manifest) and the VM (`vfioctl vm up --agent-exec`)".into(),
+            ),
+            ClientError::Agent { error, .. } if error.kind == ErrorKind::Unauthorized => Some(
+                "the agent takes requests only with its VM's secret: use `--vm NAME` (the secret is in the VM's run directory) or `--token-file RUN_DIR/agent.token`; a guest without the secret needs QEMU's -fw_cfg name=opt/vfioctl/token,file=... and the qemu_fw_cfg module".into(),
+            ),
+            ClientError::Frame { source: FrameError::BadMagic(_) | FrameError::Version { .. }, .. } => Some(
+                "the peer is not a vfioctl agent of this version: check the address (port) and rebuild the guest image with this vfioctl".into(),
             ),
             _ => None,
         }
@@ -105,6 +111,7 @@ impl Read for DeadlineReader<'_> {
 /// A connection to one agent.
 pub struct AgentClient {
     transport: Transport,
+    token: Token,
     stream: Stream,
     next_id: u64,
     hello: HelloReply,
@@ -114,8 +121,15 @@ pub struct AgentClient {
 
 impl AgentClient {
     /// Connect, retrying until the agent answers `hello` or `timeout` passes. The answer
-    /// to `hello` is the readiness signal: it comes from the guest.
-    pub fn connect(transport: &Transport, timeout: Duration) -> Result<Self, ClientError> {
+    /// to `hello` is the readiness signal: it comes from the guest. `token` is the VM's
+    /// secret, sent with every request. A peer that answers with something that is not
+    /// our protocol (wrong magic or version), or refuses the secret, is reported at once
+    /// with that cause instead of being retried until the deadline.
+    pub fn connect(
+        transport: &Transport,
+        token: &Token,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let start = Instant::now();
         let deadline = start + timeout;
         let mut backoff = Duration::from_millis(20);
@@ -129,6 +143,7 @@ impl AgentClient {
                 Ok(stream) => {
                     let mut c = AgentClient {
                         transport: transport.clone(),
+                        token: token.clone(),
                         stream,
                         next_id: 1,
                         hello: placeholder_hello(),
@@ -147,7 +162,17 @@ impl AgentClient {
                             })
                         }
                         Err(e @ ClientError::Agent { .. }) => return Err(e),
-                        Err(e) => last = e.to_string(),
+                        Err(
+                            e @ ClientError::Frame {
+                                source:
+                                    FrameError::BadMagic(_)
+                                    | FrameError::Version { .. }
+                                    | FrameError::TooLarge { .. },
+                                ..
+                            },
+                        ) => return Err(e),
+                        Err(e @ ClientError::Protocol { .. }) => return Err(e),
+                        Err(e) => last = error_chain(&e),
                     }
                 }
                 Err(ConnectError::NotYet(why)) => last = why,
@@ -187,7 +212,11 @@ impl AgentClient {
         self.next_id += 1;
         let tr = &self.transport;
         let deadline = Instant::now() + timeout;
-        let payload = proto::to_payload(&Request { id, req: body });
+        let payload = proto::to_payload(&Request {
+            id,
+            token: Some(self.token.clone()),
+            req: body,
+        });
         let frame_err = |source: FrameError| match &source {
             FrameError::Io(e)
                 if matches!(
@@ -342,6 +371,18 @@ impl AgentClient {
     pub fn stream_mut(&mut self) -> &mut Stream {
         &mut self.stream
     }
+}
+
+/// An error and its causes on one line (for the last error of a retry loop).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn placeholder_hello() -> HelloReply {

@@ -26,7 +26,8 @@ pub mod vm;
 ///
 /// Exit codes: 0 ok, 1 check failed, 2 usage or input error, 3 validation failed,
 /// 4 boot timeout, 5 regression, 6 refused by a safety rule, 7 operation failed (rolled
-/// back), 8 infrastructure error.
+/// back), 8 infrastructure error, 130 SIGINT / 143 SIGTERM (after tearing down what the
+/// command started).
 #[derive(Debug, Parser)]
 #[command(name = "vfioctl", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
@@ -150,13 +151,20 @@ fn init_logging(verbose: u8, quiet: bool) {
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
     );
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(color)
         .with_target(false)
-        .without_time()
-        .try_init();
+        .without_time();
+    // Log lines may quote the guest. With colour (a person at a terminal) tracing escapes
+    // escape sequences in messages itself; without, every control character goes through
+    // the escaping writer (into files and pipes too).
+    let _ = if color {
+        fmt.with_writer(std::io::stderr).with_ansi(true).try_init()
+    } else {
+        fmt.with_writer(|| vfioctl_common::text::TerminalWriter::new(std::io::stderr()))
+            .with_ansi(false)
+            .try_init()
+    };
 }
 
 /// The clap command (for completions, man pages and tests).
@@ -290,12 +298,14 @@ pub fn report(f: &Failure, json: bool) {
             serde_json::to_string_pretty(&v).unwrap_or_default()
         );
     } else {
-        eprintln!("error: {}", chain[0]);
+        // Errors quote the guest too (serial tails, kernel log lines): escaped.
+        use vfioctl_common::text::terminal;
+        eprintln!("error: {}", terminal(&chain[0]));
         for cause in &chain[1..] {
-            eprintln!("  caused by: {cause}");
+            eprintln!("  caused by: {}", terminal(cause));
         }
         if let Some(h) = &f.hint {
-            eprintln!("  hint: {h}");
+            eprintln!("  hint: {}", terminal(h));
         }
     }
 }
@@ -316,7 +326,15 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let _ = e.print();
+            if e.use_stderr() {
+                // clap quotes the offending argument: escaped like everything else.
+                eprint!(
+                    "{}",
+                    vfioctl_common::text::terminal(&e.render().to_string())
+                );
+            } else {
+                let _ = e.print();
+            }
             return if e.use_stderr() {
                 Exit::Usage.into()
             } else {

@@ -299,6 +299,9 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
         weights,
         host: host.clone(),
     };
+    // SIGINT/SIGTERM: running scenarios tear down, no new one starts, the reports are
+    // written for what ran, and the exit code is 130/143.
+    crate::interrupt::install()?;
     let mut backend = LabBackend::new(ctx.clone());
     backend.agent = a.agent.clone();
     let t = std::time::Instant::now();
@@ -341,6 +344,13 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
         store_history(h, &out, &r.run_id)?;
     }
     print_summary(ctx, &r, &out)?;
+    if let Some(signal) = crate::interrupt::received() {
+        return Err(crate::interrupt::Interrupted {
+            what: format!("regress (reports for what ran: {})", out.display()),
+            signal,
+        }
+        .into());
+    }
     Ok(r.exit())
 }
 

@@ -11,7 +11,7 @@ use crate::vm::ports::{self, DeviceBars, Firmware, PhysBits};
 use crate::vm::profile::{
     AccelChoice, GpuSpec, HotplugMode, PlugWhen, Profile, Ready, VsockChoice,
 };
-use crate::vm::VmError;
+use crate::vm::VmName;
 use crate::{Context, Exit, Failure};
 use vfioctl_common::{units, PciDevice};
 
@@ -39,9 +39,9 @@ pub struct UpArgs {
     #[arg(long)]
     pub profile: Option<PathBuf>,
     /// VM name: its runtime directory, QMP socket and state file (default: the
-    /// profile's, else `lab`).
+    /// profile's, else `lab`); 1-32 letters, digits, - and _.
     #[arg(long)]
-    pub name: Option<String>,
+    pub name: Option<VmName>,
     /// Device to hotplug after boot (repeatable): a host BDF or emulated:<size>.
     #[arg(long = "gpu", value_name = "BDF|emulated:SIZE")]
     pub gpus: Vec<GpuSpec>,
@@ -91,6 +91,9 @@ pub struct UpArgs {
     /// Seconds until the guest must be ready.
     #[arg(long)]
     pub boot_timeout: Option<u64>,
+    /// Ask the guest agent to allow `exec` (the image must allow it too).
+    #[arg(long)]
+    pub agent_exec: bool,
     /// Resolve everything and print the QEMU command line; start nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -100,7 +103,7 @@ pub struct UpArgs {
 pub struct DownArgs {
     /// The VM to stop.
     #[arg(default_value = "lab")]
-    pub name: String,
+    pub name: VmName,
     /// Seconds to wait for the guest to power off before `quit`.
     #[arg(long, default_value_t = 10)]
     pub timeout: u64,
@@ -110,14 +113,14 @@ pub struct DownArgs {
 pub struct NameArg {
     /// The VM.
     #[arg(default_value = "lab")]
-    pub name: String,
+    pub name: VmName,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct PlugArgs {
     /// The running VM to plug into.
     #[arg(default_value = "lab")]
-    pub name: String,
+    pub name: VmName,
     /// The device: a host BDF (bound to vfio-pci) or emulated:SIZE (the ivshmem-plain
     /// stand-in with a SIZE 64-bit prefetchable BAR).
     #[arg(long = "gpu", value_name = "BDF|emulated:SIZE")]
@@ -135,7 +138,7 @@ pub struct PlugArgs {
 pub struct UnplugArgs {
     /// The running VM to unplug from.
     #[arg(default_value = "lab")]
-    pub name: String,
+    pub name: VmName,
     /// Device id (`gpu0`) or what was plugged (`emulated:8G`, a BDF).
     #[arg(long)]
     pub id: String,
@@ -217,6 +220,9 @@ pub fn profile_from(a: &UpArgs) -> Result<Profile, Failure> {
     if let Some(r) = &a.ready {
         p.ready = Ready::parse(r).map_err(Failure::usage)?;
     }
+    if a.agent_exec {
+        p.agent_exec = true;
+    }
     if p.kernel.is_none() && p.disk.is_none() {
         p.kernel = crate::vm::profile::lab_kernel();
     }
@@ -261,9 +267,7 @@ pub fn run(ctx: &Context, c: VmCommand) -> Result<Exit, Failure> {
                     s.accel,
                     s.qemu_version.as_deref().unwrap_or("?")
                 )?;
-                if let Some(r) = &s.run_status {
-                    writeln!(o, "  QMP status: {r}")?;
-                }
+                writeln!(o, "  health: {}", s.health)?;
                 writeln!(o, "  QMP socket: {}", s.qmp_socket.display())?;
                 if let Some(a) = &s.agent {
                     writeln!(
@@ -299,10 +303,12 @@ pub fn run(ctx: &Context, c: VmCommand) -> Result<Exit, Failure> {
                 }
                 Ok(())
             })?;
-            Ok(if s.state == crate::vm::VmState::Crashed {
-                Exit::Infrastructure
-            } else {
+            // A crashed, orphaned or failed VM, or a live one that is frozen or has lost
+            // its QMP socket, is not ok.
+            Ok(if s.healthy() {
                 Exit::Ok
+            } else {
+                Exit::Infrastructure
             })
         }
         VmCommand::List => {
@@ -312,7 +318,7 @@ pub fn run(ctx: &Context, c: VmCommand) -> Result<Exit, Failure> {
                 let mut t = Table::new(&["NAME", "STATE", "PID", "ACCEL", "PLUGGED"]);
                 for r in &l {
                     t.row(vec![
-                        r.name.clone(),
+                        r.name.to_string(),
                         r.state.to_string(),
                         r.pid.map(|p| p.to_string()).unwrap_or_default(),
                         r.accel.to_string(),
@@ -343,22 +349,7 @@ pub fn run(ctx: &Context, c: VmCommand) -> Result<Exit, Failure> {
                 }
             }
             let env = env(ctx);
-            let rt = runtime()?;
-            let c = rt.block_on(async {
-                let mut rec = lifecycle::load(&env, &a.name)?;
-                if rec.state == crate::vm::VmState::Crashed {
-                    return Err(lifecycle::crashed(&rec));
-                }
-                let qmp = crate::qmp::Qmp::connect(&rec.qmp_socket, Duration::from_secs(5))
-                    .await
-                    .map_err(|source| VmError::Qmp {
-                        name: a.name.clone(),
-                        source,
-                    })?;
-                plug::plug(&env, &mut rec, &qmp, &a.gpu, a.port.as_deref())
-                    .await
-                    .map(|c| (c, rec))
-            })?;
+            let c = runtime()?.block_on(plug::plug_vm(&env, &a.name, &a.gpu, a.port.as_deref()))?;
             let (c, rec) = c;
             let p = rec.plugged.last().cloned();
             show(
@@ -393,24 +384,7 @@ pub fn run(ctx: &Context, c: VmCommand) -> Result<Exit, Failure> {
         }
         VmCommand::Unplug(a) => {
             let env = env(ctx);
-            let secs = runtime()?.block_on(async {
-                let mut rec = lifecycle::load(&env, &a.name)?;
-                let id = rec
-                    .plugged
-                    .iter()
-                    .find(|p| p.id == a.id || p.gpu == a.id)
-                    .map(|p| p.id.clone())
-                    .unwrap_or(a.id.clone());
-                let qmp = crate::qmp::Qmp::connect(&rec.qmp_socket, Duration::from_secs(5))
-                    .await
-                    .map_err(|source| VmError::Qmp {
-                        name: a.name.clone(),
-                        source,
-                    })?;
-                plug::unplug(&env, &mut rec, &qmp, &id)
-                    .await
-                    .map(|s| (id, s))
-            })?;
+            let secs = runtime()?.block_on(plug::unplug_vm(&env, &a.name, &a.id))?;
             show(
                 ctx,
                 &serde_json::json!({"vm": a.name, "unplugged": secs.0, "seconds": secs.1}),
@@ -456,6 +430,8 @@ fn up(ctx: &Context, a: UpArgs) -> Result<Exit, Failure> {
     if let (Some(w), false) = (&probe.warning, ctx.json) {
         crate::output::warn(ctx, w);
     }
+    // SIGINT/SIGTERM: stop what this command started, then exit 130/143.
+    crate::interrupt::install()?;
     let spinner = crate::output::Progress::spinner(
         ctx,
         format!(
@@ -463,7 +439,11 @@ fn up(ctx: &Context, a: UpArgs) -> Result<Exit, Failure> {
             profile.name, probe.accel, profile.boot_timeout
         ),
     );
-    let rec = runtime()?.block_on(lifecycle::up(&env, &profile));
+    let rec = runtime()?.block_on(lifecycle::up_until(
+        &env,
+        &profile,
+        crate::interrupt::wait(),
+    ));
     spinner.finish();
     let rec = rec?;
     for w in &rec.warnings {

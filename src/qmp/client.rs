@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
@@ -23,6 +23,61 @@ use super::message::{self, Event, Greeting, Message, QmpErrorReply};
 
 /// Default per-command timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest QMP line kept (QEMU 7.2's largest reply, `query-qmp-schema`, is about
+/// 200 KB). A longer line is read to its end and dropped without being stored, so a
+/// runaway or hostile peer cannot grow vfioctl's memory.
+pub const MAX_LINE: usize = 8 << 20;
+
+/// One line from QEMU.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// The text; bytes that are not UTF-8 are replaced (U+FFFD), never fatal.
+    Text(String),
+    /// A line over [`MAX_LINE`]: its length, its content dropped.
+    TooLong(usize),
+}
+
+/// Read one line of at most `max` bytes (without the newline). `None` at the end of the
+/// stream; a last line without a newline is still a line.
+pub async fn read_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<Line>> {
+    buf.clear();
+    let mut total = 0usize;
+    let mut any = false;
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            if !any {
+                return Ok(None);
+            }
+            break;
+        }
+        any = true;
+        let (chunk, used, done) = match avail.iter().position(|b| *b == b'\n') {
+            Some(i) => (&avail[..i], i + 1, true),
+            None => (avail, avail.len(), false),
+        };
+        total = total.saturating_add(chunk.len());
+        if total <= max {
+            buf.extend_from_slice(chunk);
+        } else if !buf.is_empty() {
+            buf.clear();
+            buf.shrink_to(64 * 1024);
+        }
+        r.consume(used);
+        if done {
+            break;
+        }
+    }
+    if total > max {
+        return Ok(Some(Line::TooLong(total)));
+    }
+    Ok(Some(Line::Text(String::from_utf8_lossy(buf).into_owned())))
+}
 
 /// A QMP failure, naming the command (or socket) it happened on.
 #[derive(Debug, thiserror::Error)]
@@ -149,16 +204,25 @@ impl Qmp {
         timeout: Duration,
     ) -> Result<Qmp, QmpError> {
         let (rd, writer) = stream.into_split();
-        let mut lines = BufReader::new(rd).lines();
+        let mut lines = BufReader::new(rd);
         let greet_err = |reason: String| QmpError::Greeting {
             path: path.clone(),
             reason,
         };
-        let first = tokio::time::timeout(timeout, lines.next_line())
+        let mut buf = Vec::new();
+        let first = tokio::time::timeout(timeout, read_line(&mut lines, &mut buf, MAX_LINE))
             .await
             .map_err(|_| greet_err(format!("nothing within {}s", timeout.as_secs_f64())))?
             .map_err(|e| greet_err(e.to_string()))?
             .ok_or_else(|| greet_err("connection closed".into()))?;
+        let first = match first {
+            Line::Text(t) => t,
+            Line::TooLong(n) => {
+                return Err(greet_err(format!(
+                    "a line of {n} bytes (more than {MAX_LINE}) instead of the greeting"
+                )))
+            }
+        };
         let greeting = match message::parse_line(&first) {
             Ok(Message::Greeting(g)) => g,
             Ok(other) => return Err(greet_err(format!("expected the greeting, got {other:?}"))),
@@ -354,13 +418,17 @@ pub async fn wait_event(
 }
 
 async fn read_loop(
-    mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    mut lines: BufReader<OwnedReadHalf>,
     pending: Pending,
     events: broadcast::Sender<Event>,
 ) {
+    let mut buf = Vec::new();
     let reason = loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => {
+        match read_line(&mut lines, &mut buf, MAX_LINE).await {
+            Ok(Some(Line::TooLong(n))) => {
+                tracing::warn!(target: "qmp", "dropped a line of {n} bytes from QEMU (limit {MAX_LINE})");
+            }
+            Ok(Some(Line::Text(line))) => {
                 if line.trim().is_empty() {
                     continue;
                 }
@@ -484,6 +552,72 @@ mod tests {
         // The session survived both: a second command still works.
         let v = q.execute_raw("query-status", None).await.unwrap();
         assert_eq!(v["status"], "running");
+    }
+
+    #[tokio::test]
+    async fn lines_are_capped_and_bytes_need_not_be_utf8() {
+        let mut buf = Vec::new();
+        let mut r: &[u8] = b"short\n\xff\xfe{\"a\": 1}\nxxxxxxxxxxxx\nlast";
+        assert_eq!(
+            read_line(&mut r, &mut buf, 10).await.unwrap(),
+            Some(Line::Text("short".into()))
+        );
+        assert_eq!(
+            read_line(&mut r, &mut buf, 10).await.unwrap(),
+            Some(Line::Text("\u{fffd}\u{fffd}{\"a\": 1}".into()))
+        );
+        assert_eq!(
+            read_line(&mut r, &mut buf, 10).await.unwrap(),
+            Some(Line::TooLong(12))
+        );
+        assert_eq!(
+            read_line(&mut r, &mut buf, 10).await.unwrap(),
+            Some(Line::Text("last".into()))
+        );
+        assert_eq!(read_line(&mut r, &mut buf, 10).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_huge_line_and_invalid_utf8_do_not_end_the_session() {
+        // Reproducer (issue 13): a 1.5 GB line grew vfioctl to 1.48 GB RSS, and one
+        // non-UTF-8 byte ended the session. Here: 3x MAX_LINE of garbage, then a line with
+        // bytes that are not UTF-8, then the reply; the buffer never holds the big line.
+        let (a, b) = UnixStream::pair().unwrap();
+        tokio::spawn(async move {
+            let (rd, mut wr) = b.into_split();
+            wr.write_all(format!("{GREETING}\n").as_bytes())
+                .await
+                .unwrap();
+            let mut lines = BufReader::new(rd).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                let id = serde_json::from_str::<Value>(&l).unwrap()["id"]
+                    .as_u64()
+                    .unwrap();
+                let chunk = vec![b'x'; 1 << 20];
+                for _ in 0..((3 * MAX_LINE) >> 20) {
+                    if wr.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                wr.write_all(b"\n{\"event\": \"X\xff\xfe\", \"data\": {}}\n")
+                    .await
+                    .unwrap();
+                wr.write_all(format!("{{\"return\": {{}}, \"id\": {id}}}\n").as_bytes())
+                    .await
+                    .unwrap();
+            }
+        });
+        let q = Qmp::handshake(a, "fake".into(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        let mut rx = q.subscribe();
+        q.execute_raw("query-status", None).await.unwrap();
+        let e = rx.recv().await.unwrap();
+        assert!(
+            e.name.starts_with('X') && e.name.contains('\u{fffd}'),
+            "{e:?}"
+        );
+        assert!(!q.is_closed());
     }
 
     #[tokio::test]

@@ -117,18 +117,25 @@ pub fn run_scenario<B: Backend>(
             dir,
         };
         let t = Instant::now();
-        let r = catch_unwind(AssertUnwindSafe(|| backend.step(&mut session, step, &ctx)))
-            .unwrap_or_else(|p| {
-                let what = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(StepFailure::new(
-                    Exit::Infrastructure,
-                    format!("{step} panicked: {what}"),
-                ))
-            });
+        // SIGINT/SIGTERM: no forward step starts any more; teardown still runs.
+        let r = match crate::interrupt::received().filter(|_| !ctx.cleanup) {
+            Some(sig) => Err(StepFailure::new(
+                sig.exit(),
+                format!("stopped by {sig} before {step}"),
+            )),
+            None => catch_unwind(AssertUnwindSafe(|| backend.step(&mut session, step, &ctx)))
+                .unwrap_or_else(|p| {
+                    let what = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err(StepFailure::new(
+                        Exit::Infrastructure,
+                        format!("{step} panicked: {what}"),
+                    ))
+                }),
+        };
         let ms = t.elapsed().as_millis() as u64;
         let (status, note, failure) = match r {
             Ok(note) => (StepStatus::Ok, note, None),
@@ -229,10 +236,15 @@ pub fn run_plan<B: Backend>(
                     return;
                 };
                 let sc = &plan.scenarios[runnable[j]];
-                let dir = opts.out.join("scenarios").join(&sc.name);
-                let _ = std::fs::create_dir_all(&dir);
-                progress(Event::Started { scenario: &sc.name });
-                let r = run_scenario(backend, sc, &dir, run_start, progress);
+                let r = if let Some(sig) = crate::interrupt::received() {
+                    // Stopped: the scenarios not started yet are reported as such.
+                    ScenarioResult::skipped(sc, format!("not started: stopped by {sig}"))
+                } else {
+                    let dir = opts.out.join("scenarios").join(&sc.name);
+                    let _ = std::fs::create_dir_all(&dir);
+                    progress(Event::Started { scenario: &sc.name });
+                    run_scenario(backend, sc, &dir, run_start, progress)
+                };
                 progress(Event::Finished { result: &r });
                 slots.lock().unwrap_or_else(|e| e.into_inner())[runnable[j]] = Some(r);
                 sched.lock().unwrap_or_else(|e| e.into_inner()).done(j);

@@ -95,37 +95,18 @@ impl Suite {
     }
 }
 
-/// Escape text for an XML body; drops the characters XML 1.0 cannot carry at all
-/// (control characters other than tab and line breaks, U+FFFE, U+FFFF), so guest text
-/// with terminal escapes stays well-formed.
+/// Escape text for an XML body: the shared escaper (`vfioctl_common::text::xml`), which
+/// writes the characters XML 1.0 cannot carry at all (control characters other than tab and
+/// line breaks, U+FFFE, U+FFFF) visibly as `\x1b`, so guest text with terminal escapes stays
+/// well-formed and still shows what the guest sent.
 pub fn esc(s: &str) -> String {
-    escape(s, false)
+    vfioctl_common::text::xml(s)
 }
 
 /// Escape text for an XML attribute value: as [`esc`], and line breaks and tabs as
 /// character references, which attribute-value normalization leaves alone.
 pub fn esc_attr(s: &str) -> String {
-    escape(s, true)
-}
-
-fn escape(s: &str, attr: bool) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&apos;"),
-            '\n' if attr => o.push_str("&#10;"),
-            '\r' if attr => o.push_str("&#13;"),
-            '\t' if attr => o.push_str("&#9;"),
-            '\t' | '\n' | '\r' => o.push(c),
-            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => {}
-            c => o.push(c),
-        }
-    }
-    o
+    vfioctl_common::text::xml_attr(s)
 }
 
 /// Seconds with millisecond precision, as the schema's `SUREFIRE_TIME` allows.
@@ -385,9 +366,12 @@ mod tests {
     fn escapes_markup_and_control_characters() {
         assert_eq!(
             esc("a<b>&\"c'\u{1b}[0m\n"),
-            "a&lt;b&gt;&amp;&quot;c&apos;[0m\n"
+            "a&lt;b&gt;&amp;&quot;c&apos;\\x1b[0m\n"
         );
-        assert_eq!(esc_attr("one\ntwo\tthree\u{1}"), "one&#10;two&#9;three");
+        assert_eq!(
+            esc_attr("one\ntwo\tthree\u{1}"),
+            "one&#10;two&#9;three\\x01"
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::bind;
 use crate::qmp::Qmp;
 use crate::rootfs::{self, agent_bin, BuildOptions};
 use crate::vm::profile::{lab_kernel, DeviceEntry, GpuSpec, PlugWhen, Profile, Ready};
-use crate::vm::{lifecycle, plug, process, Env, Firmware as VmFirmware, VmError, VmRecord};
+use crate::vm::{lifecycle, plug, process, Env, Firmware as VmFirmware, VmError, VmName, VmRecord};
 use crate::{Context, Exit, Failure};
 
 /// A host device picked by a scenario, with its IOMMU group.
@@ -317,17 +317,13 @@ impl LabSession {
     }
 
     fn agent(&self, limit: Duration) -> Result<AgentClient, StepFailure> {
-        let t = self
-            .rec
-            .as_ref()
-            .and_then(|r| r.agent.as_ref())
-            .ok_or_else(|| {
-                fail(
-                    Exit::Infrastructure,
-                    "the VM has no agent transport (no vsock)",
-                )
-            })?;
-        AgentClient::connect(t, limit).map_err(|e| vm_logs(from_diag(e), self.rec.as_ref()))
+        let rec = self.rec.as_ref().ok_or_else(|| {
+            fail(
+                Exit::Infrastructure,
+                "the VM has no agent transport (no vsock)",
+            )
+        })?;
+        crate::vm::guest::connect(rec, limit).map_err(|e| vm_logs(from_diag(e), self.rec.as_ref()))
     }
 
     fn keep_logs(&self) {
@@ -364,6 +360,8 @@ impl LabBackend {
                 ready: Ready::Agent,
                 boot_timeout: limit.as_secs().max(1),
                 qemu_args: nested::l1_qemu_args(),
+                // L1 runs its script through the agent's exec (the image allows it too).
+                agent_exec: true,
                 ..Profile::default()
             });
         }
@@ -594,7 +592,8 @@ impl Backend for LabBackend {
                         step,
                         ctx.timeout,
                         Exit::BootTimeout,
-                        lifecycle::up(&env, &profile),
+                        // SIGINT/SIGTERM: vm up kills what it started itself.
+                        lifecycle::up_until(&env, &profile, crate::interrupt::wait()),
                     )?;
                     match r {
                         Ok(rec) => {
@@ -604,11 +603,15 @@ impl Backend for LabBackend {
                         Err(e @ VmError::HelperDied { .. }) if retried.is_none() => {
                             retried =
                                 Some(e.to_string().lines().next().unwrap_or_default().to_string());
-                            let _ = s.block_on(lifecycle::down(&env, &sc.name, Duration::ZERO));
+                            if let Ok(n) = VmName::new(&sc.name) {
+                                let _ = s.block_on(lifecycle::down(&env, &n, Duration::ZERO));
+                            }
                         }
                         Err(e) => {
                             // Keep the failed VM's record for logs and for vm-down.
-                            s.rec = lifecycle::load(&env, &sc.name).ok();
+                            s.rec = VmName::new(&sc.name)
+                                .ok()
+                                .and_then(|n| lifecycle::load(&env, &n).ok());
                             return Err(vm_logs(from_diag(e), s.rec.as_ref()));
                         }
                     }
@@ -803,12 +806,13 @@ impl Backend for LabBackend {
                 let Some(env) = s.env.clone() else {
                     return Ok(Some("no VM was started".into()));
                 };
+                let name = VmName::new(&sc.name).map_err(from_diag)?;
                 let r = s
                     .timed(
                         step,
                         ctx.timeout,
                         Exit::Infrastructure,
-                        lifecycle::down(&env, &sc.name, Duration::ZERO),
+                        lifecycle::down(&env, &name, Duration::ZERO),
                     )?
                     .map_err(from_diag)?;
                 Ok(Some(r.steps.join("; ")))

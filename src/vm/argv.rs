@@ -35,11 +35,17 @@ pub struct Launch {
     pub qmp_socket: PathBuf,
     pub serial_log: PathBuf,
     pub pid_file: PathBuf,
+    /// The agent secret's file, handed to the guest as fw_cfg `opt/vfioctl/token`.
+    pub agent_token: Option<PathBuf>,
+    /// The VM asks the agent for `exec` (fw_cfg `opt/vfioctl/exec`); the image must allow
+    /// it too.
+    pub agent_exec: bool,
     pub extra: Vec<String>,
 }
 
+/// A path inside a QEMU option value: QEMU's option syntax doubles a comma.
 fn p(x: &std::path::Path) -> String {
-    x.display().to_string()
+    x.display().to_string().replace(',', ",,")
 }
 
 /// The argument vector (argv[0] is the QEMU binary).
@@ -120,6 +126,18 @@ pub fn qemu_argv(l: &Launch) -> Vec<String> {
             &format!("name=opt/ovmf/X-PciMmio64Mb,string={mb}"),
         ]);
     }
+    if let Some(t) = &l.agent_token {
+        push(&[
+            "-fw_cfg",
+            &format!("name={},file={}", vfioctl_common::proto::TOKEN_FW_CFG, p(t)),
+        ]);
+    }
+    if l.agent_exec {
+        push(&[
+            "-fw_cfg",
+            &format!("name={},string=1", vfioctl_common::proto::EXEC_FW_CFG),
+        ]);
+    }
     for port in &l.plan.ports {
         push(&["-device", &port.qemu_device()]);
     }
@@ -192,6 +210,8 @@ mod tests {
             qmp_socket: "/run/vfioctl/lab/qmp.sock".into(),
             serial_log: "/run/vfioctl/lab/serial.log".into(),
             pid_file: "/run/vfioctl/lab/qemu.pid".into(),
+            agent_token: Some("/run/vfioctl/lab/agent.token".into()),
+            agent_exec: false,
             extra: Vec::new(),
         }
     }
@@ -227,6 +247,7 @@ mod tests {
             &[gpu],
         );
         l.hotplug = HotplugMode::Native;
+        l.agent_exec = true;
         l.cold.push(PlugSpec {
             id: "gpu0".into(),
             port: "rp0".into(),
@@ -235,5 +256,22 @@ mod tests {
             },
         });
         insta::assert_snapshot!(qemu_argv(&l).join("\n"));
+    }
+
+    #[test]
+    fn commas_in_paths_are_doubled_for_qemu() {
+        let mut l = launch(Firmware::Seabios, Accel::Tcg, VsockBackend::None, &[]);
+        l.agent_token = Some("/run/a,b/lab/agent.token".into());
+        l.qmp_socket = "/run/a,b/lab/qmp.sock".into();
+        let a = qemu_argv(&l);
+        assert!(
+            a.contains(&"name=opt/vfioctl/token,file=/run/a,,b/lab/agent.token".to_string()),
+            "{a:?}"
+        );
+        assert!(
+            a.contains(&"unix:/run/a,,b/lab/qmp.sock,server=on,wait=off".to_string()),
+            "{a:?}"
+        );
+        assert!(!a.iter().any(|x| x.contains("opt/vfioctl/exec")));
     }
 }

@@ -1,47 +1,35 @@
 //! `vm up`, `vm down`, `vm status`, `vm list`: the VM lifecycle on top of the state
 //! machine in [`super::state`].
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use vfioctl_common::{PciDevice, SysRoot};
+use vfioctl_common::proto::Token;
+use vfioctl_common::PciDevice;
 
 use super::accel::{self, Accel};
 use super::argv::{qemu_argv, Launch};
 use super::devices::PlugSpec;
 use super::error::VmError;
 use super::evidence;
+use super::guest;
+use super::liveness;
 use super::plug;
 use super::ports::{self, DeviceBars, PhysBits};
 use super::process;
 use super::profile::{GpuSpec, PlugWhen, Profile, Ready};
-use super::state::{self, VmRecord, VmState};
+use super::rundir::{LockError, NameLock, Ownership, RunDir, VmName};
+use super::state::{self, Starter, VmRecord, VmState};
 use super::vsock::{self, VsockBackend};
 use crate::agent::AgentClient;
-use crate::qmp::Qmp;
+use crate::interrupt::Signal;
+use crate::qmp::{Qmp, QmpError};
 use vfioctl_common::proto::PowerAction;
 
-/// Where VMs live and how the host is reached.
-#[derive(Clone, Debug)]
-pub struct Env {
-    /// Host root for sysfs/dev reads (`--root`).
-    pub root: SysRoot,
-    /// Runtime base directory (see [`state::run_base`]).
-    pub base: PathBuf,
-}
-
-impl Env {
-    pub fn host() -> Env {
-        Env {
-            root: SysRoot::host(),
-            base: state::run_base(),
-        }
-    }
-    pub fn run_dir(&self, name: &str) -> PathBuf {
-        self.base.join(name)
-    }
-}
+pub use super::liveness::{crashed, processes, qemu_alive, qemu_marker};
+pub use super::rundir::Env;
 
 fn now_unix() -> f64 {
     SystemTime::now()
@@ -50,47 +38,11 @@ fn now_unix() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The marker QEMU's command line carries (`-name vfioctl-NAME`), to recognise our pid.
-pub fn qemu_marker(rec: &VmRecord) -> String {
-    format!("vfioctl-{},", rec.name)
-}
-
-fn backend_marker(rec: &VmRecord) -> String {
-    rec.run_dir.join("vhost-vsock.sock").display().to_string()
-}
-
-/// Every process of the VM with its liveness marker.
-pub fn processes(rec: &VmRecord) -> Vec<(u32, String)> {
-    let mut v = Vec::new();
-    if let Some(p) = rec.pid {
-        v.push((p, qemu_marker(rec)));
-    }
-    if let Some(p) = rec.vsock_backend_pid {
-        v.push((p, backend_marker(rec)));
-    }
-    v
-}
-
-pub fn qemu_alive(rec: &VmRecord) -> bool {
-    rec.pid
-        .is_some_and(|p| process::alive(p, &qemu_marker(rec)))
-}
-
-/// The crash report for a VM whose QEMU is gone.
-pub fn crashed(rec: &VmRecord) -> VmError {
-    let status = rec
-        .pid
-        .and_then(process::exit_status)
-        .unwrap_or_else(|| "no longer running".into());
-    VmError::Crashed {
-        name: rec.name.clone(),
-        status,
-        stderr: process::tail_file(&rec.qemu_stderr, 20),
-        serial: process::tail_file(&rec.serial_log, 30),
-    }
-}
-
-fn io_err(name: &str, what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmError {
+fn io_err(
+    name: &VmName,
+    what: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> VmError {
     let (name, path) = (name.to_string(), path.to_path_buf());
     move |source| VmError::Io {
         name,
@@ -105,19 +57,57 @@ fn save(rec: &VmRecord) -> Result<(), VmError> {
         .map_err(io_err(&rec.name, "writing state", &rec.state_file()))
 }
 
-/// Load a VM's record and bring its state up to date: a QEMU that died on its own is
-/// `crashed` from now on.
-pub fn load(env: &Env, name: &str) -> Result<VmRecord, VmError> {
-    let dir = env.run_dir(name);
-    if !dir.join(state::STATE_FILE).exists() {
-        return Err(VmError::NoSuchVm {
-            name: name.into(),
-            run_dir: dir,
-        });
+/// An error and its causes on one line, for the step notes of `vm down`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
     }
-    let mut rec = VmRecord::load(&dir).map_err(io_err(name, "reading state", &dir))?;
-    if rec.state.expects_running() && !qemu_alive(&rec) {
-        rec.transition(VmState::Crashed)?;
+    s
+}
+
+/// Take the per-name lock for `op`, or say who holds it.
+pub fn lock(rd: &RunDir, op: &str) -> Result<NameLock, VmError> {
+    rd.lock(op).map_err(|e| match e {
+        LockError::Busy { holder } => VmError::Busy {
+            name: rd.name().to_string(),
+            holder,
+        },
+        LockError::Io(path, source) => VmError::Io {
+            name: rd.name().to_string(),
+            what: "opening the lock",
+            path,
+            source,
+        },
+    })
+}
+
+/// The run directory of `name`, which must be one vfioctl made.
+fn our_dir(env: &Env, name: &VmName) -> Result<RunDir, VmError> {
+    let rd = env.run_dir(name);
+    match rd.ownership() {
+        Ownership::Ours => Ok(rd),
+        Ownership::Absent => Err(VmError::NoSuchVm {
+            name: name.to_string(),
+            run_dir: rd.path().into(),
+        }),
+        Ownership::Foreign(reason) => Err(VmError::NotOurs {
+            name: name.to_string(),
+            path: rd.path().into(),
+            reason,
+        }),
+    }
+}
+
+/// Load a VM's record and bring its state up to date: a QEMU that died on its own is
+/// `crashed`, a VM whose `vm up` died before it was ready `orphaned`, from now on.
+pub fn load(env: &Env, name: &VmName) -> Result<VmRecord, VmError> {
+    let rd = our_dir(env, name)?;
+    let mut rec = VmRecord::load(&rd).map_err(io_err(name, "reading state", &rd.state_file()))?;
+    if liveness::refresh(&mut rec)? {
         save(&rec)?;
     }
     Ok(rec)
@@ -158,15 +148,23 @@ pub fn find_program(p: &Path) -> PathBuf {
 /// Everything `vm up` decides before starting anything (also `vm up --dry-run`).
 pub fn prepare(env: &Env, profile: &Profile) -> Result<(Launch, VmRecord), VmError> {
     profile.validate()?;
-    let name = profile.name.clone();
-    let run_dir = env.run_dir(&name);
+    let name = VmName::new(&profile.name)?;
+    let rd = env.run_dir(&name);
+    let longest = rd.longest_socket_path();
+    if longest > 107 {
+        return Err(VmError::SocketPathTooLong {
+            name: name.to_string(),
+            path: rd.vhost_socket(),
+            len: longest,
+        });
+    }
     let probe = accel::probe(
         &env.root,
         &profile.qemu,
         profile.kernel.as_deref(),
         profile.accel,
     )?;
-    let mut rec = VmRecord::new(&name, &run_dir);
+    let mut rec = VmRecord::new(&rd);
     if let Some(w) = &probe.warning {
         rec.warnings.push(w.clone());
     }
@@ -181,17 +179,17 @@ pub fn prepare(env: &Env, profile: &Profile) -> Result<(Launch, VmRecord), VmErr
     let backend = vsock::choose(
         profile.vsock,
         vsock::vhost_vsock_usable(&env.root),
-        &run_dir,
+        &rd,
         &used,
     )
     .map_err(|reason| VmError::Vsock {
-        name: name.clone(),
+        name: name.to_string(),
         reason,
     })?;
     let gpus = profile.gpus()?;
     let bars = gpus
         .iter()
-        .map(|(g, _)| device_bars(env, &name, g))
+        .map(|(g, _)| device_bars(env, name.as_str(), g))
         .collect::<Result<Vec<_>, _>>()?;
     let memory = profile.memory_bytes()?;
     let cpu = match probe.accel {
@@ -215,8 +213,9 @@ pub fn prepare(env: &Env, profile: &Profile) -> Result<(Launch, VmRecord), VmErr
             gpu: g.clone(),
         })
         .collect();
+    let agent = backend.transport(profile.agent_port);
     let launch = Launch {
-        name: name.clone(),
+        name: name.to_string(),
         qemu: profile.qemu.clone(),
         accel: probe.accel,
         vcpus: profile.vcpus,
@@ -227,14 +226,16 @@ pub fn prepare(env: &Env, profile: &Profile) -> Result<(Launch, VmRecord), VmErr
         cmdline: profile.cmdline.clone(),
         firmware: profile.firmware,
         ovmf_code: profile.ovmf_code.clone(),
-        ovmf_vars: run_dir.join("OVMF_VARS.fd"),
+        ovmf_vars: rd.ovmf_vars(),
         hotplug: profile.hotplug,
         plan,
         vsock: backend.clone(),
         cold,
-        qmp_socket: rec.qmp_socket.clone(),
-        serial_log: rec.serial_log.clone(),
-        pid_file: run_dir.join("qemu.pid"),
+        qmp_socket: rd.qmp_socket(),
+        serial_log: rd.serial_log(),
+        pid_file: rd.qemu_pid(),
+        agent_token: agent.as_ref().map(|_| rd.token_file()),
+        agent_exec: profile.agent_exec,
         extra: profile.qemu_args.clone(),
     };
     rec.argv = qemu_argv(&launch);
@@ -244,7 +245,7 @@ pub fn prepare(env: &Env, profile: &Profile) -> Result<(Launch, VmRecord), VmErr
     rec.hotplug = profile.hotplug;
     rec.ports = launch.plan.ports.clone();
     rec.vsock = backend.clone();
-    rec.agent = backend.transport(profile.agent_port);
+    rec.agent = agent;
     Ok((launch, rec))
 }
 
@@ -252,33 +253,68 @@ pub fn prepare(env: &Env, profile: &Profile) -> Result<(Launch, VmRecord), VmErr
 /// and confirmed. On failure the processes are gone and the runtime directory is kept
 /// (state `failed`, logs inside) until `vm down`.
 pub async fn up(env: &Env, profile: &Profile) -> Result<VmRecord, VmError> {
-    let name = profile.name.clone();
-    let run_dir = env.run_dir(&name);
-    if run_dir.exists() {
-        match load(env, &name) {
+    up_until(env, profile, std::future::pending()).await
+}
+
+/// [`up`] that gives up when `stop` completes (SIGINT/SIGTERM in the command line): the
+/// processes it started are killed and reaped, the state says `failed`, and the error is
+/// [`VmError::Interrupted`] (exit 130/143).
+///
+/// One `vm up`, `down`, `plug` or `unplug` per name at a time: a second `vm up` of the
+/// same name fails at once with [`VmError::Busy`] naming the first.
+pub async fn up_until(
+    env: &Env,
+    profile: &Profile,
+    stop: impl Future<Output = Signal>,
+) -> Result<VmRecord, VmError> {
+    profile.validate()?;
+    let name = VmName::new(&profile.name)?;
+    let rd = env.run_dir(&name);
+    let _lock = lock(&rd, "vm up")?;
+    match rd.ownership() {
+        Ownership::Absent => {}
+        Ownership::Foreign(reason) => {
+            return Err(VmError::NotOurs {
+                name: name.to_string(),
+                path: rd.path().into(),
+                reason,
+            })
+        }
+        Ownership::Ours => match load(env, &name) {
             Ok(r) if qemu_alive(&r) => {
                 return Err(VmError::AlreadyRunning {
-                    name,
+                    name: name.to_string(),
                     state: r.state.to_string(),
                     pid: r.pid.unwrap_or(0),
                 })
             }
+            // A leftover from a crash or a failed start: clean it up first.
             _ => {
-                // A leftover from a crash or a failed start: clean it up first.
-                down(env, &name, Duration::ZERO).await?;
+                down_locked(env, &rd, Duration::ZERO).await?;
             }
-        }
+        },
     }
     let (launch, mut rec) = prepare(env, profile)?;
     for w in &rec.warnings {
         // Carried in the record (the CLI prints them); logged for library users at info.
         tracing::info!("{w}");
     }
-    state::make_private_dir(&env.base).map_err(io_err(&name, "creating", &env.base))?;
-    state::make_private_dir(&run_dir).map_err(io_err(&name, "creating", &run_dir))?;
+    rd.create().map_err(io_err(&name, "creating", rd.path()))?;
+    rec.starter = Starter::me();
+    let token =
+        rd.write_token()
+            .map_err(io_err(&name, "writing the agent secret", &rd.token_file()))?;
     save(&rec)?;
-    match boot(env, profile, &launch, &mut rec).await {
-        Ok(()) => Ok(rec),
+    let booted = tokio::select! {
+        r = boot(env, profile, &launch, &mut rec, &token) => r,
+        signal = stop => Err(VmError::Interrupted { name: name.to_string(), op: "vm up", signal }),
+    };
+    match booted {
+        Ok(()) => {
+            rec.starter = None;
+            save(&rec)?;
+            Ok(rec)
+        }
         Err(e) => {
             let left = process::kill_group(rec.pgid, &processes(&rec), Duration::from_secs(2));
             if !left.is_empty() {
@@ -287,6 +323,7 @@ pub async fn up(env: &Env, profile: &Profile) -> Result<VmRecord, VmError> {
             if rec.state != VmState::Crashed {
                 let _ = rec.transition(VmState::Failed);
             }
+            rec.starter = None;
             let _ = rec.save();
             Err(e)
         }
@@ -298,16 +335,30 @@ async fn boot(
     profile: &Profile,
     launch: &Launch,
     rec: &mut VmRecord,
+    token: &Token,
 ) -> Result<(), VmError> {
-    let name = rec.name.clone();
+    let name = rec.name.to_string();
+    let rd = rec.rundir();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(profile.boot_timeout);
     if launch.firmware == ports::Firmware::Ovmf {
         std::fs::copy(&profile.ovmf_vars, &launch.ovmf_vars).map_err(io_err(
-            &name,
+            &rec.name,
             "copying OVMF vars",
             &profile.ovmf_vars,
         ))?;
+    }
+    // QEMU creates the serial log with the umask's mode; made first, it keeps 0600.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&rec.serial_log)
+            .map_err(io_err(&rec.name, "creating", &rec.serial_log))?;
     }
     rec.transition(VmState::Booting)?;
     let mut pgid = 0;
@@ -315,7 +366,7 @@ async fn boot(
         .vsock
         .backend_argv(&find_program(&profile.vhost_device_vsock))
     {
-        let log = rec.run_dir.join("vhost-device-vsock.log");
+        let log = rd.vsock_log();
         let pid = process::spawn(&argv, 0, &log).map_err(|source| VmError::Spawn {
             name: name.clone(),
             program: argv[0].clone(),
@@ -325,10 +376,10 @@ async fn boot(
         pgid = pid as i32;
         rec.pgid = Some(pgid);
         save(rec)?;
-        let sock = rec.run_dir.join("vhost-vsock.sock");
+        let sock = rd.vhost_socket();
         // The backend creates its socket before QEMU may connect to it.
         while !sock.exists() {
-            if !process::alive(pid, &backend_marker(rec)) {
+            if !liveness::backend_alive(rec) {
                 return Err(VmError::HelperDied {
                     name,
                     program: argv[0].clone(),
@@ -344,6 +395,10 @@ async fn boot(
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // vhost-device-vsock makes its sockets with the umask's mode: only root (and
+        // QEMU, which runs as the same user) may connect to the guest through them.
+        private_socket(&sock);
+        private_socket(&rd.vsock_uds());
     }
     let pid =
         process::spawn(&rec.argv, pgid, &rec.qemu_stderr).map_err(|source| VmError::Spawn {
@@ -369,16 +424,21 @@ async fn boot(
                     return Err(crashed(rec));
                 }
                 if Instant::now() > deadline {
-                    return Err(VmError::Qmp { name, source: e });
+                    return Err(VmError::Qmp {
+                        name,
+                        what: format!("connecting to {}", rec.qmp_socket.display()),
+                        source: e,
+                    });
                 }
             }
         }
     };
+    private_socket(&rec.qmp_socket);
     let v = &qmp.greeting().version;
     rec.qemu_version = Some(format!("{}.{}.{}", v.major, v.minor, v.micro));
     save(rec)?;
 
-    wait_ready(profile, rec, deadline, start).await?;
+    wait_ready(profile, rec, token, deadline, start).await?;
     rec.boot_seconds = Some(start.elapsed().as_secs_f64());
     rec.transition(VmState::Ready)?;
     save(rec)?;
@@ -409,9 +469,22 @@ async fn boot(
     Ok(())
 }
 
+/// Narrow a unix socket QEMU or vhost-device-vsock made to 0600 (they follow the umask).
+/// The run directory is 0700 already; this is the second wall.
+fn private_socket(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if m.file_type().is_socket() {
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+    }
+}
+
 async fn wait_ready(
     profile: &Profile,
     rec: &mut VmRecord,
+    token: &Token,
     deadline: Instant,
     start: Instant,
 ) -> Result<(), VmError> {
@@ -427,7 +500,7 @@ async fn wait_ready(
             }
             if Instant::now() > deadline {
                 return Err(VmError::BootTimeout {
-                    name: rec.name.clone(),
+                    name: rec.name.to_string(),
                     secs: deadline.duration_since(start).as_secs(),
                     what: format!("serial marker {marker:?}"),
                     serial: process::tail_file(&rec.serial_log, 30),
@@ -438,7 +511,7 @@ async fn wait_ready(
         Ready::Agent => {
             let Some(t) = rec.agent.clone() else {
                 return Err(VmError::NoAgent {
-                    name: rec.name.clone(),
+                    name: rec.name.to_string(),
                 });
             };
             // Connect with retries in short slices so a QEMU that dies meanwhile is
@@ -451,14 +524,25 @@ async fn wait_ready(
                 let slice = left
                     .min(Duration::from_secs(3))
                     .max(Duration::from_millis(100));
-                let tt = t.clone();
-                let r = tokio::task::spawn_blocking(move || AgentClient::connect(&tt, slice))
+                let (tt, tok) = (t.clone(), token.clone());
+                let r = tokio::task::spawn_blocking(move || AgentClient::connect(&tt, &tok, slice))
                     .await
                     .expect("agent connect task");
                 match r {
                     Ok(c) => {
                         rec.guest = Some(c.hello_info().clone());
                         return Ok(());
+                    }
+                    // Not our protocol, or the secret refused: waiting will not help.
+                    Err(
+                        e @ (crate::agent::ClientError::Agent { .. }
+                        | crate::agent::ClientError::Frame { .. }
+                        | crate::agent::ClientError::Protocol { .. }),
+                    ) => {
+                        return Err(VmError::Agent {
+                            name: rec.name.to_string(),
+                            source: Box::new(e),
+                        })
                     }
                     Err(e) => {
                         if !qemu_alive(rec) {
@@ -467,9 +551,9 @@ async fn wait_ready(
                         }
                         if Instant::now() >= deadline {
                             return Err(VmError::BootTimeout {
-                                name: rec.name.clone(),
+                                name: rec.name.to_string(),
                                 secs: deadline.duration_since(start).as_secs(),
-                                what: format!("the guest agent at {t} ({e})"),
+                                what: format!("the guest agent at {t} ({})", chain(&e)),
                                 serial: process::tail_file(&rec.serial_log, 30),
                             });
                         }
@@ -491,48 +575,94 @@ pub struct DownReport {
 
 /// Stop the VM: unplug hot-plugged devices, `system_powerdown` (waiting up to
 /// `powerdown`), `quit`, then kill the process group; remove the runtime directory.
-/// Idempotent: a VM that does not exist is already down.
-pub async fn down(env: &Env, name: &str, powerdown: Duration) -> Result<DownReport, VmError> {
-    let dir = env.run_dir(name);
+/// Idempotent: a VM that does not exist is already down. Only a run directory vfioctl
+/// made (its marker, directly under the base, not a symlink) is ever removed; anything
+/// else at that path is refused with [`VmError::NotOurs`].
+pub async fn down(env: &Env, name: &VmName, powerdown: Duration) -> Result<DownReport, VmError> {
+    let rd = env.run_dir(name);
+    match rd.ownership() {
+        Ownership::Absent => {
+            return Ok(DownReport {
+                name: name.to_string(),
+                was: None,
+                steps: vec!["not running".into()],
+            })
+        }
+        Ownership::Foreign(reason) => {
+            return Err(VmError::NotOurs {
+                name: name.to_string(),
+                path: rd.path().into(),
+                reason,
+            })
+        }
+        Ownership::Ours => {}
+    }
+    let _lock = lock(&rd, "vm down")?;
+    down_locked(env, &rd, powerdown).await
+}
+
+/// [`down`] with the name's lock already held.
+async fn down_locked(env: &Env, rd: &RunDir, powerdown: Duration) -> Result<DownReport, VmError> {
+    let name = rd.name();
     let mut report = DownReport {
-        name: name.into(),
+        name: name.to_string(),
         was: None,
         steps: Vec::new(),
     };
-    if !dir.exists() {
-        report.steps.push("not running".into());
-        return Ok(report);
-    }
+    let remove = |report: &mut DownReport| -> Result<(), VmError> {
+        match rd.remove() {
+            Ok(_) => {
+                report
+                    .steps
+                    .push(format!("removed {}", rd.path().display()));
+                Ok(())
+            }
+            Err(o) => Err(VmError::NotOurs {
+                name: name.to_string(),
+                path: rd.path().into(),
+                reason: match o {
+                    Ownership::Foreign(r) => r,
+                    Ownership::Absent | Ownership::Ours => {
+                        "it changed while vfioctl stopped the VM".into()
+                    }
+                },
+            }),
+        }
+    };
     let mut rec = match load(env, name) {
         Ok(r) => r,
-        Err(_) => {
-            // A directory without a readable state: nothing we started can be found.
-            std::fs::remove_dir_all(&dir).map_err(io_err(name, "removing", &dir))?;
+        Err(e) => {
+            // Our directory without a readable state: nothing we started can be found.
             report
                 .steps
-                .push("removed a runtime directory without state".into());
+                .push(format!("no readable state ({})", chain(&e)));
+            remove(&mut report)?;
             return Ok(report);
         }
     };
     report.was = Some(rec.state);
-    if rec.state != VmState::Stopping {
+    if !matches!(rec.state, VmState::Stopping | VmState::Stopped) {
         rec.transition(VmState::Stopping)?;
+        save(&rec)?;
     }
-    save(&rec)?;
     if qemu_alive(&rec) {
         match Qmp::connect(&rec.qmp_socket, Duration::from_secs(5)).await {
             Ok(qmp) => {
                 for p in rec.plugged.clone().iter().filter(|p| !p.cold) {
                     match plug::unplug(env, &mut rec, &qmp, &p.id).await {
                         Ok(_) => report.steps.push(format!("unplugged {} ({})", p.id, p.gpu)),
-                        Err(e) => report.steps.push(format!("unplug {} failed: {e}", p.id)),
+                        Err(e) => {
+                            report
+                                .steps
+                                .push(format!("unplug {} failed: {}", p.id, chain(&e)))
+                        }
                     }
                 }
                 if !powerdown.is_zero() && rec.ready == Ready::Agent {
-                    if let Some(t) = rec.agent.clone() {
+                    if let Ok((t, token)) = guest::access(&rec) {
                         // The agent powers the guest off cleanly; with -no-reboot QEMU exits.
                         let asked = tokio::task::spawn_blocking(move || {
-                            AgentClient::connect(&t, Duration::from_secs(3))
+                            AgentClient::connect(&t, &token, Duration::from_secs(3))
                                 .and_then(|c| c.shutdown(PowerAction::Poweroff))
                         })
                         .await;
@@ -558,21 +688,97 @@ pub async fn down(env: &Env, name: &str, powerdown: Duration) -> Result<DownRepo
                     }
                 }
             }
-            Err(e) => report.steps.push(format!("QMP unreachable ({e}); killing")),
+            Err(e) => report
+                .steps
+                .push(format!("QMP unreachable ({}); killing", chain(&e))),
         }
     }
     let left = process::kill_group(rec.pgid, &processes(&rec), Duration::from_secs(3));
     if !left.is_empty() {
         return Err(VmError::Leftover {
-            name: name.into(),
+            name: name.to_string(),
             pids: left,
         });
     }
     report.steps.push("no process left".into());
-    rec.transition(VmState::Stopped)?;
-    std::fs::remove_dir_all(&dir).map_err(io_err(name, "removing", &dir))?;
-    report.steps.push(format!("removed {}", dir.display()));
+    if rec.state != VmState::Stopped {
+        rec.transition(VmState::Stopped)?;
+    }
+    remove(&mut report)?;
     Ok(report)
+}
+
+/// What QMP says about a running VM: `vm status` does not report a VM `ready` on the word
+/// of its state file alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Health {
+    /// QEMU answered `query-status`: its run state (`running`, `paused`, ...).
+    Answering { run_status: String },
+    /// QEMU's process is stopped (SIGSTOP or a debugger): it runs nothing, answers nothing.
+    Frozen,
+    /// The QMP socket is gone or refuses connections.
+    QmpDead { reason: String },
+    /// QMP accepted the connection but did not greet or answer in time.
+    QmpSilent { reason: String },
+    /// No QEMU process.
+    NotRunning,
+}
+
+impl Health {
+    /// A VM in this health can be used.
+    pub fn usable(&self) -> bool {
+        matches!(self, Health::Answering { run_status } if run_status == "running")
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Health::Answering { run_status } => write!(f, "QMP answers: {run_status}"),
+            Health::Frozen => f.write_str("QEMU is stopped (SIGSTOP): frozen"),
+            Health::QmpDead { reason } => write!(f, "QMP socket dead: {reason}"),
+            Health::QmpSilent { reason } => write!(f, "QMP does not answer: {reason}"),
+            Health::NotRunning => f.write_str("no QEMU process"),
+        }
+    }
+}
+
+/// Ask QEMU how it is, within `limit` for the connection and again for the answer.
+pub async fn health(rec: &VmRecord, limit: Duration) -> Health {
+    if !qemu_alive(rec) {
+        return Health::NotRunning;
+    }
+    if rec.pid.is_some_and(process::stopped) {
+        return Health::Frozen;
+    }
+    let q = match tokio::time::timeout(limit * 2, Qmp::connect(&rec.qmp_socket, limit)).await {
+        Err(_) => {
+            return Health::QmpSilent {
+                reason: format!("no greeting within {}s", (limit * 2).as_secs_f64()),
+            }
+        }
+        Ok(Err(e @ QmpError::Connect { .. })) => return Health::QmpDead { reason: chain(&e) },
+        Ok(Err(e)) => return Health::QmpSilent { reason: chain(&e) },
+        Ok(Ok(q)) => q,
+    };
+    match q
+        .execute_raw_timeout("query-status", None, limit)
+        .await
+        .and_then(|v| {
+            serde_json::from_value::<qapi_qmp::StatusInfo>(v.clone()).map_err(|source| {
+                QmpError::Decode {
+                    command: "query-status".into(),
+                    reply: v.to_string(),
+                    source,
+                }
+            })
+        }) {
+        Ok(s) => Health::Answering {
+            run_status: format!("{:?}", s.status).to_lowercase(),
+        },
+        Err(e) => Health::QmpSilent { reason: chain(&e) },
+    }
 }
 
 /// `vm status` / `vm list` rows.
@@ -587,7 +793,11 @@ pub struct Status {
     pub boot_seconds: Option<f64>,
     pub qmp_socket: PathBuf,
     pub agent: Option<vsock::AgentTransport>,
+    /// QEMU's run state from `query-status` when it answered.
     pub run_status: Option<String>,
+    /// What QMP says now (a `ready` VM that is frozen or has lost its QMP socket is not
+    /// usable).
+    pub health: Health,
     pub ports: Vec<ports::PortPlan>,
     pub plugged: Vec<state::Plugged>,
     pub warnings: Vec<String>,
@@ -595,21 +805,28 @@ pub struct Status {
     pub crash: Option<String>,
 }
 
-pub async fn status(env: &Env, name: &str) -> Result<Status, VmError> {
-    let rec = load(env, name)?;
-    let alive = qemu_alive(&rec);
-    let mut run_status = None;
-    if alive {
-        if let Ok(q) = Qmp::connect(&rec.qmp_socket, Duration::from_secs(2)).await {
-            run_status = q
-                .run(&qapi_qmp::query_status {})
-                .await
-                .ok()
-                .map(|s| format!("{:?}", s.status).to_lowercase());
+impl Status {
+    /// The VM is as it should be: a live VM answers and runs, a stopped one is not
+    /// crashed, orphaned or failed.
+    pub fn healthy(&self) -> bool {
+        match self.state {
+            VmState::Crashed | VmState::Orphaned | VmState::Failed => false,
+            s if s.expects_running() => self.health.usable(),
+            _ => true,
         }
     }
+}
+
+pub async fn status(env: &Env, name: &VmName) -> Result<Status, VmError> {
+    let rec = load(env, name)?;
+    let alive = qemu_alive(&rec);
+    let health = health(&rec, Duration::from_secs(2)).await;
+    let run_status = match &health {
+        Health::Answering { run_status } => Some(run_status.clone()),
+        _ => None,
+    };
     Ok(Status {
-        name: rec.name.clone(),
+        name: rec.name.to_string(),
         state: rec.state,
         pid: rec.pid,
         accel: rec.accel,
@@ -619,6 +836,7 @@ pub async fn status(env: &Env, name: &str) -> Result<Status, VmError> {
         qmp_socket: rec.qmp_socket.clone(),
         agent: rec.agent.clone(),
         run_status,
+        health,
         ports: rec.ports.clone(),
         plugged: rec.plugged.clone(),
         warnings: rec.warnings.clone(),
@@ -642,19 +860,16 @@ pub fn serial_tail(rec: &VmRecord, n: usize) -> String {
     )
 }
 
-/// The agent transport and plugged devices of a VM, for `vfioctl validate --vm NAME` and
-/// `regress`: read from its state file.
+/// The agent transport, its secret and the plugged devices of a VM, for `vfioctl
+/// validate --vm NAME` and `regress`: read from its run directory.
 pub fn agent_target(
     env: &Env,
-    name: &str,
-) -> Result<(vsock::AgentTransport, Vec<state::Plugged>), VmError> {
+    name: &VmName,
+) -> Result<(vsock::AgentTransport, Token, Vec<state::Plugged>), VmError> {
     let rec = load(env, name)?;
     if rec.state == VmState::Crashed {
         return Err(crashed(&rec));
     }
-    let t = rec
-        .agent
-        .clone()
-        .ok_or(VmError::NoAgent { name: name.into() })?;
-    Ok((t, rec.plugged.clone()))
+    let (t, token) = guest::access(&rec)?;
+    Ok((t, token, rec.plugged.clone()))
 }

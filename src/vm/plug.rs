@@ -14,125 +14,16 @@ use serde_json::json;
 use vfioctl_common::{units, Bdf, PciDevice, SysRoot};
 
 use super::devices::{PlugSpec, IVSHMEM_ID};
+pub use super::error::PlugError;
 use super::error::VmError;
 use super::evidence::{self, PciEvidence};
-use super::lifecycle::{self, Env};
+use super::guest;
+use super::liveness;
 use super::process;
 use super::profile::{GpuSpec, HotplugMode, Ready};
+use super::rundir::{Env, VmName};
 use super::state::{Plugged, VmRecord, VmState};
 use crate::qmp::{wait_event, Qmp, QmpError};
-use crate::{Diagnose, Exit};
-
-#[derive(Debug, thiserror::Error)]
-pub enum PlugError {
-    #[error("{bdf} is bound to {}, not vfio-pci", driver.as_deref().unwrap_or("no driver"))]
-    NotBound { bdf: Bdf, driver: Option<String> },
-    #[error("{bdf}: IOMMU group {group} is not viable: {}", members.iter().map(|(b, d)| format!("{b} ({})", d.as_deref().unwrap_or("no driver"))).collect::<Vec<_>>().join(", "))]
-    GroupNotViable {
-        bdf: Bdf,
-        group: u32,
-        members: Vec<(Bdf, Option<String>)>,
-    },
-    #[error("{bdf}: no IOMMU group (is the IOMMU on?)")]
-    NoGroup { bdf: Bdf },
-    #[error("{bdf}: /dev/vfio/{group} does not exist")]
-    NoVfioNode { bdf: Bdf, group: u32 },
-    #[error("no free root port fits {gpu} ({need} of 64-bit prefetchable BARs); ports: {ports}")]
-    NoPort {
-        gpu: String,
-        need: String,
-        ports: String,
-    },
-    #[error("root port {port} does not exist in VM {name} (ports: {ports})")]
-    UnknownPort {
-        name: String,
-        port: String,
-        ports: String,
-    },
-    #[error("root port {port} already holds {id}")]
-    PortBusy { port: String, id: String },
-    #[error("QEMU refused {gpu} on {port}: {desc}")]
-    Qemu {
-        gpu: String,
-        port: String,
-        desc: String,
-        peers: Vec<Bdf>,
-        #[source]
-        source: Box<QmpError>,
-    },
-    #[error("{gpu} on {port}: the guest found it at {bdf} but could not assign BAR {}: rolled back\n--- guest kernel ---\n{}", failed.iter().map(|(i, w)| format!("{i} ({w})")).collect::<Vec<_>>().join(", "), lines.join("\n"))]
-    NotAssigned {
-        gpu: String,
-        port: String,
-        bdf: String,
-        failed: Vec<(u8, String)>,
-        lines: Vec<String>,
-    },
-    #[error("{gpu} on {port}: the guest did not report the device within {secs}s: rolled back\n--- guest log (tail) ---\n{log}")]
-    NotSeen {
-        gpu: String,
-        port: String,
-        secs: u64,
-        log: String,
-    },
-    #[error("no device {id} plugged in VM {name}")]
-    NotPlugged { name: String, id: String },
-    #[error("{id}: no DEVICE_DELETED within {secs}s: the guest did not release the device\n--- guest log (tail) ---\n{log}")]
-    UnplugTimeout { id: String, secs: u64, log: String },
-    #[error("VM {name} is {state}: plug needs a ready VM")]
-    NotReady { name: String, state: String },
-}
-
-impl Diagnose for PlugError {
-    fn hint(&self) -> Option<String> {
-        Some(match self {
-            PlugError::NotBound { bdf, .. } => format!("`vfioctl bind {bdf}` first (or pass --bind)"),
-            PlugError::GroupNotViable { members, .. } => format!(
-                "bind every member of the group to vfio-pci: `vfioctl bind {}`",
-                members.iter().map(|(b, _)| b.to_string()).collect::<Vec<_>>().join(" ")
-            ),
-            PlugError::NoGroup { .. } => "enable the IOMMU: intel_iommu=on or amd_iommu=on on the host kernel command line".into(),
-            PlugError::NoVfioNode { .. } => "load vfio-pci and bind the device (`vfioctl bind`)".into(),
-            PlugError::NoPort { .. } => "start the VM with a port sized for it: `vfioctl vm up --gpu DEVICE` (or --port-for DEVICE)".into(),
-            PlugError::UnknownPort { .. } | PlugError::PortBusy { .. } => "`vfioctl vm status NAME` lists the ports and what they hold".into(),
-            PlugError::Qemu { desc, peers, .. } => {
-                if desc.contains("not viable") {
-                    format!("bind the other members of the IOMMU group to vfio-pci too: {}", peers.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" "))
-                } else if desc.contains("no such host device") {
-                    "check the address with `vfioctl devices`".into()
-                } else if desc.contains("vfio") && (desc.contains("Cannot allocate memory") || desc.contains("vfio_dma_map") || desc.contains("memlock")) {
-                    "raise QEMU's locked-memory limit above the guest RAM (ulimit -l unlimited, or LimitMEMLOCK=infinity)".into()
-                } else if desc.contains("failed to open /dev/vfio") {
-                    "bind the device to vfio-pci and check /dev/vfio permissions".into()
-                } else {
-                    return None;
-                }
-            }
-            PlugError::NotAssigned { .. } => "the port's window is too small for the BARs: plug onto a port vfioctl sized (`vfioctl vm plan`), or use --firmware ovmf".into(),
-            PlugError::NotSeen { .. } => "the guest kernel needs hotplug support (CONFIG_HOTPLUG_PCI_PCIE / ACPI PCI hotplug)".into(),
-            PlugError::NotPlugged { .. } => "`vfioctl vm status NAME` lists plugged devices".into(),
-            PlugError::UnplugTimeout { .. } => "the guest may be stuck using the device; `vfioctl vm down` forces it off".into(),
-            PlugError::NotReady { .. } => "`vfioctl vm up` first".into(),
-        })
-    }
-    fn exit(&self) -> Exit {
-        match self {
-            PlugError::NotBound { .. }
-            | PlugError::GroupNotViable { .. }
-            | PlugError::NoGroup { .. }
-            | PlugError::NoVfioNode { .. } => Exit::Refused,
-            PlugError::NoPort { .. }
-            | PlugError::UnknownPort { .. }
-            | PlugError::PortBusy { .. }
-            | PlugError::NotPlugged { .. }
-            | PlugError::NotReady { .. } => Exit::Usage,
-            PlugError::Qemu { .. }
-            | PlugError::NotAssigned { .. }
-            | PlugError::NotSeen { .. }
-            | PlugError::UnplugTimeout { .. } => Exit::OperationFailed,
-        }
-    }
-}
 
 /// Host-side checks for a VFIO device: bound to vfio-pci, group viable, node present.
 pub fn precheck(root: &SysRoot, bdf: Bdf) -> Result<PciDevice, VmError> {
@@ -218,16 +109,16 @@ pub async fn confirm(
 ) -> Result<Confirmed, VmError> {
     let pair = id_pair(root, gpu);
     match (&rec.ready, &rec.agent) {
-        (Ready::Agent, Some(t)) => {
+        (Ready::Agent, Some(_)) => {
             let port_bdf = rec
                 .ports
                 .iter()
                 .find(|p| p.id == port)
                 .and_then(|p| guest_port_bdf(&p.addr));
-            let (t, pair2, label, port2) = (t.clone(), pair.clone(), gpu.label(), port.to_string());
+            let (pair2, label, port2) = (pair.clone(), gpu.label(), port.to_string());
             let rec2 = rec.clone();
             tokio::task::spawn_blocking(move || {
-                confirm_agent(&rec2, &t, &pair2, port_bdf, &label, &port2, timeout)
+                confirm_agent(&rec2, &pair2, port_bdf, &label, &port2, timeout)
             })
             .await
             .expect("agent confirm task")
@@ -239,9 +130,10 @@ pub async fn confirm(
 /// The guest's recent kernel messages: from the agent when it answers, else the tail of
 /// the serial console.
 pub async fn guest_log_tail(rec: &VmRecord, n: u32) -> String {
-    if let (Ready::Agent, Some(t)) = (&rec.ready, rec.agent.clone()) {
+    if let (Ready::Agent, Some(_)) = (&rec.ready, &rec.agent) {
+        let r = rec.clone();
         let got = tokio::task::spawn_blocking(move || {
-            let mut c = crate::agent::AgentClient::connect(&t, Duration::from_secs(5)).ok()?;
+            let mut c = guest::connect(&r, Duration::from_secs(5)).ok()?;
             let k = c.kernel_log(None, Some(n)).ok()?;
             Some(
                 k.records
@@ -284,20 +176,18 @@ pub fn guest_port_bdf(addr: &str) -> Option<Bdf> {
 
 fn confirm_agent(
     rec: &VmRecord,
-    t: &crate::agent::Transport,
     pair: &str,
     port_bdf: Option<Bdf>,
     label: &str,
     port: &str,
     timeout: Duration,
 ) -> Result<Confirmed, VmError> {
-    use crate::agent::AgentClient;
     let start = Instant::now();
     let agent_err = |e: crate::agent::ClientError| VmError::Agent {
-        name: rec.name.clone(),
+        name: rec.name.to_string(),
         source: Box::new(e),
     };
-    let mut c = AgentClient::connect(t, Duration::from_secs(10)).map_err(agent_err)?;
+    let mut c = guest::connect(rec, Duration::from_secs(10))?;
     // Map guest uptime to host time once: boot = now - uptime (off by the vsock RTT).
     let hello = c.hello().map_err(agent_err)?;
     let guest_boot_unix = unix_now() - hello.uptime_s;
@@ -407,8 +297,8 @@ fn confirm_agent(
                     .map(|(a, b)| b.saturating_sub(a) as f64 / 1e6),
             });
         }
-        if !lifecycle::qemu_alive(rec) {
-            return Err(lifecycle::crashed(rec));
+        if !liveness::qemu_alive(rec) {
+            return Err(liveness::crashed(rec));
         }
         if start.elapsed() > timeout {
             let log = c
@@ -468,8 +358,8 @@ async fn confirm_serial(
                 });
             }
         }
-        if !lifecycle::qemu_alive(rec) {
-            return Err(lifecycle::crashed(rec));
+        if !liveness::qemu_alive(rec) {
+            return Err(liveness::crashed(rec));
         }
         if start.elapsed() > timeout {
             return Err(PlugError::NotSeen {
@@ -517,7 +407,7 @@ pub fn choose_port(
     if let Some(w) = want {
         if !rec.ports.iter().any(|p| p.id == w) {
             return Err(PlugError::UnknownPort {
-                name: rec.name.clone(),
+                name: rec.name.to_string(),
                 port: w.into(),
                 ports: port_list(rec),
             });
@@ -553,7 +443,7 @@ pub async fn plug(
 ) -> Result<Confirmed, VmError> {
     if !matches!(rec.state, VmState::Ready | VmState::DevicePlugged) {
         return Err(PlugError::NotReady {
-            name: rec.name.clone(),
+            name: rec.name.to_string(),
             state: rec.state.to_string(),
         }
         .into());
@@ -588,7 +478,8 @@ pub async fn plug(
             }
             .into(),
             other => VmError::Qmp {
-                name: rec.name.clone(),
+                name: rec.name.to_string(),
+                what: format!("plugging {} on {}", gpu.label(), port),
                 source: other,
             },
         }
@@ -623,7 +514,7 @@ pub async fn plug(
             }
             rec.transition(VmState::DevicePlugged)?;
             rec.save().map_err(|source| VmError::Io {
-                name: rec.name.clone(),
+                name: rec.name.to_string(),
                 what: "writing state",
                 path: rec.state_file(),
                 source,
@@ -632,7 +523,7 @@ pub async fn plug(
         }
         Err(e) => {
             // Roll back: take the device out again so the VM is as it was.
-            if lifecycle::qemu_alive(rec) {
+            if liveness::qemu_alive(rec) {
                 if let Err(u) = unplug(env, rec, qmp, &spec.id).await {
                     tracing::error!("rolling back {}: {u}", spec.id);
                 }
@@ -646,7 +537,7 @@ pub async fn plug(
 pub async fn unplug(_env: &Env, rec: &mut VmRecord, qmp: &Qmp, id: &str) -> Result<f64, VmError> {
     let Some(dev) = rec.plugged.iter().find(|p| p.id == id).cloned() else {
         return Err(PlugError::NotPlugged {
-            name: rec.name.clone(),
+            name: rec.name.to_string(),
             id: id.into(),
         }
         .into());
@@ -675,7 +566,8 @@ pub async fn unplug(_env: &Env, rec: &mut VmRecord, qmp: &Qmp, id: &str) -> Resu
             }
             Err(source) => {
                 return Err(VmError::Qmp {
-                    name: rec.name.clone(),
+                    name: rec.name.to_string(),
+                    what: format!("device_del {id}"),
                     source,
                 })
             }
@@ -687,8 +579,8 @@ pub async fn unplug(_env: &Env, rec: &mut VmRecord, qmp: &Qmp, id: &str) -> Resu
     })
     .await;
     if got.is_none() {
-        if !lifecycle::qemu_alive(rec) {
-            return Err(lifecycle::crashed(rec));
+        if !liveness::qemu_alive(rec) {
+            return Err(liveness::crashed(rec));
         }
         let log = guest_log_tail(rec, 25).await;
         return Err(PlugError::UnplugTimeout {
@@ -707,7 +599,7 @@ pub async fn unplug(_env: &Env, rec: &mut VmRecord, qmp: &Qmp, id: &str) -> Resu
         rec.transition(VmState::Ready)?;
     }
     rec.save().map_err(|source| VmError::Io {
-        name: rec.name.clone(),
+        name: rec.name.to_string(),
         what: "writing state",
         path: rec.state_file(),
         source,
@@ -715,13 +607,67 @@ pub async fn unplug(_env: &Env, rec: &mut VmRecord, qmp: &Qmp, id: &str) -> Resu
     Ok(secs)
 }
 
+/// `vm plug`: load the VM, check it is running, connect to QMP and plug, holding the
+/// name's lock so no other `vm up/down/plug/unplug` of it runs meanwhile.
+pub async fn plug_vm(
+    env: &Env,
+    name: &VmName,
+    gpu: &GpuSpec,
+    port: Option<&str>,
+) -> Result<(Confirmed, VmRecord), VmError> {
+    let rd = env.run_dir(name);
+    // The VM must exist (and be ours) before its lock file is made.
+    super::lifecycle::load(env, name)?;
+    let _lock = super::lifecycle::lock(&rd, "vm plug")?;
+    let mut rec = super::lifecycle::load(env, name)?;
+    if rec.state == VmState::Crashed {
+        return Err(liveness::crashed(&rec));
+    }
+    let qmp = connect_qmp(&rec).await?;
+    let c = plug(env, &mut rec, &qmp, gpu, port).await?;
+    Ok((c, rec))
+}
+
+/// `vm unplug`: `id` is the device id (`gpu0`) or what was plugged (`emulated:8G`, a
+/// BDF). Returns the id and the seconds until `DEVICE_DELETED`.
+pub async fn unplug_vm(env: &Env, name: &VmName, id: &str) -> Result<(String, f64), VmError> {
+    let rd = env.run_dir(name);
+    // The VM must exist (and be ours) before its lock file is made.
+    super::lifecycle::load(env, name)?;
+    let _lock = super::lifecycle::lock(&rd, "vm unplug")?;
+    let mut rec = super::lifecycle::load(env, name)?;
+    let id = rec
+        .plugged
+        .iter()
+        .find(|p| p.id == id || p.gpu == id)
+        .map(|p| p.id.clone())
+        .unwrap_or(id.to_string());
+    let qmp = connect_qmp(&rec).await?;
+    let secs = unplug(env, &mut rec, &qmp, &id).await?;
+    Ok((id, secs))
+}
+
+async fn connect_qmp(rec: &VmRecord) -> Result<Qmp, VmError> {
+    Qmp::connect(&rec.qmp_socket, Duration::from_secs(5))
+        .await
+        .map_err(|source| VmError::Qmp {
+            name: rec.name.to_string(),
+            what: format!("connecting to {}", rec.qmp_socket.display()),
+            source,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::vm::ports::{self, DeviceBars, Firmware, PhysBits};
+    use crate::{Diagnose, Exit};
 
     fn rec() -> VmRecord {
-        let mut r = VmRecord::new("lab", std::path::Path::new("/nonexistent"));
+        let mut r = VmRecord::new(&super::super::rundir::RunDir::new(
+            std::path::Path::new("/nonexistent"),
+            VmName::new("lab").unwrap(),
+        ));
         r.ports = ports::plan(
             &[DeviceBars::emulated(8 << 30)],
             1,
@@ -851,7 +797,9 @@ mod tests {
         let qmp = Qmp::handshake(a, "fake".into(), Duration::from_secs(5))
             .await
             .unwrap();
-        let mut r = VmRecord::new("lab", dir.path());
+        let rd = super::super::rundir::RunDir::new(dir.path(), VmName::new("lab").unwrap());
+        rd.create().unwrap();
+        let mut r = VmRecord::new(&rd);
         r.state = VmState::DevicePlugged;
         r.hotplug = HotplugMode::Native;
         r.plugged.push(Plugged {

@@ -15,7 +15,13 @@ use vfioctl_common::SysRoot;
 /// Start `argv` in process group `pgid` (0: a new group led by the child), with stdin
 /// from /dev/null and stdout+stderr appended to `log`.
 pub fn spawn(argv: &[String], pgid: i32, log: &Path) -> std::io::Result<u32> {
-    let out = File::options().create(true).append(true).open(log)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Logs may hold guest text and paths: readable by the owner only.
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(log)?;
     let err = out.try_clone()?;
     let child = Command::new(&argv[0])
         .args(&argv[1..])
@@ -151,4 +157,35 @@ pub fn kill_group(pgid: Option<i32>, pids: &[(u32, String)], grace: Duration) ->
 pub fn tail_file(path: &Path, n: usize) -> String {
     let text = std::fs::read(path).unwrap_or_default();
     super::evidence::tail(&String::from_utf8_lossy(&text), n)
+}
+
+/// Fields of `/proc/PID/stat` after the command name: `[0]` is the state letter, `[19]`
+/// the start time in clock ticks since boot.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = SysRoot::host()
+        .read_string(format!("/proc/{pid}/stat"))
+        .ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
+/// The start time of a live (not zombie) process, in clock ticks since boot: with the pid
+/// it identifies a process across pid reuse.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let f = stat_fields(pid)?;
+    if matches!(f.first().map(String::as_str), Some("Z") | Some("X")) {
+        return None;
+    }
+    f.get(19)?.parse().ok()
+}
+
+/// The process is stopped (SIGSTOP, or a debugger): it runs no code and answers nothing.
+pub fn stopped(pid: u32) -> bool {
+    matches!(
+        stat_fields(pid)
+            .as_ref()
+            .and_then(|f| f.first())
+            .map(String::as_str),
+        Some("T") | Some("t")
+    )
 }

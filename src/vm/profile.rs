@@ -199,6 +199,9 @@ pub struct Profile {
     pub vsock: VsockChoice,
     /// Guest port the agent listens on.
     pub agent_port: u32,
+    /// Ask the guest agent to allow `exec` (fw_cfg `opt/vfioctl/exec`). The image must
+    /// allow it too (`exec = true` in its rootfs manifest); either alone is not enough.
+    pub agent_exec: bool,
     pub ready: Ready,
     /// Seconds from QEMU start until the guest must be ready.
     pub boot_timeout: u64,
@@ -228,6 +231,7 @@ impl Default for Profile {
             accel: AccelChoice::Auto,
             vsock: VsockChoice::Auto,
             agent_port: 1024,
+            agent_exec: false,
             ready: Ready::Agent,
             boot_timeout: 180,
             qemu: "qemu-system-x86_64".into(),
@@ -327,16 +331,11 @@ impl Profile {
 
     /// Check names and numbers that would otherwise fail deep inside QEMU.
     pub fn validate(&self) -> Result<(), ProfileError> {
-        if self.name.is_empty()
-            || self.name.len() > 32
-            || !self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(self.invalid(
-                "name: 1-32 characters of letters, digits, - and _ (it names a directory and sockets)",
-            ));
+        if let Err(e) = super::rundir::VmName::new(&self.name) {
+            return Err(self.invalid(format!(
+                "name: {}; 1-32 letters, digits, - and _, starting with a letter or digit (it names a directory and sockets)",
+                e.reason
+            )));
         }
         if self.vcpus == 0 || self.vcpus > 255 {
             return Err(self.invalid("vcpus: 1 to 255"));

@@ -1,11 +1,9 @@
 //! The VM lifecycle as an explicit state machine, and the state file that other commands
 //! (`vm status`, `vm plug`, `validate`, `regress`) load to find a VM's QMP socket and
-//! agent transport.
-//!
-//! Runtime directory per VM (mode 0700), under the base from [`run_base`]:
-//! `qmp.sock`, `serial.log`, `qemu.stderr`, `qemu.pid`, `state.json`, and for
-//! vhost-user vsock `vhost-vsock.sock`, `vsock.uds`, `vhost-device-vsock.log`.
+//! agent transport. The run directory's layout is [`super::rundir`]'s.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::accel::Accel;
 use super::ports::{Firmware, PortPlan};
 use super::profile::HotplugMode;
+use super::rundir::{RunDir, VmName};
 use super::vsock::{AgentTransport, VsockBackend};
 
 /// Where a VM is in its life.
@@ -35,10 +34,13 @@ pub enum VmState {
     Failed,
     /// QEMU died on its own.
     Crashed,
+    /// The `vm up` that was starting it died (killed) before the guest was ready: nobody
+    /// finishes the start; QEMU may still run. `vm down` cleans it up.
+    Orphaned,
 }
 
 impl VmState {
-    pub const ALL: [VmState; 8] = [
+    pub const ALL: [VmState; 9] = [
         VmState::Created,
         VmState::Booting,
         VmState::Ready,
@@ -47,42 +49,52 @@ impl VmState {
         VmState::Stopped,
         VmState::Failed,
         VmState::Crashed,
+        VmState::Orphaned,
     ];
+
+    /// Where each state may go: an exhaustive match, so a new state does not compile until
+    /// its transitions are decided.
+    pub fn successors(self) -> &'static [VmState] {
+        use VmState::*;
+        match self {
+            Created => &[Booting, Failed, Stopping, Orphaned],
+            // DevicePlugged: cold-plugged devices confirmed with readiness.
+            Booting => &[Ready, DevicePlugged, Failed, Crashed, Stopping, Orphaned],
+            // Failed: `vm up --gpu`, the plug after boot failed.
+            Ready => &[DevicePlugged, Stopping, Crashed, Failed],
+            // Ready: the last device unplugged; Failed: a second declared device failed
+            // during `vm up`.
+            DevicePlugged => &[Ready, Stopping, Crashed, Failed],
+            // Crashed: QEMU died instead of stopping; still cleaned up.
+            Stopping => &[Stopped, Crashed],
+            Stopped => &[],
+            Failed => &[Stopping],
+            Crashed => &[Stopping],
+            Orphaned => &[Stopping],
+        }
+    }
 
     /// The transitions the code may make. Everything else is a bug and is refused.
     pub fn valid_transition(self, to: VmState) -> bool {
-        use VmState::*;
-        matches!(
-            (self, to),
-            (Created, Booting)
-                | (Created, Failed)
-                | (Created, Stopping)
-                | (Booting, Ready)
-                | (Booting, DevicePlugged) // cold-plugged devices confirmed with readiness
-                | (Booting, Failed)
-                | (Booting, Crashed)
-                | (Booting, Stopping)
-                | (Ready, DevicePlugged)
-                | (Ready, Stopping)
-                | (Ready, Crashed)
-                | (Ready, Failed) // `vm up --gpu`: the plug after boot failed
-                | (DevicePlugged, Ready) // last device unplugged
-                | (DevicePlugged, Stopping)
-                | (DevicePlugged, Crashed)
-                | (DevicePlugged, Failed) // a second declared device failed during `vm up`
-                | (Stopping, Stopped)
-                | (Stopping, Crashed) // QEMU died instead of stopping: still cleaned up
-                | (Failed, Stopping)
-                | (Crashed, Stopping)
-        )
+        self.successors().contains(&to)
     }
 
     /// QEMU should be running in this state.
     pub fn expects_running(self) -> bool {
-        matches!(
-            self,
-            VmState::Booting | VmState::Ready | VmState::DevicePlugged | VmState::Stopping
-        )
+        use VmState::*;
+        match self {
+            Booting | Ready | DevicePlugged | Stopping => true,
+            Created | Stopped | Failed | Crashed | Orphaned => false,
+        }
+    }
+
+    /// A `vm up` is (or was) still working on the VM: its death leaves the VM orphaned.
+    pub fn starting(self) -> bool {
+        use VmState::*;
+        match self {
+            Created | Booting => true,
+            Ready | DevicePlugged | Stopping | Stopped | Failed | Crashed | Orphaned => false,
+        }
     }
 }
 
@@ -111,11 +123,35 @@ pub struct Plugged {
     pub guest_bdf: Option<String>,
 }
 
+/// The process that runs `vm up` for a VM, identified beyond its pid (pids are recycled)
+/// by its start time in clock ticks since boot (`/proc/PID/stat` field 22).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Starter {
+    pub pid: u32,
+    pub start_ticks: u64,
+}
+
+impl Starter {
+    /// This process.
+    pub fn me() -> Option<Starter> {
+        let pid = std::process::id();
+        super::process::start_ticks(pid).map(|start_ticks| Starter { pid, start_ticks })
+    }
+
+    /// Still the same process, still running.
+    pub fn alive(&self) -> bool {
+        super::process::start_ticks(self.pid) == Some(self.start_ticks)
+    }
+}
+
 /// Everything about one VM, as `state.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VmRecord {
-    pub name: String,
+    pub name: VmName,
     pub state: VmState,
+    /// The `vm up` process while it is starting the VM.
+    #[serde(default)]
+    pub starter: Option<Starter>,
     pub run_dir: PathBuf,
     pub qmp_socket: PathBuf,
     pub serial_log: PathBuf,
@@ -159,14 +195,15 @@ pub struct TransitionError {
 }
 
 impl VmRecord {
-    pub fn new(name: &str, run_dir: &Path) -> Self {
+    pub fn new(rd: &RunDir) -> Self {
         VmRecord {
-            name: name.into(),
+            name: rd.name().clone(),
             state: VmState::Created,
-            run_dir: run_dir.into(),
-            qmp_socket: run_dir.join("qmp.sock"),
-            serial_log: run_dir.join("serial.log"),
-            qemu_stderr: run_dir.join("qemu.stderr"),
+            starter: None,
+            run_dir: rd.path().into(),
+            qmp_socket: rd.qmp_socket(),
+            serial_log: rd.serial_log(),
+            qemu_stderr: rd.qemu_stderr(),
             pid: None,
             pgid: None,
             vsock_backend_pid: None,
@@ -187,8 +224,16 @@ impl VmRecord {
         }
     }
 
+    /// The run directory this record lives in (its layout).
+    pub fn rundir(&self) -> RunDir {
+        RunDir::new(
+            self.run_dir.parent().unwrap_or(Path::new("/")),
+            self.name.clone(),
+        )
+    }
+
     pub fn state_file(&self) -> PathBuf {
-        self.run_dir.join(STATE_FILE)
+        self.rundir().state_file()
     }
 
     /// Move to `to` if the machine allows it.
@@ -198,7 +243,7 @@ impl VmRecord {
         }
         if !self.state.valid_transition(to) {
             return Err(TransitionError {
-                name: self.name.clone(),
+                name: self.name.to_string(),
                 from: self.state,
                 to,
             });
@@ -208,21 +253,48 @@ impl VmRecord {
         Ok(())
     }
 
-    /// Write `state.json` atomically (temp file + rename).
+    /// Write `state.json` atomically (a new 0600 temp file + rename).
     pub fn save(&self) -> std::io::Result<()> {
-        let tmp = self.run_dir.join(".state.json.tmp");
+        let rd = self.rundir();
+        let tmp = rd.path().join(".state.json.tmp");
         let data = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, data)?;
-        std::fs::rename(&tmp, self.state_file())
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        f.write_all(&data)?;
+        drop(f);
+        std::fs::rename(&tmp, rd.state_file())
     }
 
-    pub fn load(run_dir: &Path) -> std::io::Result<VmRecord> {
-        let data = std::fs::read(run_dir.join(STATE_FILE))?;
-        serde_json::from_slice(&data).map_err(std::io::Error::other)
+    /// Read `state.json` of `rd`. The paths in the file are not trusted: they are
+    /// rebuilt from the run directory, and the name must be the directory's.
+    pub fn load(rd: &RunDir) -> std::io::Result<VmRecord> {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(rd.state_file())?;
+        let mut data = Vec::new();
+        use std::io::Read;
+        (&mut f).take(16 << 20).read_to_end(&mut data)?;
+        let mut r: VmRecord = serde_json::from_slice(&data).map_err(std::io::Error::other)?;
+        if &r.name != rd.name() {
+            return Err(std::io::Error::other(format!(
+                "state.json names VM {}, not {}",
+                r.name,
+                rd.name()
+            )));
+        }
+        r.run_dir = rd.path().into();
+        r.qmp_socket = rd.qmp_socket();
+        r.serial_log = rd.serial_log();
+        r.qemu_stderr = rd.qemu_stderr();
+        Ok(r)
     }
 }
-
-pub const STATE_FILE: &str = "state.json";
 
 /// The base directory for VM runtime directories:
 /// `$VFIOCTL_RUN_DIR`, else `/run/vfioctl` as root, else `$XDG_RUNTIME_DIR/vfioctl`,
@@ -250,26 +322,12 @@ pub fn run_base_from(env: Option<PathBuf>, root: bool, xdg: Option<PathBuf>, uid
     PathBuf::from(format!("/tmp/vfioctl-{uid}"))
 }
 
-/// Create `dir` (and the base) with mode 0700.
-pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-}
-
-/// Every VM record under `base`, by name.
+/// Every VM record under `base` (run directories vfioctl made), by name.
 pub fn list_records(base: &Path) -> Vec<VmRecord> {
-    let mut out: Vec<VmRecord> = std::fs::read_dir(base)
+    super::rundir::names(base)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| VmRecord::load(&e.path()).ok())
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+        .filter_map(|n| VmRecord::load(&RunDir::new(base, n)).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -301,6 +359,9 @@ mod tests {
             (Stopping, Crashed),
             (Failed, Stopping),
             (Crashed, Stopping),
+            (Created, Orphaned),
+            (Booting, Orphaned),
+            (Orphaned, Stopping),
         ];
         let mut n = 0;
         for from in VmState::ALL {
@@ -310,7 +371,7 @@ mod tests {
                 n += 1;
             }
         }
-        assert_eq!(n, 64);
+        assert_eq!(n, 81);
         // Stopped is terminal.
         assert!(VmState::ALL.iter().all(|t| !Stopped.valid_transition(*t)));
     }
@@ -318,15 +379,64 @@ mod tests {
     #[test]
     fn record_refuses_invalid_moves_and_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let mut r = VmRecord::new("lab", dir.path());
+        let rd = RunDir::new(dir.path(), VmName::new("lab").unwrap());
+        rd.create().unwrap();
+        let mut r = VmRecord::new(&rd);
         assert!(r.transition(Ready).is_err());
         r.transition(Booting).unwrap();
         r.transition(Booting).unwrap(); // same state: no-op
         r.transition(Ready).unwrap();
         r.save().unwrap();
-        let back = VmRecord::load(dir.path()).unwrap();
+        let back = VmRecord::load(&rd).unwrap();
         assert_eq!(back, r);
         assert_eq!(back.state.to_string(), "ready");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(rd.state_file())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        // A tampered state file cannot point the paths elsewhere or rename the VM.
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(rd.state_file()).unwrap()).unwrap();
+        v["run_dir"] = "/etc".into();
+        v["qmp_socket"] = "/etc/passwd".into();
+        std::fs::write(rd.state_file(), v.to_string()).unwrap();
+        let back = VmRecord::load(&rd).unwrap();
+        assert_eq!(back.run_dir, rd.path());
+        assert_eq!(back.qmp_socket, rd.qmp_socket());
+        v["name"] = "other".into();
+        std::fs::write(rd.state_file(), v.to_string()).unwrap();
+        assert!(VmRecord::load(&rd).is_err());
+        v["name"] = "../x".into();
+        std::fs::write(rd.state_file(), v.to_string()).unwrap();
+        assert!(VmRecord::load(&rd).is_err());
+    }
+
+    #[test]
+    fn refusals_are_one_error_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let rd = RunDir::new(dir.path(), VmName::new("lab").unwrap());
+        let mut r = VmRecord::new(&rd);
+        for to in VmState::ALL {
+            let mut c = r.clone();
+            match c.transition(to) {
+                Ok(()) => assert!(to == Created || Created.valid_transition(to)),
+                Err(e) => {
+                    assert_eq!((e.from, e.to), (Created, to));
+                    assert_eq!(
+                        e.to_string(),
+                        format!("VM lab: invalid state transition created -> {to}")
+                    );
+                    assert_eq!(c.state, Created, "a refused move changes nothing");
+                }
+            }
+        }
+        r.state = Stopped;
+        assert!(r.transition(Booting).is_err());
     }
 
     #[test]
@@ -346,18 +456,6 @@ mod tests {
         assert_eq!(
             run_base_from(None, false, None, 1000),
             PathBuf::from("/tmp/vfioctl-1000")
-        );
-    }
-
-    #[test]
-    fn private_dirs_are_0700() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().join("base/vm");
-        make_private_dir(&d).unwrap();
-        assert_eq!(
-            std::fs::metadata(&d).unwrap().permissions().mode() & 0o777,
-            0o700
         );
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use vfioctl_common::SysRoot;
 
 use super::profile::VsockChoice;
+use super::rundir::RunDir;
 
 /// How the host reaches a guest vsock port: the agent module's transport (AF_VSOCK
 /// `cid:port`, or the hybrid unix-socket `CONNECT <port>` protocol).
@@ -78,13 +79,13 @@ pub fn vhost_vsock_usable(root: &SysRoot) -> bool {
 pub fn choose(
     choice: VsockChoice,
     vhost_ok: bool,
-    run_dir: &Path,
+    rd: &RunDir,
     used_cids: &[u32],
 ) -> Result<VsockBackend, String> {
     let user = || VsockBackend::VhostUser {
         cid: 3,
-        socket: run_dir.join("vhost-vsock.sock"),
-        uds_path: run_dir.join("vsock.uds"),
+        socket: rd.vhost_socket(),
+        uds_path: rd.vsock_uds(),
     };
     let vhost = || {
         let cid = (3u32..).find(|c| !used_cids.contains(c)).unwrap_or(3);
@@ -108,7 +109,11 @@ mod tests {
 
     #[test]
     fn auto_picks_by_probe_and_both_give_a_transport() {
-        let d = Path::new("/run/vfioctl/lab");
+        let rd = RunDir::new(
+            Path::new("/run/vfioctl"),
+            crate::vm::rundir::VmName::new("lab").unwrap(),
+        );
+        let d = &rd;
         let v = choose(VsockChoice::Auto, true, d, &[3, 4]).unwrap();
         assert_eq!(v, VsockBackend::Vhost { cid: 5 });
         assert_eq!(
@@ -119,7 +124,7 @@ mod tests {
         assert_eq!(
             u.transport(1024),
             Some(AgentTransport::Hybrid {
-                uds_path: d.join("vsock.uds"),
+                uds_path: rd.vsock_uds(),
                 port: 1024
             })
         );

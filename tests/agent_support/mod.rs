@@ -24,10 +24,13 @@ pub fn lab() -> PathBuf {
     vfioctl_testkit::prereq::lab_dir()
 }
 
-/// An agent process on a unix socket; killed and reaped on drop.
+/// An agent process on a unix socket with its own secret (`--token-file`); killed and
+/// reaped on drop.
 pub struct LocalAgent {
     pub child: Child,
     pub socket: PathBuf,
+    pub token: vfioctl_common::proto::Token,
+    pub token_file: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -35,19 +38,45 @@ impl LocalAgent {
     pub fn start(extra: &[&str]) -> LocalAgent {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
+        let mut b = [0u8; 32];
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = (std::process::id() as u8)
+                .wrapping_mul(31)
+                .wrapping_add(i as u8 * 7);
+        }
+        let token = vfioctl_common::proto::Token::from_bytes(&b);
+        let token_file = dir.path().join("agent.token");
+        std::fs::write(&token_file, token.as_str()).unwrap();
         let child = Command::new(static_agent())
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
+            .arg("--token-file")
+            .arg(&token_file)
             .args(extra)
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start the agent");
+        // Raw connections (no retry) must find the socket.
+        for _ in 0..2000 {
+            if socket.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         LocalAgent {
             child,
             socket,
+            token,
+            token_file,
             _dir: dir,
         }
+    }
+
+    /// Connect with the right secret.
+    pub fn client(&self, t: std::time::Duration) -> vfioctl::agent::AgentClient {
+        vfioctl::agent::AgentClient::connect(&self.transport(), &self.token, t)
+            .expect("agent answers")
     }
 
     pub fn transport(&self) -> vfioctl::agent::Transport {

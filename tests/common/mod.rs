@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use vfioctl::vm::lifecycle::{self, Env};
-use vfioctl::vm::profile::{Profile, Ready, VsockChoice};
+use vfioctl::vm::profile::{AccelChoice, Profile, Ready, VsockChoice};
 use vfioctl::SysRoot;
 use vfioctl_testkit::{prereq, Missing};
 
@@ -76,6 +76,9 @@ impl Lab {
             ready: Ready::Agent,
             vsock: VsockChoice::Auto,
             boot_timeout: 300,
+            // The lab is TCG (LAB.md fact 7): on these machines the KVM probe can pass
+            // (`query-kvm` enabled, `cont` runs) while a guest never prints a line.
+            accel: AccelChoice::Tcg,
             ..Profile::default()
         }
     }
@@ -90,6 +93,9 @@ impl Lab {
             ready: Ready::Serial(READY_MARKER.into()),
             vsock: VsockChoice::Auto,
             boot_timeout: 300,
+            // The lab is TCG (LAB.md fact 7): on these machines the KVM probe can pass
+            // (`query-kvm` enabled, `cont` runs) while a guest never prints a line.
+            accel: AccelChoice::Tcg,
             ..Profile::default()
         }
     }
