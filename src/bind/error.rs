@@ -72,7 +72,7 @@ pub enum BindError {
     LedgerCorrupt { path: PathBuf, reason: String },
     #[error(transparent)]
     Sys(#[from] SysError),
-    #[error("bind failed and was rolled back: {cause}")]
+    #[error("bind failed and was rolled back")]
     RolledBack {
         #[source]
         cause: Box<BindError>,
