@@ -12,11 +12,23 @@ pub struct Context {
     pub root: SysRoot,
     /// Print machine-readable JSON instead of tables (`--json`).
     pub json: bool,
+    /// `-q`: nothing on stderr but errors (no progress, notes or warnings).
+    pub quiet: bool,
 }
 
 impl Context {
     pub fn new(root: SysRoot, json: bool) -> Self {
-        Self { root, json }
+        Self {
+            root,
+            json,
+            quiet: false,
+        }
+    }
+
+    /// Whether progress and notes may go to stderr: not with `-q`, and only for a person
+    /// at a terminal (`show_progress`).
+    pub fn notes(&self) -> bool {
+        !self.quiet
     }
 
     /// vfioctl's persistent state (the bind ledger), `/var/lib/vfioctl` under the root.

@@ -15,7 +15,7 @@
 use std::fmt;
 
 /// A documented process exit code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Exit {
     Ok = 0,

@@ -6,6 +6,185 @@ use serde::Serialize;
 
 use crate::Context;
 
+/// PCI identity in every `--json` output, one shape: lower-case hex strings without
+/// `0x`, as `lspci -n` prints them. `vendor`, `device`, `subsystem_vendor`,
+/// `subsystem_device`: 4 digits (`"10de"`); `class`: 6 digits (`"030200"`); `revision`: 2
+/// digits; `id`: `vendor:device` (`"10de:2330"`) where an object carries one. Use with
+/// `#[serde(serialize_with = "...")]`; the `*Schema` types describe them for schemars.
+pub mod pci_id {
+    use serde::Serializer;
+
+    /// A 16-bit id (vendor, device, subsystem): `"10de"`.
+    pub fn id16<S: Serializer>(v: &u16, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:04x}"))
+    }
+    /// An optional 16-bit id.
+    pub fn opt_id16<S: Serializer>(v: &Option<u16>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => id16(v, s),
+            None => s.serialize_none(),
+        }
+    }
+    /// A 24-bit class code: `"030200"`.
+    pub fn class<S: Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:06x}"))
+    }
+
+    /// Schema of [`id16`].
+    #[derive(schemars::JsonSchema)]
+    #[schemars(transparent)]
+    pub struct Id16Schema(#[schemars(regex(pattern = r"^[0-9a-f]{4}$"))] pub String);
+    /// Schema of [`class`].
+    #[derive(schemars::JsonSchema)]
+    #[schemars(transparent)]
+    pub struct ClassSchema(#[schemars(regex(pattern = r"^[0-9a-f]{6}$"))] pub String);
+    /// Schema of a `vendor:device` id.
+    #[derive(schemars::JsonSchema)]
+    #[schemars(transparent)]
+    pub struct IdPairSchema(#[schemars(regex(pattern = r"^[0-9a-f]{4}:[0-9a-f]{4}$"))] pub String);
+}
+
+/// The JSON Schema of each `--json` output, generated from the types that print it:
+/// `(file stem under schemas/, schema)`. `tests/json_schemas.rs` keeps `schemas/` equal
+/// to this (`UPDATE_SCHEMAS=1` rewrites it) and validates each command's real output.
+pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
+    use schemars::schema_for;
+    vec![
+        ("devices", schema_for!(Vec<crate::pci::list::DeviceEntry>)),
+        ("check", schema_for!(crate::host::CheckReport)),
+        ("validate", schema_for!(crate::agent::validate::Report)),
+        ("regress", schema_for!(crate::regress::RunResults)),
+        ("error", schema_for!(crate::cli::ErrorReport)),
+    ]
+}
+
+/// A warning for the person running the command (stderr; not with `-q`).
+pub fn warn(ctx: &Context, msg: impl std::fmt::Display) {
+    if !ctx.quiet {
+        eprintln!("warning: {msg}");
+    }
+}
+
+/// A note on what is happening (stderr; not with `-q`).
+pub fn note(ctx: &Context, msg: impl std::fmt::Display) {
+    if !ctx.quiet {
+        eprintln!("{msg}");
+    }
+}
+
+/// A duration for people: `830 ms`, `1.6 s`, `2 min 5 s`, `1 h 3 min`.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 10_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else if ms < 60_000 {
+        format!("{} s", (ms + 500) / 1000)
+    } else if ms < 3_600_000 {
+        let s = (ms + 500) / 1000;
+        format!("{} min {} s", s / 60, s % 60)
+    } else {
+        let m = (ms + 30_000) / 60_000;
+        format!("{} h {} min", m / 60, m % 60)
+    }
+}
+
+/// Progress on stderr for waits longer than a second: a spinner or a bar, drawn only
+/// for a person at a terminal (never into a file, a pipe or a CI log) and not with `-q`.
+/// Every method is a no-op when hidden, so callers report progress unconditionally.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn visible(ctx: &Context) -> bool {
+        use std::io::IsTerminal;
+        !ctx.quiet && io::stderr().is_terminal()
+    }
+
+    /// A spinner with a message and the elapsed time.
+    pub fn spinner(ctx: &Context, msg: impl Into<String>) -> Self {
+        let bar = Self::visible(ctx).then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            b.set_message(msg.into());
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        });
+        Self { bar }
+    }
+
+    /// A bar of `len` steps (objects compiled, scenarios run).
+    pub fn bar(ctx: &Context, len: u64, msg: impl Into<String>) -> Self {
+        let bar = Self::visible(ctx).then(|| {
+            let b = indicatif::ProgressBar::new(len);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {pos}/{len} ({elapsed}, about {eta} left)",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_message(msg.into());
+            b.enable_steady_tick(std::time::Duration::from_millis(250));
+            b
+        });
+        Self { bar }
+    }
+
+    /// A hidden one (for callers that have no context).
+    pub fn hidden() -> Self {
+        Self { bar: None }
+    }
+
+    pub fn is_visible(&self) -> bool {
+        self.bar.is_some()
+    }
+    pub fn set_message(&self, msg: impl Into<String>) {
+        if let Some(b) = &self.bar {
+            b.set_message(msg.into());
+        }
+    }
+    pub fn set_length(&self, len: u64) {
+        if let Some(b) = &self.bar {
+            b.set_length(len);
+        }
+    }
+    pub fn set_position(&self, pos: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(pos);
+        }
+    }
+    pub fn inc(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+    /// A line above the bar (a finished scenario), or plain on stderr when hidden and
+    /// not quiet.
+    pub fn println(&self, ctx: &Context, line: impl AsRef<str>) {
+        match &self.bar {
+            Some(b) => b.println(line.as_ref()),
+            None => note(ctx, line.as_ref()),
+        }
+    }
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 /// Print `value` as pretty JSON when `--json` is set, else call `human` to print text.
 pub fn emit<T: Serialize>(
     ctx: &Context,
@@ -63,5 +242,22 @@ impl Table {
             writeln!(out, "{}", line.trim_end())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::human_duration;
+
+    #[test]
+    fn durations_are_rounded_for_people() {
+        let ms = Duration::from_millis;
+        assert_eq!(human_duration(Duration::from_nanos(1_624_373_679)), "1.6 s");
+        assert_eq!(human_duration(ms(830)), "830 ms");
+        assert_eq!(human_duration(ms(12_400)), "12 s");
+        assert_eq!(human_duration(ms(125_000)), "2 min 5 s");
+        assert_eq!(human_duration(ms(3_780_000)), "1 h 3 min");
     }
 }

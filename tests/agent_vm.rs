@@ -19,8 +19,8 @@ use vfioctl::vm::devices::IVSHMEM_ID;
 use vfioctl::vm::profile::{DeviceEntry, PlugWhen};
 use vfioctl::vm::{lifecycle, plug, VmState};
 use vfioctl_common::proto::{self, ErrorKind, Outcome};
-use vfioctl_testkit::lab::{Harness, Lab};
 use vfioctl_testkit::build::static_agent;
+use vfioctl_testkit::lab::{Harness, Lab};
 use vfioctl_testkit::prereq;
 
 fn validate(base: &std::path::Path, args: &[&str]) -> (Option<i32>, serde_json::Value) {

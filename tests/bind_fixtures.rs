@@ -469,8 +469,20 @@ fn a_blocking_unbind_times_out_names_the_holders_and_rolls_back() {
         &["bind", "--force", "--timeout", "1", "0000:01:00.0"],
         &[],
     );
-    // Release the helper child still blocked on the FIFO.
-    let _ = fs::read(&unbind);
+    // The helper child blocked on the FIFO was killed and reaped before vfioctl rolled
+    // back (issue 13 item 2): no writer is left on it.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&unbind)
+            .unwrap();
+        let mut s = String::new();
+        use std::io::Read;
+        let _ = f.read_to_string(&mut s);
+        assert_eq!(s, "", "a write was still pending");
+    }
     assert_eq!(o.status.code(), Some(7), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("did not finish within 1 s"), "{err}");

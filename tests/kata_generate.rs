@@ -280,6 +280,10 @@ fn parse_back_has_kata_key_names_and_types() {
                 assert_eq!(q.pcie_switch_port.unwrap_or(0), 0, "{name}");
                 assert_eq!(f.agent.kata.reconnect_timeout_ms, Some(1_200_000));
                 assert!(f.agent.kata.dial_timeout.is_none());
+                assert!(
+                    f.agent.kata.dial_timeout_ms.is_none_or(|ms| ms > 0),
+                    "{name}: runtime-rs times the agent in ms"
+                );
                 assert_eq!(f.runtime.name.as_deref(), Some("virt_container"));
                 assert_eq!(f.runtime.hypervisor_name.as_deref(), Some("qemu"));
             }

@@ -40,6 +40,11 @@ fn lab_plan_standin_passes_and_negative_control_fails_as_expected() {
     let child = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
         .arg("regress")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lab-plan.toml"))
+        .arg("--agent")
+        .arg(
+            vfioctl::rootfs::agent_bin::build_static(Path::new(env!("CARGO_MANIFEST_DIR")))
+                .expect("the static agent"),
+        )
         .args(["--only", CI_SCENARIOS, "--jobs", "3", "--history"])
         .arg(&hist)
         .arg("--json")

@@ -29,6 +29,11 @@ fn nested_guest_lists_the_device_passed_through_by_l1() {
     let res = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
         .arg("regress")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lab-plan.toml"))
+        .arg("--agent")
+        .arg(
+            vfioctl::rootfs::agent_bin::build_static(Path::new(env!("CARGO_MANIFEST_DIR")))
+                .expect("the static agent"),
+        )
         .args(["--only", "nested-passthrough", "--out"])
         .arg(out.path().join("out"))
         .arg("--json")

@@ -119,7 +119,7 @@ fn vf_list_without_a_pf_lists_every_sriov_function() {
     assert_eq!(pfs, vec![NIC, PF]);
     assert_eq!(v[0]["total_vfs"], 7);
     assert_eq!(v[0]["num_vfs"], 0);
-    assert_eq!(v[0]["vf_device"], 0x10ca);
+    assert_eq!(v[0]["vf_device"], "10ca");
     assert_eq!(v[0]["drivers_autoprobe"], true);
 }
 

@@ -299,6 +299,21 @@ impl fmt::Display for Selector {
     }
 }
 
+/// A BDF in JSON: the string `0000:65:00.0`.
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Bdf {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Bdf".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\\.[0-7]$",
+            "description": "PCI address domain:bus:device.function, lower-case hex (0000:65:00.0)"
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -555,6 +555,7 @@ pub struct KernelLogReply {
 
 /// A check's verdict. `Skip` only when the check does not apply, with the reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Pass,
@@ -574,6 +575,7 @@ impl fmt::Display for Verdict {
 
 /// The result of one named in-guest check.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CheckOutcome {
     pub name: String,
     pub verdict: Verdict,

@@ -66,7 +66,10 @@ fn check_regular(f: &fs::File) -> io::Result<()> {
     if !ft.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("not a regular file ({}): refusing to read it", kind_name(&ft)),
+            format!(
+                "not a regular file ({}): refusing to read it",
+                kind_name(&ft)
+            ),
         ));
     }
     Ok(())
@@ -390,7 +393,12 @@ impl SysRoot {
     /// root: under a `--root` tree, `..` and absolute or relative symlinks that point out of
     /// the tree are resolved as if the tree were `/` (`openat2` with `RESOLVE_IN_ROOT`), so
     /// a write can never land outside it. On the real machine (`/`) this is a plain open.
-    pub fn open_in_root(&self, abs: impl AsRef<Path>, flags: i32, mode: u32) -> io::Result<fs::File> {
+    pub fn open_in_root(
+        &self,
+        abs: impl AsRef<Path>,
+        flags: i32,
+        mode: u32,
+    ) -> io::Result<fs::File> {
         let abs = abs.as_ref();
         if self.is_host() {
             use std::os::unix::fs::OpenOptionsExt;
@@ -458,6 +466,18 @@ impl SysRoot {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     let parent = open(&cur).map_err(|e| self.err("open", &cur, e))?;
+                    if self.exists_nofollow(&next) {
+                        // There, but it does not resolve inside the root: a link whose
+                        // target is outside the tree (or missing). Refused, not followed.
+                        return Err(self.err(
+                            "create directory",
+                            &next,
+                            io::Error::new(
+                                io::ErrorKind::NotFound,
+                                "a symlink whose target is not inside the root: refusing to follow it out",
+                            ),
+                        ));
+                    }
                     let c = plain_name(&part.to_string_lossy())
                         .map_err(|e| self.err("create directory", &next, e))?;
                     // SAFETY: `c` is NUL-terminated, `parent` an open directory.
@@ -568,11 +588,7 @@ impl RootDir {
         let tmp = format!(".{name}.{}.tmp", std::process::id());
         let _ = self.remove(&tmp);
         {
-            let mut f = self.open(
-                &tmp,
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-                mode,
-            )?;
+            let mut f = self.open(&tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, mode)?;
             f.write_all(data)?;
             f.sync_all()?;
         }
@@ -827,7 +843,10 @@ mod tests {
         let e = r.read_bytes("/sys/devices/x/config").unwrap_err();
         assert!(e.to_string().contains("/sys/devices/x/config"), "{e}");
         assert!(
-            std::error::Error::source(&e).unwrap().to_string().contains("FIFO"),
+            std::error::Error::source(&e)
+                .unwrap()
+                .to_string()
+                .contains("FIFO"),
             "{e:?}"
         );
         let h = r.open_dir("/sys/devices/x").unwrap();
@@ -850,7 +869,10 @@ mod tests {
         std::fs::write(d.join("driver_override"), vec![b'a'; 1 << 20]).unwrap();
         let h = r.open_dir("/sys/devices/x").unwrap();
         let e = h.read_attr_opt("driver_override").unwrap_err();
-        assert!(format!("{e:?}").contains("longer than 65536 bytes"), "{e:?}");
+        assert!(
+            format!("{e:?}").contains("longer than 65536 bytes"),
+            "{e:?}"
+        );
         std::fs::write(d.join("big"), vec![b'a'; MAX_SYSFS_READ + 1]).unwrap();
         assert!(r.read_bytes("/sys/devices/x/big").is_err());
     }

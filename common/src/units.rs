@@ -61,7 +61,13 @@ pub fn parse(input: &str) -> Result<u64, SizeError> {
         input: input.to_string(),
         reason: TOO_BIG,
     };
-    let capped = |n: u64| if n > MAX_ADDRESSABLE { Err(big()) } else { Ok(n) };
+    let capped = |n: u64| {
+        if n > MAX_ADDRESSABLE {
+            Err(big())
+        } else {
+            Ok(n)
+        }
+    };
     let s = input.trim();
     if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -129,11 +135,19 @@ mod tests {
         assert!(parse("12X").is_err());
         assert!(parse("99999999999T").is_err());
         assert_eq!(parse("4P").unwrap(), MAX_ADDRESSABLE);
-        for huge in ["0xffffffffffffffff", "0x8000000000000000", "5P", "0x10000000000001"] {
+        for huge in [
+            "0xffffffffffffffff",
+            "0x8000000000000000",
+            "5P",
+            "0x10000000000001",
+        ] {
             let e = parse(huge).unwrap_err();
             assert!(e.to_string().contains("larger than 4P"), "{huge}: {e}");
         }
-        assert!(parse("0x").unwrap_err().to_string().contains("expected a number"));
+        assert!(parse("0x")
+            .unwrap_err()
+            .to_string()
+            .contains("expected a number"));
         assert!(parse("0x+1").is_err());
     }
 }

@@ -18,7 +18,7 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("agent at {transport} did not answer within {waited:?}: {last}")]
+    #[error("agent at {transport} did not answer within {}: {last}", crate::output::human_duration(*.waited))]
     NotReady {
         transport: Transport,
         waited: Duration,
@@ -29,7 +29,7 @@ pub enum ClientError {
         transport: Transport,
         reason: String,
     },
-    #[error("agent at {transport}: {op} timed out after {after:?}")]
+    #[error("agent at {transport}: {op} timed out after {}", crate::output::human_duration(*.after))]
     Timeout {
         transport: Transport,
         op: &'static str,

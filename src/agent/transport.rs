@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use vfioctl_common::proto::DEFAULT_PORT;
 
 /// Where the agent is. Serializable: the VM state file stores it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Transport {
     /// `AF_VSOCK` to guest CID `cid`, port `port`.

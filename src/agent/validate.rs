@@ -16,7 +16,7 @@ use super::{AgentClient, ClientError, Transport};
 pub const IVSHMEM: (u16, u16) = (0x1af4, 0x1110);
 
 /// A BAR the guest must show.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ExpectedBar {
     pub index: u8,
     pub size: u64,
@@ -25,11 +25,16 @@ pub struct ExpectedBar {
 }
 
 /// The device validation looks for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Expected {
     /// What the user named (`0000:65:00.0`, `emulated:8G`).
     pub label: String,
+    /// 4 lower-case hex digits (see `crate::output::pci_id`).
+    #[serde(serialize_with = "crate::output::pci_id::id16")]
+    #[schemars(with = "crate::output::pci_id::Id16Schema")]
     pub vendor: u16,
+    #[serde(serialize_with = "crate::output::pci_id::id16")]
+    #[schemars(with = "crate::output::pci_id::Id16Schema")]
     pub device: u16,
     pub bars: Vec<ExpectedBar>,
     /// The guest's address for it, when known (from the VM state).
@@ -123,7 +128,7 @@ pub struct GuestView {
 
 /// Milliseconds spent asking the agent, per question: each check is judged from one of
 /// them, and its JUnit `time` is that question's.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Timings {
     pub hello_ms: u64,
     /// Waiting for the device with its BARs assigned.
@@ -445,7 +450,7 @@ pub fn collect(
 }
 
 /// The whole result, as `--json` prints it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Report {
     pub agent: Transport,
     pub target: Option<Expected>,

@@ -1,7 +1,7 @@
 //! Carrying out a plan against sysfs, verifying every step, rolling the whole plan back on
 //! any failure; and putting devices back from the ledger (`unbind`, `restore`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -9,20 +9,12 @@ use vfioctl_common::{Bdf, PciDevice, SysRoot};
 
 use super::driver::{self, Loaded};
 use super::error::BindError;
+use super::flow::{Prepared, Step};
 use super::ledger::{Entry, Ledger};
 use super::persist;
-use super::plan::{Member, Plan};
 use super::safety;
 use super::state::{BindState, Tracker};
-use super::write::{fault_point, write_timed, TimedError};
-
-#[derive(Clone, Debug)]
-pub struct Options {
-    /// Limit for each write that can block in the kernel (unbind, probe, bind).
-    pub timeout: Duration,
-    /// Write a boot-time override for each bound device.
-    pub persist: bool,
-}
+use super::write::{self, fault_point, write_timed, TimedError};
 
 /// What happened to one device.
 #[derive(Clone, Debug, Serialize)]
@@ -59,7 +51,21 @@ fn timed(
     holders: impl FnOnce() -> Vec<String>,
 ) -> Result<(), BindError> {
     write_timed(root, abs, value, timeout).map_err(|e| match e {
-        TimedError::Timeout => BindError::Timeout {
+        TimedError::Timeout { pending: Some(pid) } => match value.parse::<Bdf>() {
+            Ok(bdf) => BindError::WritePending {
+                bdf,
+                path: abs.to_string(),
+                value: value.to_string(),
+                pid,
+            },
+            Err(_) => BindError::Timeout {
+                path: abs.to_string(),
+                value: value.to_string(),
+                secs: timeout.as_secs(),
+                holders: holders(),
+            },
+        },
+        TimedError::Timeout { pending: None } => BindError::Timeout {
             path: abs.to_string(),
             value: value.to_string(),
             secs: timeout.as_secs(),
@@ -109,112 +115,92 @@ fn unbind_current(root: &SysRoot, bdf: Bdf, timeout: Duration) -> Result<(), Bin
     Ok(())
 }
 
-/// Bind one device: override, unbind, probe, verify. The tracker follows every step.
-fn bind_one(
-    root: &SysRoot,
-    m: &Member,
-    to: &str,
-    timeout: Duration,
-    t: &mut Tracker,
-) -> Result<(), BindError> {
-    let bdf = m.bdf;
-    write_override(root, bdf, Some(to))?;
-    t.go(BindState::OverrideWritten);
-    tracing::debug!("{bdf}: override written");
-    fault_point("override");
-    unbind_current(root, bdf, timeout)?;
-    t.go(BindState::Unbound);
-    tracing::debug!("{bdf}: unbound");
-    fault_point("unbind");
-    let probe = timed(
-        root,
-        "/sys/bus/pci/drivers_probe",
-        &bdf.to_string(),
-        timeout,
-        || holders(root, bdf),
-    );
-    t.go(BindState::Probed);
-    tracing::debug!("{bdf}: probed");
-    fault_point("probe");
-    // drivers_probe returns success even when no driver bound; the `driver` link is the
-    // truth. If the probe did not bind, ask the driver directly: its bind write returns
-    // the real error.
-    let mut got = current_driver(root, bdf)?;
-    if got.as_deref() != Some(to) {
-        let direct = timed(
-            root,
-            &format!("/sys/bus/pci/drivers/{to}/bind"),
-            &bdf.to_string(),
-            timeout,
-            Vec::new,
-        );
-        got = current_driver(root, bdf)?;
-        if got.as_deref() != Some(to) {
-            tracing::debug!("{bdf}: probe {probe:?}, direct bind {direct:?}");
-            if let Err(e @ BindError::Timeout { .. }) = probe {
-                return Err(e);
-            }
-            return Err(BindError::NotBound {
-                bdf,
-                want: to.into(),
-                got,
-            });
-        }
-    }
-    t.go(BindState::OnVfio);
-    tracing::debug!("{bdf}: verified on {to}");
-    Ok(())
+/// A write for `bdf` still blocked in the kernel, if any.
+fn pending_for(bdf: Bdf) -> Option<BindError> {
+    let b = bdf.to_string();
+    write::pending()
+        .into_iter()
+        .find(|p| p.value == b)
+        .map(|p| BindError::WritePending {
+            bdf,
+            path: p.path,
+            value: p.value,
+            pid: p.pid,
+        })
 }
 
-/// Put one device back to `original_driver` + `original_override`, verified.
+/// Put one device back to `original_driver` + `original_override`, then re-read both
+/// and report `Restored` only when that is what the device shows. A device with a write
+/// still blocked in the kernel is not touched: its state is not known yet.
+/// `fault` names the fault points (`rollback` or `restore`) and `n` the device's ordinal.
 pub fn restore_device(
     root: &SysRoot,
     bdf: Bdf,
     e: &Entry,
     timeout: Duration,
     t: &mut Tracker,
+    fault: &str,
+    n: usize,
 ) -> Result<(), BindError> {
     t.go(BindState::RollingBack);
     let r = (|| {
+        if let Some(p) = pending_for(bdf) {
+            return Err(p);
+        }
         let dev = PciDevice::read(root, bdf)?;
         if dev.driver_override != e.original_override {
             write_override(root, bdf, e.original_override.as_deref())?;
+            fault_point(&format!("{fault}-override"), n);
         }
-        if dev.driver == e.original_driver {
-            return Ok(());
+        if dev.driver != e.original_driver {
+            unbind_current(root, bdf, timeout)?;
+            fault_point(&format!("{fault}-unbind"), n);
+            if let Some(orig) = &e.original_driver {
+                let bdf_s = bdf.to_string();
+                let direct = match driver::driver_dir(root, orig) {
+                    Some(dir) => timed(
+                        root,
+                        &format!("/sys/bus/pci/drivers/{dir}/bind"),
+                        &bdf_s,
+                        timeout,
+                        || holders(root, bdf),
+                    ),
+                    None => Err(BindError::DriverMissing {
+                        driver: orig.clone(),
+                        reason: "its driver directory is gone (module unloaded?)".into(),
+                    }),
+                };
+                fault_point(&format!("{fault}-bind"), n);
+                if direct.is_err() || current_driver(root, bdf)?.as_deref() != Some(orig.as_str()) {
+                    tracing::debug!(
+                        "{bdf}: direct bind to {orig}: {direct:?}; falling back to drivers_probe"
+                    );
+                    timed(root, "/sys/bus/pci/drivers_probe", &bdf_s, timeout, || {
+                        holders(root, bdf)
+                    })?;
+                    fault_point(&format!("{fault}-probe"), n);
+                }
+            }
         }
-        unbind_current(root, bdf, timeout)?;
-        let Some(orig) = &e.original_driver else {
-            return Ok(());
-        };
-        let bdf_s = bdf.to_string();
-        let direct = match driver::driver_dir(root, orig) {
-            Some(dir) => timed(
-                root,
-                &format!("/sys/bus/pci/drivers/{dir}/bind"),
-                &bdf_s,
-                timeout,
-                || holders(root, bdf),
-            ),
-            None => Err(BindError::DriverMissing {
-                driver: orig.clone(),
-                reason: "its driver directory is gone (module unloaded?)".into(),
-            }),
-        };
-        if direct.is_err() || current_driver(root, bdf)?.as_deref() != Some(orig.as_str()) {
-            tracing::debug!(
-                "{bdf}: direct bind to {orig}: {direct:?}; falling back to drivers_probe"
-            );
-            timed(root, "/sys/bus/pci/drivers_probe", &bdf_s, timeout, || {
-                holders(root, bdf)
-            })?;
-        }
-        let got = current_driver(root, bdf)?;
-        if got.as_deref() != Some(orig.as_str()) {
+        // The final state, read back: what is reported is what the device shows.
+        let now = PciDevice::read(root, bdf)?;
+        if now.driver != e.original_driver {
             return Err(BindError::NotBound {
                 bdf,
-                want: orig.clone(),
-                got,
+                want: e
+                    .original_driver
+                    .clone()
+                    .unwrap_or_else(|| "no driver".into()),
+                got: now.driver,
+            });
+        }
+        if now.driver_override != e.original_override {
+            return Err(BindError::Changed {
+                bdf,
+                what: format!(
+                    "driver_override reads {:?} after restoring {:?}",
+                    now.driver_override, e.original_override
+                ),
             });
         }
         Ok(())
@@ -245,115 +231,231 @@ fn group_node(root: &SysRoot, group: u32, members: &[Bdf]) -> Result<String, Bin
     Err(BindError::NoGroupNode { group, path: p })
 }
 
-/// Carry out `plan`. On any failure every device already touched is put back, and the
-/// error is [`BindError::RolledBack`] (or [`BindError::RollbackFailed`]).
-pub fn execute(root: &SysRoot, plan: &Plan, opts: &Options) -> Result<BindReport, BindError> {
-    let mut ledger = Ledger::open(root)?;
-    tracing::debug!("ledger locked");
-    let members: Vec<&Member> = plan.to_bind().collect();
-    for m in &members {
-        if let Some(e) = ledger.get(&m.bdf) {
-            return Err(BindError::Unfinished {
-                bdf: m.bdf,
-                state: e.state.to_string(),
-            });
-        }
+/// The state of one `execute` run.
+struct Run<'a> {
+    p: &'a Prepared,
+    loaded: Vec<Loaded>,
+    /// Devices touched, in order, with their trackers.
+    done: Vec<(Bdf, Tracker)>,
+    /// Result of each device's probe write (a timeout there explains a failed verify).
+    probes: BTreeMap<Bdf, Result<(), BindError>>,
+    group_nodes: Vec<String>,
+    persisted: Vec<String>,
+    plan_id: String,
+}
+
+impl Run<'_> {
+    fn ordinal(&self, bdf: Bdf) -> usize {
+        self.p
+            .plan
+            .to_bind()
+            .position(|m| m.bdf == bdf)
+            .map_or(1, |i| i + 1)
     }
-    let mut loaded = Vec::new();
-    for d in plan.drivers() {
-        loaded.push(driver::ensure_loaded(root, &d)?);
-    }
-    let resolve = |want: &str| -> (String, bool) {
-        let l = loaded.iter().find(|l| {
-            l.driver() == want
-                || l.driver() == want.replace('_', "-")
-                || l.driver() == want.replace('-', "_")
-        });
-        match l {
-            Some(l) => (l.driver().to_string(), l.by_vfioctl()),
-            None => (want.to_string(), false),
+
+    fn tracker(&mut self, bdf: Bdf) -> &mut Tracker {
+        if !self.done.iter().any(|(b, _)| *b == bdf) {
+            self.done.push((bdf, Tracker::new()));
         }
-    };
-    let plan_id = format!("{}-{}", now(), std::process::id());
-    for m in &members {
-        let (to, by_us) = resolve(m.target().unwrap_or_default());
-        ledger.record(
-            m.bdf,
-            Entry {
-                original_driver: m.driver.clone(),
-                original_override: m.driver_override.clone(),
-                target_driver: to,
-                iommu_group: plan
+        &mut self
+            .done
+            .iter_mut()
+            .find(|(b, _)| *b == bdf)
+            .expect("pushed above")
+            .1
+    }
+
+    /// The driver name as registered (after a module load it may be spelt `_`).
+    fn resolve(&self, want: &str) -> String {
+        self.loaded
+            .iter()
+            .find(|l| {
+                l.driver() == want
+                    || l.driver() == want.replace('_', "-")
+                    || l.driver() == want.replace('-', "_")
+            })
+            .map(|l| l.driver().to_string())
+            .unwrap_or_else(|| want.to_string())
+    }
+
+    fn step(&mut self, step: &Step, ledger: &mut Ledger) -> Result<(), BindError> {
+        let root = &self.p.root;
+        let timeout = self.p.opts.timeout;
+        match step {
+            Step::LoadModule { driver: d, .. } => {
+                let l = driver::ensure_loaded(root, d)?;
+                self.loaded.push(l);
+            }
+            Step::RecordLedger { persist } => {
+                for m in self.p.plan.to_bind() {
+                    let to = self.resolve(m.target().unwrap_or_default());
+                    let by_us = self
+                        .loaded
+                        .iter()
+                        .any(|l| l.driver() == to && l.by_vfioctl());
+                    ledger.record(
+                        m.bdf,
+                        Entry {
+                            original_driver: m.driver.clone(),
+                            original_override: m.driver_override.clone(),
+                            target_driver: to,
+                            iommu_group: self
+                                .p
+                                .plan
+                                .groups
+                                .iter()
+                                .find(|g| g.members.iter().any(|x| x.bdf == m.bdf))
+                                .map(|g| g.group),
+                            module_loaded_by_vfioctl: by_us,
+                            sriov_numvfs: m.sriov_numvfs,
+                            state: BindState::HostDriver,
+                            persisted: *persist,
+                            since: now(),
+                            plan: self.plan_id.clone(),
+                        },
+                    );
+                }
+                ledger.save()?;
+                tracing::debug!("ledger recorded");
+            }
+            Step::Override { bdf, to } => {
+                let to = self.resolve(to);
+                write_override(root, *bdf, Some(&to))?;
+                self.tracker(*bdf).go(BindState::OverrideWritten);
+            }
+            Step::Unbind { bdf, .. } => {
+                // Whatever it is on now (the plan was checked against it under the lock).
+                unbind_current(root, *bdf, timeout)?;
+                self.tracker(*bdf).go(BindState::Unbound);
+            }
+            Step::Probe { bdf } => {
+                if self.tracker(*bdf).state() == BindState::OverrideWritten {
+                    // A driverless device: nothing was unbound.
+                    self.tracker(*bdf).go(BindState::Unbound);
+                }
+                let r = timed(
+                    root,
+                    "/sys/bus/pci/drivers_probe",
+                    &bdf.to_string(),
+                    timeout,
+                    || holders(root, *bdf),
+                );
+                if let Err(e @ BindError::WritePending { .. }) = r {
+                    return Err(e);
+                }
+                self.probes.insert(*bdf, r);
+                self.tracker(*bdf).go(BindState::Probed);
+            }
+            Step::BindDirect { bdf, to } => {
+                // drivers_probe returns success even when no driver bound; the `driver`
+                // link is the truth. If the probe did not bind, ask the driver directly:
+                // its bind write returns the real error.
+                let to = self.resolve(to);
+                if current_driver(root, *bdf)?.as_deref() != Some(to.as_str()) {
+                    let direct = timed(
+                        root,
+                        &format!("/sys/bus/pci/drivers/{to}/bind"),
+                        &bdf.to_string(),
+                        timeout,
+                        Vec::new,
+                    );
+                    if let Err(e @ BindError::WritePending { .. }) = direct {
+                        return Err(e);
+                    }
+                    tracing::debug!("{bdf}: direct bind: {direct:?}");
+                }
+            }
+            Step::Verify { bdf, to } => {
+                let to = self.resolve(to);
+                let got = current_driver(root, *bdf)?;
+                if got.as_deref() != Some(to.as_str()) {
+                    if let Some(Err(e @ BindError::Timeout { .. })) = self.probes.remove(bdf) {
+                        return Err(e);
+                    }
+                    return Err(BindError::NotBound {
+                        bdf: *bdf,
+                        want: to,
+                        got,
+                    });
+                }
+                self.tracker(*bdf).go(BindState::OnVfio);
+                tracing::debug!("{bdf}: verified on {to}");
+            }
+            Step::GroupNode { group } => {
+                let bdfs: Vec<Bdf> = self
+                    .p
+                    .plan
                     .groups
                     .iter()
-                    .find(|g| g.members.iter().any(|x| x.bdf == m.bdf))
-                    .map(|g| g.group),
-                module_loaded_by_vfioctl: by_us,
-                sriov_numvfs: m.sriov_numvfs,
-                state: BindState::HostDriver,
-                persisted: false,
-                since: now(),
-                plan: plan_id.clone(),
-            },
-        );
-    }
-    ledger.save()?;
-    tracing::debug!("ledger recorded");
-
-    let mut done: Vec<(Bdf, Tracker)> = Vec::new();
-    let mut failure: Option<BindError> = None;
-    for m in &members {
-        let to = ledger
-            .get(&m.bdf)
-            .map(|e| e.target_driver.clone())
-            .unwrap_or_default();
-        let mut t = Tracker::new();
-        let r = bind_one(root, m, &to, opts.timeout, &mut t);
-        done.push((m.bdf, t));
-        if let Err(e) = r {
-            failure = Some(e);
-            break;
-        }
-    }
-    let mut group_nodes = Vec::new();
-    if failure.is_none() {
-        for g in &plan.groups {
-            if !g.members.iter().any(|m| m.target().is_some()) {
-                continue;
+                    .filter(|g| g.group == *group)
+                    .flat_map(|g| g.members.iter().map(|m| m.bdf))
+                    .collect();
+                let n = group_node(root, *group, &bdfs)?;
+                self.group_nodes.push(n);
             }
-            let bdfs: Vec<Bdf> = g.members.iter().map(|m| m.bdf).collect();
-            match group_node(root, g.group, &bdfs) {
-                Ok(p) => group_nodes.push(p),
-                Err(e) => {
-                    failure = Some(e);
-                    break;
+            Step::Persist { bdf, to } => {
+                let to = self.resolve(to);
+                let p = persist::write(root, *bdf, &to)?;
+                self.persisted.push(p);
+            }
+            Step::LedgerDone => {
+                for (bdf, _) in &self.done {
+                    ledger.set_state(bdf, BindState::OnVfio);
                 }
+                ledger.save()?;
+                tracing::debug!("ledger updated");
             }
         }
+        Ok(())
     }
 
-    if let Some(cause) = failure {
+    /// Put back every device touched, newest first; remove the entries of those restored
+    /// and of those never touched, keep the others as `failed`; remove boot-time overrides
+    /// this run wrote.
+    fn rollback(&mut self, cause: BindError, ledger: &mut Ledger) -> BindError {
+        let root = &self.p.root;
+        let timeout = self.p.opts.timeout;
+        // Writes still blocked in the kernel get a last chance to finish before the
+        // devices are read back.
+        let _ = write::wait_pending(write::KILL_GRACE);
         let mut errors = Vec::new();
-        for (bdf, t) in done.iter_mut().rev() {
-            let entry = ledger.get(bdf).cloned().expect("recorded above");
-            match restore_device(root, *bdf, &entry, opts.timeout, t) {
+        let order: Vec<Bdf> = self.done.iter().rev().map(|(b, _)| *b).collect();
+        for bdf in order {
+            let n = self.ordinal(bdf);
+            let Some(entry) = ledger.get(&bdf).cloned() else {
+                continue;
+            };
+            let t = self.tracker(bdf);
+            match restore_device(root, bdf, &entry, timeout, t, "rollback", n) {
                 Ok(()) => {
-                    ledger.remove(bdf);
+                    if entry.persisted {
+                        if let Err(e) = persist::remove(root, bdf) {
+                            errors.push(format!("{bdf}: {e}"));
+                        }
+                    }
+                    ledger.remove(&bdf);
                 }
                 Err(e) => {
-                    ledger.set_state(bdf, BindState::Failed);
+                    ledger.set_state(&bdf, BindState::Failed);
                     errors.push(format!("{bdf}: {e}"));
                 }
             }
         }
         // Devices recorded but never touched.
-        for m in &members {
-            if !done.iter().any(|(b, _)| *b == m.bdf) {
-                ledger.remove(&m.bdf);
+        for m in self.p.plan.to_bind() {
+            if !self.done.iter().any(|(b, _)| *b == m.bdf) {
+                if let Some(e) = ledger.remove(&m.bdf) {
+                    if e.persisted {
+                        let _ = persist::remove(root, m.bdf);
+                    }
+                }
             }
         }
-        ledger.save()?;
-        return Err(if errors.is_empty() {
+        if let Err(e) = ledger.save() {
+            errors.push(format!("saving the ledger: {e}"));
+        }
+        fault_point("rollback-ledger", 1);
+        if errors.is_empty() {
             BindError::RolledBack {
                 cause: Box::new(cause),
             }
@@ -362,51 +464,97 @@ pub fn execute(root: &SysRoot, plan: &Plan, opts: &Options) -> Result<BindReport
                 cause: Box::new(cause),
                 rollback: errors,
             }
-        });
+        }
     }
+}
 
-    let mut persisted = Vec::new();
-    let mut warnings = Vec::new();
-    if opts.persist {
-        for (bdf, _) in &done {
-            let to = ledger
-                .get(bdf)
-                .map(|e| e.target_driver.clone())
-                .unwrap_or_default();
-            let p = persist::write(root, *bdf, &to)?;
-            persisted.push(p);
-            if let Some(e) = ledger.data.devices.get_mut(bdf) {
-                e.persisted = true;
+/// Run the steps of `p` in order. On any failure every device already touched is put
+/// back, and the error is [`BindError::RolledBack`] (or [`BindError::RollbackFailed`]).
+pub fn execute(p: &Prepared) -> Result<BindReport, BindError> {
+    if !p.blocking.is_empty() {
+        return Err(BindError::Refused(p.blocking.clone()));
+    }
+    let mut report = BindReport {
+        loaded: Vec::new(),
+        devices: Vec::new(),
+        group_nodes: Vec::new(),
+        persisted: Vec::new(),
+        warnings: Vec::new(),
+    };
+    if p.plan.is_noop() {
+        return Ok(report);
+    }
+    let root = &p.root;
+    let mut ledger = Ledger::open(root)?;
+    tracing::debug!("ledger locked");
+    // The plan was read before the lock: check that nobody moved a device since.
+    for m in p.plan.to_bind() {
+        let now = PciDevice::read(root, m.bdf)?;
+        if let Some(e) = ledger.get(&m.bdf) {
+            if e.state == BindState::OnVfio && now.driver.as_deref() == Some(&e.target_driver) {
+                return Err(BindError::BoundByOtherRun {
+                    bdf: m.bdf,
+                    driver: e.target_driver.clone(),
+                    plan: e.plan.clone(),
+                });
             }
+            return Err(BindError::Unfinished {
+                bdf: m.bdf,
+                state: e.state.to_string(),
+            });
         }
+        if now.driver != m.driver || now.driver_override != m.driver_override {
+            return Err(BindError::Changed {
+                bdf: m.bdf,
+                what: format!(
+                    "driver {} -> {}, override {} -> {}",
+                    m.driver.as_deref().unwrap_or("none"),
+                    now.driver.as_deref().unwrap_or("none"),
+                    m.driver_override.as_deref().unwrap_or("unset"),
+                    now.driver_override.as_deref().unwrap_or("unset"),
+                ),
+            });
+        }
+    }
+    let mut run = Run {
+        p,
+        loaded: Vec::new(),
+        done: Vec::new(),
+        probes: BTreeMap::new(),
+        group_nodes: Vec::new(),
+        persisted: Vec::new(),
+        plan_id: format!("{}-{}", now(), std::process::id()),
+    };
+    for step in &p.steps {
+        if let Err(e) = run.step(step, &mut ledger) {
+            return Err(run.rollback(e, &mut ledger));
+        }
+        let n = step.bdf().map_or(1, |b| run.ordinal(b));
+        fault_point(step.name(), n);
+    }
+    if p.opts.persist {
         if let Some(w) = persist::warning(root) {
-            warnings.push(w);
+            report.warnings.push(w);
         }
     }
-    for (bdf, _) in &done {
-        ledger.set_state(bdf, BindState::OnVfio);
-    }
-    ledger.save()?;
-    tracing::debug!("ledger updated");
-    Ok(BindReport {
-        loaded,
-        devices: done
-            .into_iter()
-            .map(|(bdf, t)| {
-                let e = ledger.get(&bdf).cloned().expect("recorded");
-                DeviceOutcome {
-                    bdf,
-                    from: e.original_driver,
-                    to: e.target_driver,
-                    state: t.state(),
-                    history: t.history().to_vec(),
-                }
-            })
-            .collect(),
-        group_nodes,
-        persisted,
-        warnings,
-    })
+    report.devices = run
+        .done
+        .iter()
+        .map(|(bdf, t)| {
+            let e = ledger.get(bdf).cloned();
+            DeviceOutcome {
+                bdf: *bdf,
+                from: e.as_ref().and_then(|e| e.original_driver.clone()),
+                to: e.map(|e| e.target_driver).unwrap_or_default(),
+                state: t.state(),
+                history: t.history().to_vec(),
+            }
+        })
+        .collect();
+    report.loaded = run.loaded;
+    report.group_nodes = run.group_nodes;
+    report.persisted = run.persisted;
+    Ok(report)
 }
 
 /// What `restore`/`unbind` did to one device.
@@ -419,6 +567,10 @@ pub struct RestoreOutcome {
     pub state: BindState,
     pub error: Option<String>,
     pub persist_removed: Option<String>,
+    /// The device is no longer on the bus (hot-removed): nothing to give back, the entry
+    /// was cleared.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub gone: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -449,19 +601,46 @@ pub fn restore(
     };
     let mut out = Vec::new();
     let mut modules: BTreeSet<String> = BTreeSet::new();
-    for bdf in targets.iter().rev() {
-        let e = ledger.get(bdf).cloned().expect("checked");
+    for (i, bdf) in targets.iter().rev().enumerate() {
+        let n = i + 1;
+        let Some(e) = ledger.get(bdf).cloned() else {
+            continue;
+        };
         // A recorded device is somewhere between HostDriver (recorded, bind under way:
         // any step may have happened) and OnVfio, or Failed from an earlier attempt.
         let mut t = Tracker::at(match e.state {
             BindState::HostDriver => BindState::OverrideWritten,
             s => s,
         });
-        let r = restore_device(root, *bdf, &e, timeout, &mut t);
+        // A device that left the bus (hot-removed, or its slot powered off) has nothing
+        // to give back; keeping its entry would block every later restore --all.
+        if !root.exists_nofollow(bdf.sysfs_path()) && pending_for(*bdf).is_none() {
+            let persist_removed = if e.persisted || remove_persist {
+                persist::remove(root, *bdf)?
+            } else {
+                None
+            };
+            ledger.remove(bdf);
+            ledger.save()?;
+            out.push(RestoreOutcome {
+                bdf: *bdf,
+                driver: e.original_driver.clone(),
+                driver_override: e.original_override.clone(),
+                state: t.state(),
+                error: None,
+                persist_removed,
+                gone: true,
+            });
+            fault_point("restore-ledger", n);
+            continue;
+        }
+        let r = restore_device(root, *bdf, &e, timeout, &mut t, "restore", n);
         let mut persist_removed = None;
         if r.is_ok() {
+            fault_point("restore-device", n);
             if remove_persist || e.persisted {
                 persist_removed = persist::remove(root, *bdf)?;
+                fault_point("restore-persist", n);
             }
             if e.module_loaded_by_vfioctl {
                 modules.insert(e.target_driver.clone());
@@ -477,8 +656,10 @@ pub fn restore(
             state: t.state(),
             error: r.err().map(|e| e.to_string()),
             persist_removed,
+            gone: false,
         });
         ledger.save()?;
+        fault_point("restore-ledger", n);
     }
     // Unload what vfioctl loaded, once nothing of the ledger is left on it and no other
     // device uses it (real host only).

@@ -12,6 +12,30 @@ use crate::{Diagnose, Exit};
 pub enum BindError {
     #[error("no PCI device matches {selector}")]
     NoMatch { selector: String },
+    #[error("--driver {driver:?}: {reason}")]
+    BadDriver {
+        driver: String,
+        reason: &'static str,
+    },
+    #[error("--timeout {secs}: {reason}")]
+    BadTimeout { secs: u64, reason: &'static str },
+    #[error("{bdf} was bound to {driver} by another vfioctl run (plan {plan}) while this one waited for the ledger lock; nothing was changed")]
+    BoundByOtherRun {
+        bdf: Bdf,
+        driver: String,
+        plan: String,
+    },
+    #[error(
+        "{bdf} changed while this run waited for the ledger lock ({what}); nothing was changed"
+    )]
+    Changed { bdf: Bdf, what: String },
+    #[error("{bdf}: the write of {value:?} to {path} is still blocked in the kernel (helper pid {pid}), so the device's final state is unknown; its ledger entry is kept")]
+    WritePending {
+        bdf: Bdf,
+        path: String,
+        value: String,
+        pid: i32,
+    },
     #[error(transparent)]
     Pci(#[from] PciError),
     #[error("{bdf} has no IOMMU group: the IOMMU is off or not supported")]
@@ -72,7 +96,7 @@ pub enum BindError {
     LedgerCorrupt { path: PathBuf, reason: String },
     #[error(transparent)]
     Sys(#[from] SysError),
-    #[error("bind failed and was rolled back")]
+    #[error("bind failed and every device it touched was rolled back")]
     RolledBack {
         #[source]
         cause: Box<BindError>,
@@ -84,6 +108,17 @@ pub enum BindError {
     },
     #[error("restore of {failed} device(s) failed: {}", details.join("; "))]
     RestoreFailed { failed: usize, details: Vec<String> },
+}
+
+impl From<vfioctl_common::pci::SelectError> for BindError {
+    fn from(e: vfioctl_common::pci::SelectError) -> Self {
+        match e {
+            vfioctl_common::pci::SelectError::NoMatch { selector } => {
+                BindError::NoMatch { selector }
+            }
+            vfioctl_common::pci::SelectError::Pci(p) => BindError::Pci(p),
+        }
+    }
 }
 
 fn holders_text(h: &[String]) -> String {
@@ -105,6 +140,11 @@ impl Diagnose for BindError {
     fn hint(&self) -> Option<String> {
         Some(match self {
             BindError::NoMatch { .. } => "list devices with `vfioctl devices`".into(),
+            BindError::BadDriver { .. } => "pass --driver vfio-pci (the default), a vfio variant driver's name, or auto".into(),
+            BindError::BadTimeout { .. } => "give the seconds an unbind may take, at least 1 (default 10)".into(),
+            BindError::BoundByOtherRun { bdf, .. } => format!("`vfioctl unbind {bdf}` gives it back; binding it again is not needed"),
+            BindError::Changed { .. } => "look at `vfioctl devices` and run the bind again".into(),
+            BindError::WritePending { .. } => "wait for the driver to finish (see dmesg), then run `vfioctl restore --all`".into(),
             BindError::Pci(_) => "list devices with `vfioctl devices`".into(),
             BindError::NoIommuGroup { .. } => "enable VT-d/AMD-Vi in the firmware and add intel_iommu=on (Intel) to the kernel command line; `vfioctl check` tells which is missing".into(),
             BindError::Bridge { .. } => "select the endpoint behind the bridge; bridges stay on pcieport".into(),
@@ -133,6 +173,8 @@ impl Diagnose for BindError {
     fn exit(&self) -> Exit {
         match self {
             BindError::NoMatch { .. }
+            | BindError::BadDriver { .. }
+            | BindError::BadTimeout { .. }
             | BindError::Bridge { .. }
             | BindError::CompanionsRequired { .. }
             | BindError::NotInLedger { .. } => Exit::Usage,
@@ -140,7 +182,10 @@ impl Diagnose for BindError {
             BindError::NoIommuGroup { .. } => Exit::CheckFailed,
             BindError::SriovActive { .. }
             | BindError::Refused(_)
+            | BindError::BoundByOtherRun { .. }
+            | BindError::Changed { .. }
             | BindError::Unfinished { .. } => Exit::Refused,
+            BindError::WritePending { .. } => Exit::OperationFailed,
             BindError::RolledBack { .. } => Exit::OperationFailed,
             BindError::NotBound { .. }
             | BindError::Timeout { .. }

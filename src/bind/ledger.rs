@@ -7,12 +7,12 @@
 //! the whole of a bind/unbind/restore, so two runs serialize.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
+use vfioctl_common::sysroot::RootDir;
 use vfioctl_common::{Bdf, SysRoot};
 
 use super::error::BindError;
@@ -36,7 +36,8 @@ pub struct Entry {
     pub sriov_numvfs: Option<u32>,
     /// `binding` until verified, then `on-vfio`.
     pub state: BindState,
-    /// A boot-time override was written for it (`--persist`).
+    /// A boot-time override was asked for (`--persist`): recorded before any write, so a
+    /// crash at any point leaves `restore` knowing to remove `/etc/driverctl.d/pci-<bdf>`.
     pub persisted: bool,
     /// Unix seconds when the entry was recorded.
     pub since: u64,
@@ -61,7 +62,7 @@ pub struct LedgerFile {
 /// dies: flock locks die with their file descriptor).
 pub struct Ledger {
     path: PathBuf,
-    dir: PathBuf,
+    dir: RootDir,
     _lock: Flock<File>,
     pub data: LedgerFile,
 }
@@ -73,36 +74,41 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BindError + '_ {
     }
 }
 
+/// The largest ledger vfioctl reads (a few hundred bytes per device).
+const MAX_LEDGER: usize = 16 << 20;
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<LedgerFile, BindError> {
+    serde_json::from_slice(bytes).map_err(|e| BindError::LedgerCorrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
 impl Ledger {
     /// Where the ledger lives under `root`.
     pub fn path(root: &SysRoot) -> PathBuf {
         root.path(format!("{DIR}/ledger.json"))
     }
 
-    /// Lock (waiting for another vfioctl run to finish) and read.
+    /// Lock (waiting for another vfioctl run to finish) and read. The directory and its
+    /// files are resolved inside the root and never through a symlink.
     pub fn open(root: &SysRoot) -> Result<Ledger, BindError> {
-        let dir = root.path(DIR);
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let lock_path = dir.join("ledger.lock");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
+        let dir = root
+            .create_dir_all_in(DIR)
+            .map_err(|e| io(&root.path(DIR))(e.source))?;
+        let lock_path = root.path(format!("{DIR}/ledger.lock"));
+        let f = dir
+            .open("ledger.lock", libc::O_CREAT | libc::O_RDWR, 0o600)
             .map_err(io(&lock_path))?;
         let lock = Flock::lock(f, FlockArg::LockExclusive)
             .map_err(|(_, e)| io(&lock_path)(std::io::Error::from(e)))?;
-        let path = dir.join("ledger.json");
-        let data = match fs::read_to_string(&path) {
-            Ok(s) => serde_json::from_str(&s).map_err(|e| BindError::LedgerCorrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => LedgerFile {
+        let path = Self::path(root);
+        let data = match dir.read("ledger.json", MAX_LEDGER).map_err(io(&path))? {
+            Some(bytes) => parse(&path, &bytes)?,
+            None => LedgerFile {
                 version: 1,
                 ..LedgerFile::default()
             },
-            Err(e) => return Err(io(&path)(e)),
         };
         Ok(Ledger {
             path,
@@ -115,35 +121,29 @@ impl Ledger {
     /// Read without locking (for status output); `None` when there is no ledger.
     pub fn peek(root: &SysRoot) -> Result<Option<LedgerFile>, BindError> {
         let path = Self::path(root);
-        match fs::read_to_string(&path) {
-            Ok(s) => Ok(Some(serde_json::from_str(&s).map_err(|e| {
-                BindError::LedgerCorrupt {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                }
-            })?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(&path)(e)),
+        let dir = match root.open_in_root(DIR, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+            Ok(_) => root
+                .create_dir_all_in(DIR)
+                .map_err(|e| io(&path)(e.source))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        match dir.read("ledger.json", MAX_LEDGER).map_err(io(&path))? {
+            Some(bytes) => Ok(Some(parse(&path, &bytes)?)),
+            None => Ok(None),
         }
     }
 
     /// Write the ledger atomically: temp file, fsync, rename over, fsync the directory.
     pub fn save(&self) -> Result<(), BindError> {
-        let tmp = self
-            .dir
-            .join(format!(".ledger.json.{}.tmp", std::process::id()));
-        let text = serde_json::to_string_pretty(&self.data).expect("ledger serializes");
-        {
-            let mut f = File::create(&tmp).map_err(io(&tmp))?;
-            f.write_all(text.as_bytes()).map_err(io(&tmp))?;
-            f.write_all(b"\n").map_err(io(&tmp))?;
-            f.sync_all().map_err(io(&tmp))?;
-        }
-        fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))?;
-        Ok(())
+        let mut text = serde_json::to_vec_pretty(&self.data).map_err(|e| BindError::Ledger {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        text.push(b'\n');
+        self.dir
+            .write_atomic("ledger.json", &text, 0o600)
+            .map_err(io(&self.path))
     }
 
     pub fn get(&self, bdf: &Bdf) -> Option<&Entry> {
@@ -172,6 +172,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn entry() -> Entry {
         Entry {

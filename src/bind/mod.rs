@@ -2,27 +2,33 @@
 //!
 //! | file | what |
 //! |---|---|
+//! | [`flow`] | the one bind flow: [`prepare`] (plan, in-use check, step list) for [`execute`] |
 //! | [`plan`] | the pure group-aware planner (selected devices, companions, bridges) |
 //! | [`safety`] | in-use rules: mounted disks, routed NICs, open GPU nodes, boot VGA |
 //! | [`state`] | the per-device state machine (host driver -> unbound -> vfio -> restored) |
 //! | [`apply`] | carrying out a plan with verification and whole-plan rollback; restore |
 //! | [`ledger`] | the crash-safe record of what each device had before |
 //! | [`driver`] | vfio variant choice from `modules.alias`, module loading |
-//! | [`write`] | sysfs writes with a timeout (in a child), the test-only fault hook |
+//! | [`write`] | sysfs writes with a timeout (in a child, killed and reaped on timeout), the fault hook (`fault-injection` feature) |
+//! | `sim` | a simulated kernel for fixture trees (`fault-injection` feature, tests only) |
 //! | [`persist`] | boot-time overrides in driverctl's format |
 
 pub mod apply;
 pub mod driver;
 pub mod error;
+pub mod flow;
 pub mod ledger;
 pub mod persist;
 pub mod plan;
 pub mod safety;
+#[cfg(feature = "fault-injection")]
+pub mod sim;
 pub mod state;
 pub mod write;
 
-pub use apply::{execute, restore, BindReport, Options, RestoreReport};
+pub use apply::{execute, restore, BindReport, RestoreReport};
 pub use error::BindError;
+pub use flow::{prepare, PrepareOptions, Prepared, Step};
 pub use ledger::{Entry, Ledger};
 pub use plan::{plan, Action, GroupPlan, Member, Plan, Role, SysWrite};
 pub use safety::{assess, HostUse, Refusal, RefusalKind};
@@ -30,34 +36,12 @@ pub use state::{BindState, Tracker};
 
 use std::collections::BTreeMap;
 
-use vfioctl_common::pci::enumerate;
 use vfioctl_common::{Bdf, PciDevice, Selector, SysRoot};
 
-/// Resolve selectors to devices, in address order, without duplicates.
+/// Resolve selectors to devices, in address order, without duplicates (the one selection
+/// rule: [`vfioctl_common::pci::select`]).
 pub fn select(root: &SysRoot, selectors: &[Selector]) -> Result<Vec<PciDevice>, BindError> {
-    let all = enumerate(root)?;
-    let mut out: BTreeMap<Bdf, PciDevice> = BTreeMap::new();
-    for s in selectors {
-        let mut hit = false;
-        if let Selector::Bdf { bdf } = s {
-            let d = PciDevice::read(root, *bdf)?;
-            out.insert(d.bdf, d);
-            continue;
-        }
-        for b in &all {
-            let d = PciDevice::read(root, *b)?;
-            if s.matches(d.bdf, d.vendor, d.device, d.class) {
-                hit = true;
-                out.insert(d.bdf, d);
-            }
-        }
-        if !hit {
-            return Err(BindError::NoMatch {
-                selector: s.to_string(),
-            });
-        }
-    }
-    Ok(out.into_values().collect())
+    Ok(vfioctl_common::pci::select(root, selectors)?)
 }
 
 /// Everything the planner needs to see for `selected`: their group members and the

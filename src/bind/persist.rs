@@ -9,9 +9,6 @@
 //! because driverctl already orders itself before the drivers load. Without driverctl
 //! installed the file does nothing; vfioctl warns.
 
-use std::fs;
-use std::io::Write;
-
 use vfioctl_common::{Bdf, SysRoot};
 
 use super::error::BindError;
@@ -22,38 +19,43 @@ pub fn path(bdf: Bdf) -> String {
     format!("{DIR}/pci-{bdf}")
 }
 
-fn io(p: &std::path::Path) -> impl FnOnce(std::io::Error) -> BindError + '_ {
-    move |source| BindError::Ledger {
-        path: p.to_path_buf(),
-        source,
-    }
+fn io(p: std::path::PathBuf) -> impl FnOnce(std::io::Error) -> BindError {
+    move |source| BindError::Ledger { path: p, source }
 }
 
-/// Write the override file atomically; returns its host path.
+/// Write the override file atomically; returns its host path. The directory and the file
+/// are resolved inside the root and never through a symlink.
 pub fn write(root: &SysRoot, bdf: Bdf, driver: &str) -> Result<String, BindError> {
-    let dir = root.path(DIR);
-    fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let dir = root
+        .create_dir_all_in(DIR)
+        .map_err(|e| io(root.path(DIR))(e.source))?;
     let abs = path(bdf);
-    let full = root.path(&abs);
-    let tmp = dir.join(format!(".pci-{bdf}.tmp"));
-    {
-        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-        writeln!(f, "{driver}").map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-    }
-    fs::rename(&tmp, &full).map_err(io(&full))?;
+    dir.write_atomic(
+        &format!("pci-{bdf}"),
+        format!("{driver}\n").as_bytes(),
+        0o644,
+    )
+    .map_err(io(root.path(&abs)))?;
     Ok(abs)
 }
 
 /// Remove it; `Some(path)` when there was one.
 pub fn remove(root: &SysRoot, bdf: Bdf) -> Result<Option<String>, BindError> {
     let abs = path(bdf);
-    let full = root.path(&abs);
-    match fs::remove_file(&full) {
-        Ok(()) => Ok(Some(abs)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io(&full)(e)),
+    let dir = match root.open_in_root(DIR, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+        Ok(_) => root
+            .create_dir_all_in(DIR)
+            .map_err(|e| io(root.path(DIR))(e.source))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(root.path(DIR))(e)),
+    };
+    let gone = dir
+        .remove(&format!("pci-{bdf}"))
+        .map_err(io(root.path(&abs)))?;
+    if gone {
+        dir.sync().map_err(io(root.path(DIR)))?;
     }
+    Ok(gone.then_some(abs))
 }
 
 /// A warning when nothing will apply the file at boot.
@@ -73,6 +75,7 @@ pub fn warning(root: &SysRoot) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn driverctl_format_roundtrip() {

@@ -44,8 +44,10 @@ pub enum Action {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Member {
     pub bdf: Bdf,
-    /// `vendor:device`.
+    /// `vendor:device`, lower-case hex as lspci -n prints it.
     pub id: String,
+    /// Class code, 6 lower-case hex digits (see `crate::output::pci_id`).
+    #[serde(serialize_with = "crate::output::pci_id::class")]
     pub class: u32,
     pub role: Role,
     pub driver: Option<String>,

@@ -34,6 +34,28 @@ pub enum RefusalKind {
     NetworkRoute,
     OpenDeviceNode,
     BootVga,
+    /// Something the in-use rules need could not be read: refused rather than assumed idle.
+    Unreadable,
+}
+
+/// What an unreadable input leaves unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Concern {
+    /// Mounts and block devices: storage controllers.
+    Storage,
+    /// Interfaces and routes: network controllers.
+    Network,
+    /// Device nodes and their openers: display controllers.
+    Display,
+}
+
+/// A file or directory the scan could not read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    pub path: String,
+    pub error: String,
+    pub concern: Concern,
 }
 
 /// One mounted filesystem.
@@ -67,6 +89,8 @@ pub struct HostUse {
     pub nodes: BTreeMap<Bdf, Vec<String>>,
     /// Processes holding any node of interest.
     pub openers: Vec<Opener>,
+    /// What could not be read; devices of the concerned classes are refused.
+    pub unreadable: Vec<Unreadable>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -97,28 +121,61 @@ impl HostUse {
     pub fn scan(root: &SysRoot, devices: &[&PciDevice]) -> HostUse {
         let mut u = HostUse::default();
         u.scan_block(root);
-        u.mounts = read_mounts(root);
+        match read_mounts(root) {
+            Ok(m) => u.mounts = m,
+            Err(e) => u.note(&e, Concern::Storage),
+        }
         u.scan_net(root);
         for d in devices {
-            let nodes = device_nodes(root, d);
+            let nodes = match device_nodes_checked(root, d) {
+                Ok(n) => n,
+                Err(e) => {
+                    u.note(&e, Concern::Display);
+                    Vec::new()
+                }
+            };
             if !nodes.is_empty() {
                 u.nodes.insert(d.bdf, nodes);
             }
         }
         let wanted: BTreeSet<String> = u.nodes.values().flatten().cloned().collect();
         if !wanted.is_empty() {
-            u.openers = openers(root, &wanted);
+            let (o, bad) = openers_checked(root, &wanted);
+            u.openers = o;
+            for e in bad {
+                u.note(&e, Concern::Display);
+            }
         }
         u
     }
 
+    fn note(&mut self, e: &vfioctl_common::SysError, concern: Concern) {
+        self.unreadable.push(Unreadable {
+            path: e.path.display().to_string(),
+            error: e.source.to_string(),
+            concern,
+        });
+    }
+
     fn scan_block(&mut self, root: &SysRoot) {
-        let names = root.list_opt("/sys/block").unwrap_or_default();
+        // A kernel without block devices has no /sys/block (NotFound is an empty list);
+        // anything else unreadable leaves the storage rules blind.
+        let names = match root.list_opt("/sys/block") {
+            Ok(n) => n,
+            Err(e) => {
+                self.note(&e, Concern::Storage);
+                Vec::new()
+            }
+        };
         let mut by_name: BTreeMap<String, Bdf> = BTreeMap::new();
         for n in &names {
             let dir = format!("/sys/block/{n}");
-            if let Ok(Some(dev)) = root.read_attr_opt(format!("{dir}/dev")) {
-                self.block_dev.insert(n.clone(), dev);
+            match root.read_attr_opt(format!("{dir}/dev")) {
+                Ok(Some(dev)) => {
+                    self.block_dev.insert(n.clone(), dev);
+                }
+                Ok(None) => {}
+                Err(e) => self.note(&e, Concern::Storage),
             }
             let parts: Vec<String> = root
                 .list_opt(&dir)
@@ -145,9 +202,13 @@ impl HostUse {
         }
         // Stacked devices (dm-crypt, LVM, md): /sys/block/dm-0/slaves/nvme0n1p3.
         for n in &names {
-            let slaves = root
-                .list_opt(format!("/sys/block/{n}/slaves"))
-                .unwrap_or_default();
+            let slaves = match root.list_opt(format!("/sys/block/{n}/slaves")) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.note(&e, Concern::Storage);
+                    Vec::new()
+                }
+            };
             let owners: BTreeSet<Bdf> = slaves
                 .iter()
                 .filter_map(|s| by_name.get(s).copied())
@@ -160,7 +221,11 @@ impl HostUse {
 
     fn scan_net(&mut self, root: &SysRoot) {
         let mut routes: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        if let Ok(text) = root.read_string("/proc/net/route") {
+        let v4 = root.read_string("/proc/net/route");
+        if let Err(e) = &v4 {
+            self.note(e, Concern::Network);
+        }
+        if let Ok(text) = v4 {
             for line in text.lines().skip(1) {
                 let f: Vec<&str> = line.split_whitespace().collect();
                 if f.len() < 8 {
@@ -177,7 +242,14 @@ impl HostUse {
                 routes.entry(f[0].to_string()).or_default().push(r);
             }
         }
-        if let Ok(text) = root.read_string("/proc/net/ipv6_route") {
+        // No ipv6_route: IPv6 is disabled (ipv6.disable=1), so there are no IPv6 routes.
+        let v6 = root.read_string("/proc/net/ipv6_route");
+        if let Err(e) = v6.as_ref().map(|_| ()) {
+            if !e.is_not_found() {
+                self.note(e, Concern::Network);
+            }
+        }
+        if let Ok(text) = v6 {
             for line in text.lines() {
                 let f: Vec<&str> = line.split_whitespace().collect();
                 if f.len() < 10 {
@@ -196,7 +268,14 @@ impl HostUse {
                 routes.entry(f[9].to_string()).or_default().push(r);
             }
         }
-        for n in root.list_opt("/sys/class/net").unwrap_or_default() {
+        let ifs = match root.list_opt("/sys/class/net") {
+            Ok(v) => v,
+            Err(e) => {
+                self.note(&e, Concern::Network);
+                Vec::new()
+            }
+        };
+        for n in ifs {
             let Some(bdf) = pci_of(root, &format!("/sys/class/net/{n}")) else {
                 continue;
             };
@@ -222,9 +301,12 @@ impl HostUse {
 }
 
 /// `/proc/self/mountinfo`: `id parent major:minor root mountpoint opts ... - fstype source sopts`.
-pub fn read_mounts(root: &SysRoot) -> Vec<Mount> {
-    let text = root.read_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
+/// An unreadable (or absent: procfs not mounted) mountinfo is an error, never "nothing
+/// mounted".
+pub fn read_mounts(root: &SysRoot) -> Result<Vec<Mount>, vfioctl_common::SysError> {
+    let text = root.read_string("/proc/self/mountinfo")?;
+    Ok(text
+        .lines()
         .filter_map(|l| {
             let (a, b) = l.split_once(" - ")?;
             let a: Vec<&str> = a.split_whitespace().collect();
@@ -236,7 +318,7 @@ pub fn read_mounts(root: &SysRoot) -> Vec<Mount> {
                 source: b.get(1).map(|s| unescape(s)).unwrap_or_default(),
             })
         })
-        .collect()
+        .collect())
 }
 
 fn unescape(s: &str) -> String {
@@ -249,40 +331,76 @@ fn unescape(s: &str) -> String {
 /// The device nodes a GPU is reached through: `/dev/nvidiaN` (minor from
 /// `/proc/driver/nvidia/gpus/<bdf>/information`) and the DRM nodes under `drm/`.
 pub fn device_nodes(root: &SysRoot, d: &PciDevice) -> Vec<String> {
+    device_nodes_checked(root, d).unwrap_or_default()
+}
+
+/// [`device_nodes`], with what could not be read as an error (absent files are fine: a
+/// device without the nvidia driver or DRM has no such nodes).
+pub fn device_nodes_checked(
+    root: &SysRoot,
+    d: &PciDevice,
+) -> Result<Vec<String>, vfioctl_common::SysError> {
     let mut out = Vec::new();
     let info = format!("/proc/driver/nvidia/gpus/{}/information", d.bdf);
-    if let Ok(text) = root.read_string(&info) {
-        for l in text.lines() {
-            if let Some(v) = l.strip_prefix("Device Minor:") {
-                if let Ok(n) = v.trim().parse::<u32>() {
-                    out.push(format!("/dev/nvidia{n}"));
+    match root.read_string(&info) {
+        Ok(text) => {
+            for l in text.lines() {
+                if let Some(v) = l.strip_prefix("Device Minor:") {
+                    if let Ok(n) = v.trim().parse::<u32>() {
+                        out.push(format!("/dev/nvidia{n}"));
+                    }
                 }
             }
         }
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e),
     }
-    for n in root
-        .list_opt(format!("{}/drm", d.bdf.sysfs_path()))
-        .unwrap_or_default()
-    {
+    for n in root.list_opt(format!("{}/drm", d.bdf.sysfs_path()))? {
         if n.starts_with("card") || n.starts_with("renderD") {
             out.push(format!("/dev/dri/{n}"));
         }
     }
-    out
+    Ok(out)
 }
 
 /// Processes with any of `nodes` open, from `/proc/<pid>/fd/*` (named by `comm`).
 pub fn openers(root: &SysRoot, nodes: &BTreeSet<String>) -> Vec<Opener> {
+    openers_checked(root, nodes).0
+}
+
+/// [`openers`], with the `/proc` entries that could not be read (a process that exits
+/// during the scan is not one of them).
+pub fn openers_checked(
+    root: &SysRoot,
+    nodes: &BTreeSet<String>,
+) -> (Vec<Opener>, Vec<vfioctl_common::SysError>) {
     let mut out = Vec::new();
+    let mut bad = Vec::new();
     let me = std::process::id();
-    for p in root.list_opt("/proc").unwrap_or_default() {
+    let pids = match root.list("/proc") {
+        Ok(p) => p,
+        Err(e) => {
+            bad.push(e);
+            return (out, bad);
+        }
+    };
+    for p in pids {
         let Ok(pid) = p.parse::<u32>() else { continue };
         if root.is_host() && pid == me {
             continue;
         }
-        let fd_dir = root.path(format!("/proc/{pid}/fd"));
-        let Ok(rd) = fs::read_dir(&fd_dir) else {
-            continue;
+        let abs = format!("/proc/{pid}/fd");
+        let rd = match fs::read_dir(root.path(&abs)) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                bad.push(vfioctl_common::SysError {
+                    op: "list",
+                    path: abs.into(),
+                    source,
+                });
+                continue;
+            }
         };
         let mut seen = BTreeSet::new();
         for e in rd.flatten() {
@@ -300,7 +418,7 @@ pub fn openers(root: &SysRoot, nodes: &BTreeSet<String>) -> Vec<Opener> {
             }
         }
     }
-    out
+    (out, bad)
 }
 
 /// The refusals for unbinding `d` from its driver. Pure.
@@ -380,6 +498,32 @@ pub fn assess(d: &PciDevice, u: &HostUse) -> Vec<Refusal> {
                 true,
             ));
         }
+    }
+    let concern = match d.class >> 16 {
+        0x01 => Some(Concern::Storage),
+        0x02 => Some(Concern::Network),
+        0x03 => Some(Concern::Display),
+        _ => None,
+    };
+    for un in u.unreadable.iter().filter(|x| Some(x.concern) == concern) {
+        let what = match un.concern {
+            Concern::Storage => "whether its disks are mounted",
+            Concern::Network => "whether its interfaces carry routes",
+            Concern::Display => "which processes have its device nodes open",
+        };
+        out.push(refuse(
+            RefusalKind::Unreadable,
+            format!(
+                "could not read {} ({}), so {what} is unknown",
+                un.path, un.error
+            ),
+            format!(
+                "make {} readable (run as root, with /proc and /sys mounted)",
+                un.path
+            ),
+            // The root filesystem's disk could be behind an unreadable mount table.
+            un.concern != Concern::Storage,
+        ));
     }
     if d.boot_vga == Some(true) {
         out.push(refuse(

@@ -3,42 +3,106 @@
 //! An unbind from nvidia with open clients, or a probe that waits for firmware, can sleep
 //! in the kernel for minutes or forever; a thread stuck there would also keep vfioctl from
 //! exiting. So the write runs in a forked child that reports the write's result over a
-//! pipe; the parent waits with `poll` up to the timeout and otherwise gives up on it (the
-//! child stays blocked in the kernel and finishes, or not, on its own).
+//! pipe; the parent waits with `poll` up to the timeout. A write that does not return in
+//! time is not left behind: the child is killed (`SIGKILL`) and reaped, and only then does
+//! the caller re-read the device, so a write cannot land after vfioctl reported the state.
+//! A child that does not die (blocked uninterruptibly in a driver) is remembered as a
+//! pending write ([`pending`]), and the binder never reports a device with a pending write
+//! as restored: its ledger entry stays for `vfioctl restore`.
 
-use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::wait::waitpid;
-use nix::unistd::{fork, pipe, ForkResult};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, pipe, ForkResult, Pid};
 use vfioctl_common::SysRoot;
+
+/// How long a killed write helper gets to die before it counts as pending.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a timed write did not succeed.
 #[derive(Debug)]
 pub enum TimedError {
-    /// The write did not return in time.
-    Timeout,
+    /// The write did not return in time. `pending`: the helper still lives (blocked in
+    /// the kernel, unkillable), with this pid; `None`: it was killed and reaped.
+    Timeout { pending: Option<i32> },
     /// open or write failed with this error.
     Io(std::io::Error),
 }
 
+/// A write whose helper outlived its kill.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingWrite {
+    pub pid: i32,
+    pub path: String,
+    pub value: String,
+}
+
+static PENDING: Mutex<Vec<PendingWrite>> = Mutex::new(Vec::new());
+
+/// The writes still pending in the kernel (helpers that outlived `SIGKILL`), after
+/// reaping those that have finished since.
+pub fn pending() -> Vec<PendingWrite> {
+    let mut p = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+    p.retain(|PendingWrite { pid, .. }| {
+        !matches!(
+            waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG)),
+            Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(_)
+        )
+    });
+    p.clone()
+}
+
+/// Wait up to `limit` for every pending write to finish; what is still pending after.
+pub fn wait_pending(limit: Duration) -> Vec<PendingWrite> {
+    let until = Instant::now() + limit;
+    loop {
+        let p = pending();
+        if p.is_empty() || Instant::now() >= until {
+            return p;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kill `child` and wait up to [`KILL_GRACE`] for it; true when it is gone.
+fn kill_and_reap(child: Pid) -> bool {
+    let _ = kill(child, Signal::SIGKILL);
+    let until = Instant::now() + KILL_GRACE;
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) | Err(_) => return true,
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Write `value` to host path `abs` (one `write(2)`, as `echo -n` does), giving up after
-/// `timeout`.
+/// `timeout`. The path is resolved inside the root ([`SysRoot::prepare_open`]).
 pub fn write_timed(
     root: &SysRoot,
     abs: &str,
     value: &str,
     timeout: Duration,
 ) -> Result<(), TimedError> {
-    let path = CString::new(root.path(abs).as_os_str().as_bytes())
-        .map_err(|e| TimedError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    #[cfg(feature = "fault-injection")]
+    if let Some(r) = super::sim::write(root, abs, value) {
+        return r.map_err(TimedError::Io);
+    }
+    let target = root
+        .prepare_open(abs, libc::O_WRONLY | libc::O_TRUNC | libc::O_NOCTTY)
+        .map_err(TimedError::Io)?;
     let bytes = value.as_bytes().to_vec();
     let (r, w) = pipe().map_err(|e| TimedError::Io(e.into()))?;
-    // SAFETY: the child only calls async-signal-safe functions (open, write, close,
-    // _exit) on memory prepared before the fork; it never allocates or takes locks.
+    // SAFETY: the child only calls async-signal-safe functions (open/openat2, write,
+    // close, _exit) on memory prepared before the fork; it never allocates or takes locks.
     match unsafe { fork() }.map_err(|e| TimedError::Io(e.into()))? {
         ForkResult::Child => {
             // SAFETY: plain libc calls on valid pointers owned by this (child) process.
@@ -50,15 +114,13 @@ pub fn write_timed(
                     libc::dup2(null, std_fd);
                 }
                 let keep = w.as_raw_fd();
+                let dir = target.dir_fd().unwrap_or(-1);
                 for fd in 3..4096 {
-                    if fd != keep {
+                    if fd != keep && fd != dir {
                         libc::close(fd);
                     }
                 }
-                let fd = libc::open(
-                    path.as_ptr(),
-                    libc::O_WRONLY | libc::O_TRUNC | libc::O_CLOEXEC,
-                );
+                let fd = target.open_raw();
                 let mut err: i32 = 0;
                 if fd < 0 {
                     err = *libc::__errno_location();
@@ -89,8 +151,30 @@ pub fn write_timed(
                 }
             };
             if !ready {
-                // Leave the child blocked in the kernel; it is reaped by init when we exit.
-                return Err(TimedError::Timeout);
+                // Never leave the write behind to land later: kill the helper and reap
+                // it. If it answered in the meantime, that answer is the truth.
+                let gone = kill_and_reap(child);
+                if gone {
+                    let mut buf = [0u8; 4];
+                    if let Ok(4) = nix::unistd::read(r.as_raw_fd(), &mut buf) {
+                        return match i32::from_ne_bytes(buf) {
+                            0 => Ok(()),
+                            e => Err(TimedError::Io(std::io::Error::from_raw_os_error(e))),
+                        };
+                    }
+                    return Err(TimedError::Timeout { pending: None });
+                }
+                PENDING
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(PendingWrite {
+                        pid: child.as_raw(),
+                        path: abs.to_string(),
+                        value: value.to_string(),
+                    });
+                return Err(TimedError::Timeout {
+                    pending: Some(child.as_raw()),
+                });
             }
             let mut buf = [0u8; 4];
             let n =
@@ -107,29 +191,59 @@ pub fn write_timed(
     }
 }
 
-/// Write a sysfs attribute as the shell's `echo -n value > attr` does: open with
-/// `O_TRUNC` (ignored by sysfs, needed for a fixture tree's plain files to hold exactly
-/// the last value, as the attribute would read back) and one `write(2)` of the value.
+/// Write a sysfs attribute as the shell's `echo -n value > attr` does ([`SysRoot::write_attr`]:
+/// resolved inside the root, a FIFO in its place fails instead of hanging).
 pub fn write_attr(root: &SysRoot, abs: &str, value: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(root.path(abs))?;
-    f.write_all(value.as_bytes())
+    #[cfg(feature = "fault-injection")]
+    if let Some(r) = super::sim::write(root, abs, value) {
+        return r;
+    }
+    root.write_attr(abs, value).map_err(|e| e.source)
 }
 
-/// Test-only fault injection: with `VFIOCTL_FAULT_KILL_AFTER=<step>` in the environment
-/// (`override`, `unbind` or `probe`), vfioctl SIGKILLs itself right after that step of the
-/// first device, so tests can prove that `vfioctl restore` recovers from a crash anywhere.
+/// Test-only fault injection, compiled only with the `fault-injection` cargo feature
+/// (the tests enable it; a release build never has it). With
+/// `VFIOCTL_FAULT_KILL_AFTER` in the environment vfioctl SIGKILLs itself right after a
+/// step, so tests prove that `vfioctl restore` recovers from a crash anywhere:
+///
+/// - `<step>`: after that step of the first device (`override`, `unbind`, `probe`);
+/// - `<step>@<n>`: after that step of the n-th device (1-based) or n-th occurrence;
+/// - `#<k>`: at the k-th fault point reached, whatever it is (tests walk k = 1, 2, ...
+///   until a run finishes: every step of every device).
+///
+/// `VFIOCTL_FAULT_TRACE=1` prints every point reached to stderr as `fault-point k step@n`.
 pub const FAULT_ENV: &str = "VFIOCTL_FAULT_KILL_AFTER";
 
-pub fn fault_point(step: &str) {
-    if std::env::var(FAULT_ENV).is_ok_and(|v| v == step) {
-        eprintln!("vfioctl: {FAULT_ENV}={step}: killing myself with SIGKILL");
-        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+#[cfg(feature = "fault-injection")]
+static FAULT_COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A step just finished: `step` of the `n`-th device (1-based; 1 for run-wide steps).
+#[cfg(feature = "fault-injection")]
+pub fn fault_point(step: &str, n: usize) {
+    let k = FAULT_COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    if std::env::var_os("VFIOCTL_FAULT_TRACE").is_some() {
+        eprintln!("fault-point {k} {step}@{n}");
+    }
+    let Ok(want) = std::env::var(FAULT_ENV) else {
+        return;
+    };
+    let hit = if let Some(kk) = want.strip_prefix('#') {
+        kk.parse::<usize>().is_ok_and(|kk| kk == k)
+    } else if let Some((s, i)) = want.split_once('@') {
+        s == step && i.parse::<usize>().is_ok_and(|i| i == n)
+    } else {
+        want == step && n == 1
+    };
+    if hit {
+        eprintln!("vfioctl: {FAULT_ENV}={want}: killing myself with SIGKILL after {step}@{n}");
+        let _ = kill(nix::unistd::getpid(), Signal::SIGKILL);
     }
 }
+
+/// Without the `fault-injection` feature there are no fault points.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn fault_point(_step: &str, _n: usize) {}
 
 #[cfg(test)]
 mod tests {
@@ -152,15 +266,41 @@ mod tests {
     }
 
     #[test]
-    fn a_write_that_blocks_times_out() {
+    fn a_write_that_blocks_times_out_and_never_lands_later() {
         // A FIFO without a reader blocks open(O_WRONLY), as an nvidia unbind with
         // clients blocks in the kernel.
         let t = tempfile::tempdir().unwrap();
         let root = SysRoot::new(t.path());
-        nix::unistd::mkfifo(&t.path().join("unbind"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let fifo = t.path().join("unbind");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         let r = write_timed(&root, "/unbind", "0000:01:00.0", Duration::from_millis(200));
-        assert!(matches!(r, Err(TimedError::Timeout)), "{r:?}");
-        // Unblock the child so it exits.
-        let _ = std::fs::read(t.path().join("unbind"));
+        assert!(
+            matches!(r, Err(TimedError::Timeout { pending: None })),
+            "{r:?}"
+        );
+        assert!(pending().is_empty());
+        // The helper is gone: a reader now finds no writer and nothing written.
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let mut s = String::new();
+        use std::io::Read;
+        let _ = f.read_to_string(&mut s);
+        assert_eq!(s, "");
+    }
+
+    #[test]
+    fn a_write_through_a_link_out_of_the_root_stays_inside() {
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("v");
+        std::fs::write(&victim, "keep").unwrap();
+        let t = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(&victim, t.path().join("attr")).unwrap();
+        let root = SysRoot::new(t.path());
+        let _ = write_timed(&root, "/attr", "x", Duration::from_secs(5));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
     }
 }

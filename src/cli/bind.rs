@@ -5,9 +5,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use serde::Serialize;
-use vfioctl_common::{Bdf, PciDevice, Selector};
+use vfioctl_common::{Bdf, Selector};
 
-use crate::bind::{self, driver, plan::class_name, safety, BindError, Plan, Refusal, Role};
+use crate::bind::{self, plan::class_name, safety, BindError, Plan, Refusal, Role};
 use crate::output::{emit, Table};
 use crate::{Context, Exit, Failure};
 
@@ -39,11 +39,14 @@ pub struct BindArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct UnbindArgs {
+    /// Devices to give back (0000:d0:00.0, 10de:20b9, class:gpu); only devices the ledger
+    /// says vfioctl bound, each to the driver it had before.
     #[arg(required = true)]
     pub selectors: Vec<String>,
     /// Also remove the boot-time override written by `bind --persist`.
     #[arg(long)]
     pub persist: bool,
+    /// Seconds to wait for an unbind or a probe before giving up.
     #[arg(long, default_value_t = 10)]
     pub timeout: u64,
 }
@@ -55,6 +58,7 @@ pub struct RestoreArgs {
     /// Restore every device in the ledger.
     #[arg(long)]
     pub all: bool,
+    /// Seconds to wait for an unbind or a probe before giving up.
     #[arg(long, default_value_t = 10)]
     pub timeout: u64,
 }
@@ -65,9 +69,12 @@ struct BindOutput<'a> {
     /// In-use findings that --force overrode.
     forced: Vec<Refusal>,
     dry_run: bool,
-    /// --dry-run: the module load and every sysfs/file write, in order.
+    /// --dry-run: every step `execute` would run, in order, as text.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     writes: Vec<String>,
+    /// --dry-run: the same steps, structured.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    steps: Vec<bind::Step>,
     #[serde(skip_serializing_if = "Option::is_none")]
     result: Option<bind::BindReport>,
 }
@@ -121,43 +128,27 @@ fn selectors(args: &[String]) -> Result<Vec<Selector>, Failure> {
     super::selectors(args, None)
 }
 
-pub fn run_bind(ctx: &Context, a: BindArgs) -> Result<Exit, Failure> {
-    let root = &ctx.root;
-    let sel = selectors(&a.selectors)?;
-    let selected = bind::select(root, &sel)?;
-    let known = bind::neighbourhood(root, &selected)?;
-    tracing::debug!("read {} device(s)", known.len());
-    let want = a.driver.clone();
-    let target = |d: &PciDevice| -> String {
-        if want == "auto" {
-            driver::auto_driver(root, d.bdf)
-        } else {
-            want.clone()
+impl BindArgs {
+    /// The library's options for these arguments.
+    pub fn options(&self) -> bind::PrepareOptions {
+        bind::PrepareOptions {
+            driver: self.driver.clone(),
+            no_companions: self.no_companions,
+            force: self.force,
+            persist: self.persist,
+            timeout: Duration::from_secs(self.timeout),
         }
-    };
-    let bdfs: Vec<Bdf> = selected.iter().map(|d| d.bdf).collect();
-    let plan = bind::plan(&bdfs, &known, &target, a.no_companions)?;
+    }
+}
 
-    // In-use safety for every device that will lose its driver.
-    let losing: Vec<&PciDevice> = plan
-        .to_bind()
-        .filter(|m| m.driver.is_some())
-        .filter_map(|m| known.get(&m.bdf))
-        .collect();
-    tracing::debug!("planned");
-    let usage = safety::HostUse::scan(root, &losing);
-    tracing::debug!("host use scanned");
-    let findings: Vec<Refusal> = losing
-        .iter()
-        .flat_map(|d| bind::assess(d, &usage))
-        .collect();
-    let (forced, blocking): (Vec<Refusal>, Vec<Refusal>) =
-        findings.into_iter().partition(|r| a.force && r.forceable);
-
+pub fn run_bind(ctx: &Context, a: BindArgs) -> Result<Exit, Failure> {
+    let sel = selectors(&a.selectors)?;
+    let prepared = bind::prepare(&ctx.root, &sel, a.options())?;
+    let plan = &prepared.plan;
     if !ctx.json {
         let mut o = std::io::stdout().lock();
-        let _ = print_plan(&mut o, &plan);
-        for r in &forced {
+        let _ = print_plan(&mut o, plan);
+        for r in &prepared.forced {
             let _ = writeln!(
                 o,
                 "warning: --force: {}: {} (would be refused: {})",
@@ -165,59 +156,42 @@ pub fn run_bind(ctx: &Context, a: BindArgs) -> Result<Exit, Failure> {
             );
         }
     }
-    if !blocking.is_empty() {
-        return Err(BindError::Refused(blocking).into());
+    if !prepared.blocking.is_empty() {
+        return Err(BindError::Refused(prepared.blocking.clone()).into());
     }
 
     if a.dry_run {
-        let mut writes = Vec::new();
-        for d in plan.drivers() {
-            if let Some(l) = driver::describe_load(root, &d) {
-                writes.push(l);
-            }
-        }
-        if !plan.is_noop() {
-            writes.push(format!(
-                "write {}/ledger.json (original driver and override of each device)",
-                bind::ledger::DIR
-            ));
-        }
-        writes.extend(plan.writes().iter().map(|w| w.to_string()));
-        if a.persist {
-            for m in plan.to_bind() {
-                writes.push(format!(
-                    "echo {} > {}",
-                    m.target().unwrap_or_default(),
-                    bind::persist::path(m.bdf)
-                ));
-            }
-        }
         let v = BindOutput {
-            plan: &plan,
-            forced,
+            plan,
+            forced: prepared.forced.clone(),
             dry_run: true,
-            writes,
+            writes: prepared.steps.iter().map(|s| s.to_string()).collect(),
+            steps: prepared.steps.clone(),
             result: None,
         };
         emit(ctx, &v, |o| {
+            if v.writes.is_empty() {
+                return writeln!(
+                    o,
+                    "nothing to do: every device is already on a vfio driver or needs none"
+                );
+            }
             writeln!(o, "dry run: would do, in order:")?;
             for w in &v.writes {
                 writeln!(o, "  {w}")?;
             }
-            writeln!(
-                o,
-                "then verify each `driver` link and /dev/vfio/<group>; nothing was changed"
-            )
+            writeln!(o, "nothing was changed")
         })
         .map_err(|e| Failure::new(Exit::Infrastructure, e))?;
         return Ok(Exit::Ok);
     }
     if plan.is_noop() {
         let v = BindOutput {
-            plan: &plan,
-            forced,
+            plan,
+            forced: prepared.forced.clone(),
             dry_run: false,
             writes: vec![],
+            steps: vec![],
             result: None,
         };
         emit(ctx, &v, |o| {
@@ -230,16 +204,13 @@ pub fn run_bind(ctx: &Context, a: BindArgs) -> Result<Exit, Failure> {
         return Ok(Exit::Ok);
     }
 
-    let opts = bind::Options {
-        timeout: Duration::from_secs(a.timeout),
-        persist: a.persist,
-    };
-    let report = bind::execute(root, &plan, &opts)?;
+    let report = bind::execute(&prepared)?;
     let v = BindOutput {
-        plan: &plan,
-        forced,
+        plan,
+        forced: prepared.forced.clone(),
         dry_run: false,
         writes: vec![],
+        steps: vec![],
         result: Some(report),
     };
     emit(ctx, &v, |o| {
@@ -277,32 +248,18 @@ pub fn run_bind(ctx: &Context, a: BindArgs) -> Result<Exit, Failure> {
 fn ledger_matches(ctx: &Context, args: &[String]) -> Result<Vec<Bdf>, Failure> {
     let sel = selectors(args)?;
     let ledger = bind::Ledger::peek(&ctx.root)?.unwrap_or_default();
-    let mut out = BTreeSet::new();
     for s in &sel {
-        let mut hit = false;
         if let Selector::Bdf { bdf } = s {
             if !ledger.devices.contains_key(bdf) {
                 return Err(BindError::NotInLedger { bdf: *bdf }.into());
             }
-            out.insert(*bdf);
-            continue;
-        }
-        for b in ledger.devices.keys() {
-            if let Ok(d) = PciDevice::read(&ctx.root, *b) {
-                if s.matches(d.bdf, d.vendor, d.device, d.class) {
-                    out.insert(*b);
-                    hit = true;
-                }
-            }
-        }
-        if !hit {
-            return Err(BindError::NoMatch {
-                selector: format!("{s} in the ledger"),
-            }
-            .into());
         }
     }
-    Ok(out.into_iter().collect())
+    let known: Vec<Bdf> = ledger.devices.keys().copied().collect();
+    Ok(
+        vfioctl_common::pci::select_among(&ctx.root, &sel, &known, "in the ledger")
+            .map_err(BindError::from)?,
+    )
 }
 
 #[derive(Serialize)]
@@ -349,6 +306,14 @@ fn print_restore(
                 d.driver_override.as_deref().unwrap_or("unset"),
                 d.state
             )?;
+            if d.gone {
+                writeln!(
+                    o,
+                    "{}: no longer on the bus (hot-removed): ledger entry cleared",
+                    d.bdf
+                )?;
+                continue;
+            }
             if let Some(p) = &d.persist_removed {
                 writeln!(o, "  removed {p}")?;
             }

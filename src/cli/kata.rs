@@ -10,11 +10,13 @@ use crate::{Context, Exit, Failure};
 pub enum KataCommand {
     /// Print or patch configuration.toml for GPU passthrough.
     ///
-    /// Without --base, prints a complete configuration.toml for QEMU; with --base, patches
-    /// that file (only the GPU keys change) and shows a diff on a terminal or with
-    /// --explain. Exit codes: 2 usage or input error (flags, version, base file), 1 the
-    /// host cannot run it (device not on vfio-pci, group not viable, too many ports, no
-    /// IOMMU).
+    /// Without --base, prints Kata's own template of the release with only the GPU keys
+    /// changed; with --base, patches that file and shows a diff on a terminal or with
+    /// --explain; with --drop-in, writes only vfioctl's keys into config.d/. The release
+    /// comes from --kata-version or the installed Kata, never from guessing. Exit codes:
+    /// 2 usage or input error (flags, unknown version, base file), 1 the host cannot run
+    /// it (a bridge in the group on a foreign driver, too many ports, no IOMMU, a BAR never
+    /// assigned). Devices still on a host driver are a warning with the bind command.
     Config(ConfigArgs),
 }
 

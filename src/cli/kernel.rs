@@ -39,7 +39,7 @@ pub struct Common {
     /// Fragments, allowlist, manifest.toml and patches.
     #[arg(long, env = "VFIOCTL_KERNEL_CONFIGS", value_name = "DIR")]
     pub configs: Option<PathBuf>,
-    /// Flavours on top of base + x86_64 (repeatable, or comma-separated): nvidia,
+    /// Flavours on top of base + x86_64 (repeatable, or comma-separated): nvidia, rdma,
     /// vfio-guest, debug. Merged in kernel-configs/ file-name order, whatever the order here.
     #[arg(long = "flavour", value_delimiter = ',', value_name = "NAME")]
     pub flavours: Vec<String>,
@@ -156,6 +156,12 @@ fn run_lock(ctx: &Context, a: LockArgs) -> Result<Exit, Failure> {
 }
 
 fn read_pins(configs: &Path) -> Result<kernel::manifest::Pins, Failure> {
+    if !configs.is_dir() {
+        return Err(Failure::usage(format!(
+            "--configs {}: no such directory; it holds the config fragments, the allowlist and manifest.toml (default: kernel-configs/ of this source tree)",
+            configs.display()
+        )));
+    }
     let pins_path = configs.join("manifest.toml");
     let text = std::fs::read_to_string(&pins_path).map_err(|source| {
         Failure::from(kernel::KernelError::Io {

@@ -44,9 +44,15 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    /// More logging on stderr: -v says what was read and concluded at each decision
+    /// (info), -vv debug, -vvv trace; RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
+
+    /// Only errors on stderr: no warnings, progress or notes (the result on stdout and
+    /// the exit code are unchanged).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
 
     #[command(subcommand)]
     pub command: Command,
@@ -86,27 +92,131 @@ pub enum Command {
     Kata(kata::KataCommand),
     /// Run the passthrough regression matrix and report what regressed.
     Regress(regress::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(CompletionsArgs),
+    /// Write man pages (vfioctl.1 and one per subcommand) into DIR, or print vfioctl(1).
+    Man(ManArgs),
 }
 
-fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
+/// Arguments of `vfioctl completions`.
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// Arguments of `vfioctl man`.
+#[derive(Debug, clap::Args)]
+pub struct ManArgs {
+    /// Directory to write the pages into (created if missing); without it, vfioctl(1)
+    /// goes to stdout.
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// The log level for `-q` / `-v...`.
+pub fn log_level(verbose: u8, quiet: bool) -> &'static str {
+    match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
         _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    }
+}
+
+/// Colour on stderr only for a person at a terminal: not into files or pipes, and never
+/// with `NO_COLOR` set (to anything non-empty, per no-color.org).
+pub fn stderr_color(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(log_level(verbose, quiet)));
+    let color = stderr_color(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(color)
         .with_target(false)
+        .without_time()
         .try_init();
+}
+
+/// The clap command (for completions, man pages and tests).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+fn run_completions(a: CompletionsArgs) -> Result<Exit, Failure> {
+    let mut cmd = command();
+    let mut out = std::io::stdout().lock();
+    clap_complete::generate(a.shell, &mut cmd, "vfioctl", &mut out);
+    Ok(Exit::Ok)
+}
+
+/// Every page: `vfioctl.1`, then `vfioctl-SUB.1` and `vfioctl-SUB-SUBSUB.1`.
+pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    fn walk(
+        cmd: clap::Command,
+        name: String,
+        dir: &std::path::Path,
+        out: &mut Vec<PathBuf>,
+    ) -> std::io::Result<()> {
+        let cmd = cmd.name(name.clone()).bin_name(name.replace('-', " "));
+        let path = dir.join(format!("{name}.1"));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut buf)?;
+        std::fs::write(&path, buf)?;
+        out.push(path);
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            walk(sub.clone(), format!("{name}-{}", sub.get_name()), dir, out)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = command();
+    cmd.build();
+    let mut out = Vec::new();
+    walk(cmd, "vfioctl".into(), dir, &mut out)?;
+    Ok(out)
+}
+
+fn run_man(ctx: &Context, a: ManArgs) -> Result<Exit, Failure> {
+    let io =
+        |e: std::io::Error| Failure::new(Exit::Infrastructure, format!("writing man pages: {e}"));
+    match a.dir {
+        None => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(command())
+                .render(&mut out)
+                .map_err(io)?;
+        }
+        Some(dir) => {
+            let pages = write_man_pages(&dir).map_err(io)?;
+            crate::output::emit(ctx, &pages, |w| {
+                for p in &pages {
+                    writeln!(w, "{}", p.display())?;
+                }
+                Ok(())
+            })
+            .map_err(io)?;
+        }
+    }
+    Ok(Exit::Ok)
 }
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> Result<Exit, Failure> {
-    let ctx = Context::new(SysRoot::new(&cli.root), cli.json);
+    let mut ctx = Context::new(SysRoot::new(&cli.root), cli.json);
+    ctx.quiet = cli.quiet;
     if !ctx.root.root().is_dir() {
         return Err(Failure::usage(format!(
             "--root {}: not a directory",
@@ -127,7 +237,23 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Kernel(c) => kernel::run(&ctx, c),
         Command::Kata(c) => kata::run(&ctx, c),
         Command::Regress(a) => regress::run(&ctx, a),
+        Command::Completions(a) => run_completions(a),
+        Command::Man(a) => run_man(&ctx, a),
     }
+}
+
+/// What `--json` prints on stdout when a command fails.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct ErrorReport {
+    /// The whole chain in one line.
+    pub error: String,
+    /// The error and its causes, outermost first, each once.
+    pub causes: Vec<String>,
+    /// The fix, where it is known.
+    pub hint: Option<String>,
+    /// The process exit code (see the exit code table).
+    pub exit_code: u8,
+    pub exit: Exit,
 }
 
 /// Print a failure once: the chain at the top, then the hint. With `--json`, as a JSON
@@ -135,13 +261,13 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
 pub fn report(f: &Failure, json: bool) {
     let chain = f.chain();
     if json {
-        let v = serde_json::json!({
-            "error": chain.join(": "),
-            "causes": chain,
-            "hint": f.hint,
-            "exit_code": f.exit.code(),
-            "exit": f.exit,
-        });
+        let v = ErrorReport {
+            error: chain.join(": "),
+            causes: chain,
+            hint: f.hint.clone(),
+            exit_code: f.exit.code(),
+            exit: f.exit,
+        };
         // A closed stdout (`| head`) must not turn into a panic.
         use std::io::Write;
         let _ = writeln!(
@@ -184,7 +310,7 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, cli.quiet);
     let json = cli.json;
     match run(cli) {
         Ok(exit) => exit.into(),

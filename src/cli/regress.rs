@@ -49,6 +49,11 @@ pub struct Args {
     #[command(flatten)]
     pub fleet: Box<FleetArgs>,
 
+    /// The static guest agent for the lab initramfs of scenarios without `initrd`
+    /// (default: vfioctl-agent next to this vfioctl; regress never runs cargo).
+    #[arg(long, env = "VFIOCTL_AGENT", value_name = "PATH")]
+    pub agent: Option<PathBuf>,
+
     /// The node name recorded with each result (set from spec.nodeName in the Jobs).
     #[arg(long, env = "VFIOCTL_NODE", value_name = "NAME")]
     pub node: Option<String>,
@@ -76,12 +81,17 @@ pub struct FleetArgs {
     /// Results directory on each node for the emitted Jobs.
     #[arg(long, value_name = "DIR", default_value = k8s::DEFAULT_HOST_RESULTS)]
     pub host_results: PathBuf,
+
+    /// The lab cache on each node (guest kernels, images), mounted into the Jobs and
+    /// exported there as VFIOCTL_LAB for the plan's ${VFIOCTL_LAB}.
+    #[arg(long, value_name = "DIR", default_value = k8s::DEFAULT_HOST_LAB)]
+    pub host_lab: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum EmitKind {
-    /// Kubernetes: a ConfigMap with the plan and one Job per node (YAML on stdout, or
-    /// one file per object under --out).
+    /// Kubernetes: a ConfigMap with the plan and one Job per node (a YAML stream of JSON
+    /// documents on stdout, or one .json file per object under --out).
     K8s,
 }
 
@@ -205,7 +215,15 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
         .plan
         .clone()
         .ok_or_else(|| Failure::usage("PLAN is required"))?;
-    let mut plan = Plan::load(&plan_path)?;
+    let mut plan = match a.emit {
+        // The plan runs elsewhere: its ${VAR}s are resolved there, by vfioctl in the Job.
+        Some(EmitKind::K8s) => {
+            let text = std::fs::read_to_string(&plan_path)
+                .map_err(|e| Failure::usage(format!("reading {}: {e}", plan_path.display())))?;
+            Plan::parse(&text, &plan_path, &|k| Some(format!("${{{k}}}")))?
+        }
+        None => Plan::load(&plan_path)?,
+    };
     if !a.only.is_empty() {
         for n in &a.only {
             if plan.scenario(n).is_none() {
@@ -221,7 +239,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
         return Err(Failure::usage("--jobs must be at least 1"));
     }
     if let Some(EmitKind::K8s) = a.emit {
-        return emit_k8s(&plan, &plan_path, &a);
+        return emit_k8s(ctx, &plan, &plan_path, &a);
     }
 
     let (past, warnings) = match &a.history {
@@ -229,7 +247,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
         None => (Vec::new(), Vec::new()),
     };
     for w in warnings {
-        eprintln!("warning: {w}");
+        crate::output::warn(ctx, w);
     }
     let run_id = history::run_id(SystemTime::now());
     let out = match (&a.out, &a.history) {
@@ -261,7 +279,8 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
         weights,
         host: host.clone(),
     };
-    let backend = LabBackend::new(ctx.clone());
+    let mut backend = LabBackend::new(ctx.clone());
+    backend.agent = a.agent.clone();
     let t = std::time::Instant::now();
     match backend.prepare_guest(&plan, &out) {
         Some(Ok(p)) => eprintln!(
@@ -269,7 +288,17 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
             p.display(),
             fmt_ms(t.elapsed().as_millis() as u64)
         ),
-        Some(Err(e)) => eprintln!("[regress] lab initramfs: {}", e.message),
+        Some(Err(e)) => crate::output::warn(
+            ctx,
+            format!(
+                "lab initramfs: {}{}",
+                e.message,
+                e.hint
+                    .as_deref()
+                    .map(|h| format!("\n  hint: {h}"))
+                    .unwrap_or_default()
+            ),
+        ),
         None => {}
     }
     let mut r = run_plan(&plan, &backend, &opts, &progress);
@@ -290,7 +319,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
     Ok(r.exit())
 }
 
-fn emit_k8s(plan: &Plan, plan_path: &Path, a: &Args) -> Result<Exit, Failure> {
+fn emit_k8s(ctx: &Context, plan: &Plan, plan_path: &Path, a: &Args) -> Result<Exit, Failure> {
     let f = &a.fleet;
     let nodes = if f.nodes.is_empty() {
         plan.fleet.nodes.clone()
@@ -303,6 +332,17 @@ fn emit_k8s(plan: &Plan, plan_path: &Path, a: &Args) -> Result<Exit, Failure> {
     }
     let text = std::fs::read_to_string(plan_path)
         .map_err(|e| Failure::usage(format!("reading {}: {e}", plan_path.display())))?;
+    for v in k8s::plan_variables(&text) {
+        if !k8s::JOB_VARIABLES.contains(&v.as_str()) {
+            crate::output::warn(
+                ctx,
+                format!(
+                    "{} uses ${{{v}}}, which the Jobs do not set: it must be set in the image",
+                    plan_path.display()
+                ),
+            );
+        }
+    }
     let opts = FleetOpts {
         nodes,
         image: f
@@ -313,25 +353,24 @@ fn emit_k8s(plan: &Plan, plan_path: &Path, a: &Args) -> Result<Exit, Failure> {
         binary: f.binary.clone(),
         namespace: f.namespace.clone().or_else(|| plan.fleet.namespace.clone()),
         host_results: f.host_results.clone(),
+        host_lab: f.host_lab.clone(),
         jobs: a.jobs,
     };
-    let yaml = k8s::manifests(plan, &text, &opts)
-        .map_err(|e| Failure::new(Exit::Infrastructure, format!("serializing manifests: {e}")))?;
+    let ser = |e: serde_json::Error| {
+        Failure::new(Exit::Infrastructure, format!("serializing manifests: {e}"))
+    };
     match &a.out {
-        None => print!("{yaml}"),
+        None => print!("{}", k8s::manifests(plan, &text, &opts).map_err(ser)?),
         Some(dir) => {
-            let cm = serde_yaml::to_string(&k8s::config_map(plan, &text, &opts))
-                .map_err(|e| Failure::new(Exit::Infrastructure, e.to_string()))?;
-            let p = dir.join(format!("{}.yaml", k8s::config_map_name(plan)));
-            write(&p, &cm)?;
+            let cm = k8s::to_json(&k8s::config_map(plan, &text, &opts)).map_err(ser)?;
+            let p = dir.join(format!("{}.json", k8s::config_map_name(plan)));
+            write(&p, &format!("{cm}\n"))?;
             println!("{}", p.display());
             for n in &opts.nodes {
                 let j = k8s::job(plan, n, &opts);
                 let name = j.metadata.name.clone().unwrap_or_default();
-                let y = serde_yaml::to_string(&j)
-                    .map_err(|e| Failure::new(Exit::Infrastructure, e.to_string()))?;
-                let p = dir.join(format!("{name}.yaml"));
-                write(&p, &y)?;
+                let p = dir.join(format!("{name}.json"));
+                write(&p, &format!("{}\n", k8s::to_json(&j).map_err(ser)?))?;
                 println!("{}", p.display());
             }
         }
@@ -345,7 +384,7 @@ fn run_collect(ctx: &Context, c: CollectArgs) -> Result<Exit, Failure> {
     if let Some(h) = &c.history {
         let (p, w) = history::load(h);
         for w in w {
-            eprintln!("warning: {w}");
+            crate::output::warn(ctx, w);
         }
         past = p;
         past.retain(|p| p.run_id != r.run_id);

@@ -38,6 +38,8 @@ pub struct UpArgs {
     /// Profile TOML (defaults are built in; flags override the file).
     #[arg(long)]
     pub profile: Option<PathBuf>,
+    /// VM name: its runtime directory, QMP socket and state file (default: the
+    /// profile's, else `lab`).
     #[arg(long)]
     pub name: Option<String>,
     /// Device to hotplug after boot (repeatable): a host BDF or emulated:<size>.
@@ -52,24 +54,35 @@ pub struct UpArgs {
     /// Total GPU root ports (spares beyond the devices get firmware default windows).
     #[arg(long)]
     pub gpu_ports: Option<usize>,
-    #[arg(long)]
+    /// Guest kernel (bzImage/vmlinuz) booted directly by QEMU (-kernel).
+    #[arg(long, value_name = "FILE")]
     pub kernel: Option<PathBuf>,
-    #[arg(long)]
+    /// Initramfs for the guest kernel (-initrd), e.g. from `vfioctl rootfs build`.
+    #[arg(long, value_name = "FILE")]
     pub initrd: Option<PathBuf>,
-    #[arg(long)]
+    /// Disk image attached as a virtio block device (raw or qcow2).
+    #[arg(long, value_name = "FILE")]
     pub disk: Option<PathBuf>,
-    #[arg(long)]
+    /// Extra guest kernel command line, appended after vfioctl's own (console, IOMMU).
+    #[arg(long, value_name = "ARGS")]
     pub cmdline: Option<String>,
-    #[arg(long)]
+    /// Guest RAM, e.g. 4G or 512M.
+    #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
-    #[arg(long)]
+    /// Number of guest vCPUs.
+    #[arg(long, value_name = "N")]
     pub vcpus: Option<u32>,
+    /// Guest firmware: SeaBIOS or OVMF (UEFI).
     #[arg(long, value_enum)]
     pub firmware: Option<Firmware>,
+    /// PCI hotplug signalling: acpi (fast in Linux) or native PCIe (pciehp).
     #[arg(long, value_enum)]
     pub hotplug: Option<HotplugMode>,
+    /// Accelerator: auto probes whether QEMU can really use KVM here, else TCG.
     #[arg(long, value_enum)]
     pub accel: Option<AccelChoice>,
+    /// Guest agent transport: auto uses vhost-vsock when /dev/vhost-vsock opens, else
+    /// vhost-user-vsock through vhost-device-vsock.
     #[arg(long, value_enum)]
     pub vsock: Option<VsockChoice>,
     /// Readiness: `agent` or `serial:<marker>`.
@@ -85,6 +98,7 @@ pub struct UpArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct DownArgs {
+    /// The VM to stop.
     #[arg(default_value = "lab")]
     pub name: String,
     /// Seconds to wait for the guest to power off before `quit`.
@@ -94,14 +108,18 @@ pub struct DownArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct NameArg {
+    /// The VM.
     #[arg(default_value = "lab")]
     pub name: String,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct PlugArgs {
+    /// The running VM to plug into.
     #[arg(default_value = "lab")]
     pub name: String,
+    /// The device: a host BDF (bound to vfio-pci) or emulated:SIZE (the ivshmem-plain
+    /// stand-in with a SIZE 64-bit prefetchable BAR).
     #[arg(long = "gpu", value_name = "BDF|emulated:SIZE")]
     pub gpu: GpuSpec,
     /// Root port to use (default: a free port sized for the device).
@@ -115,6 +133,7 @@ pub struct PlugArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct UnplugArgs {
+    /// The running VM to unplug from.
     #[arg(default_value = "lab")]
     pub name: String,
     /// Device id (`gpu0`) or what was plugged (`emulated:8G`, a BDF).
@@ -124,8 +143,11 @@ pub struct UnplugArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
+    /// Devices to size root ports for (repeatable): a host BDF (BAR sizes read from
+    /// sysfs) or emulated:SIZE.
     #[arg(long = "gpu", value_name = "BDF|emulated:SIZE", required = true)]
     pub gpus: Vec<GpuSpec>,
+    /// Guest firmware, whose address-space limits the windows must fit.
     #[arg(long, value_enum, default_value = "seabios")]
     pub firmware: Firmware,
     /// Guest RAM.
@@ -312,14 +334,12 @@ pub fn run(ctx: &Context, c: VmCommand) -> Result<Exit, Failure> {
                 // Bind with `vfioctl bind`'s own plan, safety checks and ledger.
                 let d = PciDevice::read(&ctx.root, *bdf)?;
                 if !d.vfio_dev {
-                    #[derive(clap::Parser)]
-                    struct W {
-                        #[command(flatten)]
-                        a: super::bind::BindArgs,
-                    }
-                    let w = <W as clap::Parser>::try_parse_from(["bind", &bdf.to_string()])
-                        .map_err(|e| Failure::usage(e.to_string()))?;
-                    super::bind::run_bind(ctx, w.a)?;
+                    let p = crate::bind::prepare(
+                        &ctx.root,
+                        &[vfioctl_common::Selector::Bdf { bdf: *bdf }],
+                        crate::bind::PrepareOptions::default(),
+                    )?;
+                    crate::bind::execute(&p)?;
                 }
             }
             let env = env(ctx);
@@ -420,7 +440,7 @@ fn up(ctx: &Context, a: UpArgs) -> Result<Exit, Failure> {
                 for w in &rec.warnings {
                     writeln!(o, "warning: {w}")?;
                 }
-                writeln!(o, "{}", rec.argv.join(" \\\n  "))
+                writeln!(o, "{}", shell_command(&rec.argv))
             },
         )?;
         return Ok(Exit::Ok);
@@ -428,7 +448,7 @@ fn up(ctx: &Context, a: UpArgs) -> Result<Exit, Failure> {
     let rec = runtime()?.block_on(lifecycle::up(&env, &profile))?;
     for w in &rec.warnings {
         if !ctx.json {
-            eprintln!("warning: {w}");
+            crate::output::warn(ctx, w);
         }
     }
     show(ctx, &rec, |o| {
@@ -476,6 +496,7 @@ fn plan(ctx: &Context, a: PlanArgs) -> Result<Exit, Failure> {
             let p = accel::probe(
                 &ctx.root,
                 std::path::Path::new("qemu-system-x86_64"),
+                None,
                 AccelChoice::Auto,
             )
             .map_err(Failure::from)?;
@@ -543,4 +564,17 @@ fn plan(ctx: &Context, a: PlanArgs) -> Result<Exit, Failure> {
         Ok(())
     })?;
     Ok(Exit::Ok)
+}
+
+/// A command line a person can paste into a shell: every argument quoted where the shell
+/// would split or expand it (shell-words), one option per line.
+pub fn shell_command(argv: &[String]) -> String {
+    let mut out = String::new();
+    for (i, a) in argv.iter().enumerate() {
+        if i > 0 {
+            out.push_str(if a.starts_with('-') { " \\\n  " } else { " " });
+        }
+        out.push_str(&shell_words::quote(a));
+    }
+    out
 }

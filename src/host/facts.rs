@@ -250,12 +250,80 @@ impl HostFacts {
             .flatten()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        f.log();
         f
+    }
+
+    /// What was read, one line per fact, for `-v` (each check's verdict is logged by
+    /// [`crate::host::run_checks`]).
+    fn log(&self) {
+        use tracing::{debug, info};
+        match &self.cpu_flags {
+            Some(flags) => info!(
+                "/proc/cpuinfo: vendor {:?}, vmx {}, svm {}",
+                self.cpu_vendor,
+                flags.contains("vmx"),
+                flags.contains("svm")
+            ),
+            None => info!("/proc/cpuinfo: unreadable"),
+        }
+        info!("/dev/kvm: {}", present(self.dev_kvm));
+        info!(
+            "/sys/firmware/acpi/tables: {}; DMAR {}, IVRS {}, DMAR interrupt remapping flag {:?}",
+            present(self.acpi_tables),
+            present(self.dmar),
+            present(self.ivrs),
+            self.dmar_intr_remap
+        );
+        info!(
+            "/sys/class/iommu: {:?}; /sys/kernel/iommu_groups: {} groups -> IOMMU {}",
+            self.iommu_units,
+            self.iommu_groups,
+            if self.iommu_active() {
+                "active"
+            } else {
+                "not active"
+            }
+        );
+        info!("/proc/cmdline: {:?}", self.cmdline);
+        match &self.interrupts {
+            Some(i) => info!(
+                "/proc/interrupts: {} remapped (IR-*) and {} plain MSI/IO-APIC lines",
+                i.remapped, i.plain
+            ),
+            None => info!("/proc/interrupts: unreadable"),
+        }
+        info!(
+            "/proc/sys/kernel/osrelease: {:?}; /lib/modules/<kernel>/modules.dep {}",
+            self.kernel,
+            present(self.modules_dir)
+        );
+        info!(
+            "modules (/proc/modules, modules.builtin, modules.dep): vfio {:?}, vfio_iommu_type1 {:?}, vfio_pci {:?}, vhost_vsock {:?}",
+            self.vfio, self.vfio_iommu_type1, self.vfio_pci, self.vhost_vsock_module
+        );
+        info!(
+            "/dev/vfio/vfio: {}; /dev/vhost-vsock: {}",
+            present(self.dev_vfio),
+            present(self.dev_vhost_vsock)
+        );
+        debug!(
+            "/proc/self/limits memlock: {:?}; hugepages 2M {} 1G {}; allow_unsafe_interrupts {:?}",
+            self.memlock, self.hugepages_2m, self.hugepages_1g, self.allow_unsafe_interrupts
+        );
     }
 
     /// The IOMMU is in use by the kernel.
     pub fn iommu_active(&self) -> bool {
         !self.iommu_units.is_empty() || self.iommu_groups > 0
+    }
+}
+
+fn present(b: bool) -> &'static str {
+    if b {
+        "present"
+    } else {
+        "absent"
     }
 }
 
@@ -284,6 +352,18 @@ impl DeviceFacts {
             })
             .copied()
             .collect();
+        tracing::info!(
+            "{}: {:04x}:{:04x} class {:06x}, driver {:?}, IOMMU group {:?} with {:?}, {} BARs, bus mates {:?}",
+            dev.bdf,
+            dev.vendor,
+            dev.device,
+            dev.class,
+            dev.driver,
+            dev.iommu_group,
+            dev.iommu_group_peers,
+            dev.bars.len(),
+            bus_mates
+        );
         Ok(Self {
             dev,
             group,

@@ -11,7 +11,7 @@ use crate::pci::list::names_for;
 use crate::pci::{select, PciIds, SelectError};
 
 /// Counts per status and the overall verdict.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Summary {
     pub pass: usize,
     pub warn: usize,
@@ -24,7 +24,7 @@ pub struct Summary {
 }
 
 /// What `vfioctl check --json` prints.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct CheckReport {
     pub checks: Vec<Check>,
     pub summary: Summary,
@@ -114,6 +114,16 @@ pub fn run_checks(
     if let Some(c) = class {
         devs.retain(|d| c.matches(d.class));
     }
+    tracing::info!(
+        "selected {} device(s) for device checks ({}): {:?}",
+        devs.len(),
+        if default_class {
+            "default: class 0x03 display controllers".to_string()
+        } else {
+            format!("selectors {selectors:?}, class {class:?}")
+        },
+        devs.iter().map(|d| d.bdf.to_string()).collect::<Vec<_>>()
+    );
     if devs.is_empty() {
         let what = match class {
             Some(c) if !default_class => format!("no selected device of class {c:?}"),
@@ -148,6 +158,25 @@ pub fn run_checks(
         checks.extend(shared);
     }
     for c in &checks {
+        let on = c.device.map(|b| format!(" {b}")).unwrap_or_default();
+        match c.status {
+            Status::Fail | Status::Warn => tracing::info!(
+                "verdict {}{on}: {} because {}{}",
+                c.id,
+                c.status.as_str(),
+                c.message,
+                c.hint
+                    .as_deref()
+                    .map(|h| format!(" (fix: {h})"))
+                    .unwrap_or_default()
+            ),
+            _ => tracing::info!(
+                "verdict {}{on}: {} because {}",
+                c.id,
+                c.status.as_str(),
+                c.message
+            ),
+        }
         match c.status {
             Status::Pass => summary.pass += 1,
             Status::Warn => summary.warn += 1,

@@ -10,7 +10,9 @@ use vfioctl_common::Bdf;
 use super::facts::{CpuVendor, DeviceFacts, HostFacts, ModuleState};
 
 /// How a check came out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pass,
@@ -32,7 +34,7 @@ impl Status {
 }
 
 /// One verdict.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Check {
     /// Stable identifier (`iommu-kernel`, `bars-assigned`).
     pub id: &'static str,

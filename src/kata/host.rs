@@ -24,9 +24,13 @@ pub const LARGE_BAR: u64 = 4 << 30;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Function {
     pub bdf: Bdf,
-    /// `vendor:device`.
+    /// `vendor:device`, lower-case hex as lspci -n prints it.
     pub id: String,
+    /// 4 lower-case hex digits (see `crate::output::pci_id`).
+    #[serde(serialize_with = "crate::output::pci_id::id16")]
     pub vendor: u16,
+    /// 6 lower-case hex digits.
+    #[serde(serialize_with = "crate::output::pci_id::class")]
     pub class: u32,
     pub driver: Option<String>,
     /// Named with --gpu (or picked by default), not just a group companion.

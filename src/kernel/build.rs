@@ -269,6 +269,147 @@ pub fn configure(
     Ok(dot)
 }
 
+/// What a build is made from, read once: the pins, the fragments of the requested
+/// flavours, the allowlist.
+struct Inputs {
+    pins: Pins,
+    pins_path: PathBuf,
+    pins_text: String,
+    fragments: Vec<Fragment>,
+    /// `base`, `nvidia`, `nvidia+debug`.
+    fkey: String,
+    allow: Allowlist,
+    allow_text: String,
+}
+
+impl Inputs {
+    fn load(opts: &BuildOptions) -> Result<Inputs, KernelError> {
+        let pins_path = opts.configs.join("manifest.toml");
+        let pins_text =
+            std::fs::read_to_string(&pins_path).map_err(io(&pins_path, "cannot read"))?;
+        let pins = Pins::parse(&pins_text).map_err(|source| KernelError::Pins {
+            path: pins_path.clone(),
+            source,
+        })?;
+        let mut flavours: Vec<String> = opts
+            .flavours
+            .iter()
+            .filter(|f| *f != "base")
+            .cloned()
+            .collect();
+        if opts.nvidia.is_some() && !flavours.iter().any(|f| f == "nvidia") {
+            flavours.push("nvidia".into());
+        }
+        let fragments = select_fragments(&opts.configs, &pins.kernel.always, &flavours)?;
+        let fkey = flavour_key(&fragments, &pins.kernel.always);
+        let allow_path = opts.configs.join("allowlist");
+        let allow_text = std::fs::read_to_string(&allow_path).unwrap_or_default();
+        let allow = Allowlist::parse(&allow_path, &allow_text)?;
+        Ok(Inputs {
+            pins,
+            pins_path,
+            pins_text,
+            fragments,
+            fkey,
+            allow,
+            allow_text,
+        })
+    }
+
+    /// The NVIDIA driver patches of a pinned Debian driver (none otherwise).
+    fn nvidia_patches(&self, opts: &BuildOptions) -> Result<Vec<FragmentInfo>, KernelError> {
+        let Some(NvidiaMode::Debian(k)) = &opts.nvidia else {
+            return Ok(Vec::new());
+        };
+        let pin = self.pins.nvidia.get(k).ok_or_else(|| KernelError::Nvidia {
+            what: format!("`{k}` is not pinned in {}", self.pins_path.display()),
+            hint: Some(format!(
+                "pinned drivers: {}",
+                self.pins
+                    .nvidia
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        })?;
+        source::patch_list(&opts.configs.join(&pin.patches))
+    }
+
+    /// The hash over every input that can change the artefacts: pins, the source
+    /// (checksum and version), fragments, allowlist, patches, NVIDIA mode. Not the
+    /// compiler wrapper: ccache gives the same bytes as gcc.
+    fn key(
+        &self,
+        opts: &BuildOptions,
+        tree: &source::Tree,
+        nv_patches: &[FragmentInfo],
+    ) -> Result<String, KernelError> {
+        let mut key_src = format!(
+            "vfioctl-kernel v2\n{}\nsource {:?} {}\nallow {}\nnvidia {:?}\n",
+            self.pins_text,
+            tree.info.sha256,
+            tree.version,
+            sha_text(self.allow_text.as_bytes()),
+            opts.nvidia.as_ref().map(|m| m.to_string())
+        );
+        if tree.info.sha256.is_none() {
+            // a directory source has no checksum: its path stands for it
+            key_src.push_str(&format!("tree {}\n", tree.dir.display()));
+        }
+        for f in &self.fragments {
+            key_src.push_str(&format!("frag {} {}\n", f.flavour, f.sha256));
+        }
+        for p in tree.info.patches.iter().chain(nv_patches) {
+            key_src.push_str(&format!("patch {} {}\n", p.name, p.sha256));
+        }
+        if let Some(NvidiaMode::Run(f)) = &opts.nvidia {
+            key_src.push_str(&format!("run {}\n", source::sha256_file(f)?));
+        }
+        Ok(sha_text(key_src.as_bytes()))
+    }
+}
+
+/// Where a build writes: the lab, the output dir and its logs.
+struct Dirs {
+    lab: PathBuf,
+    out: PathBuf,
+    logs: PathBuf,
+    /// The `O=` tree of this flavour set.
+    obj: PathBuf,
+}
+
+impl Dirs {
+    fn prepare(opts: &BuildOptions, fkey: &str) -> Result<Dirs, KernelError> {
+        std::fs::create_dir_all(&opts.lab).map_err(io(&opts.lab, "cannot create lab dir"))?;
+        let lab = std::fs::canonicalize(&opts.lab).map_err(io(&opts.lab, "cannot resolve"))?;
+        let out = opts
+            .out
+            .clone()
+            .unwrap_or_else(|| lab.join("kernel").join(format!("vfioctl-{fkey}")));
+        std::fs::create_dir_all(out.join("logs")).map_err(io(&out, "cannot create output dir"))?;
+        let out = std::fs::canonicalize(&out).map_err(io(&out, "cannot resolve"))?;
+        Ok(Dirs {
+            logs: out.join("logs"),
+            obj: lab.join("kernel-build/obj").join(fkey),
+            lab,
+            out,
+        })
+    }
+
+    fn log(&self, phase: &str) -> PathBuf {
+        self.logs.join(format!("{phase}.log"))
+    }
+}
+
+/// The verified configuration of a build.
+struct Configured {
+    dot: PathBuf,
+    cfg: DotConfig,
+    sha256: String,
+    report: Report,
+}
+
 /// Run a build.
 pub fn build(
     opts: &BuildOptions,
@@ -281,41 +422,14 @@ pub fn build(
         configs,
         ..opts.clone()
     };
-    let pins_path = opts.configs.join("manifest.toml");
-    let pins_text = std::fs::read_to_string(&pins_path).map_err(io(&pins_path, "cannot read"))?;
-    let pins = Pins::parse(&pins_text).map_err(|source| KernelError::Pins {
-        path: pins_path.clone(),
-        source,
-    })?;
-    let kpin = &pins.kernel;
-
-    let mut flavours: Vec<String> = opts
-        .flavours
-        .iter()
-        .filter(|f| *f != "base")
-        .cloned()
-        .collect();
-    if opts.nvidia.is_some() && !flavours.iter().any(|f| f == "nvidia") {
-        flavours.push("nvidia".into());
-    }
-    let fragments = select_fragments(&opts.configs, &kpin.always, &flavours)?;
-    let fkey = flavour_key(&fragments, &kpin.always);
-    let allow_path = opts.configs.join("allowlist");
-    let allow_text = std::fs::read_to_string(&allow_path).unwrap_or_default();
-    let allow = Allowlist::parse(&allow_path, &allow_text)?;
-
-    std::fs::create_dir_all(&opts.lab).map_err(io(&opts.lab, "cannot create lab dir"))?;
-    let lab = std::fs::canonicalize(&opts.lab).map_err(io(&opts.lab, "cannot resolve"))?;
-    let out = opts
-        .out
-        .clone()
-        .unwrap_or_else(|| lab.join("kernel").join(format!("vfioctl-{fkey}")));
-    std::fs::create_dir_all(out.join("logs")).map_err(io(&out, "cannot create output dir"))?;
-    let out = std::fs::canonicalize(&out).map_err(io(&out, "cannot resolve"))?;
-    let logs = out.join("logs");
-    let log = |n: &str| logs.join(format!("{n}.log"));
+    let inputs = Inputs::load(opts)?;
+    let dirs = Dirs::prepare(opts, &inputs.fkey)?;
+    let fkey = inputs.fkey.clone();
     let _lock = FileLock::take(
-        &lab.join("kernel-build/locks").join(format!("{fkey}.lock")),
+        &dirs
+            .lab
+            .join("kernel-build/locks")
+            .join(format!("{fkey}.lock")),
         || {
             progress(Progress::Start {
                 phase: "lock",
@@ -323,27 +437,129 @@ pub fn build(
             })
         },
     )?;
-
     let mut ph = Phases {
         times: Vec::new(),
         progress,
         current: None,
     };
 
-    // --- source
+    let tree = source_phase(opts, &inputs, &dirs, &mut ph)?;
+    let nv_patches = inputs.nvidia_patches(opts)?;
+    let input_key = inputs.key(opts, &tree, &nv_patches)?;
+    let manifest_path = dirs.out.join("build-manifest.json");
+    let previous = BuildManifest::read(&manifest_path);
+    let rebuild = opts.force || opts.clean;
+    let have_vmlinuz = dirs.out.join("vmlinuz").is_file();
+    if let Some(prev) = previous
+        .as_ref()
+        .filter(|p| !rebuild && p.input_key == input_key && have_vmlinuz)
+    {
+        return Ok(BuildResult {
+            out: dirs.out,
+            up_to_date: true,
+            manifest: prev.clone(),
+            verify: Report {
+                requested: prev.verify.requested,
+                ..Default::default()
+            },
+        });
+    }
+
+    let c = configure_phase(opts, &inputs, &dirs, &tree, &mut ph)?;
+    let cc = if opts.ccache && have("ccache") {
+        "ccache gcc"
+    } else {
+        "gcc"
+    };
+    // A changed input that leaves the .config as it was (a comment) rebuilds nothing.
+    let reusable = previous.filter(|p| {
+        !rebuild
+            && p.config_sha256 == c.sha256
+            && p.nvidia.as_ref().map(|n| n.mode.clone())
+                == opts.nvidia.as_ref().map(|m| m.to_string())
+            && nv_patches
+                == p.nvidia
+                    .as_ref()
+                    .map(|n| n.patches.clone())
+                    .unwrap_or_default()
+            && have_vmlinuz
+    });
+    let (release, nvidia_info) = match reusable {
+        Some(prev) => {
+            ph.start("compile", "config unchanged");
+            ph.done(true, "same .config as the existing build: not rebuilt");
+            (prev.kernel_release, prev.nvidia)
+        }
+        None => {
+            let release = compile_and_install(opts, &inputs, &dirs, &tree, &c, cc, &mut ph)?;
+            let nvidia = match &opts.nvidia {
+                None => None,
+                Some(mode) => Some(build_nvidia(
+                    mode,
+                    &inputs.pins,
+                    opts,
+                    &dirs.lab,
+                    &tree.dir,
+                    &dirs.obj,
+                    &dirs.out,
+                    &release,
+                    cc,
+                    &c.sha256,
+                    &nv_patches,
+                    &mut ph,
+                    &dirs.log("nvidia"),
+                )?),
+            };
+            (release, nvidia)
+        }
+    };
+
+    let manifest = build_manifest(
+        opts,
+        &inputs,
+        &dirs,
+        &tree,
+        &c,
+        cc,
+        input_key,
+        release,
+        nvidia_info,
+        ph.times,
+        started,
+    );
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_string_pretty(&manifest).unwrap_or_default(),
+    )
+    .map_err(io(&manifest_path, "cannot write"))?;
+    Ok(BuildResult {
+        out: dirs.out,
+        up_to_date: false,
+        manifest,
+        verify: c.report,
+    })
+}
+
+/// The source phase: the tree to build and how it relates to the pin and the lock.
+fn source_phase(
+    opts: &BuildOptions,
+    inputs: &Inputs,
+    dirs: &Dirs,
+    ph: &mut Phases<'_>,
+) -> Result<source::Tree, KernelError> {
     ph.start("source", "kernel source");
     for n in ["source", "configure", "compile", "install", "nvidia"] {
-        let _ = std::fs::remove_file(log(n));
+        let _ = std::fs::remove_file(dirs.log(n));
     }
     let tree = source::prepare(
         &source::SourceRequest {
             given: opts.source.as_deref(),
-            pin: kpin,
+            pin: &inputs.pins.kernel,
             configs: &opts.configs,
-            cache: &lab.join("kernel-src"),
+            cache: &dirs.lab.join("kernel-src"),
             allow_unpinned: opts.allow_unpinned,
         },
-        &log("source"),
+        &dirs.log("source"),
     )?;
     let found = match (&tree.info.package, &tree.info.package_version) {
         (Some(p), Some(v)) => format!("{} ({p} {v})", tree.version),
@@ -357,90 +573,42 @@ pub fn build(
             tree.info.lock.note(&found)
         ),
     );
+    Ok(tree)
+}
 
-    // --- input key
-    let nv_patches = match &opts.nvidia {
-        Some(NvidiaMode::Debian(k)) => {
-            let pin = pins.nvidia.get(k).ok_or_else(|| KernelError::Nvidia {
-                what: format!("`{k}` is not pinned in {}", pins_path.display()),
-                hint: Some(format!(
-                    "pinned drivers: {}",
-                    pins.nvidia.keys().cloned().collect::<Vec<_>>().join(", ")
-                )),
-            })?;
-            source::patch_list(&opts.configs.join(&pin.patches))?
-        }
-        _ => Vec::new(),
-    };
-    let cc = if opts.ccache && have("ccache") {
-        "ccache gcc"
-    } else {
-        "gcc"
-    };
-    let mut key_src = format!(
-        "vfioctl-kernel v1\n{pins_text}\nsource {} {:?} {}\nallow {}\ncc {cc}\nnvidia {:?}\n",
-        tree.dir.display(),
-        tree.info.sha256,
-        tree.version,
-        sha_text(allow_text.as_bytes()),
-        opts.nvidia.as_ref().map(|m| m.to_string())
-    );
-    for f in &fragments {
-        key_src.push_str(&format!("frag {} {}\n", f.flavour, f.sha256));
-    }
-    for p in tree.info.patches.iter().chain(&nv_patches) {
-        key_src.push_str(&format!("patch {} {}\n", p.name, p.sha256));
-    }
-    if let Some(NvidiaMode::Run(f)) = &opts.nvidia {
-        key_src.push_str(&format!("run {}\n", source::sha256_file(f)?));
-    }
-    let input_key = sha_text(key_src.as_bytes());
-    let manifest_path = out.join("build-manifest.json");
-    let previous = BuildManifest::read(&manifest_path);
-    if let Some(prev) = &previous {
-        if !(opts.force || opts.clean)
-            && prev.input_key == input_key
-            && out.join("vmlinuz").is_file()
-        {
-            let report = Report {
-                requested: prev.verify.requested,
-                ..Default::default()
-            };
-            return Ok(BuildResult {
-                out,
-                up_to_date: true,
-                manifest: prev.clone(),
-                verify: report,
-            });
-        }
-    }
-
-    // --- configure
-    let obj = lab.join("kernel-build/obj").join(&fkey);
+/// Configure (`--clean` first removes the `O=` tree) and verify that every requested
+/// option landed.
+fn configure_phase(
+    opts: &BuildOptions,
+    inputs: &Inputs,
+    dirs: &Dirs,
+    tree: &source::Tree,
+    ph: &mut Phases<'_>,
+) -> Result<Configured, KernelError> {
+    let kpin = &inputs.pins.kernel;
+    let obj = &dirs.obj;
     if opts.clean {
-        match std::fs::remove_dir_all(&obj) {
+        match std::fs::remove_dir_all(obj) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&obj, "cannot remove for a clean build")(e)),
+            Err(e) => return Err(io(obj, "cannot remove for a clean build")(e)),
         }
     }
-    let arch = kpin.arch.as_str();
     ph.start(
         "configure",
-        format!("{} + {} fragments", kpin.base, fragments.len()),
+        format!("{} + {} fragments", kpin.base, inputs.fragments.len()),
     );
-    let merged = verify::merge(&fragments);
+    let merged = verify::merge(&inputs.fragments);
     let dot = configure(
         &tree.dir,
-        &obj,
-        arch,
+        obj,
+        &kpin.arch,
         &kpin.base,
         &merged,
-        &log("configure"),
+        &dirs.log("configure"),
     )?;
     ph.done(false, format!("{}", obj.display()));
 
-    // --- verify
     ph.start(
         "verify",
         format!("{} requested options", merged.requests.len()),
@@ -448,8 +616,9 @@ pub fn build(
     let cfg_text = std::fs::read_to_string(&dot).map_err(io(&dot, "cannot read"))?;
     let cfg = DotConfig::parse(&dot, &cfg_text)?;
     let ktree = KconfigTree::load(&tree.dir, &kpin.srcarch)?;
-    let report = verify::verify(&merged, &cfg, Some(&ktree), &allow);
-    std::fs::write(log("verify"), report.render()).map_err(io(log("verify"), "cannot write"))?;
+    let report = verify::verify(&merged, &cfg, Some(&ktree), &inputs.allow);
+    let vlog = dirs.log("verify");
+    std::fs::write(&vlog, report.render()).map_err(io(&vlog, "cannot write"))?;
     if !report.ok() {
         return Err(KernelError::Verify {
             config: dot,
@@ -466,99 +635,94 @@ pub fn build(
             cfg.count_y()
         ),
     );
-    let config_sha = sha_text(cfg_text.as_bytes());
-    let cc_version = match cfg.get("CC_VERSION_TEXT") {
+    Ok(Configured {
+        sha256: sha_text(cfg_text.as_bytes()),
+        dot,
+        cfg,
+        report,
+    })
+}
+
+/// Compile, then install into the output dir (modules, depmod, the artefacts). Returns
+/// the kernel release.
+fn compile_and_install(
+    opts: &BuildOptions,
+    inputs: &Inputs,
+    dirs: &Dirs,
+    tree: &source::Tree,
+    c: &Configured,
+    cc: &str,
+    ph: &mut Phases<'_>,
+) -> Result<String, KernelError> {
+    let arch = inputs.pins.kernel.arch.as_str();
+    let (obj, out) = (&dirs.obj, &dirs.out);
+    ph.start(
+        "compile",
+        format!("make -j{} ({cc}, nice {})", opts.jobs, opts.nice),
+    );
+    compile_cmd(&tree.dir, obj, arch, opts.jobs, cc, opts.nice, &dirs.lab)
+        .run_logged("compile", &dirs.log("compile"))?;
+    let release = make(&tree.dir, obj, arch)
+        .args(["-s", "kernelrelease", "LOCALVERSION="])
+        .output()?;
+    ph.done(false, release.clone());
+
+    ph.start("install", format!("modules_install -> {}", out.display()));
+    let ilog = dirs.log("install");
+    let moddir = out.join("lib/modules").join(&release);
+    let _ = std::fs::remove_dir_all(out.join("lib"));
+    make(&tree.dir, obj, arch)
+        .args([
+            "modules_install".to_string(),
+            format!("INSTALL_MOD_PATH={}", out.display()),
+            "INSTALL_MOD_STRIP=1".into(),
+            "LOCALVERSION=".into(),
+        ])
+        .run_logged("install", &ilog)?;
+    std::fs::create_dir_all(&moddir).map_err(io(&moddir, "cannot create"))?;
+    symlink_force(obj, &moddir.join("build"))?;
+    symlink_force(&tree.dir, &moddir.join("source"))?;
+    copy(&obj.join("arch/x86/boot/bzImage"), &out.join("vmlinuz"))?;
+    copy(&c.dot, &out.join("config"))?;
+    copy(&obj.join("System.map"), &out.join("System.map"))?;
+    copy(&obj.join("Module.symvers"), &out.join("Module.symvers"))?;
+    depmod_cmd(out, &release).run_logged("install", &ilog)?;
+    ph.done(false, format!("{}", moddir.display()));
+    Ok(release)
+}
+
+/// `build-manifest.json`: what was built from what.
+#[allow(clippy::too_many_arguments)]
+fn build_manifest(
+    opts: &BuildOptions,
+    inputs: &Inputs,
+    dirs: &Dirs,
+    tree: &source::Tree,
+    c: &Configured,
+    cc: &str,
+    input_key: String,
+    release: String,
+    nvidia: Option<NvidiaInfo>,
+    phases: Vec<PhaseTime>,
+    started: u64,
+) -> BuildManifest {
+    let out = &dirs.out;
+    let vmlinuz = out.join("vmlinuz");
+    let cc_version = match c.cfg.get("CC_VERSION_TEXT") {
         Some(super::config::Value::Str(s)) => s.clone(),
         _ => String::new(),
     };
-
-    let reuse = !(opts.force || opts.clean)
-        && previous.as_ref().is_some_and(|p| {
-            p.config_sha256 == config_sha
-                && p.nvidia.as_ref().map(|n| n.mode.clone())
-                    == opts.nvidia.as_ref().map(|m| m.to_string())
-                && nv_patches
-                    == p.nvidia
-                        .as_ref()
-                        .map(|n| n.patches.clone())
-                        .unwrap_or_default()
-                && out.join("vmlinuz").is_file()
-        });
-
-    let release;
-    let nvidia_info;
-    if let (true, Some(prev)) = (reuse, previous.clone()) {
-        ph.start("compile", "config unchanged");
-        ph.done(true, "same .config as the existing build: not rebuilt");
-        release = prev.kernel_release.clone();
-        nvidia_info = prev.nvidia.clone();
-    } else {
-        // --- compile
-        ph.start(
-            "compile",
-            format!("make -j{} ({cc}, nice {})", opts.jobs, opts.nice),
-        );
-        compile_cmd(&tree.dir, &obj, arch, opts.jobs, cc, opts.nice, &lab)
-            .run_logged("compile", &log("compile"))?;
-        release = make(&tree.dir, &obj, arch)
-            .args(["-s", "kernelrelease", "LOCALVERSION="])
-            .output()?;
-        ph.done(false, release.clone());
-
-        // --- install
-        ph.start("install", format!("modules_install -> {}", out.display()));
-        let moddir = out.join("lib/modules").join(&release);
-        let _ = std::fs::remove_dir_all(out.join("lib"));
-        make(&tree.dir, &obj, arch)
-            .args([
-                "modules_install".to_string(),
-                format!("INSTALL_MOD_PATH={}", out.display()),
-                "INSTALL_MOD_STRIP=1".into(),
-                "LOCALVERSION=".into(),
-            ])
-            .run_logged("install", &log("install"))?;
-        std::fs::create_dir_all(&moddir).map_err(io(&moddir, "cannot create"))?;
-        symlink_force(&obj, &moddir.join("build"))?;
-        symlink_force(&tree.dir, &moddir.join("source"))?;
-        copy(&obj.join("arch/x86/boot/bzImage"), &out.join("vmlinuz"))?;
-        copy(&dot, &out.join("config"))?;
-        copy(&obj.join("System.map"), &out.join("System.map"))?;
-        copy(&obj.join("Module.symvers"), &out.join("Module.symvers"))?;
-        depmod_cmd(&out, &release).run_logged("install", &log("install"))?;
-        ph.done(false, format!("{}", moddir.display()));
-
-        // --- nvidia
-        nvidia_info = match &opts.nvidia {
-            None => None,
-            Some(mode) => Some(build_nvidia(
-                mode,
-                &pins,
-                opts,
-                &lab,
-                &tree.dir,
-                &obj,
-                &out,
-                &release,
-                cc,
-                &config_sha,
-                &nv_patches,
-                &mut ph,
-                &log("nvidia"),
-            )?),
-        };
-    }
-
-    let vmlinuz = out.join("vmlinuz");
-    let manifest = BuildManifest {
+    BuildManifest {
         schema: 1,
         vfioctl_version: env!("CARGO_PKG_VERSION").into(),
         input_key,
-        config_sha256: config_sha,
+        config_sha256: c.sha256.clone(),
         kernel_version: tree.version.clone(),
         kernel_release: release.clone(),
         source: tree.info.clone(),
-        flavours: fragments.iter().map(|f| f.flavour.clone()).collect(),
-        fragments: fragments
+        flavours: inputs.fragments.iter().map(|f| f.flavour.clone()).collect(),
+        fragments: inputs
+            .fragments
             .iter()
             .map(|f| FragmentInfo {
                 name: f.flavour.clone(),
@@ -566,12 +730,12 @@ pub fn build(
                 sha256: f.sha256.clone(),
             })
             .collect(),
-        allowlist_sha256: sha_text(allow_text.as_bytes()),
+        allowlist_sha256: sha_text(inputs.allow_text.as_bytes()),
         verify: VerifySummary {
-            requested: report.requested,
-            dropped: report.dropped.len(),
-            allowed: report.allowed.len(),
-            symbols_y: cfg.count_y(),
+            requested: c.report.requested,
+            dropped: c.report.dropped.len(),
+            allowed: c.report.allowed.len(),
+            symbols_y: c.cfg.count_y(),
         },
         toolchain: Toolchain {
             cc: cc.into(),
@@ -579,7 +743,7 @@ pub fn build(
             ccache: cc.starts_with("ccache"),
         },
         jobs: opts.jobs,
-        phases: ph.times,
+        phases,
         artefacts: Artefacts {
             vmlinuz_bytes: std::fs::metadata(&vmlinuz).map(|m| m.len()).unwrap_or(0),
             vmlinuz,
@@ -587,24 +751,13 @@ pub fn build(
             system_map: out.join("System.map"),
             module_symvers: out.join("Module.symvers"),
             modules_dir: out.join("lib/modules").join(&release),
-            objdir: obj,
-            logs,
+            objdir: dirs.obj.clone(),
+            logs: dirs.logs.clone(),
         },
-        nvidia: nvidia_info,
+        nvidia,
         started,
         finished: now(),
-    };
-    std::fs::write(
-        &manifest_path,
-        serde_json::to_string_pretty(&manifest).unwrap_or_default(),
-    )
-    .map_err(io(&manifest_path, "cannot write"))?;
-    Ok(BuildResult {
-        out,
-        up_to_date: false,
-        manifest,
-        verify: report,
-    })
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

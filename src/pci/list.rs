@@ -16,7 +16,7 @@ use super::names::PciIds;
 use crate::output::Table;
 
 /// One BAR in the JSON listing.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct BarEntry {
     pub index: u8,
     pub start: Option<String>,
@@ -48,7 +48,7 @@ impl From<&Bar> for BarEntry {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct LinkEntry {
     pub current_speed: Option<String>,
     pub current_width: Option<u32>,
@@ -57,29 +57,34 @@ pub struct LinkEntry {
     pub degraded: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct SriovEntry {
     pub total_vfs: u32,
     pub num_vfs: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ResizableEntry {
     pub index: u8,
     pub sizes: Vec<String>,
 }
 
 /// One device in `vfioctl devices --json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct DeviceEntry {
     pub bdf: Bdf,
+    #[schemars(with = "crate::output::pci_id::Id16Schema")]
     pub vendor: String,
+    #[schemars(with = "crate::output::pci_id::Id16Schema")]
     pub device: String,
     pub vendor_name: Option<String>,
     pub device_name: Option<String>,
+    #[schemars(with = "crate::output::pci_id::ClassSchema")]
     pub class: String,
     pub class_name: Option<String>,
+    #[schemars(with = "Option<crate::output::pci_id::Id16Schema>")]
     pub subsystem_vendor: Option<String>,
+    #[schemars(with = "Option<crate::output::pci_id::Id16Schema>")]
     pub subsystem_device: Option<String>,
     pub revision: Option<String>,
     pub driver: Option<String>,

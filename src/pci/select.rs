@@ -99,7 +99,22 @@ pub fn select(
         return Ok(read_many(root, &bdfs)?);
     }
     let mut out = read_many(root, &enumerate(root)?)?;
+    let total = out.len();
     out.retain(|d| matches_any(selectors, d));
+    tracing::info!(
+        "{}: {total} PCI devices, {} match {}",
+        root.path("/sys/bus/pci/devices").display(),
+        out.len(),
+        if selectors.is_empty() {
+            "(no selector: all)".to_string()
+        } else {
+            selectors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
     for s in selectors {
         if let Selector::Bdf { bdf } = s {
             if !out.iter().any(|d| d.bdf == *bdf) {

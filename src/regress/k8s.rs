@@ -1,17 +1,23 @@
 //! Fleet runs on Kubernetes: one Job per GPU node, built from the typed API structs of
 //! `k8s-openapi` (API version 1.33, the crate's earliest; Job, ConfigMap and the pod
-//! fields used here are stable since 1.26), so the manifests are valid by construction.
+//! fields used here are stable since 1.26), serialized as JSON documents (a YAML stream
+//! whose documents are JSON, which kubectl and every YAML 1.2 reader take).
 //!
-//! Each Job:
-//! - is pinned to its node by required node affinity on `kubernetes.io/hostname`, and
+//! Each Job sees the node, not a container's view of it:
+//! - it is pinned to its node by required node affinity on `kubernetes.io/hostname`, and
 //!   tolerates the `nvidia.com/gpu` taint GPU nodes usually carry;
-//! - runs privileged (it binds devices and starts QEMU);
-//! - mounts from the host: `/sys` (binding goes through sysfs), `/dev/vfio` (group
-//!   nodes appear *after* the container started, which a privileged container's own
-//!   `/dev` snapshot does not show), `/lib/modules` (read-only, for modprobe of
-//!   vfio-pci), `/var/lib/vfioctl` (the bind ledger, so a later `vfioctl restore` on the
-//!   host can undo a crashed pod's bindings) and the results directory;
-//! - reads the plan from a ConfigMap emitted alongside;
+//! - `hostPID` and `hostNetwork`: bind's in-use checks read the node's processes (open
+//!   device files), mounts and routes through `/proc`, which in a pod's own namespaces
+//!   would show only the pod;
+//! - privileged (it binds devices and starts QEMU);
+//! - hostPath mounts, each at the same path: `/sys` (binding goes through sysfs), `/dev`
+//!   (VFIO group nodes and `/dev/kvm` appear *after* the container started, which a
+//!   container's own `/dev` snapshot does not show), `/run/udev` (device database),
+//!   `/lib/modules` (read-only, for modprobe of vfio-pci), the lab cache (kernel, images;
+//!   `VFIOCTL_LAB` is set to it), `/var/lib/vfioctl` (the bind ledger, so a later
+//!   `vfioctl restore` on the node can undo a crashed pod's bindings) and the results;
+//! - reads the plan, unexpanded, from a ConfigMap emitted alongside: `${VAR}`s in it are
+//!   resolved by vfioctl in the pod, on the node, never on the machine that emits;
 //! - writes `RESULTS/<node>/latest` and accumulates `RESULTS/<node>/history`, which
 //!   `vfioctl regress collect` merges;
 //! - maps vfioctl's exit codes to Job policy: a finding (exit 1-7, regression is 5)
@@ -45,11 +51,37 @@ pub struct FleetOpts {
     pub namespace: Option<String>,
     /// Results directory on each node.
     pub host_results: PathBuf,
+    /// The lab cache on each node (guest kernels, images): mounted at the same path and
+    /// exported as `VFIOCTL_LAB` in the pod.
+    pub host_lab: PathBuf,
     pub jobs: usize,
 }
 
 pub const DEFAULT_IMAGE: &str = "localhost/vfioctl:latest";
 pub const DEFAULT_HOST_RESULTS: &str = "/var/lib/vfioctl/regress";
+pub const DEFAULT_HOST_LAB: &str = "/var/cache/vfioctl/lab";
+
+/// Variables the Jobs define for the plan (`${VAR}` is expanded in the pod).
+pub const JOB_VARIABLES: &[&str] = &["VFIOCTL_LAB", "VFIOCTL_NODE", "HOME"];
+
+/// The `${VAR}` names a plan text uses, sorted, each once.
+pub fn plan_variables(text: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        rest = &rest[i + 2..];
+        if let Some(end) = rest.find('}') {
+            let name = &rest[..end];
+            if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                v.push(name.to_string());
+            }
+            rest = &rest[end..];
+        }
+    }
+    v.sort();
+    v.dedup();
+    v
+}
 
 /// A DNS-1123 label from any text: lower-case alphanumerics and '-', at most `max`
 /// characters; shortened names get a hash suffix so two long names stay distinct.
@@ -133,10 +165,13 @@ pub fn config_map(plan: &Plan, plan_text: &str, opts: &FleetOpts) -> ConfigMap {
 /// The Job for one node.
 pub fn job(plan: &Plan, node: &str, opts: &FleetOpts) -> Job {
     let results = opts.host_results.join(dns_label(node, 63));
+    let lab = opts.host_lab.to_string_lossy().into_owned();
     let mut volumes = vec![
         host_path("sys", "/sys", "Directory"),
-        host_path("dev-vfio", "/dev/vfio", "DirectoryOrCreate"),
+        host_path("dev", "/dev", "Directory"),
+        host_path("run-udev", "/run/udev", "DirectoryOrCreate"),
         host_path("lib-modules", "/lib/modules", "Directory"),
+        host_path("lab", &lab, "DirectoryOrCreate"),
         host_path("state", "/var/lib/vfioctl", "DirectoryOrCreate"),
         host_path("results", &results.to_string_lossy(), "DirectoryOrCreate"),
         Volume {
@@ -150,8 +185,10 @@ pub fn job(plan: &Plan, node: &str, opts: &FleetOpts) -> Job {
     ];
     let mut mounts = vec![
         mount("sys", "/sys", false),
-        mount("dev-vfio", "/dev/vfio", false),
+        mount("dev", "/dev", false),
+        mount("run-udev", "/run/udev", false),
         mount("lib-modules", "/lib/modules", true),
+        mount("lab", &lab, false),
         mount("state", "/var/lib/vfioctl", false),
         mount("results", "/results", false),
         mount("plan", "/etc/vfioctl/regress", true),
@@ -183,17 +220,29 @@ pub fn job(plan: &Plan, node: &str, opts: &FleetOpts) -> Job {
             "--history".into(),
             "/results/history".into(),
         ]),
-        env: Some(vec![EnvVar {
-            name: "VFIOCTL_NODE".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "spec.nodeName".into(),
-                    ..ObjectFieldSelector::default()
+        env: Some(vec![
+            EnvVar {
+                name: "VFIOCTL_NODE".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "spec.nodeName".into(),
+                        ..ObjectFieldSelector::default()
+                    }),
+                    ..EnvVarSource::default()
                 }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        }]),
+                ..EnvVar::default()
+            },
+            EnvVar {
+                name: "VFIOCTL_LAB".into(),
+                value: Some(lab.clone()),
+                ..EnvVar::default()
+            },
+            EnvVar {
+                name: "HOME".into(),
+                value: Some("/root".into()),
+                ..EnvVar::default()
+            },
+        ]),
         security_context: Some(SecurityContext {
             privileged: Some(true),
             ..SecurityContext::default()
@@ -233,6 +282,9 @@ pub fn job(plan: &Plan, node: &str, opts: &FleetOpts) -> Job {
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
+                    host_pid: Some(true),
+                    host_network: Some(true),
+                    dns_policy: Some("ClusterFirstWithHostNet".into()),
                     affinity: Some(Affinity {
                         node_affinity: Some(NodeAffinity {
                             required_during_scheduling_ignored_during_execution: Some(
@@ -268,17 +320,38 @@ pub fn job(plan: &Plan, node: &str, opts: &FleetOpts) -> Job {
     }
 }
 
-/// The whole multi-document YAML: the plan ConfigMap, then one Job per node.
+/// One object as a pretty JSON document.
+pub fn to_json<T: serde::Serialize>(object: &T) -> Result<String, serde_json::Error> {
+    serde_json::to_string_pretty(object)
+}
+
+/// Every object: the plan ConfigMap, then one Job per node, as JSON values.
+pub fn objects(
+    plan: &Plan,
+    plan_text: &str,
+    opts: &FleetOpts,
+) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+    let mut v = vec![serde_json::to_value(config_map(plan, plan_text, opts))?];
+    for n in &opts.nodes {
+        v.push(serde_json::to_value(job(plan, n, opts))?);
+    }
+    Ok(v)
+}
+
+/// The whole stream: `---` then one JSON document per object (valid YAML; `kubectl apply
+/// -f` takes it as it is).
 pub fn manifests(
     plan: &Plan,
     plan_text: &str,
     opts: &FleetOpts,
-) -> Result<String, serde_yaml::Error> {
-    let mut docs = vec![serde_yaml::to_string(&config_map(plan, plan_text, opts))?];
-    for n in &opts.nodes {
-        docs.push(serde_yaml::to_string(&job(plan, n, opts))?);
+) -> Result<String, serde_json::Error> {
+    let mut out = String::new();
+    for o in objects(plan, plan_text, opts)? {
+        out.push_str("---\n");
+        out.push_str(&serde_json::to_string_pretty(&o)?);
+        out.push('\n');
     }
-    Ok(docs.iter().map(|d| format!("---\n{d}")).collect::<String>())
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -296,6 +369,7 @@ mod tests {
             binary: None,
             namespace: Some("gpu-lab".into()),
             host_results: DEFAULT_HOST_RESULTS.into(),
+            host_lab: DEFAULT_HOST_LAB.into(),
             jobs: 2,
         }
     }
@@ -308,10 +382,30 @@ mod tests {
         // Every document parses back as the typed object it claims to be.
         let docs: Vec<&str> = y.split("---\n").filter(|d| !d.is_empty()).collect();
         assert_eq!(docs.len(), 3);
-        let _: ConfigMap = serde_yaml::from_str(docs[0]).unwrap();
+        let _: ConfigMap = serde_json::from_str(docs[0]).unwrap();
         for d in &docs[1..] {
-            let j: Job = serde_yaml::from_str(d).unwrap();
+            let j: Job = serde_json::from_str(d).unwrap();
             let spec = j.spec.unwrap().template.spec.unwrap();
+            assert_eq!((spec.host_pid, spec.host_network), (Some(true), Some(true)));
+            let paths: Vec<&str> = spec
+                .volumes
+                .iter()
+                .flatten()
+                .filter_map(|v| v.host_path.as_ref().map(|h| h.path.as_str()))
+                .collect();
+            for p in [
+                "/sys",
+                "/dev",
+                "/run/udev",
+                "/lib/modules",
+                DEFAULT_HOST_LAB,
+            ] {
+                assert!(paths.contains(&p), "{p} not mounted: {paths:?}");
+            }
+            let env = spec.containers[0].env.as_ref().unwrap();
+            assert!(env
+                .iter()
+                .any(|e| e.name == "VFIOCTL_LAB" && e.value.as_deref() == Some(DEFAULT_HOST_LAB)));
             assert_eq!(
                 spec.containers[0]
                     .security_context
@@ -338,6 +432,16 @@ mod tests {
             .host_path
             .as_ref()
             .is_some_and(|h| h.path == "/usr/local/bin/vfioctl")));
+    }
+
+    #[test]
+    fn plan_variables_are_listed_once() {
+        assert_eq!(
+            plan_variables(
+                "k = \"${VFIOCTL_LAB}/k\"\ni = \"${VFIOCTL_LAB}/i ${X_1} ${bad name} ${\""
+            ),
+            ["VFIOCTL_LAB", "X_1"]
+        );
     }
 
     #[test]

@@ -117,6 +117,8 @@ pub struct LabBackend {
     /// The nested scenario's L1 initramfs (QEMU, vfioctl and the L2 guest inside), built
     /// once per run by its `check` step.
     nested: OnceLock<Result<PathBuf, StepFailure>>,
+    /// The static guest agent for the initramfs images it builds (`regress --agent`).
+    pub agent: Option<PathBuf>,
 }
 
 impl LabBackend {
@@ -127,6 +129,36 @@ impl LabBackend {
             run_base: std::env::temp_dir().join(format!("vfioctl-regress-{}", std::process::id())),
             guest: OnceLock::new(),
             nested: OnceLock::new(),
+            agent: None,
+        }
+    }
+
+    /// The static guest agent for the images this run builds: `--agent PATH`, else
+    /// `vfioctl-agent` next to this vfioctl. Never a cargo build: a regression run must
+    /// not compile anything in a source tree it happens to sit in.
+    pub fn agent_binary(&self) -> Result<PathBuf, StepFailure> {
+        let next_to_exe = || {
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|d| d.join("vfioctl-agent")))
+                .filter(|p| {
+                    std::fs::read(p).is_ok_and(|b| agent_bin::is_static_elf(&b) == Some(true))
+                })
+        };
+        match &self.agent {
+            Some(p) => agent_bin::resolve(Some(p)).map_err(|e| StepFailure::from(Failure::from(e))),
+            None => next_to_exe().ok_or_else(|| {
+                let mut f = StepFailure::new(
+                    Exit::Usage,
+                    "no guest agent for the lab initramfs: pass --agent PATH or set `initrd` in the plan",
+                );
+                f.hint = Some(format!(
+                    "build it with RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --profile {} --target {} -p vfioctl-agent",
+                    agent_bin::AGENT_PROFILE,
+                    agent_bin::AGENT_TARGET
+                ));
+                f
+            }),
         }
     }
 
@@ -149,7 +181,7 @@ impl LabBackend {
                 manifest: tree.join("rootfs/lab.toml"),
                 kernel_modules: Some(modules),
                 out: out.join("guest/initramfs.cpio.gz"),
-                agent: Some(agent_bin::resolve(None).map_err(|e| StepFailure::from(Failure::from(e)))?),
+                agent: Some(self.agent_binary()?),
                 ..BuildOptions::default()
             };
             rootfs::build(&opts)
@@ -174,7 +206,7 @@ impl LabBackend {
                         format!("{} not found", self.qemu.display()),
                     )
                 })?;
-                let agent = agent_bin::resolve(None).map_err(from_diag)?;
+                let agent = self.agent_binary()?;
                 let vfioctl =
                     nested::static_vfioctl(&tree).map_err(|e| fail(Exit::Infrastructure, e))?;
                 nested::build_initrds(&nested::NestedInputs {
@@ -499,36 +531,22 @@ impl Backend for LabBackend {
             }
             Step::Bind => {
                 let root = &self.ctx.root;
-                let bdfs: Vec<Bdf> = s.host_devices.iter().map(|d| d.bdf).collect();
-                let selected = bdfs
+                // The bind flow of `vfioctl bind` (plan, in-use check, steps, rollback).
+                let sel: Vec<vfioctl_common::Selector> = s
+                    .host_devices
                     .iter()
-                    .map(|b| PciDevice::read(root, *b).map_err(from_diag))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let known = bind::neighbourhood(root, &selected).map_err(from_diag)?;
-                let plan = bind::plan(&bdfs, &known, &|_| "vfio-pci".to_string(), false)
-                    .map_err(from_diag)?;
-                let losing: Vec<&PciDevice> = plan
-                    .to_bind()
-                    .filter(|m| m.driver.is_some())
-                    .filter_map(|m| known.get(&m.bdf))
+                    .map(|d| vfioctl_common::Selector::Bdf { bdf: d.bdf })
                     .collect();
-                let usage = bind::safety::HostUse::scan(root, &losing);
-                let refusals: Vec<_> = losing
-                    .iter()
-                    .flat_map(|d| bind::assess(d, &usage))
-                    .collect();
-                if !refusals.is_empty() {
-                    return Err(from_diag(bind::BindError::Refused(refusals)));
-                }
-                let report = bind::execute(
+                let prepared = bind::prepare(
                     root,
-                    &plan,
-                    &bind::Options {
+                    &sel,
+                    bind::PrepareOptions {
                         timeout: ctx.timeout,
-                        persist: false,
+                        ..Default::default()
                     },
                 )
                 .map_err(from_diag)?;
+                let report = bind::execute(&prepared).map_err(from_diag)?;
                 s.bound = report.devices.iter().map(|d| d.bdf).collect();
                 Ok(Some(format!(
                     "bound {} ({})",
@@ -613,8 +631,9 @@ impl Backend for LabBackend {
                     }
                 }
                 Ok(Some(format!(
-                    "{:?}, agent {} answered; console ready after {:.1} s{}",
-                    rec.map(|r| r.0),
+                    "{}, agent {} answered; console ready after {:.1} s{}",
+                    rec.map(|r| r.0.to_string())
+                        .unwrap_or_else(|| "accelerator unknown".into()),
                     hello.agent_version,
                     rec.and_then(|r| r.1).unwrap_or_default(),
                     retried

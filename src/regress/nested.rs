@@ -150,6 +150,10 @@ pub fn static_vfioctl(workspace: &Path) -> Result<PathBuf, String> {
             "x86_64-unknown-linux-gnu",
             "--bin",
             "vfioctl",
+            // A lab binary: with the test-only kill-point hook, which the bind lab's
+            // kill -9 checks drive (never part of a release build).
+            "--features",
+            "fault-injection",
         ])
         .output()
         .map_err(|e| format!("{cargo} build (static vfioctl): {e}"))?;

@@ -143,7 +143,9 @@ impl fmt::Display for DeviceSpec {
 }
 
 /// When the device reaches the guest.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum PlugMode {
     /// On the QEMU command line: the guest finds it at boot.

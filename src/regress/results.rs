@@ -10,7 +10,7 @@ use crate::Exit;
 /// Bumped when the JSON shape changes incompatibly.
 pub const SCHEMA: u32 = 1;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepStatus {
     Ok,
@@ -18,7 +18,7 @@ pub enum StepStatus {
 }
 
 /// A piece of evidence kept with a failure.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LogExcerpt {
     /// `serial`, `dmesg`, `qmp`, `qemu-stderr`, `agent`...
     pub source: String,
@@ -45,7 +45,7 @@ pub fn excerpt(source: &str, text: &str, max_lines: usize) -> LogExcerpt {
 }
 
 /// Why a step failed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepFailure {
     /// The error chain, outermost first, joined with ": ".
     pub message: String,
@@ -93,7 +93,7 @@ impl From<crate::Failure> for StepFailure {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepResult {
     pub step: Step,
     pub status: StepStatus,
@@ -108,7 +108,7 @@ pub struct StepResult {
     pub failure: Option<StepFailure>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     /// Expected to pass and did.
@@ -141,7 +141,7 @@ impl Outcome {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ScenarioResult {
     pub name: String,
     /// The node it ran on (set by `collect` and by runs with a known node name).
@@ -163,7 +163,7 @@ pub struct ScenarioResult {
 }
 
 /// The plan's expectation, as recorded with the result.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ExpectRecord {
     pub outcome: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -293,7 +293,7 @@ pub fn judge(expect: &Expect, steps: &[StepResult]) -> (Outcome, Option<Step>, S
 }
 
 /// A finding against history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Regression {
     /// As expected in the previous run, not now.
@@ -364,7 +364,7 @@ pub fn fmt_ms(ms: u64) -> String {
 }
 
 /// One run of a plan (or several merged by `collect`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunResults {
     pub schema: u32,
     /// UTC timestamp `20261122T023000Z`; orders runs in history.

@@ -68,13 +68,76 @@ pub struct BuildReport {
     pub build_ms: u64,
 }
 
-/// The staged tree: guest path (no leading `/`) -> entry.
+/// The largest single input file staged (the NVIDIA userland's biggest library is a few
+/// hundred MiB).
+pub const MAX_SOURCE_BYTES: u64 = 1 << 30;
+/// The most file bytes one image may hold (it is built in memory).
+pub const MAX_IMAGE_BYTES: u64 = 4 << 30;
+
+/// A guest path made safe: absolute, `.` and empty components dropped, `..` refused.
+/// Returns it relative to the image root (`usr/bin/x`); `""` for `/` itself.
+pub fn guest_path(path: &str) -> Result<String, RootfsError> {
+    let bad = |reason: &str| RootfsError::GuestPath {
+        path: path.to_string(),
+        reason: reason.to_string(),
+    };
+    if !path.starts_with('/') {
+        return Err(bad("must be an absolute guest path"));
+    }
+    if path.contains('\0') {
+        return Err(bad("contains a NUL byte"));
+    }
+    let mut parts = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return Err(bad("contains `..`: it would leave the image")),
+            c => parts.push(c),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// The staged tree: guest path (no leading `/`) -> entry. Every path is normalized by
+/// [`guest_path`], and nothing is ever staged under a symlink or a file, so neither the
+/// archive nor the ext4 staging directory can be steered out of the image.
 #[derive(Default)]
 struct Tree {
     entries: BTreeMap<String, Entry>,
+    file_bytes: u64,
 }
 
 impl Tree {
+    /// Check that every ancestor of `path` is a directory (or not yet staged).
+    fn check_ancestors(&self, path: &str) -> Result<(), RootfsError> {
+        let mut cur = String::new();
+        let parts: Vec<&str> = path.split('/').collect();
+        for p in &parts[..parts.len().saturating_sub(1)] {
+            if !cur.is_empty() {
+                cur.push('/');
+            }
+            cur.push_str(p);
+            match self.entries.get(&cur).map(|e| &e.kind) {
+                None | Some(Kind::Dir) => {}
+                Some(Kind::Symlink(t)) => {
+                    return Err(RootfsError::GuestPath {
+                        path: format!("/{path}"),
+                        reason: format!(
+                            "/{cur} is a symlink (to {t}); nothing may be staged through it"
+                        ),
+                    })
+                }
+                Some(_) => {
+                    return Err(RootfsError::GuestPath {
+                        path: format!("/{path}"),
+                        reason: format!("/{cur} is a file, not a directory"),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn dirs_for(&mut self, path: &str) {
         let mut cur = String::new();
         let parts: Vec<&str> = path.split('/').collect();
@@ -90,26 +153,61 @@ impl Tree {
             });
         }
     }
-    fn add(&mut self, path: &str, mode: u32, kind: Kind) {
-        let path = path.trim_start_matches('/').to_string();
+
+    fn add(&mut self, path: &str, mode: u32, kind: Kind) -> Result<(), RootfsError> {
+        let path = guest_path(&format!("/{}", path.trim_start_matches('/')))?;
+        if path.is_empty() {
+            return match kind {
+                Kind::Dir => Ok(()),
+                _ => Err(RootfsError::GuestPath {
+                    path: "/".into(),
+                    reason: "the image root can only be a directory".into(),
+                }),
+            };
+        }
+        self.check_ancestors(&path)?;
+        if let Some(old) = self.entries.get(&path) {
+            let children = self
+                .entries
+                .range(format!("{path}/")..)
+                .next()
+                .is_some_and(|(k, _)| k.starts_with(&format!("{path}/")));
+            let ok = match (&old.kind, &kind) {
+                (Kind::Dir, Kind::Dir) => true,
+                (Kind::Dir, _) => !children,
+                (_, Kind::Dir) => false,
+                _ => true,
+            };
+            if !ok {
+                return Err(RootfsError::GuestPath {
+                    path: format!("/{path}"),
+                    reason: "already staged as a different kind (a directory with contents, or a file or symlink where a directory is wanted)".into(),
+                });
+            }
+        }
+        if let Kind::File(d) = &kind {
+            self.file_bytes = self.file_bytes.saturating_add(d.len() as u64);
+            if self.file_bytes > MAX_IMAGE_BYTES {
+                return Err(RootfsError::GuestPath {
+                    path: format!("/{path}"),
+                    reason: format!(
+                        "the image would hold more than {} of files",
+                        vfioctl_common::units::short(MAX_IMAGE_BYTES)
+                    ),
+                });
+            }
+        }
         self.dirs_for(&path);
         self.entries
             .insert(path.clone(), Entry { path, mode, kind });
-    }
-    fn add_file(&mut self, src: &Path, dst: &str, mode: Option<u32>) -> Result<(), RootfsError> {
-        let data = read(src)?;
-        let mode = match mode {
-            Some(m) => m,
-            None => {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::metadata(src)
-                    .map(|m| m.permissions().mode() & 0o7777)
-                    .unwrap_or(0o644)
-            }
-        };
-        self.add(dst, mode, Kind::File(data));
         Ok(())
     }
+
+    fn add_file(&mut self, src: &Path, dst: &str, mode: Option<u32>) -> Result<(), RootfsError> {
+        let (data, src_mode) = read_source(src)?;
+        self.add(dst, mode.unwrap_or(src_mode), Kind::File(data))
+    }
+
     /// Copy a host directory tree under `dst`, symlinks as symlinks.
     fn add_tree(&mut self, src: &Path, dst: &str) -> Result<(), RootfsError> {
         let mut names: Vec<_> = std::fs::read_dir(src)
@@ -127,9 +225,9 @@ impl Tree {
             let ft = e.file_type().map_err(|err| io_err(&p, err))?;
             if ft.is_symlink() {
                 let t = std::fs::read_link(&p).map_err(|err| io_err(&p, err))?;
-                self.add(&d, 0o777, Kind::Symlink(t.to_string_lossy().into_owned()));
+                self.add(&d, 0o777, Kind::Symlink(t.to_string_lossy().into_owned()))?;
             } else if ft.is_dir() {
-                self.add(&d, 0o755, Kind::Dir);
+                self.add(&d, 0o755, Kind::Dir)?;
                 self.add_tree(&p, &d)?;
             } else if ft.is_file() {
                 self.add_file(&p, &d, None)?;
@@ -137,15 +235,57 @@ impl Tree {
         }
         Ok(())
     }
+
     fn uncompressed_size(&self) -> u64 {
-        self.entries
-            .values()
-            .map(|e| match &e.kind {
-                Kind::File(d) => d.len() as u64,
-                _ => 0,
-            })
-            .sum()
+        self.file_bytes
     }
+}
+
+/// Read a manifest input: a regular file (symlinks to one are fine) of at most
+/// [`MAX_SOURCE_BYTES`], checked on the opened file so it cannot be swapped in between.
+/// Returns the bytes and the permission bits.
+fn read_source(path: &Path) -> Result<(Vec<u8>, u32), RootfsError> {
+    use std::io::Read;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let bad = |reason: String| RootfsError::BadSource {
+        path: path.into(),
+        reason,
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                RootfsError::Missing {
+                    what: "input file".into(),
+                    path: path.into(),
+                }
+            } else {
+                io_err(path, e)
+            }
+        })?;
+    let meta = f.metadata().map_err(|e| io_err(path, e))?;
+    if !meta.is_file() {
+        return Err(bad(
+            "not a regular file (a device, FIFO, socket or directory)".into(),
+        ));
+    }
+    if meta.len() > MAX_SOURCE_BYTES {
+        return Err(bad(format!(
+            "{} bytes, more than the {} an input may have",
+            meta.len(),
+            vfioctl_common::units::short(MAX_SOURCE_BYTES)
+        )));
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    f.take(MAX_SOURCE_BYTES + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| io_err(path, e))?;
+    if data.len() as u64 > MAX_SOURCE_BYTES {
+        return Err(bad("grew past the size cap while being read".into()));
+    }
+    Ok((data, meta.permissions().mode() & 0o7777))
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> RootfsError {
@@ -156,16 +296,7 @@ fn io_err(path: &Path, source: std::io::Error) -> RootfsError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, RootfsError> {
-    std::fs::read(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            RootfsError::Missing {
-                what: "input file".into(),
-                path: path.into(),
-            }
-        } else {
-            io_err(path, e)
-        }
-    })
+    read_source(path).map(|(d, _)| d)
 }
 
 /// Read a module file, decompressing `.xz`/`.zst` (with the xz/zstd tools) and `.gz`.
@@ -295,11 +426,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
     for d in [
         "dev", "proc", "sys", "tmp", "run", "root", "etc", "var", "usr/bin", "bin", "sbin",
     ] {
-        tree.add(d, 0o755, Kind::Dir);
+        tree.add(d, 0o755, Kind::Dir)?;
     }
-    tree.add("tmp", 0o1777, Kind::Dir);
-    tree.add("dev/console", 0o600, Kind::CharDev { major: 5, minor: 1 });
-    tree.add("dev/null", 0o666, Kind::CharDev { major: 1, minor: 3 });
+    tree.add("tmp", 0o1777, Kind::Dir)?;
+    tree.add("dev/console", 0o600, Kind::CharDev { major: 5, minor: 1 })?;
+    tree.add("dev/null", 0o666, Kind::CharDev { major: 1, minor: 3 })?;
 
     // The agent.
     let agent = agent_bin::resolve(opts.agent.as_deref())?;
@@ -310,13 +441,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
         });
     }
     let agent_bytes = agent_data.len() as u64;
-    tree.add("usr/bin/vfioctl-agent", 0o755, Kind::File(agent_data));
+    tree.add("usr/bin/vfioctl-agent", 0o755, Kind::File(agent_data))?;
     if manifest.agent.init {
         tree.add(
             "init",
             0o777,
             Kind::Symlink("/usr/bin/vfioctl-agent".into()),
-        );
+        )?;
     }
     let exec = opts.exec.unwrap_or(manifest.agent.exec);
     tree.add(
@@ -331,7 +462,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
             )
             .into_bytes(),
         ),
-    );
+    )?;
 
     // Busybox and its applets.
     if manifest.busybox.include {
@@ -347,13 +478,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
         if agent_bin::is_static_elf(&data) != Some(true) {
             return Err(RootfsError::NotStatic { path: bb });
         }
-        tree.add("bin/busybox", 0o755, Kind::File(data));
+        tree.add("bin/busybox", 0o755, Kind::File(data))?;
         for applet in busybox_applets(&bb)? {
             let p = applet.trim_start_matches('/');
             if p == "bin/busybox" || tree.entries.contains_key(p) || p == "init" {
                 continue;
             }
-            tree.add(p, 0o777, Kind::Symlink("/bin/busybox".into()));
+            tree.add(p, 0o777, Kind::Symlink("/bin/busybox".into()))?;
         }
     }
 
@@ -449,13 +580,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
                 &format!("{gdir}/{}", strip_compression(p)),
                 0o644,
                 Kind::File(data),
-            );
+            )?;
         }
         tree.add(
             &format!("{gdir}/modules.dep"),
             0o644,
             Kind::File(idx.dep_lines(&shipped).into_bytes()),
-        );
+        )?;
         let list: String = load_order
             .iter()
             .map(|p| format!("/{gdir}/{}\n", strip_compression(p)))
@@ -464,7 +595,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
             MODULES_LOAD,
             0o644,
             Kind::File(format!("# load order (dependencies first)\n{list}").into_bytes()),
-        );
+        )?;
         kver_out = Some(kver);
     }
 
@@ -543,7 +674,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
         }
     }
     for s in &manifest.symlinks {
-        tree.add(&s.path, 0o777, Kind::Symlink(s.target.clone()));
+        tree.add(&s.path, 0o777, Kind::Symlink(s.target.clone()))?;
     }
     for (src, dst) in &opts.extra {
         if !dst.starts_with('/') {
@@ -646,28 +777,97 @@ fn compress(raw: &[u8], c: &Compression) -> Result<Vec<u8>, RootfsError> {
     }
 }
 
+/// `openat2` beneath `dir` that follows no symlink at all: the staging directory is
+/// written only through paths vfioctl built, and never through a link it staged.
+fn open_beneath(dir: i32, rel: &str, flags: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let c = std::ffi::CString::new(if rel.is_empty() { "." } else { rel })
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut how = vfioctl_common::sysroot::open_how_in_root(flags, 0o600);
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `c` is NUL-terminated and `how` a valid open_how.
+    let fd = unsafe { vfioctl_common::sysroot::openat2_raw(dir, c.as_ptr(), &how) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by openat2 and is owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Create one staged entry under the staging directory `root` (parents exist: entries
+/// come in path order), resolving the parent with [`open_beneath`] and creating the last
+/// component with `O_EXCL`/`mkdirat`/`symlinkat`, none of which follow a link.
+fn stage_entry(root: i32, e: &Entry) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (parent, name) = match e.path.rsplit_once('/') {
+        Some((p, n)) => (p, n),
+        None => ("", e.path.as_str()),
+    };
+    let pd = open_beneath(root, parent, libc::O_DIRECTORY | libc::O_RDONLY)?;
+    let cname = std::ffi::CString::new(name)
+        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
+    let check = |rc: i32| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    match &e.kind {
+        Kind::Dir => {
+            // SAFETY: valid descriptor and NUL-terminated name.
+            let rc = unsafe { libc::mkdirat(pd.as_raw_fd(), cname.as_ptr(), 0o755) };
+            if rc < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::AlreadyExists {
+                    return Err(err);
+                }
+            }
+        }
+        Kind::File(d) => {
+            // SAFETY: valid descriptor and NUL-terminated name.
+            let fd = check(unsafe {
+                libc::openat(
+                    pd.as_raw_fd(),
+                    cname.as_ptr(),
+                    libc::O_WRONLY
+                        | libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC,
+                    e.mode as libc::c_uint,
+                )
+            })?;
+            // SAFETY: `fd` was just returned by openat and is owned by nothing else.
+            let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+            f.write_all(d)?;
+            // SAFETY: valid descriptor.
+            check(unsafe { libc::fchmod(fd, e.mode as libc::mode_t) })?;
+        }
+        Kind::Symlink(t) => {
+            let ct = std::ffi::CString::new(t.as_str())
+                .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
+            // SAFETY: valid descriptor and NUL-terminated strings.
+            check(unsafe { libc::symlinkat(ct.as_ptr(), pd.as_raw_fd(), cname.as_ptr()) })?;
+        }
+        Kind::CharDev { .. } => {}
+    }
+    Ok(())
+}
+
 /// An ext4 image of the same tree, through `mkfs.ext4 -d` (no mounts, no root needed).
 /// Device nodes are left out: the agent mounts devtmpfs.
 fn write_ext4(tree: &Tree, img: &Path) -> Result<(), RootfsError> {
-    let staging = img.with_extension("staging");
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(|e| io_err(&staging, e))?;
+    use std::os::fd::AsRawFd;
+    // A fresh directory of this run's own (create_dir fails on anything already there,
+    // a symlink included), so the clean-up below only ever removes what it created.
+    let staging = img.with_extension(format!("staging.{}", std::process::id()));
+    std::fs::create_dir(&staging).map_err(|e| io_err(&staging, e))?;
     let result = (|| {
-        use std::os::unix::fs::PermissionsExt;
+        let dir = std::fs::File::open(&staging).map_err(|e| io_err(&staging, e))?;
         for e in tree.entries.values() {
-            let p = staging.join(&e.path);
-            match &e.kind {
-                Kind::Dir => std::fs::create_dir_all(&p).map_err(|err| io_err(&p, err))?,
-                Kind::File(d) => {
-                    std::fs::write(&p, d).map_err(|err| io_err(&p, err))?;
-                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode))
-                        .map_err(|err| io_err(&p, err))?;
-                }
-                Kind::Symlink(t) => {
-                    std::os::unix::fs::symlink(t, &p).map_err(|err| io_err(&p, err))?
-                }
-                Kind::CharDev { .. } => {}
-            }
+            stage_entry(dir.as_raw_fd(), e).map_err(|err| io_err(&staging.join(&e.path), err))?;
         }
         let size_mib = tree.uncompressed_size() / (1 << 20) * 3 / 2 + 32;
         let out = Command::new("mkfs.ext4")

@@ -55,12 +55,35 @@ fn header(
     Ok(n + pad4(w, n)?)
 }
 
-/// Write `entries` (sorted by path here, so callers need not) and the trailer.
+/// Whether `path` is a name the archive may carry: relative, no empty, `.` or `..`
+/// components, no NUL. The kernel's unpacker would follow a `../` name out of the root.
+pub fn is_safe_name(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && !path.contains('\0')
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// Write `entries` (sorted by path here, so callers need not) and the trailer. A name
+/// that [`is_safe_name`] refuses is an `InvalidInput` error, and nothing is written.
 pub fn write(w: &mut impl Write, entries: &[Entry], mtime: u32) -> io::Result<()> {
+    if let Some(bad) = entries.iter().find(|e| !is_safe_name(&e.path)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("archive name {:?} is not a plain relative path", bad.path),
+        ));
+    }
     let mut sorted: Vec<&Entry> = entries.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
     for (i, e) in sorted.iter().enumerate() {
-        let ino = i as u32 + 1;
+        let ino = u32::try_from(i + 1).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "more than 2^32 archive entries",
+            )
+        })?;
         let perm = e.mode & 0o7777;
         let (mode, nlink, data, rdev): (u32, u32, &[u8], (u32, u32)) = match &e.kind {
             Kind::Dir => (S_IFDIR | perm, 2, &[], (0, 0)),
@@ -79,6 +102,30 @@ pub fn write(w: &mut impl Write, entries: &[Entry], mtime: u32) -> io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_climb_out_are_refused() {
+        for bad in [
+            "../etc/passwd",
+            "a/../../b",
+            "/abs",
+            "",
+            "a//b",
+            "./a",
+            "a/.",
+        ] {
+            assert!(!is_safe_name(bad), "{bad}");
+            let e = Entry {
+                path: bad.into(),
+                mode: 0o644,
+                kind: Kind::File(vec![]),
+            };
+            let mut out = Vec::new();
+            assert!(write(&mut out, &[e], 0).is_err(), "{bad}");
+            assert!(out.is_empty());
+        }
+        assert!(is_safe_name("usr/bin/x"));
+    }
 
     #[test]
     fn newc_layout_and_order() {

@@ -25,6 +25,10 @@ pub enum RootfsError {
     Missing { what: String, path: PathBuf },
     #[error("kernel module {name} is neither in modules.dep nor built into kernel {kver}")]
     Module { name: String, kver: String },
+    #[error("guest path {path:?}: {reason}")]
+    GuestPath { path: String, reason: String },
+    #[error("input {}: {reason}", path.display())]
+    BadSource { path: PathBuf, reason: String },
     #[error("{} is not a static executable", path.display())]
     NotStatic { path: PathBuf },
     #[error("{}", path.display())]
@@ -47,6 +51,12 @@ impl Diagnose for RootfsError {
                 "check the name with `modinfo -b ROOT -k KVER NAME`; remove it from the manifest if the kernel lacks it".into(),
             ),
             RootfsError::Tool { .. } => Some("run scripts/setup to install the build tools".into()),
+            RootfsError::GuestPath { .. } => Some(
+                "a destination is an absolute guest path without `..`, and nothing is staged under a [[symlink]]".into(),
+            ),
+            RootfsError::BadSource { .. } => Some(
+                "manifest sources are regular files (no devices, FIFOs or sockets) of at most 1 GiB".into(),
+            ),
             _ => None,
         }
     }
@@ -56,6 +66,8 @@ impl Diagnose for RootfsError {
             | RootfsError::Usage(_)
             | RootfsError::Missing { .. }
             | RootfsError::Module { .. }
+            | RootfsError::GuestPath { .. }
+            | RootfsError::BadSource { .. }
             | RootfsError::NotStatic { .. } => Exit::Usage,
             _ => Exit::Infrastructure,
         }

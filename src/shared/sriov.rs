@@ -39,7 +39,10 @@ pub struct VfInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PfStatus {
     pub pf: Bdf,
+    /// 4 lower-case hex digits (see `crate::output::pci_id`).
+    #[serde(serialize_with = "crate::output::pci_id::id16")]
     pub vendor: u16,
+    #[serde(serialize_with = "crate::output::pci_id::id16")]
     pub device: u16,
     /// The PF's own driver (which enables the VFs).
     pub driver: Option<String>,
@@ -48,6 +51,7 @@ pub struct PfStatus {
     /// `sriov_drivers_autoprobe`: new VFs are probed by their host driver.
     pub drivers_autoprobe: Option<bool>,
     /// `sriov_vf_device`: the VFs' device id.
+    #[serde(serialize_with = "crate::output::pci_id::opt_id16")]
     pub vf_device: Option<u16>,
     /// vfioctl created the VFs (the ledger records the PF).
     pub created_by_vfioctl: bool,
@@ -198,7 +202,7 @@ pub(crate) fn write(
     t: Duration,
 ) -> Result<(), SharedError> {
     write_timed(root, abs, value, t).map_err(|e| match e {
-        TimedError::Timeout => SharedError::Timeout {
+        TimedError::Timeout { .. } => SharedError::Timeout {
             path: abs.into(),
             value: value.into(),
             secs: t.as_secs(),

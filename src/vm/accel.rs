@@ -2,13 +2,16 @@
 //!
 //! `/dev/kvm` existing proves nothing: on the lab machines it exists, `query-kvm` on
 //! `-machine none` even says enabled, yet creating a vCPU aborts with "failed to set MSR
-//! 0x10a". The probe therefore starts the same machine type with `-cpu host`, paused,
-//! lets it run (`cont`) and asks `query-status`; only an orderly `quit` counts as KVM.
+//! 0x10a". On others (an Intel VM without VMX) even `cont` and `query-status` on a
+//! `-cpu host` machine succeed and SeaBIOS runs, yet the guest kernel never gets past its
+//! real-mode setup. The probe therefore boots a real guest kernel under KVM and counts
+//! KVM as usable only when that kernel prints `Linux version` on the serial console
+//! (decompressed, in long mode, running `start_kernel`): about a second where KVM works.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use vfioctl_common::SysRoot;
@@ -51,31 +54,27 @@ pub fn parse_phys_bits(cpuinfo: &str) -> Option<u8> {
         .and_then(|n| n.parse().ok())
 }
 
-/// Why KVM was judged unusable, from the probe's output (pure).
-pub fn judge_kvm_probe(exit_ok: bool, stdout: &str, stderr: &str) -> Result<(), String> {
-    let enabled = stdout.lines().any(|l| {
-        serde_json::from_str::<serde_json::Value>(l)
-            .ok()
-            .and_then(|v| v.get("return")?.get("enabled")?.as_bool())
-            == Some(true)
-    });
-    let err = stderr
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| l.trim().to_string());
-    if !exit_ok {
-        return Err(err.unwrap_or_else(|| "QEMU exited abnormally".into()));
-    }
-    if !enabled {
-        return Err("query-kvm reports KVM not enabled".into());
-    }
-    if let Some(e) = err.filter(|e| e.contains("error") || e.contains("failed")) {
-        return Err(e);
-    }
-    Ok(())
+/// What the probe kernel prints once it runs in long mode.
+pub const KVM_PROOF: &str = "Linux version";
+
+/// The guest kernel the probe boots when the caller has none: the lab's, then the
+/// host's own (`/boot/vmlinuz-<release>`).
+pub fn probe_kernel(root: &SysRoot) -> Option<std::path::PathBuf> {
+    let lab = std::env::var_os("VFIOCTL_LAB")
+        .map(std::path::PathBuf::from)
+        .map(|l| l.join("kernel/current/vmlinuz"));
+    let host = root
+        .read_attr("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|r| root.path(format!("/boot/vmlinuz-{}", r.trim())));
+    lab.into_iter().chain(host).find(|p| p.is_file())
 }
 
-fn run_probe(qemu: &Path, timeout: Duration) -> Result<(), String> {
+/// Boot `kernel` under KVM with `-cpu host` and wait for [`KVM_PROOF`] on its serial
+/// console. QEMU refusing to start (`failed to set MSR 0x10a`) or a guest that prints
+/// nothing within `timeout` means KVM is not usable.
+fn run_probe(qemu: &Path, kernel: &Path, timeout: Duration) -> Result<(), String> {
+    use std::io::BufRead;
     let mut child = Command::new(qemu)
         .args([
             "-accel",
@@ -85,58 +84,69 @@ fn run_probe(qemu: &Path, timeout: Duration) -> Result<(), String> {
             "-cpu",
             "host",
             "-m",
-            "64",
+            "256",
             "-nodefaults",
+            "-no-user-config",
             "-display",
             "none",
-            "-S",
-            "-qmp",
+            "-no-reboot",
+            "-serial",
             "stdio",
+            "-append",
+            "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1",
+            "-kernel",
         ])
-        .stdin(Stdio::piped())
+        .arg(kernel)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", qemu.display()))?;
-    if let Some(mut i) = child.stdin.take() {
-        let _ = i.write_all(
-            concat!(
-                r#"{"execute":"qmp_capabilities"}"#,
-                "\n",
-                r#"{"execute":"query-kvm"}"#,
-                "\n",
-                r#"{"execute":"cont"}"#,
-                "\n",
-                r#"{"execute":"query-status"}"#,
-                "\n",
-                r#"{"execute":"quit"}"#,
-                "\n"
-            )
-            .as_bytes(),
-        );
-    }
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if start.elapsed() > timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("probe did not finish in {}s", timeout.as_secs()));
+    let (tx, rx) = std::sync::mpsc::channel::<bool>();
+    if let Some(out) = child.stdout.take() {
+        std::thread::spawn(move || {
+            let mut seen = false;
+            for line in std::io::BufReader::new(out)
+                .split(b'\n')
+                .map_while(Result::ok)
+            {
+                if String::from_utf8_lossy(&line).contains(KVM_PROOF) {
+                    seen = true;
+                    break;
+                }
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(e.to_string()),
+            let _ = tx.send(seen);
+        });
+    }
+    // `true` as soon as the kernel speaks; `false` when QEMU closed its output first.
+    let proven = rx.recv_timeout(timeout).ok();
+    let _ = child.kill();
+    let status = child.wait().ok();
+    match proven {
+        Some(true) => Ok(()),
+        _ => {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            let why = err
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.contains("terminating on signal"))
+                .map(str::to_string);
+            Err(why.unwrap_or_else(|| match (proven, status) {
+                (Some(false), Some(s)) => format!(
+                    "the probe guest ({}) exited ({s}) before printing `{KVM_PROOF}`",
+                    kernel.display()
+                ),
+                _ => format!(
+                    "the probe guest ({}) printed no `{KVM_PROOF}` within {} s under KVM: its vCPU does not run a kernel",
+                    kernel.display(),
+                    timeout.as_secs()
+                ),
+            }))
         }
-    };
-    let mut out = String::new();
-    let mut err = String::new();
-    if let Some(mut o) = child.stdout.take() {
-        let _ = o.read_to_string(&mut out);
     }
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    judge_kvm_probe(status.success(), &out, &err)
 }
 
 /// Decide the accelerator. `Kvm` requested but unusable is an error; `Auto` falls back to
@@ -144,6 +154,7 @@ fn run_probe(qemu: &Path, timeout: Duration) -> Result<(), String> {
 pub fn probe(
     root: &SysRoot,
     qemu: &Path,
+    kernel: Option<&Path>,
     choice: AccelChoice,
 ) -> Result<AccelProbe, super::VmError> {
     let host_phys_bits = root
@@ -165,7 +176,13 @@ pub fn probe(
         .open(&dev)
     {
         Err(e) => Err(format!("/dev/kvm: {e}")),
-        Ok(_) => run_probe(qemu, Duration::from_secs(15)),
+        Ok(_) => match kernel.map(Path::to_path_buf).or_else(|| probe_kernel(root)) {
+            Some(k) => run_probe(qemu, &k, Duration::from_secs(10)),
+            None => Err(
+                "no guest kernel to prove KVM with (pass one, or run scripts/setup for the lab's)"
+                    .into(),
+            ),
+        },
     };
     match (verdict, choice) {
         (Ok(()), _) => Ok(AccelProbe {
@@ -191,24 +208,45 @@ mod tests {
         assert_eq!(parse_phys_bits("nothing"), None);
     }
 
+    /// A stand-in QEMU: a shell script that prints what a real one printed.
+    fn fake_qemu(dir: &Path, body: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("qemu");
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
     #[test]
-    fn probe_verdicts_from_recorded_output() {
-        // The lab machine: the vCPU cannot be created.
-        let e = judge_kvm_probe(
-            false,
-            "{\"QMP\": {}}\n",
-            "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69\nqemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion failed.\n",
-        )
-        .unwrap_err();
+    fn kvm_counts_only_when_the_guest_kernel_runs() {
+        let d = tempfile::tempdir().unwrap();
+        let k = d.path().join("vmlinuz");
+        std::fs::write(&k, b"kernel").unwrap();
+        // A working host: the kernel's first console line arrives.
+        let ok = fake_qemu(
+            d.path(),
+            "echo 'Probing EDD'; echo '[    0.000000] Linux version 6.1.0 (gcc)'; exec sleep 30",
+        );
+        assert_eq!(run_probe(&ok, &k, Duration::from_secs(10)), Ok(()));
+        // The AMD lab machines: the vCPU cannot be created.
+        let msr = fake_qemu(
+            d.path(),
+            "echo 'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69' >&2; exit 1",
+        );
+        let e = run_probe(&msr, &k, Duration::from_secs(10)).unwrap_err();
         assert!(e.contains("MSR 0x10a"), "{e}");
-        // A working host.
-        let ok = "{\"QMP\": {}}\n{\"return\": {}}\n{\"return\": {\"enabled\": true, \"present\": true}}\n{\"return\": {}}\n{\"return\": {\"status\": \"running\", \"singlestep\": false, \"running\": true}}\n{\"return\": {}}\n";
-        assert!(judge_kvm_probe(true, ok, "").is_ok());
-        assert!(judge_kvm_probe(
-            true,
-            "{\"return\": {\"enabled\": false, \"present\": true}}",
-            ""
-        )
-        .is_err());
+        // The Intel lab machines: QEMU runs, SeaBIOS and the real-mode setup run, and
+        // then nothing (LAB.md fact 7: `cont` + `query-status` succeed there).
+        let silent = fake_qemu(
+            d.path(),
+            "echo 'Probing EDD (edd=off to disable)... ok'; exec sleep 30",
+        );
+        let e = run_probe(&silent, &k, Duration::from_millis(800)).unwrap_err();
+        assert!(e.contains("printed no `Linux version`"), "{e}");
+        assert!(e.contains("vmlinuz"), "{e}");
+        // A guest that exits without the line.
+        let quits = fake_qemu(d.path(), "echo 'Probing EDD'; exit 0");
+        let e = run_probe(&quits, &k, Duration::from_secs(10)).unwrap_err();
+        assert!(e.contains("exited"), "{e}");
     }
 }

@@ -160,7 +160,12 @@ pub fn prepare(env: &Env, profile: &Profile) -> Result<(Launch, VmRecord), VmErr
     profile.validate()?;
     let name = profile.name.clone();
     let run_dir = env.run_dir(&name);
-    let probe = accel::probe(&env.root, &profile.qemu, profile.accel)?;
+    let probe = accel::probe(
+        &env.root,
+        &profile.qemu,
+        profile.kernel.as_deref(),
+        profile.accel,
+    )?;
     let mut rec = VmRecord::new(&name, &run_dir);
     if let Some(w) = &probe.warning {
         rec.warnings.push(w.clone());

@@ -119,6 +119,17 @@ fn parse_hex<T: TryFrom<u64>>(s: &str) -> Option<T> {
         .and_then(|v| T::try_from(v).ok())
 }
 
+/// The sizes a `resourceN_resize` file offers, smallest first: bit n means 2^(n+20)
+/// bytes. Bits 44 and up would be 2^64 bytes or more, which no BAR can be (the kernel's
+/// mask is 36 bits today): ignored, as is text that is not a hex number.
+pub fn resize_sizes(text: &str) -> Vec<u64> {
+    let bits = parse_hex::<u64>(text).unwrap_or(0);
+    (0..44u32)
+        .filter(|b| bits & (1u64 << b) != 0)
+        .filter_map(|b| 1u64.checked_shl(b + 20))
+        .collect()
+}
+
 /// Every PCI device under `/sys/bus/pci/devices`, sorted by address. Entries that are not
 /// addresses are ignored.
 pub fn enumerate(root: &SysRoot) -> Result<Vec<Bdf>, PciError> {
@@ -304,14 +315,10 @@ impl PciDevice {
         let mut resizable_bars = Vec::new();
         for i in 0..6u8 {
             if let Some(s) = attr(&format!("resource{i}_resize"))? {
-                let bits = parse_hex::<u64>(&s).unwrap_or(0);
-                // Bit n means 2^(n+20) bytes; bits 44 and up would be 2^64 bytes or more,
-                // which no BAR can be (the kernel's mask is 36 bits today): ignored.
-                let sizes = (0..44u32)
-                    .filter(|b| bits & (1u64 << b) != 0)
-                    .filter_map(|b| 1u64.checked_shl(b + 20))
-                    .collect();
-                resizable_bars.push(ResizableBar { index: i, sizes });
+                resizable_bars.push(ResizableBar {
+                    index: i,
+                    sizes: resize_sizes(&s),
+                });
             }
         }
 

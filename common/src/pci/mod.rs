@@ -7,10 +7,12 @@
 pub mod config;
 pub mod device;
 pub mod resource;
+pub mod select;
 
 pub use config::{ConfigBar, ConfigHeader};
 pub use device::{enumerate, iommu_group_members, Link, PciDevice, PciError, ResizableBar, Sriov};
 pub use resource::{Bar, BarKind, ResourceLine};
+pub use select::{select, select_among, SelectError};
 
 /// `include/linux/ioport.h` flags exposed in `resource` ("so don't move them").
 pub mod flags {

@@ -1,0 +1,2 @@
+//! cargo-fuzz targets for vfioctl's parsers; see `targets`.
+pub mod targets;
