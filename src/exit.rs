@@ -81,15 +81,14 @@ impl Failure {
         self
     }
 
-    /// The error and its causes, outermost first, each once.
+    /// The error and its causes, outermost first. Every cause is kept: errors do not
+    /// repeat their `#[source]` in their message (Cloud Hypervisor's rule), so nothing
+    /// here is said twice, and no real cause is dropped for looking like another.
     pub fn chain(&self) -> Vec<String> {
         let mut out = vec![self.error.to_string()];
         let mut cur = self.error.source();
         while let Some(e) = cur {
-            let s = e.to_string();
-            if !out.iter().any(|o| o.contains(&s)) {
-                out.push(s);
-            }
+            out.push(e.to_string());
             cur = e.source();
         }
         out
@@ -136,3 +135,30 @@ impl Diagnose for vfioctl_common::BdfError {
 }
 
 impl Diagnose for vfioctl_common::SysError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message that names the device and a cause whose text happens to appear in it.
+    #[derive(Debug, thiserror::Error)]
+    #[error("0000:01:00.0: vfio-pci refused the device")]
+    struct Refusal {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn every_cause_is_kept_even_when_an_outer_message_contains_its_text() {
+        let f = Failure::new(
+            Exit::OperationFailed,
+            Refusal {
+                source: std::io::Error::other("refused"),
+            },
+        );
+        assert_eq!(
+            f.chain(),
+            vec!["0000:01:00.0: vfio-pci refused the device", "refused"]
+        );
+    }
+}

@@ -1,15 +1,13 @@
 //! The real agent binary on a unix socket on this machine (no VM): protocol, garbage
 //! handling, exec policy, device listing with the host's own parser, shutdown.
 
-mod agent_support;
-
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use agent_support::LocalAgent;
 use vfioctl::agent::{AgentClient, ClientError};
 use vfioctl_common::proto::{self, ErrorKind, Outcome, PowerAction, Response, Verdict};
 use vfioctl_common::{PciDevice, Selector, SysRoot};
+use vfioctl_testkit::lab::LocalAgent;
 
 const T: Duration = Duration::from_secs(20);
 

@@ -1,13 +1,11 @@
 //! The agent as PID 1 of a real guest: Debian's lab kernel under QEMU (TCG here, KVM
 //! where it works) started by `vfioctl::vm`, the initramfs from `vfioctl rootfs build`
 //! with the agent as /init, vsock through vhost-device-vsock and the hybrid
-//! `CONNECT`/`OK` protocol (LAB.md fact 5). One boot covers: hello, devices, garbage,
+//! `CONNECT`/`OK` protocol (docs/LAB.md fact 5). One boot covers: hello, devices, garbage,
 //! exec, kernel log, `vfioctl validate --vm` passing on the 8 GiB stand-in hotplugged by
 //! vfioctl, and failing, naming the `no space` line and the BAR, on the negative control
 //! (the same device hotplugged onto a root port without the reserve).
 
-mod agent_support;
-mod common;
 mod junit_support;
 
 use std::io::{Read, Write};
@@ -21,6 +19,9 @@ use vfioctl::vm::devices::IVSHMEM_ID;
 use vfioctl::vm::profile::{DeviceEntry, PlugWhen};
 use vfioctl::vm::{lifecycle, plug, VmState};
 use vfioctl_common::proto::{self, ErrorKind, Outcome};
+use vfioctl_testkit::build::static_agent;
+use vfioctl_testkit::lab::{Harness, Lab};
+use vfioctl_testkit::prereq;
 
 fn validate(base: &std::path::Path, args: &[&str]) -> (Option<i32>, serde_json::Value) {
     let o = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
@@ -51,16 +52,16 @@ fn check<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_as_init_validate_and_negative_control() {
-    let lab = vfioctl_testkit::require!(common::Lab::get());
-    let h = common::Harness::new("agent_vm");
+    let lab = vfioctl_testkit::require!(Lab::get());
+    let h = Harness::new("agent_vm");
     // The lab image with exec enabled (the agent's default is off).
     let initrd = h.env.base.join("lab-exec.cpio.gz");
     let kernel_dir = lab.kernel.parent().unwrap().to_path_buf();
     build(&BuildOptions {
-        manifest: agent_support::workspace().join("rootfs/lab.toml"),
+        manifest: prereq::repo().join("rootfs/lab.toml"),
         kernel_modules: Some(kernel_dir.clone()),
         out: initrd.clone(),
-        agent: Some(agent_support::static_agent()),
+        agent: Some(static_agent()),
         exec: Some(true),
         ..Default::default()
     })
@@ -106,7 +107,7 @@ async fn agent_as_init_validate_and_negative_control() {
         assert!(hello.pid1, "the agent is the guest's init");
         assert!(hello.exec_enabled);
         assert!(hello.rss_kib.is_some_and(|k| k > 0), "{hello:?}");
-        let kver = std::fs::read_link(agent_support::lab().join("kernel/current")).unwrap();
+        let kver = std::fs::read_link(prereq::lab_dir().join("kernel/current")).unwrap();
         assert_eq!(hello.kernel, kver.to_string_lossy());
         assert!(
             hello.modules.iter().all(|m| m.result == "loaded"),

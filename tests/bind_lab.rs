@@ -1,5 +1,5 @@
 //! The real-kernel test of `vfioctl bind`: a q35 guest with an emulated intel-iommu is the
-//! host (LAB.md fact 2). The guest is an initramfs from `tests/lab/lab-bind.toml` (the
+//! host (docs/LAB.md fact 2). The guest is an initramfs from `tests/lab/lab-bind.toml` (the
 //! vfioctl agent as /init with exec on, busybox, e1000/e1000e and the vfio modules) plus
 //! the static vfioctl and `tests/lab/bind-guest.sh`; `vfioctl::vm` boots it (readiness:
 //! the agent answers) and the test runs the script through the agent's exec. The script
@@ -8,8 +8,6 @@
 //! Skipped loudly (not passed), or failed under `VFIOCTL_REQUIRE_LAB=1`, when QEMU, the
 //! lab kernel or vhost-device-vsock is missing.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,26 +15,20 @@ use std::time::Duration;
 use vfioctl::agent::{AgentClient, Transport};
 use vfioctl::vm::lifecycle;
 use vfioctl::vm::profile::{Profile, Ready, VsockChoice};
+use vfioctl_testkit::build;
+use vfioctl_testkit::lab::{Harness, Lab};
+use vfioctl_testkit::prereq::repo;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The static, non-PIE vfioctl for the guest: the same build the regress lab uses.
-fn static_vfioctl() -> PathBuf {
-    vfioctl::regress::nested::static_vfioctl(&repo()).expect("building the static vfioctl")
-}
-
-fn initramfs(lab: &common::Lab, dir: &Path) -> PathBuf {
+fn initramfs(lab: &Lab, dir: &Path) -> PathBuf {
     let kmods = lab.kernel.parent().unwrap().to_path_buf();
     let out = dir.join("bind-lab.cpio.gz");
     let opts = vfioctl::rootfs::build::BuildOptions {
         manifest: repo().join("tests/lab/lab-bind.toml"),
         kernel_modules: Some(kmods),
         out: out.clone(),
-        agent: Some(vfioctl::rootfs::agent_bin::build_static(&repo()).expect("static agent")),
+        agent: Some(build::static_agent()),
         extra: vec![
-            (static_vfioctl(), "/bin/vfioctl".into()),
+            (build::static_vfioctl(), "/bin/vfioctl".into()),
             (repo().join("tests/lab/bind-guest.sh"), "/lab.sh".into()),
         ],
         ..Default::default()
@@ -96,8 +88,8 @@ fn parse(stdout: &str) -> BTreeMap<String, BTreeMap<String, String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_lab_real_kernel_through_the_agent() {
-    let lab = vfioctl_testkit::require!(common::Lab::get());
-    let h = common::Harness::new("bind_lab");
+    let lab = vfioctl_testkit::require!(Lab::get());
+    let h = Harness::new("bind_lab");
     let work = tempfile::tempdir().unwrap();
     let initrd = initramfs(&lab, work.path());
     let profile = Profile {

@@ -4,7 +4,6 @@
 //! test case), and `validate --junit` against a real agent. The lab tests
 //! (tests/regress_lab.rs, tests/agent_vm.rs) run their JUnit files through the same check.
 
-mod agent_support;
 mod junit_support;
 
 use std::path::Path;
@@ -94,7 +93,7 @@ fn regress_and_collect_junit_pass_the_jenkins_schema() {
 #[test]
 fn validate_junit_passes_the_jenkins_schema() {
     vfioctl_testkit::require!(junit_support::xmllint());
-    let agent = agent_support::LocalAgent::start(&[]);
+    let agent = vfioctl_testkit::lab::LocalAgent::start(&[]);
     let d = tempfile::tempdir().unwrap();
     let junit = d.path().join("validate.xml");
     let o = Command::new(env!("CARGO_BIN_EXE_vfioctl"))

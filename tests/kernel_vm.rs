@@ -4,8 +4,6 @@
 //! guest is ready when the agent answers over vsock. CI tier; skips loudly without
 //! linux-source, QEMU, vhost-device-vsock or the static agent.
 
-mod agent_support;
-mod common;
 mod kernel_support;
 
 use std::time::Duration;
@@ -13,24 +11,26 @@ use std::time::Duration;
 use vfioctl::agent::AgentClient;
 use vfioctl::rootfs::{build as rootfs_build, BuildOptions};
 use vfioctl::vm::{lifecycle, VmState};
+use vfioctl_testkit::lab::{Harness, Lab};
+use vfioctl_testkit::{build, prereq};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn built_kernel_runs_the_agent_under_vm_up() {
-    let lab = vfioctl_testkit::require!(common::Lab::get());
+    let lab = vfioctl_testkit::require!(Lab::get());
     vfioctl_testkit::require!(kernel_support::build_prerequisites());
     let built = tokio::task::spawn_blocking(|| kernel_support::build(&[], None))
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("kernel build failed: {e}"));
     let m = built.manifest.clone();
-    let h = common::Harness::new("kernel_vm");
+    let h = Harness::new("kernel_vm");
     let initrd = h.env.base.join("agent.cpio.gz");
     rootfs_build(&BuildOptions {
-        manifest: agent_support::workspace().join("rootfs/lab.toml"),
+        manifest: prereq::repo().join("rootfs/lab.toml"),
         kernel_modules: Some(built.out.clone()),
         kver: Some(m.kernel_release.clone()),
         out: initrd.clone(),
-        agent: Some(agent_support::static_agent()),
+        agent: Some(build::static_agent()),
         ..Default::default()
     })
     .unwrap();

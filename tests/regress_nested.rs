@@ -1,4 +1,4 @@
-//! Nested passthrough for real (nightly tier, LAB.md facts 2 and 3): `vfioctl regress
+//! Nested passthrough for real (nightly tier, docs/LAB.md facts 2 and 3): `vfioctl regress
 //! scripts/lab-plan.toml --only nested-passthrough` boots an L1 guest with an emulated
 //! intel-iommu, binds its e1000e to vfio-pci with the static vfioctl inside it, starts an L2
 //! guest with a second QEMU inside L1 and the device cold-plugged through vfio-pci, and

@@ -1,13 +1,12 @@
 //! `vfioctl rootfs build` with the real Debian lab kernel's modules: byte-identical
 //! rebuilds, module dependency order, the NVIDIA flavour's missing-inputs report, ext4.
 
-mod agent_support;
-
 use std::path::Path;
 use std::process::Command;
 
-use agent_support::{static_agent, workspace};
 use vfioctl::rootfs::{build, BuildOptions};
+use vfioctl_testkit::build::static_agent;
+use vfioctl_testkit::prereq::repo as workspace;
 use vfioctl_testkit::{prereq, require, Missing};
 
 fn opts(manifest: &str, out: &Path) -> Result<BuildOptions, Missing> {

@@ -3,14 +3,13 @@
 //! the same device on a port without the reserve gets the guest's `no space`; unplug
 //! returns DEVICE_DELETED; down leaves no process.
 
-mod common;
-
 use std::time::Duration;
 
 use vfioctl::qmp::Qmp;
 use vfioctl::vm::devices::IVSHMEM_ID;
 use vfioctl::vm::profile::{DeviceEntry, GpuSpec, PlugWhen};
 use vfioctl::vm::{evidence, lifecycle, plug, VmError, VmName, VmState};
+use vfioctl_testkit::lab::{Harness, Lab, READY_MARKER};
 
 fn name(s: &str) -> VmName {
     VmName::new(s).unwrap()
@@ -18,9 +17,9 @@ fn name(s: &str) -> VmName {
 
 #[tokio::test]
 async fn hotplug_8g_stand_in_on_a_sized_port_and_the_negative_control() {
-    let lab = vfioctl_testkit::require!(common::Lab::get());
+    let lab = vfioctl_testkit::require!(Lab::get());
     let initrd = lab.agent_initramfs();
-    let h = common::Harness::new("vm_hotplug");
+    let h = Harness::new("vm_hotplug");
     let mut profile = lab.agent_profile("hp", initrd);
     profile.gpu_ports = 2; // rp0 sized for the device, rp1 a plain spare
     profile.devices.push(DeviceEntry {
@@ -116,8 +115,8 @@ async fn hotplug_8g_stand_in_on_a_sized_port_and_the_negative_control() {
 
 #[tokio::test]
 async fn qemu_that_dies_at_start_is_reported_with_its_stderr() {
-    let lab = vfioctl_testkit::require!(common::Lab::get());
-    let h = common::Harness::new("vm_crash");
+    let lab = vfioctl_testkit::require!(Lab::get());
+    let h = Harness::new("vm_crash");
     let mut profile = lab.profile("crash");
     profile.qemu_args = vec!["-device".into(), "no-such-device-model".into()];
     let e = lifecycle::up(&h.env, &profile).await.unwrap_err();
@@ -139,8 +138,8 @@ async fn qemu_that_dies_at_start_is_reported_with_its_stderr() {
 #[tokio::test]
 async fn a_qemu_killed_while_running_is_reported_crashed_and_cleaned_up() {
     // The busybox initramfs: readiness from the serial marker (the no-agent path).
-    let lab = vfioctl_testkit::require!(common::Lab::get());
-    let h = common::Harness::new("vm_crash_running");
+    let lab = vfioctl_testkit::require!(Lab::get());
+    let h = Harness::new("vm_crash_running");
     let profile = lab.profile("boom");
     let up = lifecycle::up(&h.env, &profile).await;
     if let Ok(r) = &up {
@@ -166,7 +165,7 @@ async fn a_qemu_killed_while_running_is_reported_crashed_and_cleaned_up() {
     assert_eq!(st.state, VmState::Crashed);
     let crash = st.crash.expect("crash report");
     assert!(
-        crash.contains("serial log (tail)") && crash.contains(common::READY_MARKER),
+        crash.contains("serial log (tail)") && crash.contains(READY_MARKER),
         "{crash}"
     );
     // down kills what is left (vhost-device-vsock) and removes the directory.

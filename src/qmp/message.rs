@@ -89,7 +89,7 @@ pub enum Message {
 /// A line that is not a QMP message.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
-    #[error("not JSON: {0}")]
+    #[error("not JSON")]
     Json(#[from] serde_json::Error),
     #[error("a JSON object with none of QMP, return, error, event: {0}")]
     Unknown(String),

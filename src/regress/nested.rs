@@ -1,4 +1,4 @@
-//! The nested-passthrough scenario (`kind = "nested"`, LAB.md facts 2 and 3).
+//! The nested-passthrough scenario (`kind = "nested"`, docs/LAB.md facts 2 and 3).
 //!
 //! An L1 guest with an emulated intel-iommu (interrupt remapping, caching mode) is a real
 //! VFIO host: an emulated e1000e on a pcie-root-port (`0000:01:00.0` in L1) is bound to
@@ -130,7 +130,7 @@ pub fn qemu_payload(qemu: &Path) -> Result<Vec<(PathBuf, String)>, String> {
     Ok(v)
 }
 
-/// Build the static, non-PIE vfioctl for the guest (LAB.md fact 6; non-PIE starts about 3x
+/// Build the static, non-PIE vfioctl for the guest (docs/LAB.md fact 6; non-PIE starts about 3x
 /// faster under TCG) in its own target dir; cargo is a no-op when it is current.
 pub fn static_vfioctl(workspace: &Path) -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

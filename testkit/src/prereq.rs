@@ -314,13 +314,13 @@ pub fn qemu() -> Result<PathBuf, Missing> {
     program("qemu-system-x86_64", SETUP)
 }
 
-/// `vhost-device-vsock` (the vsock backend of the lab: LAB.md fact 5).
+/// `vhost-device-vsock` (the vsock backend of the lab: docs/LAB.md fact 5).
 pub fn vhost_device_vsock() -> Result<PathBuf, Missing> {
     program("vhost-device-vsock", SETUP)
 }
 
 /// A vsock backend for the lab's VMs: `/dev/vhost-vsock` that opens read-write (a real
-/// host), else vhost-device-vsock (these machines: LAB.md fact 5).
+/// host), else vhost-device-vsock (these machines: docs/LAB.md fact 5).
 pub fn vsock_backend() -> Result<(), Missing> {
     let vhost = std::fs::OpenOptions::new()
         .read(true)
@@ -377,7 +377,7 @@ pub fn root() -> Result<(), Missing> {
     }
 }
 
-/// QEMU 10 of the modern stack (LAB.md fact 8): `$VFIOCTL_LAB/stacks/qemu-10`.
+/// QEMU 10 of the modern stack (docs/LAB.md fact 8): `$VFIOCTL_LAB/stacks/qemu-10`.
 pub fn modern_qemu() -> Result<PathBuf, Missing> {
     let q = lab_dir().join("stacks/qemu-10/usr/bin/qemu-system-x86_64");
     if q.is_file() {
