@@ -9,6 +9,7 @@ mod kernel_support;
 use kernel_support::*;
 
 #[test]
+#[ignore = "nightly tier (scripts/test --nightly): two clean kernel builds, one without ccache"]
 fn two_clean_builds_of_the_same_inputs_give_the_same_bzimage() {
     vfioctl_testkit::require!(build_prerequisites());
     let dir = tempfile::tempdir().unwrap();
