@@ -161,7 +161,9 @@ async fn bind_lab_real_kernel_through_the_agent() {
             ("rc", "0"),
             ("p1", "e1000"),
             ("p2", "e1000"),
-            ("writes", "6"),
+            // per device: override, unbind, drivers_probe and the direct bind that
+            // execute falls back to (the dry run shows every step it can run)
+            ("writes", "8"),
             ("companion", "1"),
             ("bridge", "1"),
             ("ledger", "0"),

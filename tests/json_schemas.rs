@@ -136,10 +136,13 @@ fn regress_output_and_results_json_match_their_schema() {
 #[test]
 fn validate_output_matches_its_schema() {
     let agent = agent_support::LocalAgent::start(&[]);
+    let token_file = agent.token_file.display().to_string();
     let (code, v) = vfioctl(
         None,
         &[
             "validate",
+            "--token-file",
+            &token_file,
             "--agent",
             &agent.transport().to_string(),
             "--gpu",

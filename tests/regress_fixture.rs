@@ -88,8 +88,12 @@ fn emit_k8s_from_the_command_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     let y = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(y.matches("kind: Job").count(), 2);
-    assert!(y.contains("- gpu-b") && y.contains("image: reg/vfioctl:1"));
+    // JSON manifests (kubectl reads them as it reads YAML)
+    assert_eq!(y.matches("\"kind\": \"Job\"").count(), 2, "{y}");
+    assert!(
+        y.contains("\"gpu-b\"") && y.contains("\"image\": \"reg/vfioctl:1\""),
+        "{y}"
+    );
 
     // No nodes anywhere: a usage error with a hint.
     let out = Command::new(env!("CARGO_BIN_EXE_vfioctl"))

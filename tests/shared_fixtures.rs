@@ -324,6 +324,7 @@ fn mdev_tick(root: &Path) {
             d.join("mdev_type"),
         )
         .unwrap();
+        fs::create_dir_all(t.join("devices")).unwrap();
         symlink(format!("../../{uuid}"), t.join("devices").join(uuid)).unwrap();
         fs::create_dir_all(p("/sys/kernel/iommu_groups/200/devices")).unwrap();
         symlink("../../../kernel/iommu_groups/200", d.join("iommu_group")).unwrap();
