@@ -74,7 +74,16 @@ pub fn static_vfioctl() -> PathBuf {
                     "-C target-feature=+crt-static -C relocation-model=static".into(),
                 ),
             ],
-            &["--release", "--bin", "vfioctl", "-p", "vfioctl"],
+            // the lab's kill-point steps need the fault hook (tests/lab/bind-guest.sh)
+            &[
+                "--release",
+                "--bin",
+                "vfioctl",
+                "-p",
+                "vfioctl",
+                "--features",
+                "fault-injection",
+            ],
         );
         let p = dir.join(TARGET).join("release/vfioctl");
         assert!(p.is_file(), "{} missing after the build", p.display());
