@@ -328,6 +328,8 @@ fn mdev_tick(root: &Path) {
         symlink(format!("../../{uuid}"), t.join("devices").join(uuid)).unwrap();
         fs::create_dir_all(p("/sys/kernel/iommu_groups/200/devices")).unwrap();
         symlink("../../../kernel/iommu_groups/200", d.join("iommu_group")).unwrap();
+        // (git keeps no empty directories: the bus dir may be missing in a checkout)
+        fs::create_dir_all(p("/sys/bus/mdev/devices")).unwrap();
         symlink(
             format!("../../../devices/pci0000:3a/0000:3a:00.0/0000:3b:00.0/{uuid}"),
             p(&format!("/sys/bus/mdev/devices/{uuid}")),
