@@ -47,6 +47,7 @@ fn check_and_vm_up_share_one_cached_probe_verdict() {
     let cached = CachedProbe {
         qemu: "qemu-system-x86_64".into(),
         verdict: Err(why.into()),
+        provisional: false,
     };
     std::fs::write(
         dir.join(format!("{key}.json")),
@@ -90,4 +91,36 @@ fn check_and_vm_up_share_one_cached_probe_verdict() {
             key
         );
     }
+}
+
+/// A snapshot of another host carries that host's verdict under its own key (its QEMU
+/// binary is not this machine's): replayed, `check` prints that verdict, provisional ones
+/// ("no guest kernel to prove KVM with") included, instead of passing on /dev/kvm alone.
+#[test]
+fn a_snapshot_replays_the_verdict_its_host_recorded() {
+    let t = fixture_copy();
+    let dir = SysRoot::new(t.path()).path(PROBE_CACHE_DIR);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cached = CachedProbe {
+        qemu: "qemu-system-x86_64".into(),
+        verdict: Err("no guest kernel to prove KVM with".into()),
+        provisional: true,
+    };
+    std::fs::write(
+        dir.join("0123456789abcdef01234567.json"),
+        serde_json::to_vec(&cached).unwrap(),
+    )
+    .unwrap();
+    let c = vfioctl(t.path(), &["check"]);
+    let kvm = c["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "kvm")
+        .unwrap();
+    assert_eq!(kvm["status"], "fail", "{kvm}");
+    assert!(
+        kvm["message"].as_str().unwrap().contains("no guest kernel"),
+        "{kvm}"
+    );
 }

@@ -50,7 +50,6 @@ fn take(out: &Path) -> serde_json::Value {
 }
 
 #[test]
-#[ignore = "open (issue 17): the KVM probe verdict is not carried into the snapshot, so `check` replays kvm as pass where the live host, whose probe guest printed nothing under KVM, says fail"]
 fn this_host_replays_exactly_what_it_prints_live() {
     if pci_sysfs("this_host_replays_exactly_what_it_prints_live").is_none() {
         return;

@@ -227,6 +227,10 @@ fn resolve_in_path(qemu: &Path) -> Option<std::path::PathBuf> {
 pub struct CachedProbe {
     pub qemu: String,
     pub verdict: Result<(), String>,
+    /// The probe could not run (no guest kernel to prove KVM with): recorded so that a
+    /// snapshot replays the verdict `check` printed, but a live host probes again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub provisional: bool,
 }
 
 /// The KVM verdict for `qemu` on this host, from the cache when this QEMU binary was
@@ -238,21 +242,40 @@ pub fn kvm_verdict(
     qemu: &Path,
     kernel: Option<&Path>,
 ) -> Option<Result<(), String>> {
+    // Read through the root, so that `vfioctl snapshot` records the verdict `check` used.
+    let cached = |abs: &Path| {
+        root.read_bytes(abs)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<CachedProbe>(&b).ok())
+    };
     let key = probe_key(root, qemu);
     let file = key
         .as_ref()
-        .map(|k| root.path(PROBE_CACHE_DIR).join(format!("{k}.json")));
+        .map(|k| Path::new(PROBE_CACHE_DIR).join(format!("{k}.json")));
     if let Some(c) = file
-        .as_ref()
-        .and_then(|f| std::fs::read(f).ok())
-        .and_then(|b| serde_json::from_slice::<CachedProbe>(&b).ok())
+        .as_deref()
+        .and_then(cached)
+        .filter(|c| !c.provisional || !root.is_host())
     {
         tracing::info!("KVM probe of {} (cached): {:?}", c.qemu, c.verdict);
         return Some(c.verdict);
     }
     if root.root() != Path::new("/") {
-        return None;
+        // A snapshot or fixture of another host: its QEMU binary is not this machine's,
+        // so the key cannot match; the verdict recorded there for a QEMU of the same name
+        // is the host's (the newest file name wins when there are several).
+        let mut names = root.list_opt(PROBE_CACHE_DIR).unwrap_or_default();
+        names.sort();
+        let want = qemu.display().to_string();
+        return names
+            .iter()
+            .rev()
+            .filter(|n| n.ends_with(".json"))
+            .filter_map(|n| cached(&Path::new(PROBE_CACHE_DIR).join(n)))
+            .find(|c| c.qemu == want)
+            .map(|c| c.verdict);
     }
+    let mut provisional = false;
     let verdict = match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -265,10 +288,9 @@ pub fn kvm_verdict(
                 Some(k) => run_probe(qemu, &k, Duration::from_secs(10)),
                 // nothing to prove it with: not cached, the next call may have a kernel
                 None => {
-                    return Some(Err(
-                        "no guest kernel to prove KVM with (pass one, or run scripts/setup for the lab's)"
-                            .into(),
-                    ))
+                    provisional = true;
+                    Err("no guest kernel to prove KVM with (pass one, or run scripts/setup for the lab's)"
+                        .into())
                 }
             };
             tracing::info!(
@@ -283,9 +305,14 @@ pub fn kvm_verdict(
         let c = CachedProbe {
             qemu: qemu.display().to_string(),
             verdict: verdict.clone(),
+            provisional,
         };
-        let _ = std::fs::create_dir_all(root.path(PROBE_CACHE_DIR))
-            .and_then(|_| std::fs::write(f, serde_json::to_vec(&c).unwrap_or_default()));
+        let written = std::fs::create_dir_all(root.path(PROBE_CACHE_DIR))
+            .and_then(|_| std::fs::write(root.path(f), serde_json::to_vec(&c).unwrap_or_default()));
+        // read back through the root: a snapshot taken now records this verdict too
+        if written.is_ok() {
+            let _ = cached(f);
+        }
     }
     Some(verdict)
 }
