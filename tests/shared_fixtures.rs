@@ -598,3 +598,173 @@ fn check_with_the_modern_qemu_says_which_backend_vm_up_takes() {
         "{b}"
     );
 }
+
+// ---- VFIO backend: bind verification, kata, vm up ------------------------------------------
+
+#[test]
+fn bind_verification_wants_the_cdev_on_a_kernel_with_vfio_cdevs() {
+    let t = copy();
+    let root = SysRoot::new(t.path());
+    let vf0: Bdf = "0000:41:00.4".parse().unwrap();
+    assert_eq!(
+        vfioctl::shared::backend::verify_cdevs(&root, &[vf0]).unwrap(),
+        vec!["/dev/vfio/devices/vfio0".to_string()]
+    );
+    fs::remove_file(t.path().join("dev/vfio/devices/vfio0")).unwrap();
+    let e = vfioctl::shared::backend::verify_cdevs(&root, &[vf0]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("/dev/vfio/devices/vfio0 does not exist"),
+        "{e}"
+    );
+    // A 6.1 host (no /sys/class/vfio-dev) checks groups only.
+    let ws = SysRoot::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpu-server"));
+    assert!(
+        vfioctl::shared::backend::verify_cdevs(&ws, &["0000:43:00.0".parse().unwrap()])
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn kata_config_names_the_device_node_of_the_backend() {
+    let v = json(&vfioctl(
+        &fixture(),
+        &[
+            "--json",
+            "kata",
+            "config",
+            "--gpu",
+            "0000:41:00.4",
+            "--vfio-backend",
+            "iommufd",
+        ],
+    ));
+    assert_eq!(v["vfio_backend"], "iommufd");
+    assert_eq!(
+        v["device_nodes"],
+        serde_json::json!(["/dev/vfio/devices/vfio0"])
+    );
+    assert!(v["try_commands"][1]
+        .as_str()
+        .unwrap()
+        .contains("--device /dev/vfio/devices/vfio0"));
+    let v = json(&vfioctl(
+        &fixture(),
+        &["--json", "kata", "config", "--gpu", "0000:41:00.4"],
+    ));
+    assert_eq!(v["device_nodes"], serde_json::json!(["/dev/vfio/42"]));
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpu-server");
+    let o = vfioctl(
+        &ws,
+        &[
+            "kata",
+            "config",
+            "--gpu",
+            "0000:43:00.0",
+            "--vfio-backend",
+            "iommufd",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no /dev/iommu"));
+}
+
+fn dry_run_argv(root: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--json",
+        "vm",
+        "up",
+        "--dry-run",
+        "--vsock",
+        "none",
+        "--ready",
+        "serial:X",
+        "--cold",
+        "vf:0000:41:00.4",
+    ];
+    args.extend_from_slice(extra);
+    Command::new(env!("CARGO_BIN_EXE_vfioctl"))
+        .arg("--root")
+        .arg(root)
+        .args(&args)
+        .env("VFIOCTL_RUN_DIR", root.join("run"))
+        .env("VFIOCTL_LAB", lab())
+        .output()
+        .unwrap()
+}
+
+fn lab() -> PathBuf {
+    std::env::var_os("VFIOCTL_LAB")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".lab"))
+}
+
+#[test]
+fn vm_up_takes_groups_with_the_system_qemu_and_refuses_iommufd_it_lacks() {
+    let t = copy();
+    let k = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"); // any file: nothing boots
+    let o = dry_run_argv(t.path(), &["--kernel", k]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        s.contains("vfio-pci,id=gpu0,bus=rp0,addr=0x0,host=0000:41:00.4\""),
+        "{s}"
+    );
+    assert!(!s.contains("iommufd"), "{s}");
+    let o = dry_run_argv(t.path(), &["--kernel", k, "--vfio-backend", "iommufd"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("QEMU has no iommufd object"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn vm_up_on_the_modern_stack_takes_iommufd_automatically() {
+    if !lab()
+        .join("stacks/qemu-10/usr/bin/qemu-system-x86_64")
+        .is_file()
+    {
+        let why = format!("no QEMU 10 in {} (scripts/setup --modern)", lab().display());
+        assert!(
+            std::env::var("VFIOCTL_REQUIRE_LAB").as_deref() != Ok("1"),
+            "VFIOCTL_REQUIRE_LAB=1: {why}"
+        );
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let t = copy();
+    let o = dry_run_argv(t.path(), &["--stack", "modern"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains("\"iommufd,id=iommufd0\""), "{s}");
+    assert!(s.contains("host=0000:41:00.4,iommufd=iommufd0"), "{s}");
+    assert!(s.contains("stacks/qemu-10/usr/share/qemu"), "{s}");
+    // The same stack on a 6.1 host (no /dev/iommu): groups.
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpu-server");
+    let o = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
+        .arg("--root")
+        .arg(&ws)
+        .args([
+            "--json",
+            "vm",
+            "up",
+            "--dry-run",
+            "--vsock",
+            "none",
+            "--ready",
+            "serial:X",
+            "--cold",
+            "0000:43:00.0",
+            "--stack",
+            "modern",
+        ])
+        .env("VFIOCTL_RUN_DIR", t.path().join("run2"))
+        .env("VFIOCTL_LAB", lab())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("iommufd"));
+}

@@ -405,6 +405,21 @@ impl Run<'_> {
                 ledger.save()?;
                 tracing::debug!("ledger updated");
             }
+            // On a kernel with VFIO device cdevs (iommufd), each bound function's
+            // /dev/vfio/devices/vfioN must exist too: that is what an iommufd VM opens.
+            match crate::shared::backend::verify_cdevs(root, &bdfs) {
+                Ok(nodes) => {
+                    for n in nodes {
+                        if !group_nodes.contains(&n) {
+                            group_nodes.push(n);
+                        }
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
         }
         Ok(())
     }

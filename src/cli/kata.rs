@@ -71,6 +71,10 @@ pub struct ConfigArgs {
     /// sandbox creation when the kubelet socket is missing, so it is cleared otherwise).
     #[arg(long)]
     pub kubernetes: bool,
+    /// The VFIO backend the container's devices use: `group` (/dev/vfio/N, default) or
+    /// `iommufd` (/dev/vfio/devices/vfioN; the host kernel must have the cdevs).
+    #[arg(long, value_name = "group|iommufd", default_value = "group")]
+    pub vfio_backend: crate::shared::BackendChoice,
 }
 
 pub fn run(ctx: &Context, c: KataCommand) -> Result<Exit, Failure> {
@@ -166,6 +170,25 @@ fn config(ctx: &Context, a: ConfigArgs) -> Result<Exit, Failure> {
         out_abs.as_deref()
     };
     let outcome = kata::configure(choice, opts, sel, base_arg, &drop_ins, config_path)?;
+    // The device nodes for the backend (Kata's QEMU is not known here: the kernel decides).
+    let backend = {
+        use crate::shared::{backend, BackendFacts};
+        let facts = BackendFacts {
+            qemu_iommufd: Some(true),
+            ..BackendFacts::gather(&ctx.root, None)
+        };
+        backend::choose(a.vfio_backend, &facts)?
+    };
+    let mut outcome = outcome;
+    if backend != crate::shared::VfioBackend::Group {
+        let device_nodes = kata::device_nodes(&ctx.root, &outcome.selection, backend);
+        outcome.try_commands = kata::try_commands_with(
+            &outcome.target.target,
+            &outcome.selection,
+            config_path,
+            &device_nodes,
+        );
+    }
 
     if let Some(out) = &a.out {
         std::fs::write(out, &outcome.config).map_err(|source| KataError::Write {
@@ -182,6 +205,8 @@ fn config(ctx: &Context, a: ConfigArgs) -> Result<Exit, Failure> {
         if let Some(out) = &out_abs {
             v["out"] = serde_json::Value::String(out.display().to_string());
         }
+        v["vfio_backend"] = serde_json::json!(backend);
+        v["device_nodes"] = serde_json::json!(device_nodes);
         println!(
             "{}",
             serde_json::to_string_pretty(&v).map_err(|e| Failure::new(Exit::Infrastructure, e))?

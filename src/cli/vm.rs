@@ -43,13 +43,13 @@ pub struct UpArgs {
     #[arg(long)]
     pub name: Option<VmName>,
     /// Device to hotplug after boot (repeatable): a host BDF or emulated:<size>.
-    #[arg(long = "gpu", value_name = "BDF|emulated:SIZE")]
+    #[arg(long = "gpu", value_name = "BDF|vf:BDF|mdev:UUID|emulated:SIZE")]
     pub gpus: Vec<GpuSpec>,
     /// Size a root port for this device without plugging it (repeatable).
-    #[arg(long = "port-for", value_name = "BDF|emulated:SIZE")]
+    #[arg(long = "port-for", value_name = "BDF|vf:BDF|mdev:UUID|emulated:SIZE")]
     pub port_for: Vec<GpuSpec>,
     /// Cold-plug this device on QEMU's command line (repeatable).
-    #[arg(long = "cold", value_name = "BDF|emulated:SIZE")]
+    #[arg(long = "cold", value_name = "BDF|vf:BDF|mdev:UUID|emulated:SIZE")]
     pub cold: Vec<GpuSpec>,
     /// Total GPU root ports (spares beyond the devices get firmware default windows).
     #[arg(long)]
@@ -94,6 +94,18 @@ pub struct UpArgs {
     /// Ask the guest agent to allow `exec` (the image must allow it too).
     #[arg(long)]
     pub agent_exec: bool,
+    /// The QEMU binary (default: qemu-system-x86_64 on PATH, or the stack's).
+    #[arg(long, value_name = "PATH")]
+    pub qemu: Option<PathBuf>,
+    /// A lab stack: `system` (the distribution's QEMU, .lab/kernel/current) or `modern`
+    /// (QEMU 10 and kernel 6.12 from `scripts/setup --modern`); sets QEMU, its -L and the
+    /// kernel unless given.
+    #[arg(long, value_name = "NAME")]
+    pub stack: Option<String>,
+    /// VFIO backend for host devices: auto (iommufd when the kernel and QEMU both have
+    /// it), group, iommufd.
+    #[arg(long, value_name = "auto|group|iommufd")]
+    pub vfio_backend: Option<crate::shared::BackendChoice>,
     /// Resolve everything and print the QEMU command line; start nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -123,7 +135,7 @@ pub struct PlugArgs {
     pub name: VmName,
     /// The device: a host BDF (bound to vfio-pci) or emulated:SIZE (the ivshmem-plain
     /// stand-in with a SIZE 64-bit prefetchable BAR).
-    #[arg(long = "gpu", value_name = "BDF|emulated:SIZE")]
+    #[arg(long = "gpu", value_name = "BDF|vf:BDF|mdev:UUID|emulated:SIZE")]
     pub gpu: GpuSpec,
     /// Root port to use (default: a free port sized for the device).
     #[arg(long)]
@@ -148,7 +160,11 @@ pub struct UnplugArgs {
 pub struct PlanArgs {
     /// Devices to size root ports for (repeatable): a host BDF (BAR sizes read from
     /// sysfs) or emulated:SIZE.
-    #[arg(long = "gpu", value_name = "BDF|emulated:SIZE", required = true)]
+    #[arg(
+        long = "gpu",
+        value_name = "BDF|vf:BDF|mdev:UUID|emulated:SIZE",
+        required = true
+    )]
     pub gpus: Vec<GpuSpec>,
     /// Guest firmware, whose address-space limits the windows must fit.
     #[arg(long, value_enum, default_value = "seabios")]
@@ -222,6 +238,20 @@ pub fn profile_from(a: &UpArgs) -> Result<Profile, Failure> {
     }
     if a.agent_exec {
         p.agent_exec = true;
+    }
+    if let Some(s) = &a.stack {
+        let st = crate::shared::stack::resolve(s, &crate::vm::profile::lab_dir())?;
+        p.qemu = st.qemu.clone();
+        p.qemu_args.extend(st.qemu_args());
+        if p.kernel.is_none() && p.disk.is_none() {
+            p.kernel = st.kernel.clone();
+        }
+    }
+    if let Some(q) = &a.qemu {
+        p.qemu = q.clone();
+    }
+    if let Some(b) = a.vfio_backend {
+        p.vfio_backend = b;
     }
     if p.kernel.is_none() && p.disk.is_none() {
         p.kernel = crate::vm::profile::lab_kernel();
@@ -510,6 +540,7 @@ fn plan(ctx: &Context, a: PlanArgs) -> Result<Exit, Failure> {
     for g in &a.gpus {
         match g {
             GpuSpec::Emulated { size } => bars.push(DeviceBars::emulated(*size)),
+            GpuSpec::Mdev { uuid } => bars.push(crate::shared::mdev::device_bars(uuid)),
             GpuSpec::Vfio { bdf } => {
                 let d = PciDevice::read(&ctx.root, *bdf)?;
                 bars.push(DeviceBars::from_pci(&d));

@@ -293,17 +293,50 @@ pub fn configure(
 /// groups' /dev/vfio nodes: `vfioctl bind` for what is still on a host driver, the
 /// install into the path the target's shim reads, and `ctr run` with that shim.
 pub fn try_commands(target: &Target, sel: &Selection, config_path: Option<&Path>) -> Vec<String> {
+    let nodes: Vec<String> = sel
+        .group_numbers()
+        .iter()
+        .map(|g| format!("/dev/vfio/{g}"))
+        .collect();
+    try_commands_with(target, sel, config_path, &nodes)
+}
+
+/// The device nodes a container needs for `sel` on `backend`: each group's
+/// `/dev/vfio/<group>`, or on iommufd each non-bridge function's `/dev/vfio/devices/vfioN`
+/// (from its `vfio-dev/`; a function without one is named by its group node).
+pub fn device_nodes(
+    root: &vfioctl_common::SysRoot,
+    sel: &Selection,
+    backend: crate::shared::VfioBackend,
+) -> Vec<String> {
+    match backend {
+        crate::shared::VfioBackend::Group => sel
+            .group_numbers()
+            .iter()
+            .map(|g| format!("/dev/vfio/{g}"))
+            .collect(),
+        crate::shared::VfioBackend::Iommufd => sel
+            .functions()
+            .filter(|f| !f.bridge)
+            .filter_map(|f| crate::shared::backend::device_node(root, f.bdf, backend))
+            .collect(),
+    }
+}
+
+/// [`try_commands`] with the device nodes given (`/dev/vfio/N` or `/dev/vfio/devices/vfioN`).
+pub fn try_commands_with(
+    target: &Target,
+    sel: &Selection,
+    config_path: Option<&Path>,
+    nodes: &[String],
+) -> Vec<String> {
     let (image, cmd) = if sel.has_nvidia_gpu() {
         (CUDA_IMAGE, "nvidia-smi")
     } else {
         (PLAIN_IMAGE, "ls /sys/bus/pci/devices")
     };
     let install = target.install_path();
-    let devices: String = sel
-        .group_numbers()
-        .iter()
-        .map(|g| format!(" --device /dev/vfio/{g}"))
-        .collect();
+    let devices: String = nodes.iter().map(|n| format!(" --device {n}")).collect();
     let mut v = sel.bind_commands();
     if let Some(p) = config_path.filter(|p| *p != Path::new(install)) {
         v.push(format!("sudo install -D -m 0644 {} {install}", p.display()));

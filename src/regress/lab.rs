@@ -736,6 +736,14 @@ impl Backend for LabBackend {
                         GpuSpec::Vfio { bdf } => {
                             validate::expected_from_host(&self.ctx.root, *bdf).map_err(from_diag)?
                         }
+                        GpuSpec::Mdev { uuid } => {
+                            crate::shared::mdev::expected(&self.ctx.root, uuid).ok_or_else(|| {
+                                fail(
+                                    Exit::ValidationFailed,
+                                    format!("mdev:{uuid}: its type's guest PCI ids are not known to vfioctl (only the kernel samples mtty, mdpy, mbochs)"),
+                                )
+                            })?
+                        }
                     };
                     exp.guest_bdf = d.guest_bdf.as_deref().and_then(|b| b.parse().ok());
                     let view = validate::collect(&mut client, Some(&exp), Duration::from_secs(10))

@@ -178,6 +178,33 @@ pub fn node_of(root: &SysRoot, dir: &str, backend: VfioBackend) -> Option<String
     }
 }
 
+/// The device cdevs of `members` that a vfio driver owns (`vfio-dev/vfioN`), each checked
+/// to exist as `/dev/vfio/devices/vfioN`; empty on kernels without VFIO device cdevs
+/// (no `/sys/class/vfio-dev`). A missing node is [`BindError::NoGroupNode`] naming it.
+pub fn verify_cdevs(
+    root: &SysRoot,
+    members: &[Bdf],
+) -> Result<Vec<String>, crate::bind::BindError> {
+    if !root.is_dir("/sys/class/vfio-dev") {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for b in members {
+        for n in root.list_opt(format!("{}/vfio-dev", b.sysfs_path()))? {
+            let c = format!("/dev/vfio/devices/{n}");
+            if !root.exists_nofollow(&c) {
+                let group = root
+                    .link_name(format!("{}/iommu_group", b.sysfs_path()))?
+                    .and_then(|g| g.parse().ok())
+                    .unwrap_or(0);
+                return Err(crate::bind::BindError::NoGroupNode { group, path: c });
+            }
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

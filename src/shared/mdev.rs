@@ -368,6 +368,58 @@ pub(crate) fn remove_locked(
     Ok(())
 }
 
+/// The PCI ids a guest sees for an mdev of the kernel's sample types (mtty's serial
+/// card, mdpy's and mbochs' displays); `None` for vendor types (an NVIDIA vGPU's ids are
+/// the vGPU manager's choice).
+pub fn sample_guest_ids(type_id: &str) -> Option<(u16, u16)> {
+    if type_id.starts_with("mtty") {
+        Some((0x4348, 0x3253))
+    } else if type_id.starts_with("mdpy") {
+        Some((0x1b36, 0x000f))
+    } else if type_id.starts_with("mbochs") {
+        Some((0x1234, 0x1111))
+    } else {
+        None
+    }
+}
+
+/// The ids the guest will see for mediated device `uuid`, when its type is known to
+/// vfioctl ([`sample_guest_ids`]).
+pub fn guest_ids(root: &SysRoot, uuid: &MdevUuid) -> Option<(u16, u16)> {
+    let t = root
+        .link_name(format!("{}/mdev_type", uuid.sysfsdev()))
+        .ok()??;
+    sample_guest_ids(&t)
+}
+
+/// What `validate` looks for in the guest for mediated device `uuid`: the sample types'
+/// ids (their BARs are I/O or driver-defined, so none are compared); `None` for a type
+/// whose guest ids vfioctl does not know.
+pub fn expected(root: &SysRoot, uuid: &MdevUuid) -> Option<crate::agent::validate::Expected> {
+    let (vendor, device) = guest_ids(root, uuid)?;
+    Some(crate::agent::validate::Expected {
+        label: format!("mdev:{uuid}"),
+        vendor,
+        device,
+        bars: Vec::new(),
+        guest_bdf: None,
+        driver: None,
+    })
+}
+
+/// Root-port sizing for an mdev: its BARs are the parent driver's emulation and cannot
+/// be read from sysfs, so the port gets the firmware's default windows (a vGPU's BARs are
+/// small: 16M + 256M on NVIDIA's types).
+pub fn device_bars(uuid: &MdevUuid) -> crate::vm::ports::DeviceBars {
+    crate::vm::ports::DeviceBars {
+        label: format!("mdev:{uuid}"),
+        bdf: None,
+        pref64: Vec::new(),
+        mem32: Vec::new(),
+        io: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@
 //! | [`backend`] | iommufd vs VFIO groups: what the host kernel and QEMU offer, the choice |
 //! | [`readiness`] | `check`'s SR-IOV readiness and NVIDIA per-VF vGPU type checks |
 //! | [`ledger`] | what vfioctl created (VFs, mdevs), kept in the bind ledger, and `restore` |
+//! | [`stack`] | lab stacks (system QEMU 7.2 + 6.1, modern QEMU 10 + 6.12) and the versions reports record |
 //! | [`error`] | [`SharedError`] |
 //!
 //! Every sysfs access goes through the [`SysRoot`](vfioctl_common::SysRoot), so the same
@@ -19,6 +20,7 @@ pub mod ledger;
 pub mod mdev;
 pub mod readiness;
 pub mod sriov;
+pub mod stack;
 
 pub use backend::{BackendChoice, BackendFacts, VfioBackend};
 pub use error::SharedError;

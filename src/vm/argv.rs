@@ -41,6 +41,9 @@ pub struct Launch {
     /// it too.
     pub agent_exec: bool,
     pub extra: Vec<String>,
+    /// VFIO backend for host devices: with iommufd, `-object iommufd` and every
+    /// vfio-pci device names it.
+    pub vfio_backend: crate::shared::VfioBackend,
 }
 
 /// A path inside a QEMU option value: QEMU's option syntax doubles a comma.
@@ -158,8 +161,13 @@ pub fn qemu_argv(l: &Launch) -> Vec<String> {
             ]);
         }
     }
+    if l.vfio_backend == crate::shared::VfioBackend::Iommufd {
+        // One iommufd context for the VM's VFIO devices, cold and hot.
+        a.push("-object".into());
+        a.push(format!("iommufd,id={}", super::devices::IOMMUFD_ID));
+    }
     for c in &l.cold {
-        let args = c.cli_args();
+        let args = c.cli_args_for(l.vfio_backend);
         a.extend(args);
     }
     a.extend(l.extra.iter().cloned());
@@ -213,6 +221,7 @@ mod tests {
             agent_token: Some("/run/vfioctl/lab/agent.token".into()),
             agent_exec: false,
             extra: Vec::new(),
+            vfio_backend: crate::shared::VfioBackend::Group,
         }
     }
 
@@ -273,5 +282,53 @@ mod tests {
             "{a:?}"
         );
         assert!(!a.iter().any(|x| x.contains("opt/vfioctl/exec")));
+    }
+
+    /// The iommufd backend: one `-object iommufd`, and every vfio-pci device (a VF by
+    /// address, an mdev by sysfsdev) names it.
+    #[test]
+    fn tcg_iommufd_backend_with_a_vf_and_an_mdev() {
+        let mut l = launch(
+            Firmware::Seabios,
+            Accel::Tcg,
+            VsockBackend::None,
+            &[DeviceBars::emulated(8 << 20), DeviceBars::emulated(8 << 20)],
+        );
+        l.vfio_backend = crate::shared::VfioBackend::Iommufd;
+        l.cold.push(PlugSpec {
+            id: "gpu0".into(),
+            port: "rp0".into(),
+            gpu: GpuSpec::parse("vf:0000:41:00.4").unwrap(),
+        });
+        l.cold.push(PlugSpec {
+            id: "gpu1".into(),
+            port: "rp1".into(),
+            gpu: GpuSpec::parse("mdev:83b8f4f2-509f-382f-3c1e-e6bfe0fa1001").unwrap(),
+        });
+        insta::assert_snapshot!(qemu_argv(&l).join("\n"));
+    }
+
+    /// The same devices on the group backend: no iommufd object, no iommufd= property.
+    #[test]
+    fn tcg_group_backend_with_a_vf_and_an_mdev() {
+        let mut l = launch(
+            Firmware::Seabios,
+            Accel::Tcg,
+            VsockBackend::None,
+            &[DeviceBars::emulated(8 << 20), DeviceBars::emulated(8 << 20)],
+        );
+        l.cold.push(PlugSpec {
+            id: "gpu0".into(),
+            port: "rp0".into(),
+            gpu: GpuSpec::parse("vf:0000:41:00.4").unwrap(),
+        });
+        l.cold.push(PlugSpec {
+            id: "gpu1".into(),
+            port: "rp1".into(),
+            gpu: GpuSpec::parse("mdev:83b8f4f2-509f-382f-3c1e-e6bfe0fa1001").unwrap(),
+        });
+        let a = qemu_argv(&l);
+        assert!(!a.iter().any(|x| x.contains("iommufd")), "{a:?}");
+        assert!(a.contains(&"vfio-pci,id=gpu1,bus=rp1,addr=0x0,sysfsdev=/sys/bus/mdev/devices/83b8f4f2-509f-382f-3c1e-e6bfe0fa1001".to_string()), "{a:?}");
     }
 }

@@ -7,6 +7,10 @@ use serde_json::{json, Value};
 use vfioctl_common::units;
 
 use super::profile::GpuSpec;
+use crate::shared::VfioBackend;
+
+/// Id of the `iommufd` object a VM on the iommufd backend gets (`-object iommufd,id=...`).
+pub const IOMMUFD_ID: &str = "iommufd0";
 
 /// PCI ids of QEMU's ivshmem (Red Hat, Inc. Inter-VM shared memory).
 pub const IVSHMEM_ID: &str = "1af4:1110";
@@ -26,7 +30,7 @@ impl PlugSpec {
     pub fn memdev_id(&self) -> Option<String> {
         match self.gpu {
             GpuSpec::Emulated { .. } => Some(format!("{}-mem", self.id)),
-            GpuSpec::Vfio { .. } => None,
+            GpuSpec::Vfio { .. } | GpuSpec::Mdev { .. } => None,
         }
     }
 
@@ -41,17 +45,27 @@ impl PlugSpec {
                 "size": size,
                 "reserve": false,
             })),
-            GpuSpec::Vfio { .. } => None,
+            GpuSpec::Vfio { .. } | GpuSpec::Mdev { .. } => None,
         }
     }
 
     /// `device_add` arguments. Always `addr=0x0`: a second device on a root port without
     /// it lands on slot 1, which the guest never scans.
     pub fn device_add(&self) -> qapi_qmp::device_add {
+        self.device_add_for(VfioBackend::Group)
+    }
+
+    /// [`device_add`](Self::device_add) for a VM on `backend`: with iommufd, a vfio-pci
+    /// device names the VM's `iommufd` object.
+    pub fn device_add_for(&self, backend: VfioBackend) -> qapi_qmp::device_add {
         let mut props = vec![("addr".to_string(), json!("0x0"))];
         let driver = match &self.gpu {
             GpuSpec::Vfio { bdf } => {
                 props.push(("host".into(), json!(bdf.to_string())));
+                "vfio-pci"
+            }
+            GpuSpec::Mdev { uuid } => {
+                props.push(("sysfsdev".into(), json!(uuid.sysfsdev())));
                 "vfio-pci"
             }
             GpuSpec::Emulated { .. } => {
@@ -59,6 +73,9 @@ impl PlugSpec {
                 "ivshmem-plain"
             }
         };
+        if driver == "vfio-pci" && backend == VfioBackend::Iommufd {
+            props.push(("iommufd".into(), json!(IOMMUFD_ID)));
+        }
         qapi_qmp::device_add::new(
             driver,
             Some(self.id.clone()),
@@ -69,6 +86,11 @@ impl PlugSpec {
 
     /// `-object`/`-device` arguments for cold plug.
     pub fn cli_args(&self) -> Vec<String> {
+        self.cli_args_for(VfioBackend::Group)
+    }
+
+    /// [`cli_args`](Self::cli_args) for a VM on `backend`.
+    pub fn cli_args_for(&self, backend: VfioBackend) -> Vec<String> {
         let mut out = Vec::new();
         if let GpuSpec::Emulated { size } = self.gpu {
             out.push("-object".into());
@@ -78,7 +100,7 @@ impl PlugSpec {
                 units::short(size)
             ));
         }
-        let d = self.device_add();
+        let d = self.device_add_for(backend);
         let mut s = format!("{},id={},bus={}", d.driver, self.id, self.port);
         for (k, v) in &d.arguments {
             let v = v

@@ -18,6 +18,13 @@ pub enum VmError {
     Profile(#[from] super::profile::ProfileError),
     #[error(transparent)]
     Plan(#[from] super::ports::PlanError),
+    /// The VFIO backend asked for cannot be used (`--vfio-backend iommufd` on an old stack).
+    #[error("VM {name}: choosing the VFIO backend")]
+    Backend {
+        name: String,
+        #[source]
+        source: Box<crate::shared::SharedError>,
+    },
     #[error("KVM was requested but is not usable: {reason}")]
     KvmUnusable { reason: String },
     #[error("VM {name}: vsock: {reason}")]
@@ -134,6 +141,7 @@ impl Diagnose for VmError {
             VmError::Plan(e) => e.hint(),
             VmError::Plug(e) => e.hint(),
             VmError::Agent { source, .. } => source.hint(),
+            VmError::Backend { source, .. } => source.hint(),
             VmError::KvmUnusable { .. } => Some("use --accel tcg (or auto), or fix /dev/kvm permissions and nested virtualization".into()),
             VmError::Vsock { .. } => Some("install vhost-device-vsock (scripts/setup) or `modprobe vhost_vsock`; --vsock none disables the agent".into()),
             VmError::AlreadyRunning { name, .. } => Some(format!("`vfioctl vm down {name}` first, or pick another --name")),
@@ -161,6 +169,7 @@ impl Diagnose for VmError {
             | VmError::NoAgent { .. }
             | VmError::SocketPathTooLong { .. } => Exit::Usage,
             VmError::Busy { .. } | VmError::NotOurs { .. } => Exit::Refused,
+            VmError::Backend { source, .. } => source.exit(),
             VmError::BootTimeout { .. } => Exit::BootTimeout,
             VmError::Interrupted { signal, .. } => signal.exit(),
             _ => Exit::Infrastructure,

@@ -113,10 +113,30 @@ pub fn load(env: &Env, name: &VmName) -> Result<VmRecord, VmError> {
     Ok(rec)
 }
 
+/// The profile's VFIO backend choice, resolved against the host kernel and QEMU. The
+/// QEMU binary is probed only when the kernel offers iommufd (or it was asked for).
+fn vfio_backend(
+    env: &Env,
+    profile: &Profile,
+) -> Result<crate::shared::VfioBackend, crate::shared::SharedError> {
+    use crate::shared::{backend, BackendChoice, BackendFacts};
+    let kernel = BackendFacts::gather(&env.root, None);
+    let facts = match profile.vfio_backend {
+        BackendChoice::Group => kernel,
+        BackendChoice::Auto if !kernel.kernel_iommufd() => kernel,
+        _ => BackendFacts {
+            qemu_iommufd: Some(backend::qemu_has_iommufd(&find_program(&profile.qemu))),
+            ..kernel
+        },
+    };
+    backend::choose(profile.vfio_backend, &facts)
+}
+
 /// Host devices' BARs for sizing.
 fn device_bars(env: &Env, name: &str, gpu: &GpuSpec) -> Result<DeviceBars, VmError> {
     match gpu {
         GpuSpec::Emulated { size } => Ok(DeviceBars::emulated(*size)),
+        GpuSpec::Mdev { uuid } => Ok(crate::shared::mdev::device_bars(uuid)),
         GpuSpec::Vfio { bdf } => PciDevice::read(&env.root, *bdf)
             .map(|d| DeviceBars::from_pci(&d))
             .map_err(|source| VmError::HostDevice {
@@ -214,7 +234,12 @@ pub fn prepare(env: &Env, profile: &Profile) -> Result<(Launch, VmRecord), VmErr
         })
         .collect();
     let agent = backend.transport(profile.agent_port);
+    let vfio_backend = vfio_backend(env, profile).map_err(|e| VmError::Backend {
+        name: name.to_string(),
+        source: Box::new(e),
+    })?;
     let launch = Launch {
+        vfio_backend,
         name: name.to_string(),
         qemu: profile.qemu.clone(),
         accel: probe.accel,
@@ -239,6 +264,7 @@ pub fn prepare(env: &Env, profile: &Profile) -> Result<(Launch, VmRecord), VmErr
         extra: profile.qemu_args.clone(),
     };
     rec.argv = qemu_argv(&launch);
+    rec.vfio_backend = vfio_backend;
     rec.accel = probe.accel;
     rec.ready = profile.ready.clone();
     rec.firmware = profile.firmware;

@@ -93,6 +93,9 @@ fn id_pair(root: &SysRoot, gpu: &GpuSpec) -> String {
         GpuSpec::Vfio { bdf } => PciDevice::read(root, *bdf)
             .map(|d| d.id())
             .unwrap_or_default(),
+        GpuSpec::Mdev { uuid } => crate::shared::mdev::guest_ids(root, uuid)
+            .map(|(v, d)| format!("{v:04x}:{d:04x}"))
+            .unwrap_or_default(),
     }
 }
 
@@ -450,6 +453,8 @@ pub async fn plug(
     }
     let (need, peers) = match gpu {
         GpuSpec::Emulated { size } => (*size, Vec::new()),
+        // An mdev's BARs are emulated by its parent driver: any port fits.
+        GpuSpec::Mdev { .. } => (0, Vec::new()),
         GpuSpec::Vfio { bdf } => {
             let dev = precheck(&env.root, *bdf)?;
             (dev.bar_totals().0, dev.iommu_group_peers.clone())
@@ -489,7 +494,8 @@ pub async fn plug(
             .await
             .map_err(qemu_err)?;
     }
-    let added = qmp.run(&spec.device_add()).await;
+    // On the iommufd backend the device names the VM's iommufd object (made at start).
+    let added = qmp.run(&spec.device_add_for(rec.vfio_backend)).await;
     let device_add_unix = unix_now();
     if let Err(e) = added {
         if let Some(m) = spec.memdev_id() {

@@ -14,9 +14,10 @@
 //! accel = "auto"              # auto | kvm | tcg
 //! vsock = "auto"              # auto | vhost | vhost-user | none
 //! ready = "agent"             # or "serial:<marker>"
+//! vfio_backend = "auto"       # auto | group | iommufd
 //!
 //! [[device]]
-//! gpu = "emulated:8G"         # or a host BDF bound to vfio-pci
+//! gpu = "emulated:8G"         # or a host BDF bound to vfio-pci, vf:<BDF>, mdev:<uuid>
 //! plug = "hot"                # hot (QMP after boot) | cold (-device) | port (size a port only)
 //! ```
 
@@ -89,11 +90,27 @@ pub enum GpuSpec {
     Vfio { bdf: Bdf },
     /// `ivshmem-plain` with a RAM-backed 64-bit prefetchable BAR of `size` bytes.
     Emulated { size: u64 },
+    /// A mediated device (vGPU slice, mtty), passed as
+    /// `vfio-pci,sysfsdev=/sys/bus/mdev/devices/<uuid>`.
+    Mdev { uuid: crate::shared::MdevUuid },
 }
 
 impl GpuSpec {
-    /// `0000:41:00.0` / `41:00.0` or `emulated:8G`.
+    /// `0000:41:00.0` / `41:00.0`, `vf:0000:41:00.4` (an SR-IOV VF: a PCI function like
+    /// any other), `mdev:<uuid>` or `emulated:8G`.
     pub fn parse(s: &str) -> Result<GpuSpec, String> {
+        if let Some(u) = s.strip_prefix("mdev:") {
+            return u
+                .parse()
+                .map(|uuid| GpuSpec::Mdev { uuid })
+                .map_err(|e: crate::shared::SharedError| e.to_string());
+        }
+        if let Some(b) = s.strip_prefix("vf:") {
+            return b
+                .parse::<Bdf>()
+                .map(|bdf| GpuSpec::Vfio { bdf })
+                .map_err(|e| format!("vf:{b}: {e}"));
+        }
         if let Some(size) = s.strip_prefix("emulated:") {
             let size = units::parse(size).map_err(|e| e.to_string())?;
             if !size.is_power_of_two() || size < (1 << 20) {
@@ -111,6 +128,7 @@ impl GpuSpec {
         match self {
             GpuSpec::Vfio { bdf } => bdf.to_string(),
             GpuSpec::Emulated { size } => format!("emulated:{}", units::short(*size)),
+            GpuSpec::Mdev { uuid } => format!("mdev:{uuid}"),
         }
     }
 }
@@ -209,6 +227,9 @@ pub struct Profile {
     pub vhost_device_vsock: PathBuf,
     /// Extra QEMU arguments, appended verbatim (one argument per element).
     pub qemu_args: Vec<String>,
+    /// VFIO backend for host devices: `auto` (iommufd when the kernel and QEMU both have
+    /// it), `group` or `iommufd`.
+    pub vfio_backend: crate::shared::BackendChoice,
     #[serde(rename = "device")]
     pub devices: Vec<DeviceEntry>,
 }
@@ -237,6 +258,7 @@ impl Default for Profile {
             qemu: "qemu-system-x86_64".into(),
             vhost_device_vsock: "vhost-device-vsock".into(),
             qemu_args: Vec::new(),
+            vfio_backend: crate::shared::BackendChoice::Auto,
             devices: Vec::new(),
         }
     }

@@ -184,6 +184,13 @@ pub struct VmRecord {
     pub warnings: Vec<String>,
     /// The exact QEMU argv (no shell involved).
     pub argv: Vec<String>,
+    /// The VFIO backend the VM was started with (hotplug follows it).
+    #[serde(default = "group_backend")]
+    pub vfio_backend: crate::shared::VfioBackend,
+}
+
+fn group_backend() -> crate::shared::VfioBackend {
+    crate::shared::VfioBackend::Group
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +228,7 @@ impl VmRecord {
             qemu_version: None,
             warnings: Vec::new(),
             argv: Vec::new(),
+            vfio_backend: crate::shared::VfioBackend::Group,
         }
     }
 
