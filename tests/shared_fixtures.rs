@@ -768,3 +768,40 @@ fn vm_up_on_the_modern_stack_takes_iommufd_automatically() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(!String::from_utf8_lossy(&o.stdout).contains("iommufd"));
 }
+
+// ---- README ----------------------------------------------------------------------------------
+
+/// The `$ vfioctl ...` examples of the README's "Sharing a GPU" section print exactly the
+/// lines that follow them.
+#[test]
+fn readme_shared_examples_print_what_the_readme_shows() {
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("<!-- section: shared -->").expect("shared section");
+    let section = &readme[start..];
+    let section = &section[..section.find("## Exit codes").unwrap_or(section.len())];
+    let mut lines = section.lines().peekable();
+    let mut ran = 0;
+    while let Some(l) = lines.next() {
+        let Some(cmd) = l.strip_prefix("$ vfioctl ") else {
+            continue;
+        };
+        let mut want = String::new();
+        while let Some(n) = lines.peek() {
+            if n.starts_with("$ ") || n.starts_with("```") {
+                break;
+            }
+            want.push_str(n);
+            want.push('\n');
+            lines.next();
+        }
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} {cmd}", env!("CARGO_BIN_EXE_vfioctl")))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&o.stdout), want, "README: $ vfioctl {cmd}");
+        ran += 1;
+    }
+    assert_eq!(ran, 3);
+}

@@ -100,12 +100,23 @@ const BLOB_DIRS: &[&str] = &["/usr/share/qemu", "/usr/share/seabios"];
 /// The QEMU payload for L1: the binary at `/usr/bin/qemu-system-x86_64`, its libraries and
 /// those of the TCG module at their host paths, and the firmware under /usr/share/qemu.
 pub fn qemu_payload(qemu: &Path) -> Result<Vec<(PathBuf, String)>, String> {
+    qemu_payload_from(qemu, Path::new(QEMU_MODULE_DIR), None)
+}
+
+/// [`qemu_payload`] for any QEMU: its TCG module (when it has one, not built in) from
+/// `module_dir`, the firmware from `data_dir` first (an unpacked QEMU's `-L` directory),
+/// then the system's.
+pub fn qemu_payload_from(
+    qemu: &Path,
+    module_dir: &Path,
+    data_dir: Option<&Path>,
+) -> Result<Vec<(PathBuf, String)>, String> {
     let mut v = vec![(
         qemu.canonicalize()
             .map_err(|e| format!("{}: {e}", qemu.display()))?,
         "/usr/bin/qemu-system-x86_64".to_string(),
     )];
-    let accel = Path::new(QEMU_MODULE_DIR).join("accel-tcg-x86_64.so");
+    let accel = module_dir.join("accel-tcg-x86_64.so");
     let mut libs = ldd(qemu)?;
     if accel.is_file() {
         v.push(same_path(&accel)?);
@@ -117,9 +128,10 @@ pub fn qemu_payload(qemu: &Path) -> Result<Vec<(PathBuf, String)>, String> {
         v.push(same_path(&l)?);
     }
     for blob in QEMU_BLOBS {
-        let src = BLOB_DIRS
-            .iter()
-            .map(|d| Path::new(d).join(blob))
+        let src = data_dir
+            .into_iter()
+            .chain(BLOB_DIRS.iter().map(Path::new))
+            .map(|d| d.join(blob))
             .find(|p| p.exists())
             .ok_or_else(|| format!("{blob} not found in {}", BLOB_DIRS.join(", ")))?;
         let src = src
@@ -181,6 +193,18 @@ pub struct NestedInputs<'a> {
 
 /// Build the L2 initramfs, then the L1 initramfs that carries it; returns L1's.
 pub fn build_initrds(i: &NestedInputs) -> Result<PathBuf, String> {
+    let payload = qemu_payload(i.qemu)?;
+    build_initrds_with(i, payload, "rootfs/lab-nested.toml", "nested-l1.cpio.gz")
+}
+
+/// [`build_initrds`] with the QEMU payload and the L1 manifest (relative to the tree)
+/// given: the shared-GPU scenarios ship QEMU 10 and their own L1 modules.
+pub fn build_initrds_with(
+    i: &NestedInputs,
+    payload: Vec<(PathBuf, String)>,
+    l1_manifest: &str,
+    out_name: &str,
+) -> Result<PathBuf, String> {
     let modules = i.kernel.parent().map(Path::to_path_buf).unwrap_or_default();
     let l2 = i.out_dir.join("nested-l2.cpio.gz");
     rootfs::build(&BuildOptions {
@@ -196,10 +220,10 @@ pub fn build_initrds(i: &NestedInputs) -> Result<PathBuf, String> {
         (i.kernel.to_path_buf(), "/l2/vmlinuz".to_string()),
         (l2, "/l2/initrd.gz".to_string()),
     ];
-    extra.extend(qemu_payload(i.qemu)?);
-    let out = i.out_dir.join("nested-l1.cpio.gz");
+    extra.extend(payload);
+    let out = i.out_dir.join(out_name);
     rootfs::build(&BuildOptions {
-        manifest: i.tree.join("rootfs/lab-nested.toml"),
+        manifest: i.tree.join(l1_manifest),
         kernel_modules: Some(modules),
         out: out.clone(),
         agent: Some(i.agent.to_path_buf()),

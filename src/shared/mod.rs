@@ -7,6 +7,7 @@
 //! | [`mdev`] | `vfioctl mdev types/create/list/remove`: mediated device types and instances |
 //! | [`backend`] | iommufd vs VFIO groups: what the host kernel and QEMU offer, the choice |
 //! | [`readiness`] | `check`'s SR-IOV readiness and NVIDIA per-VF vGPU type checks |
+//! | [`lab`] | the SR-IOV nested lab scenario: QEMU arguments, L1 script, verdict |
 //! | [`ledger`] | what vfioctl created (VFs, mdevs), kept in the bind ledger, and `restore` |
 //! | [`stack`] | lab stacks (system QEMU 7.2 + 6.1, modern QEMU 10 + 6.12) and the versions reports record |
 //! | [`error`] | [`SharedError`] |
@@ -16,6 +17,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod lab;
 pub mod ledger;
 pub mod mdev;
 pub mod readiness;
