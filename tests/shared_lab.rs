@@ -23,7 +23,8 @@ use vfioctl::agent::{AgentClient, Transport};
 use vfioctl::regress::nested;
 use vfioctl::shared::{lab, stack};
 use vfioctl::vm::lifecycle;
-use vfioctl::vm::profile::{Profile, Ready, VsockChoice};
+use vfioctl::vm::profile::{AccelChoice, Profile, Ready, VsockChoice};
+use vfioctl_testkit::prereq::{self, Missing};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -105,6 +106,9 @@ async fn sriov_vf_created_in_l1_reaches_l2_and_restore_removes_it() {
         qemu: st.qemu.clone(),
         ready: Ready::Agent,
         vsock: VsockChoice::Auto,
+        // The lab is TCG (LAB.md fact 7): QEMU 10 with -cpu host passes the KVM probe on
+        // these machines, but its guests never boot.
+        accel: AccelChoice::Tcg,
         boot_timeout: 900,
         qemu_args,
         ..Profile::default()
