@@ -86,10 +86,14 @@ impl BackendFacts {
     pub fn gather(root: &SysRoot, qemu: Option<&Path>) -> BackendFacts {
         BackendFacts {
             dev_iommu: root.exists_nofollow("/dev/iommu"),
-            vfio_cdev: root.is_dir("/sys/class/vfio-dev")
-                || root
-                    .list_opt("/dev/vfio/devices")
-                    .is_ok_and(|v| !v.is_empty()),
+            // The class exists on every 6.x kernel; the cdevs only with
+            // CONFIG_VFIO_DEVICE_CDEV, which gives the devices a number (`dev`) and the
+            // /dev/vfio/devices directory.
+            vfio_cdev: root.is_dir("/dev/vfio/devices")
+                || root.list_opt("/sys/class/vfio-dev").is_ok_and(|v| {
+                    v.iter()
+                        .any(|n| root.exists(format!("/sys/class/vfio-dev/{n}/dev")))
+                }),
             vfio_container: root.exists_nofollow("/dev/vfio/vfio"),
             qemu_iommufd: qemu.map(qemu_has_iommufd),
         }
@@ -191,6 +195,11 @@ pub fn verify_cdevs(
     let mut out = Vec::new();
     for b in members {
         for n in root.list_opt(format!("{}/vfio-dev", b.sysfs_path()))? {
+            // Without CONFIG_VFIO_DEVICE_CDEV (Debian's 6.12) the vfio-dev device exists
+            // but has no device number (`dev`), and there is no node to wait for.
+            if !root.exists(format!("{}/vfio-dev/{n}/dev", b.sysfs_path())) {
+                continue;
+            }
             let c = format!("/dev/vfio/devices/{n}");
             if !root.exists_nofollow(&c) {
                 let group = root
