@@ -349,7 +349,7 @@ fn base_that_is_not_qemu_or_not_toml() {
 #[test]
 fn readme_examples_run() {
     let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/commands/kata.md")).unwrap();
     let start = readme.find("<!-- section: kata -->").expect("kata section");
     let rest = &readme[start + 1..];
     let section = &rest[..rest.find("<!-- section:").unwrap_or(rest.len())];

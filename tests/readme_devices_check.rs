@@ -1,4 +1,4 @@
-//! The `vfioctl devices` / `vfioctl check` examples in README.md (section
+//! The `vfioctl devices` / `vfioctl check` examples in docs/commands/devices-check.md (section
 //! `devices-check`) are run against the fixtures, so they cannot rot.
 //!
 //! A ```console block starts with `$ vfioctl ARGS` (optionally `# exit N`); the lines
@@ -16,7 +16,7 @@ struct Example {
 
 fn examples() -> Vec<Example> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(root.join("docs/commands/devices-check.md")).unwrap();
     let start = readme
         .find("<!-- section: devices-check -->")
         .expect("README section marker");

@@ -119,7 +119,7 @@ fn systemd_units_pass_systemd_analyze_verify_and_find_vfioctl_on_path() {
 /// pass kubernetes-validate (PyPI, offline schemas) and kubectl's own offline parser.
 #[test]
 fn readme_emit_k8s_example_runs() {
-    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo("docs/commands/regress.md")).unwrap();
     let section = readme
         .split("<!-- section: regress -->")
         .nth(1)

@@ -224,7 +224,7 @@ fn cli_build_prints_json_report() {
 #[test]
 fn readme_example_builds() {
     let kernel = require!(prereq::lab_kernel());
-    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(workspace().join("docs/commands/guest.md")).unwrap();
     let line = readme
         .lines()
         .find(|l| l.starts_with("vfioctl rootfs build --manifest rootfs/lab.toml"))

@@ -775,7 +775,7 @@ fn vm_up_on_the_modern_stack_takes_iommufd_automatically() {
 /// lines that follow them.
 #[test]
 fn readme_shared_examples_print_what_the_readme_shows() {
-    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/commands/shared.md")).unwrap();
     let start = readme.find("<!-- section: shared -->").expect("shared section");
     let section = &readme[start..];
     let section = &section[..section.find("## Exit codes").unwrap_or(section.len())];

@@ -8,68 +8,44 @@
 //!   and removes both VFs (PF on igb, no VFs, autoprobe as before). The scenario is
 //!   [`vfioctl::shared::lab`]; the nested machinery is [`vfioctl::regress::nested`].
 //!
-//! Several minutes of nested TCG, so #[ignore] with its command:
-//!   VFIOCTL_SHARED_LAB=1 cargo test --test shared_lab -- --ignored --nocapture
-//! A missing prerequisite (QEMU 10 / kernel 6.12 in $VFIOCTL_LAB, vhost-device-vsock) is
-//! a loud skip, and a failure under VFIOCTL_REQUIRE_LAB=1: it never counts as a pass.
+//! Several minutes of nested TCG: the `nested` tier (`scripts/test --nightly`, or
+//! `cargo test --test shared_lab -- --ignored --nocapture`). A missing prerequisite (QEMU 10
+//! / kernel 6.12 in $VFIOCTL_LAB, vhost-device-vsock, busybox) is a loud skip, and a
+//! failure under VFIOCTL_REQUIRE_LAB=1: it never counts as a pass.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vfioctl::agent::{AgentClient, Transport};
 use vfioctl::regress::nested;
 use vfioctl::shared::{lab, stack};
 use vfioctl::vm::lifecycle;
 use vfioctl::vm::profile::{AccelChoice, Profile, Ready, VsockChoice};
+use vfioctl::vm::VmName;
 use vfioctl_testkit::prereq::{self, Missing};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Skip loudly, or fail when the lab is required.
-fn missing(test: &str, why: &str) {
-    if std::env::var("VFIOCTL_REQUIRE_LAB").as_deref() == Ok("1") {
-        panic!("VFIOCTL_REQUIRE_LAB=1: {test}: prerequisite missing: {why}");
-    }
-    println!("SKIPPED: {test}: {why}");
-    eprintln!("SKIPPED: {test}: {why}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "nightly tier: VFIOCTL_SHARED_LAB=1 cargo test --test shared_lab -- --ignored"]
+#[ignore = "nightly tier (scripts/test --nightly): SR-IOV through two levels of TCG, about 10 minutes"]
 async fn sriov_vf_created_in_l1_reaches_l2_and_restore_removes_it() {
-    const T: &str = "shared_lab::sriov";
-    if std::env::var("VFIOCTL_SHARED_LAB").as_deref() != Ok("1") {
-        return missing(T, "nightly tier; set VFIOCTL_SHARED_LAB=1 (several minutes of nested TCG)");
-    }
+    vfioctl_testkit::require!(prereq::modern_qemu());
+    vfioctl_testkit::require!(prereq::vsock_backend());
+    vfioctl_testkit::require!(prereq::busybox());
     let labdir = vfioctl::vm::profile::lab_dir();
-    let st = match stack::resolve("modern", &labdir) {
-        Ok(s) => s,
-        Err(e) => return missing(T, &format!("{e} (scripts/setup --modern)")),
-    };
-    if Command::new("sh")
-        .args(["-c", "command -v vhost-device-vsock || test -x $HOME/.cargo/bin/vhost-device-vsock"])
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        return missing(T, "vhost-device-vsock not installed (scripts/setup)");
-    }
-    if !Path::new("/bin/busybox").is_file() {
-        return missing(T, "busybox-static not installed (scripts/setup)");
-    }
+    let st = vfioctl_testkit::require!(stack::resolve("modern", &labdir)
+        .map_err(|e| Missing::new("the modern stack", "scripts/setup --modern").detail(e.to_string())));
     let kernel = st.kernel.clone().expect("modern stack has a kernel");
     let started = Instant::now();
 
     // Initramfs: L2 (busybox listing PCI devices), L1 (agent, igb, vfio, static vfioctl,
     // QEMU 10 with its libraries and firmware, L2 kernel + initrd).
     let work = tempfile::tempdir().unwrap();
-    let agent = vfioctl::rootfs::agent_bin::build_static(&repo()).expect("static agent");
-    let vfioctl_bin = nested::static_vfioctl(&repo()).expect("static vfioctl");
+    let agent = vfioctl_testkit::build::static_agent();
+    let vfioctl_bin = vfioctl_testkit::build::static_vfioctl();
     let qdir = labdir.join("stacks/qemu-10");
     let payload = nested::qemu_payload_from(
         &st.qemu,
@@ -96,8 +72,10 @@ async fn sriov_vf_created_in_l1_reaches_l2_and_restore_removes_it() {
     let h = common::Harness::new("shared_lab_sriov");
     let mut qemu_args = st.qemu_args();
     qemu_args.extend(lab::sriov_l1_qemu_args());
+    let name: VmName = "sriov".parse().unwrap();
     let profile = Profile {
-        name: "sriov".into(),
+        name: name.to_string(),
+        agent_exec: true,
         vcpus: 2,
         memory: "2G".into(),
         kernel: Some(kernel.clone()),
@@ -120,10 +98,9 @@ async fn sriov_vf_created_in_l1_reaches_l2_and_restore_removes_it() {
     let rec = up.expect("L1 up with the agent answering");
     let booted = started.elapsed();
     let versions = stack::versions(&st.qemu, Some(&kernel), "seabios", &rec.accel.to_string());
-    let transport: Transport = rec.agent.clone().expect("agent transport");
     let script = lab::sriov_l1_script(1200);
     let reply = tokio::task::spawn_blocking(move || {
-        let mut c = AgentClient::connect(&transport, Duration::from_secs(60)).expect("agent connect");
+        let mut c = vfioctl::vm::guest::connect(&rec, Duration::from_secs(60)).expect("agent connect");
         c.exec(&["/bin/busybox", "sh", "-c", &script], Duration::from_secs(1500), 1 << 20)
             .expect("agent exec")
     })
@@ -148,6 +125,6 @@ async fn sriov_vf_created_in_l1_reaches_l2_and_restore_removes_it() {
             reply.stdout, reply.stderr
         ),
     }
-    let down = lifecycle::down(&h.env, "sriov", Duration::from_secs(10)).await;
+    let down = lifecycle::down(&h.env, &name, Duration::from_secs(10)).await;
     assert!(down.is_ok(), "{down:?}");
 }

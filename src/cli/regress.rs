@@ -20,7 +20,7 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<RegressCommand>,
 
-    /// The plan file (TOML); see the README section `regress`.
+    /// The plan file (TOML); see docs/commands/regress.md.
     #[arg(required = true, value_name = "PLAN")]
     pub plan: Option<PathBuf>,
 

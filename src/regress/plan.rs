@@ -85,7 +85,7 @@ impl crate::Diagnose for PlanError {
                 Some("pass the path of a plan TOML file, e.g. scripts/lab-plan.toml".into())
             }
             PlanError::Syntax { .. } => Some(
-                "see `vfioctl regress --help` and the README section `regress` for the plan format"
+                "see `vfioctl regress --help` and docs/commands/regress.md for the plan format"
                     .into(),
             ),
             PlanError::Invalid { .. } => None,

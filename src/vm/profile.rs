@@ -288,7 +288,7 @@ impl crate::Diagnose for ProfileError {
             ProfileError::Invalid { message, .. } if message.contains("kernel") => Some(
                 "run scripts/setup (fetches the lab kernel into .lab/) or pass --kernel".into(),
             ),
-            _ => Some("see `vfioctl vm up --help` and the README's vm section".into()),
+            _ => Some("see `vfioctl vm up --help` and docs/commands/vm.md".into()),
         }
     }
 }
