@@ -644,7 +644,8 @@ fn iommu_off_host_says_how_to_turn_it_on() {
 #[test]
 fn readme_bind_example_is_what_vfioctl_prints() {
     let readme =
-        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/commands/bind.md")).unwrap();
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/commands/bind.md"))
+            .unwrap();
     let block = readme
         .split("<!-- bind-example -->\n```console\n")
         .nth(1)

@@ -348,8 +348,10 @@ fn base_that_is_not_qemu_or_not_toml() {
 /// unless the line says `# exit N`; the ctr line shown is what --explain prints.
 #[test]
 fn readme_examples_run() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/commands/kata.md")).unwrap();
+    let readme = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/commands/kata.md"),
+    )
+    .unwrap();
     let start = readme.find("<!-- section: kata -->").expect("kata section");
     let rest = &readme[start + 1..];
     let section = &rest[..rest.find("<!-- section:").unwrap_or(rest.len())];

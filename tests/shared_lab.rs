@@ -36,8 +36,12 @@ async fn sriov_vf_created_in_l1_reaches_l2_and_restore_removes_it() {
     vfioctl_testkit::require!(prereq::vsock_backend());
     vfioctl_testkit::require!(prereq::busybox());
     let labdir = vfioctl::vm::profile::lab_dir();
-    let st = vfioctl_testkit::require!(stack::resolve("modern", &labdir)
-        .map_err(|e| Missing::new("the modern stack", "scripts/setup --modern").detail(e.to_string())));
+    let st =
+        vfioctl_testkit::require!(stack::resolve("modern", &labdir).map_err(|e| Missing::new(
+            "the modern stack",
+            "scripts/setup --modern"
+        )
+        .detail(e.to_string())));
     let kernel = st.kernel.clone().expect("modern stack has a kernel");
     let started = Instant::now();
 
@@ -100,9 +104,14 @@ async fn sriov_vf_created_in_l1_reaches_l2_and_restore_removes_it() {
     let versions = stack::versions(&st.qemu, Some(&kernel), "seabios", &rec.accel.to_string());
     let script = lab::sriov_l1_script(1200);
     let reply = tokio::task::spawn_blocking(move || {
-        let mut c = vfioctl::vm::guest::connect(&rec, Duration::from_secs(60)).expect("agent connect");
-        c.exec(&["/bin/busybox", "sh", "-c", &script], Duration::from_secs(1500), 1 << 20)
-            .expect("agent exec")
+        let mut c =
+            vfioctl::vm::guest::connect(&rec, Duration::from_secs(60)).expect("agent connect");
+        c.exec(
+            &["/bin/busybox", "sh", "-c", &script],
+            Duration::from_secs(1500),
+            1 << 20,
+        )
+        .expect("agent exec")
     })
     .await
     .unwrap();

@@ -392,6 +392,13 @@ impl Run<'_> {
                     .collect();
                 let n = group_node(root, *group, &bdfs)?;
                 self.group_nodes.push(n);
+                // On a kernel with VFIO device cdevs (iommufd), each bound function's
+                // /dev/vfio/devices/vfioN must exist too: that is what an iommufd VM opens.
+                for n in crate::shared::backend::verify_cdevs(root, &bdfs)? {
+                    if !self.group_nodes.contains(&n) {
+                        self.group_nodes.push(n);
+                    }
+                }
             }
             Step::Persist { bdf, to } => {
                 let to = self.resolve(to);
@@ -404,21 +411,6 @@ impl Run<'_> {
                 }
                 ledger.save()?;
                 tracing::debug!("ledger updated");
-            }
-            // On a kernel with VFIO device cdevs (iommufd), each bound function's
-            // /dev/vfio/devices/vfioN must exist too: that is what an iommufd VM opens.
-            match crate::shared::backend::verify_cdevs(root, &bdfs) {
-                Ok(nodes) => {
-                    for n in nodes {
-                        if !group_nodes.contains(&n) {
-                            group_nodes.push(n);
-                        }
-                    }
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
             }
         }
         Ok(())

@@ -180,8 +180,8 @@ fn config(ctx: &Context, a: ConfigArgs) -> Result<Exit, Failure> {
         backend::choose(a.vfio_backend, &facts)?
     };
     let mut outcome = outcome;
+    let device_nodes = kata::device_nodes(&ctx.root, &outcome.selection, backend);
     if backend != crate::shared::VfioBackend::Group {
-        let device_nodes = kata::device_nodes(&ctx.root, &outcome.selection, backend);
         outcome.try_commands = kata::try_commands_with(
             &outcome.target.target,
             &outcome.selection,

@@ -176,7 +176,10 @@ mod tests {
     fn verdict_passes_when_l2_lists_the_vf_and_l1_is_restored() {
         let v = sriov_verdict(GOOD).unwrap();
         assert!(v.contains("L2 lists 0000:01:00.0 8086:10ca"), "{v}");
-        assert!(v.contains("bound 0000:01:10.0 to vfio-pci (group 4)"), "{v}");
+        assert!(
+            v.contains("bound 0000:01:10.0 to vfio-pci (group 4)"),
+            "{v}"
+        );
     }
 
     #[test]
@@ -184,10 +187,22 @@ mod tests {
         let cases = [
             ("create rc=0 numvfs=2", "create rc=1 numvfs=0", "vf create"),
             ("vf0_driver=none", "vf0_driver=igbvf", "autoprobe off"),
-            ("bind rc=0 vf=0000:01:10.0 driver=vfio-pci", "bind rc=6 vf=0000:01:10.0 driver=none", "did not leave"),
+            (
+                "bind rc=0 vf=0000:01:10.0 driver=vfio-pci",
+                "bind rc=6 vf=0000:01:10.0 driver=none",
+                "did not leave",
+            ),
             ("@@ l2-done\n", "", "did not finish"),
-            ("01:00.0 8086:10ca", "01:00.0 8086:10c9", "lists no 8086:10ca"),
-            ("restore rc=0 pf_driver=igb numvfs=0 autoprobe=1 vfs=0", "restore rc=7 pf_driver=igb numvfs=2 autoprobe=0 vfs=2", "restore --all left"),
+            (
+                "01:00.0 8086:10ca",
+                "01:00.0 8086:10c9",
+                "lists no 8086:10ca",
+            ),
+            (
+                "restore rc=0 pf_driver=igb numvfs=0 autoprobe=1 vfs=0",
+                "restore rc=7 pf_driver=igb numvfs=2 autoprobe=0 vfs=2",
+                "restore --all left",
+            ),
         ];
         for (from, to, want) in cases {
             let e = sriov_verdict(&GOOD.replace(from, to)).unwrap_err();

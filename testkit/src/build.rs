@@ -19,6 +19,16 @@ use crate::prereq::repo;
 /// The target triple of the static builds.
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 
+/// Where cargo puts this workspace's builds: `$CARGO_TARGET_DIR` when set (relative to the
+/// workspace, as cargo reads it), else `target/`.
+pub fn target_dir() -> PathBuf {
+    let ws = repo();
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => ws.join(d),
+        _ => ws.join("target"),
+    }
+}
+
 fn cargo(workspace: &Path, what: &str, env: &[(&str, String)], args: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut c = Command::new(&cargo);
@@ -50,7 +60,7 @@ pub fn static_agent() -> PathBuf {
             &[("RUSTFLAGS", "-C target-feature=+crt-static".into())],
             &["--profile", "agent", "-p", "vfioctl-agent"],
         );
-        let p = ws.join("target").join(TARGET).join("agent/vfioctl-agent");
+        let p = target_dir().join(TARGET).join("agent/vfioctl-agent");
         assert!(p.is_file(), "{} missing after the build", p.display());
         p
     })
@@ -63,7 +73,7 @@ pub fn static_vfioctl() -> PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
         let ws = repo();
-        let dir = ws.join("target/nopie");
+        let dir = target_dir().join("nopie");
         cargo(
             &ws,
             "static vfioctl",
