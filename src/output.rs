@@ -47,15 +47,82 @@ pub mod pci_id {
 /// The JSON Schema of each `--json` output, generated from the types that print it:
 /// `(file stem under schemas/, schema)`. `tests/json_schemas.rs` keeps `schemas/` equal
 /// to this (`UPDATE_SCHEMAS=1` rewrites it) and validates each command's real output.
+///
+/// The schemas describe what vfioctl *prints* (schemars' serialize contract): a field
+/// left out when empty is optional, an `Option` printed as `null` is required.
 pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
-    use schemars::schema_for;
+    fn schema<T: schemars::JsonSchema + ?Sized>() -> schemars::Schema {
+        schemars::generate::SchemaSettings::draft2020_12()
+            .for_serialize()
+            .into_generator()
+            .into_root_schema_for::<T>()
+    }
     vec![
-        ("devices", schema_for!(Vec<crate::pci::list::DeviceEntry>)),
-        ("check", schema_for!(crate::host::CheckReport)),
-        ("validate", schema_for!(crate::agent::validate::Report)),
-        ("regress", schema_for!(crate::regress::RunResults)),
-        ("error", schema_for!(crate::cli::ErrorReport)),
+        ("devices", schema::<Vec<crate::pci::list::DeviceEntry>>()),
+        ("check", schema::<crate::host::CheckReport>()),
+        ("validate", schema::<crate::agent::validate::Report>()),
+        ("regress", schema::<crate::regress::RunResults>()),
+        ("error", schema::<crate::cli::ErrorReport>()),
+        ("bind", schema::<crate::cli::bind::BindOutput<'static>>()),
+        (
+            "unbind",
+            schema::<crate::cli::bind::RestoreOutput<'static>>(),
+        ),
+        (
+            "restore",
+            schema::<crate::cli::bind::RestoreOutput<'static>>(),
+        ),
+        ("vm-up", schema::<crate::vm::state::VmRecord>()),
+        ("vm-up-dry-run", schema::<crate::cli::vm::DryRunOutput>()),
+        ("vm-status", schema::<crate::vm::lifecycle::Status>()),
+        ("vm-list", schema::<Vec<crate::cli::vm::ListRow>>()),
+        ("vm-plan", schema::<crate::vm::ports::Plan>()),
+        ("vm-plug", schema::<crate::cli::vm::PlugOutput>()),
+        ("vm-unplug", schema::<crate::cli::vm::UnplugOutput>()),
+        ("vm-down", schema::<crate::vm::lifecycle::DownReport>()),
+        ("kata-config", schema::<crate::cli::kata::ConfigOutput>()),
+        (
+            "kata-config-drop-in",
+            schema::<crate::cli::kata::DropInOutput>(),
+        ),
+        (
+            "kernel-build",
+            schema::<crate::kernel::build::BuildResult>(),
+        ),
+        ("kernel-verify", schema::<crate::kernel::verify::Report>()),
+        ("kernel-lock", schema::<crate::kernel::lock::LockUpdate>()),
+        (
+            "rootfs-build",
+            schema::<crate::rootfs::build::BuildReport>(),
+        ),
+        ("vf-list", schema::<Vec<crate::shared::sriov::PfStatus>>()),
+        ("vf-status", schema::<crate::shared::sriov::PfStatus>()),
+        ("vf-create-dry-run", schema::<crate::cli::vf::DryRun>()),
+        ("vf-remove", schema::<crate::shared::sriov::RemoveReport>()),
+        ("mdev-types", schema::<Vec<crate::shared::mdev::MdevType>>()),
+        ("mdev-create", schema::<crate::shared::mdev::MdevDevice>()),
+        (
+            "mdev-create-dry-run",
+            schema::<crate::cli::mdev::CreateDryRun>(),
+        ),
+        (
+            "mdev-list",
+            schema::<Vec<crate::shared::mdev::MdevDevice>>(),
+        ),
+        ("mdev-remove", schema::<crate::cli::mdev::RemoveOutput>()),
+        ("snapshot", schema::<crate::snapshot::Report>()),
+        (
+            "snapshot-replay",
+            schema::<crate::cli::snapshot::ReplayOutput>(),
+        ),
     ]
+}
+
+/// `value` as a JSON value, every object's keys in sorted order (serde_json's map). The
+/// outputs that used to be built with `serde_json::json!` printed their keys sorted, at
+/// every level; their typed structs print through this to keep the same JSON.
+pub fn sorted<T: Serialize>(value: &T) -> Result<serde_json::Value, crate::Failure> {
+    serde_json::to_value(value).map_err(|e| crate::Failure::new(crate::Exit::Infrastructure, e))
 }
 
 /// A warning for the person running the command (stderr; not with `-q`).

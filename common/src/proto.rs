@@ -386,6 +386,7 @@ impl Reply {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HelloReply {
     pub agent_version: String,
     pub protocol_version: u8,
@@ -407,6 +408,7 @@ pub struct HelloReply {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ModuleLoad {
     pub path: String,
     /// `loaded`, `already loaded`, or the error.

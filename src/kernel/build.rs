@@ -74,7 +74,7 @@ pub enum Progress {
 }
 
 /// What a build produced.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct BuildResult {
     pub out: PathBuf,
     /// True when the cache answered and nothing was rebuilt.

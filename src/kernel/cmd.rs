@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use super::error::{io, KernelError};
 
 /// A command line with its environment and working directory.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Cmd {
     pub program: String,
     pub args: Vec<String>,

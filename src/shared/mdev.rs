@@ -26,7 +26,9 @@ const BUS: &str = "/sys/class/mdev_bus";
 const DEVICES: &str = "/sys/bus/mdev/devices";
 
 /// A mediated device's UUID, validated and lower-cased (the kernel's form).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct MdevUuid(String);
 
@@ -140,7 +142,7 @@ fn check_type(type_id: &str) -> Result<(), SharedError> {
 }
 
 /// One mdev type of one parent (`vfioctl mdev types --json`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct MdevType {
     pub parent: String,
     pub type_id: String,
@@ -154,7 +156,7 @@ pub struct MdevType {
 }
 
 /// One mediated device (`vfioctl mdev list --json`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct MdevDevice {
     pub uuid: String,
     pub parent: Option<String>,

@@ -18,7 +18,7 @@ use vfioctl_common::SysRoot;
 
 use super::profile::AccelChoice;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
     Kvm,
@@ -35,7 +35,7 @@ impl std::fmt::Display for Accel {
 }
 
 /// What the probe found.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AccelProbe {
     pub accel: Accel,
     /// Why KVM is not used, shown to the user as a warning.
@@ -223,7 +223,7 @@ fn resolve_in_path(qemu: &Path) -> Option<std::path::PathBuf> {
 }
 
 /// A probe verdict as cached: `Ok` when QEMU ran a KVM vCPU, else why not.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CachedProbe {
     pub qemu: String,
     pub verdict: Result<(), String>,

@@ -591,7 +591,7 @@ async fn wait_ready(
 }
 
 /// What `vm down` did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct DownReport {
     pub name: String,
     /// State before `down` (`None`: there was no such VM, nothing to do).
@@ -736,7 +736,7 @@ async fn down_locked(env: &Env, rd: &RunDir, powerdown: Duration) -> Result<Down
 
 /// What QMP says about a running VM: `vm status` does not report a VM `ready` on the word
 /// of its state file alone.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Health {
     /// QEMU answered `query-status`: its run state (`running`, `paused`, ...).
@@ -808,7 +808,7 @@ pub async fn health(rec: &VmRecord, limit: Duration) -> Health {
 }
 
 /// `vm status` / `vm list` rows.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Status {
     pub name: String,
     pub state: VmState,
