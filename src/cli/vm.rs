@@ -526,17 +526,34 @@ fn up(ctx: &Context, a: UpArgs) -> Result<Exit, Failure> {
     }
     // SIGINT/SIGTERM: stop what this command started, then exit 130/143.
     crate::interrupt::install()?;
+    // Phases as the library observes them: the spinner names the current one, and a
+    // line per phase reached stays above it (only at a terminal, not with -q).
     let spinner = crate::output::Progress::spinner(
         ctx,
         format!(
-            "vm {}: QEMU ({}), firmware, kernel, waiting for the guest ({} s at most)",
+            "vm {}: starting QEMU ({}; {} s at most)",
             profile.name, probe.accel, profile.boot_timeout
         ),
     );
-    let rec = runtime()?.block_on(lifecycle::up_until(
+    let started = std::time::Instant::now();
+    let observe = |p: lifecycle::BootPhase| {
+        if spinner.is_visible() {
+            spinner.println(
+                ctx,
+                format!(
+                    "vm {}: {p} ({})",
+                    profile.name,
+                    crate::output::human_duration(started.elapsed())
+                ),
+            );
+            spinner.set_message(format!("vm {}: {p}", profile.name));
+        }
+    };
+    let rec = runtime()?.block_on(lifecycle::up_observed(
         &env,
         &profile,
         crate::interrupt::wait(),
+        &observe,
     ));
     spinner.finish();
     let rec = rec?;
