@@ -162,6 +162,21 @@ pub fn human_duration(d: std::time::Duration) -> String {
 /// Every method is a no-op when hidden, so callers report progress unconditionally.
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    /// A spinner switched to counting (see [`Progress::count`]).
+    counting: std::sync::atomic::AtomicBool,
+}
+
+fn spinner_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+}
+
+fn bar_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {pos}/{len} ({elapsed}, about {eta} left)",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ")
 }
 
 impl Progress {
@@ -174,38 +189,66 @@ impl Progress {
     pub fn spinner(ctx: &Context, msg: impl Into<String>) -> Self {
         let bar = Self::visible(ctx).then(|| {
             let b = indicatif::ProgressBar::new_spinner();
-            b.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-            );
+            b.set_style(spinner_style());
             b.set_message(msg.into());
             b.enable_steady_tick(std::time::Duration::from_millis(120));
             b
         });
-        Self { bar }
+        Self {
+            bar,
+            counting: Default::default(),
+        }
     }
 
     /// A bar of `len` steps (objects compiled, scenarios run).
     pub fn bar(ctx: &Context, len: u64, msg: impl Into<String>) -> Self {
         let bar = Self::visible(ctx).then(|| {
             let b = indicatif::ProgressBar::new(len);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {pos}/{len} ({elapsed}, about {eta} left)",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
+            b.set_style(bar_style());
             b.set_message(msg.into());
             b.enable_steady_tick(std::time::Duration::from_millis(250));
             b
         });
-        Self { bar }
+        Self {
+            bar,
+            counting: Default::default(),
+        }
     }
 
     /// A hidden one (for callers that have no context).
     pub fn hidden() -> Self {
-        Self { bar: None }
+        Self {
+            bar: None,
+            counting: Default::default(),
+        }
+    }
+
+    /// A spinner's phase that can be counted (objects compiled): draw it as a bar at
+    /// `pos` of `len` until [`uncount`](Self::uncount).
+    pub fn count(&self, pos: u64, len: u64) {
+        if let Some(b) = &self.bar {
+            if !self
+                .counting
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                b.set_style(bar_style());
+            }
+            b.set_length(len);
+            b.set_position(pos);
+        }
+    }
+
+    /// Back to a spinner after [`count`](Self::count).
+    pub fn uncount(&self) {
+        if let Some(b) = &self.bar {
+            if self
+                .counting
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                b.set_style(spinner_style());
+                b.set_position(0);
+            }
+        }
     }
 
     pub fn is_visible(&self) -> bool {
