@@ -338,15 +338,21 @@ async fn watch_serial(
     waiting_for: String,
     observe: &(dyn Fn(BootPhase) + Send + Sync),
 ) -> std::convert::Infallible {
+    use std::io::{Read, Seek, SeekFrom};
     let mut reported = 0u8;
-    let mut offset = 0usize;
+    let mut offset = 0u64;
     loop {
         if reported < 2 {
-            let text = std::fs::read(log).unwrap_or_default();
-            // Scan only what is new, with an overlap for a marker split across reads.
-            let from = offset.saturating_sub(64).min(text.len());
-            let new = String::from_utf8_lossy(&text[from..]);
-            offset = text.len();
+            // Read only what is new, with an overlap for a marker split across reads.
+            let from = offset.saturating_sub(64);
+            let mut text = Vec::new();
+            if let Ok(mut f) = std::fs::File::open(log) {
+                if f.seek(SeekFrom::Start(from)).is_ok() {
+                    let _ = f.read_to_end(&mut text);
+                }
+            }
+            offset = offset.max(from + text.len() as u64);
+            let new = String::from_utf8_lossy(&text);
             if reported == 0 && new.contains(KERNEL_BANNER) {
                 reported = 1;
                 observe(BootPhase::Kernel);
