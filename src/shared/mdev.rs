@@ -26,11 +26,22 @@ const BUS: &str = "/sys/class/mdev_bus";
 const DEVICES: &str = "/sys/bus/mdev/devices";
 
 /// A mediated device's UUID, validated and lower-cased (the kernel's form).
-#[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct MdevUuid(String);
+
+impl schemars::JsonSchema for MdevUuid {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MdevUuid".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A mediated device's UUID, lower-case (the kernel's form).",
+            "type": "string",
+            "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+        })
+    }
+}
 
 impl MdevUuid {
     /// A random (version 4) UUID.
