@@ -233,15 +233,7 @@ pub const BUILD_TIMESTAMP: &str = "2026-01-01 00:00:00";
 
 /// The compile step: pinned build identity (reproducible, ccache-friendly), empty
 /// LOCALVERSION (the fragment's CONFIG_LOCALVERSION names it), `nice`.
-pub fn compile_cmd(
-    tree: &Path,
-    obj: &Path,
-    arch: &str,
-    jobs: u32,
-    cc: &str,
-    nice: i32,
-    lab: &Path,
-) -> Cmd {
+pub fn compile_cmd(tree: &Path, obj: &Path, arch: &str, jobs: u32, cc: &str, nice: i32) -> Cmd {
     let mut c = make(tree, obj, arch)
         .arg(format!("-j{jobs}"))
         .arg(format!("CC={cc}"))
@@ -253,9 +245,13 @@ pub fn compile_cmd(
         // builds of the same inputs differ.
         .env("KBUILD_BUILD_VERSION", "1");
     if cc.starts_with("ccache") {
-        // Objects of every flavour's O= dir sit at the same depth under the lab, so
-        // relative paths (and ccache hits) are shared between flavours.
-        c = c.env("CCACHE_BASEDIR", lab.display().to_string());
+        // No path rewriting, whatever ccache.conf says: with a base_dir, ccache hands gcc
+        // relative source paths, kbuild's `-fmacro-prefix-map=$(srctree)/=` no longer
+        // matches, and every `__FILE__` (WARN, BUG, pr_* sites) embeds
+        // `../../../kernel-src/...`: a ccache build and a plain one differed by 36 KB of
+        // .rodata (tests/kernel_repro.rs). Flavours share few objects anyway: each one's
+        // autoconf.h is in every compile.
+        c = c.env("CCACHE_BASEDIR", "");
     }
     c.niced(nice)
 }
@@ -425,7 +421,8 @@ impl Inputs {
 
     /// The hash over every input that can change the artefacts: pins, the source
     /// (checksum and version), fragments, allowlist, patches, NVIDIA mode. Not the
-    /// compiler wrapper: ccache gives the same bytes as gcc.
+    /// compiler wrapper: ccache gives the same bytes as gcc (v3: since ccache runs without
+    /// a base_dir; v2 builds through ccache embedded relative `__FILE__` paths).
     fn key(
         &self,
         opts: &BuildOptions,
@@ -433,7 +430,7 @@ impl Inputs {
         nv_patches: &[FragmentInfo],
     ) -> Result<String, KernelError> {
         let mut key_src = format!(
-            "vfioctl-kernel v2\n{}\nsource {:?} {}\nallow {}\nnvidia {:?}\n",
+            "vfioctl-kernel v3\n{}\nsource {:?} {}\nallow {}\nnvidia {:?}\n",
             self.pins_text,
             tree.info.sha256,
             tree.version,
@@ -750,7 +747,7 @@ fn compile_and_install(
     let mut total = objects_total(&tree.dir, obj, &c.cfg);
     let mut done = 0u64;
     (ph.progress)(Progress::Objects { done, total });
-    compile_cmd(&tree.dir, obj, arch, opts.jobs, cc, opts.nice, &dirs.lab).run_logged_lines(
+    compile_cmd(&tree.dir, obj, arch, opts.jobs, cc, opts.nice).run_logged_lines(
         "compile",
         &dirs.log("compile"),
         Some(&mut |line: &str| {
@@ -1229,11 +1226,10 @@ mod tests {
             2,
             "ccache gcc",
             10,
-            Path::new("/lab"),
         );
         assert_eq!(
             c.render(),
-            "KBUILD_BUILD_TIMESTAMP='2026-01-01 00:00:00' KBUILD_BUILD_USER=vfioctl KBUILD_BUILD_HOST=vfioctl KBUILD_BUILD_VERSION=1 CCACHE_BASEDIR=/lab nice -n 10 make -C /s O=/o ARCH=x86_64 -j2 'CC=ccache gcc' LOCALVERSION="
+            "KBUILD_BUILD_TIMESTAMP='2026-01-01 00:00:00' KBUILD_BUILD_USER=vfioctl KBUILD_BUILD_HOST=vfioctl KBUILD_BUILD_VERSION=1 CCACHE_BASEDIR='' nice -n 10 make -C /s O=/o ARCH=x86_64 -j2 'CC=ccache gcc' LOCALVERSION="
         );
     }
 }
