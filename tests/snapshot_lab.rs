@@ -38,12 +38,12 @@ fn repo() -> PathBuf {
 
 fn initramfs(lab: &common::Lab, dir: &Path) -> PathBuf {
     let out = dir.join("snapshot-lab.cpio.gz");
-    let vfioctl = vfioctl::regress::nested::static_vfioctl(&repo()).expect("static vfioctl");
+    let vfioctl = vfioctl_testkit::build::static_vfioctl();
     let opts = vfioctl::rootfs::build::BuildOptions {
         manifest: repo().join("tests/lab/lab-bind.toml"),
         kernel_modules: Some(lab.kernel.parent().unwrap().to_path_buf()),
         out: out.clone(),
-        agent: Some(vfioctl::rootfs::agent_bin::build_static(&repo()).expect("static agent")),
+        agent: Some(vfioctl_testkit::build::static_agent()),
         extra: vec![
             (vfioctl, "/bin/vfioctl".into()),
             (repo().join("tests/lab/snapshot-guest.sh"), "/lab.sh".into()),

@@ -33,7 +33,7 @@ use crate::qmp::Qmp;
 use crate::rootfs::{self, agent_bin, BuildOptions};
 use crate::vm::profile::{lab_kernel, DeviceEntry, GpuSpec, PlugWhen, Profile, Ready};
 use crate::vm::{lifecycle, plug, process, Env, Firmware as VmFirmware, VmError, VmName, VmRecord};
-use crate::{Context, Exit, Failure};
+use crate::{Context, Diagnose, Exit, Failure};
 
 /// A host device picked by a scenario, with its IOMMU group.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,7 +119,13 @@ pub struct LabBackend {
     nested: OnceLock<Result<PathBuf, StepFailure>>,
     /// The static guest agent for the initramfs images it builds (`regress --agent`).
     pub agent: Option<PathBuf>,
+    /// The static vfioctl for the nested scenario's L1 guest (`regress --static-vfioctl`).
+    pub static_vfioctl: Option<PathBuf>,
 }
+
+/// How to get a static vfioctl for `--static-vfioctl`.
+const STATIC_VFIOCTL_HINT: &str =
+    "build one from a checkout with scripts/build-static-vfioctl (it prints the path to pass)";
 
 impl LabBackend {
     pub fn new(ctx: Context) -> Self {
@@ -130,36 +136,58 @@ impl LabBackend {
             guest: OnceLock::new(),
             nested: OnceLock::new(),
             agent: None,
+            static_vfioctl: None,
         }
     }
 
-    /// The static guest agent for the images this run builds: `--agent PATH`, else
-    /// `vfioctl-agent` next to this vfioctl. Never a cargo build: a regression run must
+    /// The static guest agent for the images this run builds: `--agent PATH`, else an
+    /// installed one ([`agent_bin::installed`]). Never a cargo build: a regression run must
     /// not compile anything in a source tree it happens to sit in.
     pub fn agent_binary(&self) -> Result<PathBuf, StepFailure> {
-        let next_to_exe = || {
-            std::env::current_exe()
-                .ok()
-                .and_then(|e| e.parent().map(|d| d.join("vfioctl-agent")))
-                .filter(|p| {
-                    std::fs::read(p).is_ok_and(|b| agent_bin::is_static_elf(&b) == Some(true))
-                })
-        };
-        match &self.agent {
-            Some(p) => agent_bin::resolve(Some(p)).map_err(|e| StepFailure::from(Failure::from(e))),
-            None => next_to_exe().ok_or_else(|| {
+        agent_bin::resolve(self.agent.as_deref()).map_err(|e| match e {
+            rootfs::RootfsError::NoAgent { .. } => {
                 let mut f = StepFailure::new(
                     Exit::Usage,
                     "no guest agent for the lab initramfs: pass --agent PATH or set `initrd` in the plan",
                 );
-                f.hint = Some(format!(
-                    "build it with RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --profile {} --target {} -p vfioctl-agent",
-                    agent_bin::AGENT_PROFILE,
-                    agent_bin::AGENT_TARGET
-                ));
+                f.hint = e.hint();
                 f
-            }),
+            }
+            e => StepFailure::from(Failure::from(e)),
+        })
+    }
+
+    /// The static vfioctl that the nested scenario's L1 guest runs: `--static-vfioctl PATH`,
+    /// else the running vfioctl when it is itself static. Never a cargo build.
+    pub fn static_vfioctl_binary(&self) -> Result<PathBuf, StepFailure> {
+        if let Some(p) = &self.static_vfioctl {
+            return match std::fs::read(p) {
+                Ok(b) if agent_bin::is_static_elf(&b) == Some(true) => Ok(p.clone()),
+                Ok(_) => {
+                    let mut f = fail(
+                        Exit::Usage,
+                        format!("--static-vfioctl {}: not a static executable", p.display()),
+                    );
+                    f.hint = Some(STATIC_VFIOCTL_HINT.into());
+                    Err(f)
+                }
+                Err(e) => Err(fail(
+                    Exit::Usage,
+                    format!("--static-vfioctl {}: {e}", p.display()),
+                )),
+            };
         }
+        std::env::current_exe()
+            .ok()
+            .filter(|e| std::fs::read(e).is_ok_and(|b| agent_bin::is_static_elf(&b) == Some(true)))
+            .ok_or_else(|| {
+                let mut f = fail(
+                    Exit::Usage,
+                    "no static vfioctl for the nested scenario's L1 guest: pass --static-vfioctl PATH",
+                );
+                f.hint = Some(STATIC_VFIOCTL_HINT.into());
+                f
+            })
     }
 
     /// Build the lab initramfs (`rootfs/lab.toml`: the static agent as /init plus the vsock
@@ -207,8 +235,7 @@ impl LabBackend {
                     )
                 })?;
                 let agent = self.agent_binary()?;
-                let vfioctl =
-                    nested::static_vfioctl(&tree).map_err(|e| fail(Exit::Infrastructure, e))?;
+                let vfioctl = self.static_vfioctl_binary()?;
                 nested::build_initrds(&nested::NestedInputs {
                     tree: &tree,
                     kernel,

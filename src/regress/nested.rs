@@ -142,42 +142,6 @@ pub fn qemu_payload_from(
     Ok(v)
 }
 
-/// Build the static, non-PIE vfioctl for the guest (docs/LAB.md fact 6; non-PIE starts about 3x
-/// faster under TCG) in its own target dir; cargo is a no-op when it is current.
-pub fn static_vfioctl(workspace: &Path) -> Result<PathBuf, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(&cargo)
-        .current_dir(workspace)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env("CARGO_TARGET_DIR", workspace.join("target/nopie"))
-        .env(
-            "RUSTFLAGS",
-            "-C target-feature=+crt-static -C relocation-model=static",
-        )
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "--bin",
-            "vfioctl",
-            // A lab binary: with the test-only kill-point hook, which the bind lab's
-            // kill -9 checks drive (never part of a release build).
-            "--features",
-            "fault-injection",
-        ])
-        .output()
-        .map_err(|e| format!("{cargo} build (static vfioctl): {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cargo} build (static vfioctl): {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(workspace.join("target/nopie/x86_64-unknown-linux-gnu/release/vfioctl"))
-}
-
 /// What the nested initramfs build needs.
 pub struct NestedInputs<'a> {
     /// Source tree with rootfs/lab-nested*.toml.
