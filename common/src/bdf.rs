@@ -175,8 +175,16 @@ impl ClassFilter {
     }
 }
 
+/// A device class name that is neither a known family nor a hex class code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown device class {input:?}: use gpu, audio, net, storage, bridge, usb, or a hex class such as 0x0302")]
+pub struct UnknownClass {
+    /// The class as written.
+    pub input: String,
+}
+
 impl FromStr for ClassFilter {
-    type Err = String;
+    type Err = UnknownClass;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s.to_ascii_lowercase().as_str() {
             "gpu" | "display" | "vga" => ClassFilter::Gpu,
@@ -189,13 +197,13 @@ impl FromStr for ClassFilter {
                 let hex = other.strip_prefix("0x").unwrap_or(other);
                 if matches!(hex.len(), 2 | 4 | 6) && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                     ClassFilter::Code {
-                        value: u32::from_str_radix(hex, 16).map_err(|e| e.to_string())?,
+                        // at most 6 hex digits: always a u32
+                        value: u32::from_str_radix(hex, 16)
+                            .map_err(|_| UnknownClass { input: s.into() })?,
                         digits: hex.len() as u8,
                     }
                 } else {
-                    return Err(format!(
-                        "unknown device class {s:?}: use gpu, audio, net, storage, bridge, usb, or a hex class such as 0x0302"
-                    ));
+                    return Err(UnknownClass { input: s.into() });
                 }
             }
         })
@@ -243,9 +251,9 @@ impl FromStr for Selector {
             return class
                 .parse()
                 .map(|class| Selector::Class { class })
-                .map_err(|reason| SelectorError {
+                .map_err(|e: UnknownClass| SelectorError {
                     input: input.into(),
-                    reason,
+                    reason: e.to_string(),
                 });
         }
         if input.contains('.') {

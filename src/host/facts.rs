@@ -39,7 +39,7 @@ pub struct HostFacts {
     /// Whether QEMU can really run a KVM vCPU here: the probe `vm up` uses, cached per
     /// QEMU binary and kernel boot (`crate::vm::accel::kvm_verdict`); `None` when not
     /// known (no QEMU, or a fixture root without a cached verdict).
-    pub kvm_usable: Option<Result<(), String>>,
+    pub kvm_usable: Option<Result<(), crate::vm::accel::KvmUnusable>>,
     /// `/sys/firmware/acpi/tables` exists at all.
     pub acpi_tables: bool,
     pub dmar: bool,

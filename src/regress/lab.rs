@@ -18,8 +18,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use vfioctl_common::pci::device::enumerate;
+use vfioctl_common::pci::{select_among, SelectError};
 use vfioctl_common::proto::Verdict;
-use vfioctl_common::{Bdf, PciDevice, SysRoot};
+use vfioctl_common::{Bdf, PciDevice, Selector, SysRoot};
 
 use super::exec::{Backend, StepCtx};
 use super::nested;
@@ -54,42 +55,36 @@ pub fn keys_for(devices: &[HostDevice]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Resolve a scenario's host selectors against the host's PCI devices.
-pub fn resolve(root: &SysRoot, sc: &Scenario) -> Result<Vec<HostDevice>, String> {
-    let selectors: Vec<_> = sc
+/// Resolve a scenario's host selectors against the host's PCI devices (through
+/// `common`'s device selection; a device that cannot be read is no candidate).
+pub fn resolve(root: &SysRoot, sc: &Scenario) -> Result<Vec<HostDevice>, SelectError> {
+    let selectors: Vec<Selector> = sc
         .devices
         .iter()
         .filter_map(|d| match d {
-            DeviceSpec::Host { selector } => Some(selector),
+            DeviceSpec::Host { selector } => Some(selector.clone()),
             DeviceSpec::Emulated { .. } => None,
         })
         .collect();
     if selectors.is_empty() {
         return Ok(Vec::new());
     }
-    let all = enumerate(root).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for sel in selectors {
-        let mut found = false;
-        for bdf in &all {
-            let Ok(dev) = PciDevice::read(root, *bdf) else {
-                continue;
-            };
-            if sel.matches(dev.bdf, dev.vendor, dev.device, dev.class) {
-                found = true;
-                out.push(HostDevice {
-                    bdf: dev.bdf,
-                    group: dev.iommu_group,
-                });
-            }
-        }
-        if !found {
-            return Err(format!("no PCI device matches {sel} on this host"));
-        }
-    }
-    out.sort_by_key(|d| d.bdf);
-    out.dedup();
-    Ok(out)
+    let readable: Vec<PciDevice> = enumerate(root)?
+        .into_iter()
+        .filter_map(|b| PciDevice::read(root, b).ok())
+        .collect();
+    let candidates: Vec<Bdf> = readable.iter().map(|d| d.bdf).collect();
+    let picked = select_among(root, &selectors, &candidates, "on this host")?;
+    Ok(picked
+        .into_iter()
+        .map(|bdf| HostDevice {
+            bdf,
+            group: readable
+                .iter()
+                .find(|d| d.bdf == bdf)
+                .and_then(|d| d.iommu_group),
+        })
+        .collect())
 }
 
 /// Find an executable on `PATH` (or a path as given).
@@ -244,7 +239,7 @@ impl LabBackend {
                     qemu: &qemu,
                     out_dir: dir,
                 })
-                .map_err(|e| fail(Exit::Infrastructure, e))
+                .map_err(|e| fail(Exit::Infrastructure, e.to_string()))
             })
             .clone()
     }
@@ -481,7 +476,7 @@ impl Backend for LabBackend {
     type Session = LabSession;
 
     fn skip_reason(&self, sc: &Scenario) -> Option<String> {
-        resolve(&self.ctx.root, sc).err()
+        resolve(&self.ctx.root, sc).err().map(|e| e.to_string())
     }
 
     fn keys(&self, sc: &Scenario) -> BTreeSet<String> {
@@ -550,7 +545,8 @@ impl Backend for LabBackend {
                     self.prepare_nested(&kernel, ctx.dir)?;
                 }
                 self.initrd(sc)?;
-                s.host_devices = resolve(&self.ctx.root, sc).map_err(|e| fail(Exit::Usage, e))?;
+                s.host_devices =
+                    resolve(&self.ctx.root, sc).map_err(|e| fail(Exit::Usage, e.to_string()))?;
                 Ok(Some(format!(
                     "qemu {}; {} host device(s)",
                     qemu.display(),
@@ -749,7 +745,7 @@ impl Backend for LabBackend {
                     .map_err(|e| vm_logs(from_diag(e), s.rec.as_ref()))?;
                 let _ = std::fs::write(s.dir.join("nested.log"), &reply.stdout);
                 nested::verdict(&reply.stdout).map(Some).map_err(|why| {
-                    fail(Exit::ValidationFailed, why)
+                    fail(Exit::ValidationFailed, why.reason)
                         .with_log(excerpt("l1-exec", &reply.stdout, 60))
                         .with_log(excerpt("l1-exec-stderr", &reply.stderr, 20))
                 })

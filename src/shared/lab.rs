@@ -9,6 +9,8 @@
 //! verdict over what L1 and L2 printed); the gated test `tests/shared_lab.rs` boots it with
 //! `vfioctl::vm` and the nested-passthrough machinery of [`crate::regress::nested`].
 
+use crate::regress::nested::ScenarioFailed;
+
 /// The PF in L1 (its own root port).
 pub const L1_PF: &str = "0000:01:00.0";
 /// What L2 must see: an 82576 virtual function.
@@ -83,42 +85,42 @@ fn field(out: &str, name: &str, key: &str) -> Option<String> {
 /// What L1 and L2 reported, judged (pure): `Ok(note)` when L1 created 2 driverless VFs,
 /// bound VF 0 to vfio-pci, L2 listed a device with [`VF_ID`], and `restore --all` left
 /// the PF on igb with no VFs and autoprobe as before; else `Err(reason)`.
-pub fn sriov_verdict(out: &str) -> Result<String, String> {
+pub fn sriov_verdict(out: &str) -> Result<String, ScenarioFailed> {
     let f = |n: &str, k: &str| field(out, n, k).unwrap_or_else(|| "?".into());
     if f("before", "pf_driver") != "igb" || f("before", "vfs") != "0" {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L1 did not start with {L1_PF} on igb and no VFs (driver {}, {} VFs)",
             f("before", "pf_driver"),
             f("before", "vfs")
-        ));
+        )));
     }
     if f("create", "rc") != "0" || f("create", "numvfs") != "2" {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L1: vfioctl vf create {L1_PF} --count 2 failed (rc {}, sriov_numvfs {})",
             f("create", "rc"),
             f("create", "numvfs")
-        ));
+        )));
     }
     if f("create", "vf0_id") != VF_ID || f("create", "vf0_driver") != "none" {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L1: VF 0 is {} on {}, expected a driverless {VF_ID} (autoprobe off)",
             f("create", "vf0_id"),
             f("create", "vf0_driver")
-        ));
+        )));
     }
     if f("bind", "rc") != "0" || f("bind", "driver") != "vfio-pci" {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L1: vfioctl bind {} did not leave it on vfio-pci (rc {}, driver {})",
             f("bind", "vf"),
             f("bind", "rc"),
             f("bind", "driver")
-        ));
+        )));
     }
     if !out.lines().any(|l| l.trim() == "@@ l2-done") {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L2 did not finish its device listing (QEMU rc {})",
             f("l2", "rc")
-        ));
+        )));
     }
     let l2: Vec<(&str, &str)> = out
         .lines()
@@ -128,13 +130,13 @@ pub fn sriov_verdict(out: &str) -> Result<String, String> {
         })
         .collect();
     let Some((bdf, _)) = l2.iter().find(|(_, id)| *id == VF_ID) else {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L2 lists no {VF_ID}: {}",
             l2.iter()
                 .map(|(b, id)| format!("{b} {id}"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        ));
+        )));
     };
     if f("restore", "rc") != "0"
         || f("restore", "pf_driver") != "igb"
@@ -142,7 +144,7 @@ pub fn sriov_verdict(out: &str) -> Result<String, String> {
         || f("restore", "vfs") != "0"
         || f("restore", "autoprobe") != f("before", "autoprobe")
     {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L1: vfioctl restore --all left {L1_PF} on {} with {} VFs (sriov_numvfs {}, autoprobe {} -> {}), rc {}",
             f("restore", "pf_driver"),
             f("restore", "vfs"),
@@ -150,7 +152,7 @@ pub fn sriov_verdict(out: &str) -> Result<String, String> {
             f("before", "autoprobe"),
             f("restore", "autoprobe"),
             f("restore", "rc")
-        ));
+        )));
     }
     Ok(format!(
         "L1 created 2 VFs on {L1_PF} ({} of {}), bound {} to vfio-pci (group {}); L2 lists {bdf} {VF_ID} among {} device(s); restore --all left the PF on igb with no VFs",
@@ -206,7 +208,7 @@ mod tests {
         ];
         for (from, to, want) in cases {
             let e = sriov_verdict(&GOOD.replace(from, to)).unwrap_err();
-            assert!(e.contains(want), "{want}: {e}");
+            assert!(e.reason.contains(want), "{want}: {e}");
         }
     }
 
