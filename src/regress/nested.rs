@@ -23,6 +23,12 @@ pub const EXPECTED_ID: &str = "8086:10d3";
 
 /// QEMU arguments of the L1 guest on top of the VM module's q35 machine.
 pub fn l1_qemu_args() -> Vec<String> {
+    l1_qemu_args_with("e1000e,bus=nrp0,mac=52:54:00:00:05:00")
+}
+
+/// QEMU arguments of an L1 guest with an emulated IOMMU and `device` (a `-device` value
+/// on `bus=nrp0`) alone on root port nrp0: the nested and SR-IOV lab machines.
+pub fn l1_qemu_args_with(device: &str) -> Vec<String> {
     [
         "-machine",
         "kernel-irqchip=split",
@@ -31,11 +37,23 @@ pub fn l1_qemu_args() -> Vec<String> {
         "-device",
         "pcie-root-port,id=nrp0,bus=pcie.0,chassis=31",
         "-device",
-        "e1000e,bus=nrp0,mac=52:54:00:00:05:00",
+        device,
     ]
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// The value of `key` on the first `@@ name key=value ...` line of a lab guest's output.
+pub fn at_field(out: &str, name: &str, key: &str) -> Option<String> {
+    out.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("@@ ")?;
+        let mut f = rest.split_whitespace();
+        (f.next()? == name).then_some(())?;
+        f.filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+    })
 }
 
 /// The L1 kernel command line. `no_timer_check`: a loaded TCG host otherwise panics with
@@ -273,16 +291,7 @@ echo "@@ restore rc=$? driver=$(drv {d})"
 /// What L1 and L2 reported, judged (pure): `Ok(note)` when L1 bound the device, L2 listed
 /// it with the expected id, and restore gave it back; else `Err(reason)`.
 pub fn verdict(out: &str) -> Result<String, ScenarioFailed> {
-    let field = |name: &str, key: &str| -> Option<String> {
-        out.lines().find_map(|l| {
-            let rest = l.trim().strip_prefix("@@ ")?;
-            let mut f = rest.split_whitespace();
-            (f.next()? == name).then_some(())?;
-            f.filter_map(|kv| kv.split_once('='))
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.to_string())
-        })
-    };
+    let field = |name: &str, key: &str| at_field(out, name, key);
     let bind_rc = field("bind", "rc");
     if bind_rc.as_deref() != Some("0") || field("bind", "driver").as_deref() != Some("vfio-pci") {
         return Err(ScenarioFailed::from(format!(

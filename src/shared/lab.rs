@@ -9,7 +9,7 @@
 //! verdict over what L1 and L2 printed); the gated test `tests/shared_lab.rs` boots it with
 //! `vfioctl::vm` and the nested-passthrough machinery of [`crate::regress::nested`].
 
-use crate::regress::nested::ScenarioFailed;
+use crate::regress::nested::{at_field, l1_qemu_args_with, ScenarioFailed};
 
 /// The PF in L1 (its own root port).
 pub const L1_PF: &str = "0000:01:00.0";
@@ -21,19 +21,7 @@ pub const PF_ID: &str = "8086:10c9";
 /// QEMU arguments of the L1 guest on top of the VM module's q35 machine: the emulated
 /// IOMMU and the igb on its own root port.
 pub fn sriov_l1_qemu_args() -> Vec<String> {
-    [
-        "-machine",
-        "kernel-irqchip=split",
-        "-device",
-        "intel-iommu,intremap=on,caching-mode=on",
-        "-device",
-        "pcie-root-port,id=nrp0,bus=pcie.0,chassis=31",
-        "-device",
-        "igb,bus=nrp0,mac=52:54:00:00:06:00",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    l1_qemu_args_with("igb,bus=nrp0,mac=52:54:00:00:06:00")
 }
 
 /// The L1 script, run through the agent's exec. Prints `@@ name key=value` lines; L2's
@@ -72,14 +60,7 @@ echo "@@ restore rc=$rc pf_driver=$(drv {pf}) numvfs=$(cat $P/sriov_numvfs) auto
 }
 
 fn field(out: &str, name: &str, key: &str) -> Option<String> {
-    out.lines().find_map(|l| {
-        let rest = l.trim().strip_prefix("@@ ")?;
-        let mut f = rest.split_whitespace();
-        (f.next()? == name).then_some(())?;
-        f.filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.to_string())
-    })
+    at_field(out, name, key)
 }
 
 /// What L1 and L2 reported, judged (pure): `Ok(note)` when L1 created 2 driverless VFs,
