@@ -258,31 +258,44 @@ pub fn build_initrds_with(
     Ok(out)
 }
 
-/// The L1 script, run through the agent's exec: bind, run L2 with the device cold-plugged
-/// (its serial console to a file, printed afterwards), restore. Prints `@@ name key=value`.
-pub fn l1_script(l2_timeout_s: u64) -> String {
-    let d = L1_DEVICE;
+/// The shell function `drv BDF` of the L1 scripts: the device's driver, or `none`.
+pub const DRV_FN: &str = "drv() { if [ -e /sys/bus/pci/devices/$1/driver ]; then basename $(readlink /sys/bus/pci/devices/$1/driver); else echo none; fi; }\n";
+
+/// The L1 script lines that, when the bind before them succeeded (`$rc` 0), run L2 for at
+/// most `l2_timeout_s` with `host` (a BDF or a shell variable) cold-plugged through
+/// vfio-pci on a root port, then print L2's serial console (`@@ l2 rc=N`, then L2's own
+/// `@@` lines).
+pub fn l2_run(host: &str, l2_timeout_s: u64) -> String {
     format!(
-        r#"/bin/busybox --install -s /bin 2>/dev/null
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-drv() {{ if [ -e /sys/bus/pci/devices/$1/driver ]; then basename $(readlink /sys/bus/pci/devices/$1/driver); else echo none; fi; }}
-echo "@@ before driver=$(drv {d})"
-vfioctl bind {d} 2>&1; rc=$?
-echo "@@ bind rc=$rc driver=$(drv {d}) group=$(basename $(readlink /sys/bus/pci/devices/{d}/iommu_group))"
-# QEMU needs an IOMMU backend for the VFIO container: vfio's softdep on vfio_iommu_type1
-# is honoured by kmod's modprobe, not busybox's, so load it here.
-modprobe vfio_iommu_type1 2>&1
+        r#"modprobe vfio_iommu_type1 2>&1
 if [ $rc -eq 0 ]; then
   timeout {l2_timeout_s} qemu-system-x86_64 -nodefaults -machine q35 -accel tcg -m 256 -smp 1 \
     -display none -no-reboot -L /usr/share/qemu \
     -kernel /l2/vmlinuz -initrd /l2/initrd.gz -append "console=ttyS0 panic=-1 quiet" \
     -serial file:/tmp/l2.serial \
     -device pcie-root-port,id=rp0,bus=pcie.0,chassis=1 \
-    -device vfio-pci,host={d},bus=rp0 2>&1
+    -device vfio-pci,host={host},bus=rp0 2>&1
   echo "@@ l2 rc=$?"
   cat /tmp/l2.serial | tr -d '\r'
 fi
-vfioctl restore --all 2>&1
+"#
+    )
+}
+
+/// The L1 script, run through the agent's exec: bind, run L2 with the device cold-plugged
+/// (its serial console to a file, printed afterwards), restore. Prints `@@ name key=value`.
+pub fn l1_script(l2_timeout_s: u64) -> String {
+    let d = L1_DEVICE;
+    let l2 = l2_run(d, l2_timeout_s);
+    format!(
+        r#"/bin/busybox --install -s /bin 2>/dev/null
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+{DRV_FN}echo "@@ before driver=$(drv {d})"
+vfioctl bind {d} 2>&1; rc=$?
+echo "@@ bind rc=$rc driver=$(drv {d}) group=$(basename $(readlink /sys/bus/pci/devices/{d}/iommu_group))"
+# QEMU needs an IOMMU backend for the VFIO container: vfio's softdep on vfio_iommu_type1
+# is honoured by kmod's modprobe, not busybox's, so load it here.
+{l2}vfioctl restore --all 2>&1
 echo "@@ restore rc=$? driver=$(drv {d})"
 "#
     )

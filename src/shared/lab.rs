@@ -9,7 +9,7 @@
 //! verdict over what L1 and L2 printed); the gated test `tests/shared_lab.rs` boots it with
 //! `vfioctl::vm` and the nested-passthrough machinery of [`crate::regress::nested`].
 
-use crate::regress::nested::{at_field, l1_qemu_args_with, ScenarioFailed};
+use crate::regress::nested::{at_field, l1_qemu_args_with, l2_run, ScenarioFailed, DRV_FN};
 
 /// The PF in L1 (its own root port).
 pub const L1_PF: &str = "0000:01:00.0";
@@ -28,12 +28,12 @@ pub fn sriov_l1_qemu_args() -> Vec<String> {
 /// `/init` prints `@@ pci BDF ID DRIVER` and `@@ l2-done` (its serial log is cat'ed).
 pub fn sriov_l1_script(l2_timeout_s: u64) -> String {
     let pf = L1_PF;
+    let l2 = l2_run("$VF", l2_timeout_s);
     format!(
         r#"/bin/busybox --install -s /bin 2>/dev/null
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 P=/sys/bus/pci/devices/{pf}
-drv() {{ if [ -e /sys/bus/pci/devices/$1/driver ]; then basename $(readlink /sys/bus/pci/devices/$1/driver); else echo none; fi; }}
-nvf() {{ ls -d $P/virtfn* 2>/dev/null | wc -l; }}
+{DRV_FN}nvf() {{ ls -d $P/virtfn* 2>/dev/null | wc -l; }}
 echo "@@ before pf_driver=$(drv {pf}) total=$(cat $P/sriov_totalvfs) numvfs=$(cat $P/sriov_numvfs) autoprobe=$(cat $P/sriov_drivers_autoprobe) vfs=$(nvf)"
 vfioctl vf create {pf} --count 2 2>&1; rc=$?
 VF=$(basename $(readlink $P/virtfn0) 2>/dev/null)
@@ -42,18 +42,7 @@ echo "@@ create rc=$rc numvfs=$(cat $P/sriov_numvfs) autoprobe=$(cat $P/sriov_dr
 vfioctl --json vf list {pf} 2>&1 | tr -d ' \n'; echo
 vfioctl bind $VF 2>&1; rc=$?
 echo "@@ bind rc=$rc vf=$VF driver=$(drv $VF) group=$(basename $(readlink /sys/bus/pci/devices/$VF/iommu_group))"
-modprobe vfio_iommu_type1 2>&1
-if [ $rc -eq 0 ]; then
-  timeout {l2_timeout_s} qemu-system-x86_64 -nodefaults -machine q35 -accel tcg -m 256 -smp 1 \
-    -display none -no-reboot -L /usr/share/qemu \
-    -kernel /l2/vmlinuz -initrd /l2/initrd.gz -append "console=ttyS0 panic=-1 quiet" \
-    -serial file:/tmp/l2.serial \
-    -device pcie-root-port,id=rp0,bus=pcie.0,chassis=1 \
-    -device vfio-pci,host=$VF,bus=rp0 2>&1
-  echo "@@ l2 rc=$?"
-  cat /tmp/l2.serial | tr -d '\r'
-fi
-vfioctl restore --all 2>&1; rc=$?
+{l2}vfioctl restore --all 2>&1; rc=$?
 echo "@@ restore rc=$rc pf_driver=$(drv {pf}) numvfs=$(cat $P/sriov_numvfs) autoprobe=$(cat $P/sriov_drivers_autoprobe) vfs=$(nvf)"
 "#
     )
