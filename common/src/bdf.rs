@@ -12,16 +12,23 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// digits without a leading zero, as the kernel prints them.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Bdf {
+    /// PCI domain (segment), `0000` on most machines.
     pub domain: u32,
+    /// Bus number.
     pub bus: u8,
+    /// Device number on the bus (0-31).
     pub device: u8,
+    /// Function number of the device (0-7).
     pub function: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid PCI address {input:?}: {reason}; expected DDDD:BB:DD.F (e.g. 0000:d0:00.0) or BB:DD.F (e.g. d0:00.0), as lspci -D prints it")]
+/// A string that is not a PCI address.
 pub struct BdfError {
+    /// The string as given.
     pub input: String,
+    /// What is wrong with it.
     pub reason: &'static str,
 }
 
@@ -36,6 +43,7 @@ fn hex_field(s: &str, width: usize, what: &'static str) -> Result<u32, &'static 
 }
 
 impl Bdf {
+    /// The address `domain:bus:device.function`.
     pub const fn new(domain: u32, bus: u8, device: u8, function: u8) -> Self {
         Self {
             domain,
@@ -152,10 +160,16 @@ pub enum ClassFilter {
     /// USB controllers, 0x0c03.
     Usb,
     /// An exact class prefix: base (`0x03`), base+sub (`0x0302`) or all 24 bits (`0x030200`).
-    Code { value: u32, digits: u8 },
+    Code {
+        /// The class bits given.
+        value: u32,
+        /// How many hex digits were given: 2, 4 or 6.
+        digits: u8,
+    },
 }
 
 impl ClassFilter {
+    /// True when the 24-bit class code `class` belongs to this family.
     pub fn matches(&self, class: u32) -> bool {
         let base = class >> 16;
         let sub = class >> 8;
@@ -215,21 +229,36 @@ impl FromStr for ClassFilter {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Selector {
     /// One address.
-    Bdf { bdf: Bdf },
+    Bdf {
+        /// The address.
+        bdf: Bdf,
+    },
     /// Every device with this vendor (and device) id: `10de:20b9`, `10de:*`.
-    Id { vendor: u16, device: Option<u16> },
+    Id {
+        /// Vendor id.
+        vendor: u16,
+        /// Device id; `None` for every device of the vendor.
+        device: Option<u16>,
+    },
     /// Every device of a class family.
-    Class { class: ClassFilter },
+    Class {
+        /// The class family.
+        class: ClassFilter,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid device selector {input:?}: {reason}")]
+/// A string that is not a device selector.
 pub struct SelectorError {
+    /// The selector as given.
     pub input: String,
+    /// What is wrong with it.
     pub reason: String,
 }
 
 impl Selector {
+    /// True when the device at `bdf` with these ids and class code is selected.
     pub fn matches(&self, bdf: Bdf, vendor: u16, device: u16, class: u32) -> bool {
         match self {
             Selector::Bdf { bdf: b } => *b == bdf,
