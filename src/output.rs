@@ -47,15 +47,82 @@ pub mod pci_id {
 /// The JSON Schema of each `--json` output, generated from the types that print it:
 /// `(file stem under schemas/, schema)`. `tests/json_schemas.rs` keeps `schemas/` equal
 /// to this (`UPDATE_SCHEMAS=1` rewrites it) and validates each command's real output.
+///
+/// The schemas describe what vfioctl *prints* (schemars' serialize contract): a field
+/// left out when empty is optional, an `Option` printed as `null` is required.
 pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
-    use schemars::schema_for;
+    fn schema<T: schemars::JsonSchema + ?Sized>() -> schemars::Schema {
+        schemars::generate::SchemaSettings::draft2020_12()
+            .for_serialize()
+            .into_generator()
+            .into_root_schema_for::<T>()
+    }
     vec![
-        ("devices", schema_for!(Vec<crate::pci::list::DeviceEntry>)),
-        ("check", schema_for!(crate::host::CheckReport)),
-        ("validate", schema_for!(crate::agent::validate::Report)),
-        ("regress", schema_for!(crate::regress::RunResults)),
-        ("error", schema_for!(crate::cli::ErrorReport)),
+        ("devices", schema::<Vec<crate::pci::list::DeviceEntry>>()),
+        ("check", schema::<crate::host::CheckReport>()),
+        ("validate", schema::<crate::agent::validate::Report>()),
+        ("regress", schema::<crate::regress::RunResults>()),
+        ("error", schema::<crate::cli::ErrorReport>()),
+        ("bind", schema::<crate::cli::bind::BindOutput<'static>>()),
+        (
+            "unbind",
+            schema::<crate::cli::bind::RestoreOutput<'static>>(),
+        ),
+        (
+            "restore",
+            schema::<crate::cli::bind::RestoreOutput<'static>>(),
+        ),
+        ("vm-up", schema::<crate::vm::state::VmRecord>()),
+        ("vm-up-dry-run", schema::<crate::cli::vm::DryRunOutput>()),
+        ("vm-status", schema::<crate::vm::lifecycle::Status>()),
+        ("vm-list", schema::<Vec<crate::cli::vm::ListRow>>()),
+        ("vm-plan", schema::<crate::vm::ports::Plan>()),
+        ("vm-plug", schema::<crate::cli::vm::PlugOutput>()),
+        ("vm-unplug", schema::<crate::cli::vm::UnplugOutput>()),
+        ("vm-down", schema::<crate::vm::lifecycle::DownReport>()),
+        ("kata-config", schema::<crate::cli::kata::ConfigOutput>()),
+        (
+            "kata-config-drop-in",
+            schema::<crate::cli::kata::DropInOutput>(),
+        ),
+        (
+            "kernel-build",
+            schema::<crate::kernel::build::BuildResult>(),
+        ),
+        ("kernel-verify", schema::<crate::kernel::verify::Report>()),
+        ("kernel-lock", schema::<crate::kernel::lock::LockUpdate>()),
+        (
+            "rootfs-build",
+            schema::<crate::rootfs::build::BuildReport>(),
+        ),
+        ("vf-list", schema::<Vec<crate::shared::sriov::PfStatus>>()),
+        ("vf-status", schema::<crate::shared::sriov::PfStatus>()),
+        ("vf-create-dry-run", schema::<crate::cli::vf::DryRun>()),
+        ("vf-remove", schema::<crate::shared::sriov::RemoveReport>()),
+        ("mdev-types", schema::<Vec<crate::shared::mdev::MdevType>>()),
+        ("mdev-create", schema::<crate::shared::mdev::MdevDevice>()),
+        (
+            "mdev-create-dry-run",
+            schema::<crate::cli::mdev::CreateDryRun>(),
+        ),
+        (
+            "mdev-list",
+            schema::<Vec<crate::shared::mdev::MdevDevice>>(),
+        ),
+        ("mdev-remove", schema::<crate::cli::mdev::RemoveOutput>()),
+        ("snapshot", schema::<crate::snapshot::Report>()),
+        (
+            "snapshot-replay",
+            schema::<crate::cli::snapshot::ReplayOutput>(),
+        ),
     ]
+}
+
+/// `value` as a JSON value, every object's keys in sorted order (serde_json's map). The
+/// outputs that used to be built with `serde_json::json!` printed their keys sorted, at
+/// every level; their typed structs print through this to keep the same JSON.
+pub fn sorted<T: Serialize>(value: &T) -> Result<serde_json::Value, crate::Failure> {
+    serde_json::to_value(value).map_err(|e| crate::Failure::new(crate::Exit::Infrastructure, e))
 }
 
 /// A warning for the person running the command (stderr; not with `-q`).
@@ -95,6 +162,21 @@ pub fn human_duration(d: std::time::Duration) -> String {
 /// Every method is a no-op when hidden, so callers report progress unconditionally.
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    /// A spinner switched to counting (see [`Progress::count`]).
+    counting: std::sync::atomic::AtomicBool,
+}
+
+fn spinner_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+}
+
+fn bar_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {pos}/{len} ({elapsed}, about {eta} left)",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ")
 }
 
 impl Progress {
@@ -107,38 +189,66 @@ impl Progress {
     pub fn spinner(ctx: &Context, msg: impl Into<String>) -> Self {
         let bar = Self::visible(ctx).then(|| {
             let b = indicatif::ProgressBar::new_spinner();
-            b.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-            );
+            b.set_style(spinner_style());
             b.set_message(msg.into());
             b.enable_steady_tick(std::time::Duration::from_millis(120));
             b
         });
-        Self { bar }
+        Self {
+            bar,
+            counting: Default::default(),
+        }
     }
 
     /// A bar of `len` steps (objects compiled, scenarios run).
     pub fn bar(ctx: &Context, len: u64, msg: impl Into<String>) -> Self {
         let bar = Self::visible(ctx).then(|| {
             let b = indicatif::ProgressBar::new(len);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {pos}/{len} ({elapsed}, about {eta} left)",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
+            b.set_style(bar_style());
             b.set_message(msg.into());
             b.enable_steady_tick(std::time::Duration::from_millis(250));
             b
         });
-        Self { bar }
+        Self {
+            bar,
+            counting: Default::default(),
+        }
     }
 
     /// A hidden one (for callers that have no context).
     pub fn hidden() -> Self {
-        Self { bar: None }
+        Self {
+            bar: None,
+            counting: Default::default(),
+        }
+    }
+
+    /// A spinner's phase that can be counted (objects compiled): draw it as a bar at
+    /// `pos` of `len` until [`uncount`](Self::uncount).
+    pub fn count(&self, pos: u64, len: u64) {
+        if let Some(b) = &self.bar {
+            if !self
+                .counting
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                b.set_style(bar_style());
+            }
+            b.set_length(len);
+            b.set_position(pos);
+        }
+    }
+
+    /// Back to a spinner after [`count`](Self::count).
+    pub fn uncount(&self) {
+        if let Some(b) = &self.bar {
+            if self
+                .counting
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                b.set_style(spinner_style());
+                b.set_position(0);
+            }
+        }
     }
 
     pub fn is_visible(&self) -> bool {

@@ -2,6 +2,7 @@
 //! Needs no kernel tree (without --source the drops are listed, not analysed).
 
 mod kernel_support;
+mod schema_support;
 
 use std::process::Command;
 
@@ -266,4 +267,104 @@ fn a_patch_that_no_longer_applies_stops_the_build_naming_the_patch() {
     assert_eq!(rc, 2, "{out}");
     assert!(out.contains("0001-hello.patch no longer applies"), "{out}");
     assert!(out.contains("refresh"), "{out}");
+}
+
+/// A kernel tarball of the pinned series whose Makefile stands in for kbuild: the targets
+/// `kernel build` runs (tinyconfig, olddefconfig, the compile, kernelrelease,
+/// modules_install), printing kbuild's quiet `CC`/`AS`/`LD` lines, and producing the
+/// files the install phase copies. A `Kbuild` file gives the object estimate 2 of the 4
+/// objects the compile prints.
+fn kbuild_stand_in(dir: &std::path::Path) -> std::path::PathBuf {
+    let top = dir.join("src-kbuild/linux-6.1.999");
+    std::fs::create_dir_all(&top).unwrap();
+    let makefile = "VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 999\nEXTRAVERSION =\n\
+        O ?= .\n\
+        all:\n\
+        \t@echo '  CC      init/main.o'\n\
+        \t@echo '  CC [M]  drivers/x/x.o'\n\
+        \t@echo '  HOSTCC  scripts/basic/fixdep'\n\
+        \t@echo '  AS      arch/x86/entry/entry_64.o'\n\
+        \t@echo '  LD      vmlinux.o'\n\
+        \t@mkdir -p $(O)/arch/x86/boot\n\
+        \t@echo bzImage > $(O)/arch/x86/boot/bzImage\n\
+        \t@echo map > $(O)/System.map\n\
+        \t@: > $(O)/Module.symvers\n\
+        tinyconfig:\n\
+        \t@mkdir -p $(O)\n\
+        \t@echo '# stand-in tinyconfig' > $(O)/.config\n\
+        olddefconfig:\n\
+        \t@true\n\
+        kernelrelease:\n\
+        \t@echo 6.1.999\n\
+        modules_install:\n\
+        \t@mkdir -p $(INSTALL_MOD_PATH)/lib/modules/6.1.999\n";
+    std::fs::write(top.join("Makefile"), makefile).unwrap();
+    std::fs::write(
+        top.join("Kbuild"),
+        "obj-y += init/ drivers/\nobj-y += a.o b.o\n",
+    )
+    .unwrap();
+    std::fs::write(top.join("Kconfig"), "# empty\n").unwrap();
+    let tar = dir.join("linux-6.1.999.tar.xz");
+    let st = Command::new("tar")
+        .arg("-cJf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(dir.join("src-kbuild"))
+        .arg("linux-6.1.999")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    tar
+}
+
+/// `kernel build --json` end to end on the kbuild stand-in: the report matches its
+/// schema, the compile's objects were counted from make's output (4 of them, against an
+/// estimate of 2) and recorded as the next build's total; the second build is up to date.
+#[test]
+fn build_json_matches_its_schema_and_counts_the_compiled_objects() {
+    let (d, cfgs) = setup();
+    let tar = kbuild_stand_in(d.path());
+    let lab = d.path().join("lab");
+    let args = [
+        "--json",
+        "kernel",
+        "build",
+        "--configs",
+        cfgs.to_str().unwrap(),
+        "--source",
+        tar.to_str().unwrap(),
+        "--lab",
+        lab.to_str().unwrap(),
+        "--no-ccache",
+    ];
+    let o = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["up_to_date"], false, "{v}");
+    assert_eq!(v["manifest"]["kernel_release"], "6.1.999", "{v}");
+    schema_support::assert_valid("kernel-build", &v);
+    // No progress drawn into a pipe: phase lines only.
+    assert!(!err.contains("init/main.o") && !err.contains("[="), "{err}");
+    let count = lab.join("kernel-build/obj/base/.vfioctl-objects");
+    assert_eq!(
+        std::fs::read_to_string(&count).unwrap_or_else(|e| panic!("{}: {e}", count.display())),
+        "4\n"
+    );
+    // The log keeps make's output.
+    let log = std::fs::read_to_string(lab.join("kernel/vfioctl-base/logs/compile.log")).unwrap();
+    assert!(log.contains("  LD      vmlinux.o"), "{log}");
+
+    let o = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["up_to_date"], true, "{v}");
+    schema_support::assert_valid("kernel-build", &v);
 }

@@ -9,6 +9,8 @@
 //! files and links the fixture generator writes. What the real kernel does is proven in
 //! the lab (`tests/shared_lab.rs`).
 
+mod schema_support;
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -357,6 +359,7 @@ fn vf_create_records_the_pf_and_restore_all_removes_the_vfs() {
     let o = vfioctl(t.path(), &["--json", "vf", "create", NIC, "--count", "2"]);
     assert!(o.status.success(), "{}", text(&o));
     let v = json(&o);
+    schema_support::assert_valid("vf-status", &v);
     assert_eq!(v["num_vfs"], 2);
     assert_eq!(v["created_by_vfioctl"], true);
     assert_eq!(v["drivers_autoprobe"], false);
@@ -412,6 +415,7 @@ fn vf_create_records_the_pf_and_restore_all_removes_the_vfs() {
     let o = vfioctl(t.path(), &["--json", "restore", "--all"]);
     assert!(o.status.success(), "{}", text(&o));
     let v = json(&o);
+    schema_support::assert_valid("restore", &v);
     assert_eq!(v["created"]["vfs_removed"], serde_json::json!([[NIC, 2]]));
     let dir = format!("/sys/bus/pci/devices/{NIC}");
     assert_eq!(read(t.path(), &format!("{dir}/sriov_numvfs")), "0");
@@ -421,6 +425,19 @@ fn vf_create_records_the_pf_and_restore_all_removes_the_vfs() {
     );
     assert!(!t.path().join("sys/bus/pci/devices/0000:19:10.0").exists());
     assert!(Ledger::peek(&root).unwrap().unwrap().sriov.is_empty());
+}
+
+#[test]
+fn vf_remove_of_vfs_vfioctl_created_reports_them() {
+    let t = copy();
+    let _k = KernelStandIn::start(t.path());
+    let o = vfioctl(t.path(), &["vf", "create", NIC, "--count", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = vfioctl(t.path(), &["--json", "vf", "remove", NIC]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v = json(&o);
+    assert_eq!(v["removed"], 2);
+    schema_support::assert_valid("vf-remove", &v);
 }
 
 // ---- mdev ----------------------------------------------------------------------------------
@@ -487,6 +504,7 @@ fn mdev_create_list_and_restore_all_removes_it() {
     );
     assert!(o.status.success(), "{}", text(&o));
     let v = json(&o);
+    schema_support::assert_valid("mdev-create", &v);
     assert_eq!(v["uuid"], u);
     assert_eq!(v["parent"], T4);
     assert_eq!(v["type_id"], "nvidia-228");
@@ -499,6 +517,7 @@ fn mdev_create_list_and_restore_all_removes_it() {
         ""
     );
     let l = json(&vfioctl(t.path(), &["--json", "mdev", "list"]));
+    schema_support::assert_valid("mdev-list", &l);
     assert_eq!(l[0]["uuid"], u);
     assert_eq!(l[0]["created_by_vfioctl"], true);
     assert_eq!(l[0]["iommu_group"], 200);
@@ -511,9 +530,19 @@ fn mdev_create_list_and_restore_all_removes_it() {
     let o = vfioctl(t.path(), &["--json", "restore", "--all"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(json(&o)["created"]["mdevs_removed"], serde_json::json!([u]));
+    schema_support::assert_valid("restore", &json(&o));
     assert!(!t.path().join(format!("sys/bus/mdev/devices/{u}")).exists());
     let l = json(&vfioctl(t.path(), &["--json", "mdev", "list"]));
     assert_eq!(l, serde_json::json!([]));
+
+    // `mdev remove`: its --json report.
+    let o = vfioctl(t.path(), &["mdev", "create", T4, "nvidia-228", "--uuid", u]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = vfioctl(t.path(), &["--json", "mdev", "remove", u]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v = json(&o);
+    assert_eq!(v, serde_json::json!({ "removed": u }));
+    schema_support::assert_valid("mdev-remove", &v);
 }
 
 // ---- check ---------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 //! the same device on a port without the reserve gets the guest's `no space`; unplug
 //! returns DEVICE_DELETED; down leaves no process.
 
+mod schema_support;
+
 use std::time::Duration;
 
 use vfioctl::qmp::Qmp;
@@ -34,6 +36,8 @@ async fn hotplug_8g_stand_in_on_a_sized_port_and_the_negative_control() {
     }
     let mut rec = up.expect("vm up");
     assert_eq!(rec.state, VmState::DevicePlugged);
+    // What `vm up --json` prints: the record.
+    schema_support::assert_valid("vm-up", &serde_json::to_value(&rec).unwrap());
     assert_eq!(rec.ports[0].pref64_reserve, Some(16 << 30));
     assert_eq!(rec.ports[1].pref64_reserve, None);
     let gpu0 = rec.plugged[0].clone();
@@ -91,6 +95,13 @@ async fn hotplug_8g_stand_in_on_a_sized_port_and_the_negative_control() {
         .expect("unplug");
     assert!(secs >= 0.0);
     assert_eq!(rec.state, VmState::Ready);
+    // What `vm unplug --json` prints for it.
+    let out = vfioctl::cli::vm::UnplugOutput {
+        seconds: secs,
+        unplugged: "gpu0".into(),
+        vm: name("hp"),
+    };
+    schema_support::assert_valid("vm-unplug", &serde_json::to_value(&out).unwrap());
     drop(qmp);
 
     // Down: no process left, runtime directory gone; idempotent.

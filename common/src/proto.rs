@@ -432,23 +432,21 @@ impl Reply {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-/// Who and where the agent is.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+// Like `Verdict` below: part of the committed JSON schemas, where doc comments would
+// become descriptions; the fields without one say what they are by name.
+#[allow(missing_docs)]
 pub struct HelloReply {
-    /// The agent's crate version.
     pub agent_version: String,
-    /// The protocol version it speaks.
     pub protocol_version: u8,
     /// `uname -r`.
     pub kernel: String,
     /// `/proc/version`.
     pub kernel_version: String,
-    /// `/proc/cmdline`.
     pub cmdline: String,
-    /// Seconds since boot.
     pub uptime_s: f64,
     /// The agent is the guest's init.
     pub pid1: bool,
-    /// The agent serves `exec` requests.
     pub exec_enabled: bool,
     /// Modules the agent loaded at start, with their result.
     #[serde(default)]
@@ -459,9 +457,9 @@ pub struct HelloReply {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-/// A kernel module the agent loaded at start.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[allow(missing_docs)]
 pub struct ModuleLoad {
-    /// The module file.
     pub path: String,
     /// `loaded`, `already loaded`, or the error.
     pub result: String,

@@ -17,7 +17,7 @@ use super::state::{BindState, Tracker};
 use super::write::{self, fault_point, write_timed, TimedError};
 
 /// What happened to one device.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct DeviceOutcome {
     pub bdf: Bdf,
     pub from: Option<String>,
@@ -26,7 +26,7 @@ pub struct DeviceOutcome {
     pub history: Vec<BindState>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct BindReport {
     pub loaded: Vec<Loaded>,
     pub devices: Vec<DeviceOutcome>,
@@ -565,7 +565,7 @@ pub fn execute(p: &Prepared) -> Result<BindReport, BindError> {
 }
 
 /// What `restore`/`unbind` did to one device.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct RestoreOutcome {
     pub bdf: Bdf,
     /// The driver it was given back to (`None`: left driverless, as it was).
@@ -580,7 +580,7 @@ pub struct RestoreOutcome {
     pub gone: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct RestoreReport {
     pub devices: Vec<RestoreOutcome>,
     pub unloaded: Vec<String>,

@@ -102,7 +102,7 @@ pub fn driver_dir(root: &SysRoot, driver: &str) -> Option<String> {
 }
 
 /// How the target driver was made available.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case", tag = "how")]
 pub enum Loaded {
     /// The driver was already registered.

@@ -44,7 +44,7 @@ impl Default for PrepareOptions {
 pub const MAX_TIMEOUT_SECS: u64 = 86_400;
 
 /// One step of a bind, in the order [`execute`](super::execute) runs them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "step", rename_all = "kebab-case")]
 pub enum Step {
     /// Make the target driver available (`modprobe` on the real host).

@@ -21,7 +21,7 @@ use super::state::BindState;
 pub const DIR: &str = "/var/lib/vfioctl";
 
 /// One device's record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Entry {
     /// Driver before vfioctl touched it (`None`: driverless).
     pub original_driver: Option<String>,
@@ -45,7 +45,7 @@ pub struct Entry {
     pub plan: String,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LedgerFile {
     pub version: u32,
     pub devices: BTreeMap<Bdf, Entry>,

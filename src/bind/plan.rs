@@ -23,7 +23,7 @@ use vfioctl_common::{Bdf, PciDevice};
 use super::error::BindError;
 
 /// Why a device is in the plan.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     Selected,
@@ -32,7 +32,7 @@ pub enum Role {
 }
 
 /// What happens to it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum Action {
     /// Move to `to` (override, unbind, probe, verify).
@@ -41,13 +41,14 @@ pub enum Action {
     Keep,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Member {
     pub bdf: Bdf,
     /// `vendor:device`, lower-case hex as lspci -n prints it.
     pub id: String,
     /// Class code, 6 lower-case hex digits (see `crate::output::pci_id`).
     #[serde(serialize_with = "crate::output::pci_id::class")]
+    #[schemars(with = "crate::output::pci_id::ClassSchema")]
     pub class: u32,
     pub role: Role,
     pub driver: Option<String>,
@@ -70,19 +71,19 @@ impl Member {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct GroupPlan {
     pub group: u32,
     pub members: Vec<Member>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Plan {
     pub groups: Vec<GroupPlan>,
 }
 
 /// One sysfs write the binder makes, in order, for `--dry-run`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct SysWrite {
     pub path: String,
     pub value: String,

@@ -14,7 +14,7 @@ use serde::Serialize;
 use vfioctl_common::{Bdf, PciDevice, SysRoot};
 
 /// Why a device may not be unbound, and how to release it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Refusal {
     pub bdf: Bdf,
     pub kind: RefusalKind,
@@ -26,7 +26,7 @@ pub struct Refusal {
     pub forceable: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RefusalKind {
     RootFilesystem,
@@ -39,7 +39,7 @@ pub enum RefusalKind {
 }
 
 /// What an unreadable input leaves unknown.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Concern {
     /// Mounts and block devices: storage controllers.
@@ -51,7 +51,7 @@ pub enum Concern {
 }
 
 /// A file or directory the scan could not read.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Unreadable {
     pub path: String,
     pub error: String,
@@ -59,7 +59,7 @@ pub struct Unreadable {
 }
 
 /// One mounted filesystem.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Mount {
     pub mountpoint: String,
     pub fstype: String,
@@ -68,7 +68,7 @@ pub struct Mount {
 }
 
 /// A process with a device node open.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Opener {
     pub pid: u32,
     pub comm: String,
@@ -76,7 +76,7 @@ pub struct Opener {
 }
 
 /// What the host uses, keyed by the PCI device it hangs off.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct HostUse {
     /// Block device names (disks, partitions, dm devices stacked on them) per PCI device.
     pub block: BTreeMap<Bdf, Vec<String>>,
@@ -93,7 +93,7 @@ pub struct HostUse {
     pub unreadable: Vec<Unreadable>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct NetIf {
     pub name: String,
     pub operstate: String,

@@ -63,20 +63,22 @@ pub struct RestoreArgs {
     pub timeout: u64,
 }
 
-#[derive(Serialize)]
-struct BindOutput<'a> {
-    plan: &'a Plan,
+/// `bind --json` (and `bind --dry-run --json`).
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct BindOutput<'a> {
+    pub plan: &'a Plan,
     /// In-use findings that --force overrode.
-    forced: Vec<Refusal>,
-    dry_run: bool,
+    pub forced: Vec<Refusal>,
+    pub dry_run: bool,
     /// --dry-run: every step `execute` would run, in order, as text.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    writes: Vec<String>,
+    pub writes: Vec<String>,
     /// --dry-run: the same steps, structured.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    steps: Vec<bind::Step>,
+    pub steps: Vec<bind::Step>,
+    /// What was done (not with --dry-run, nor when there was nothing to do).
     #[serde(skip_serializing_if = "Option::is_none")]
-    result: Option<bind::BindReport>,
+    pub result: Option<bind::BindReport>,
 }
 
 fn print_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
@@ -272,13 +274,15 @@ fn ledger_matches(ctx: &Context, args: &[String]) -> Result<Vec<Bdf>, Failure> {
     )
 }
 
-#[derive(Serialize)]
-struct RestoreOutput<'a> {
+/// `unbind --json` and `restore --json`.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct RestoreOutput<'a> {
     #[serde(flatten)]
-    devices: &'a bind::RestoreReport,
-    /// What vfioctl had created (VFs, mdevs) and `restore --all` removed.
+    pub devices: &'a bind::RestoreReport,
+    /// What vfioctl had created (VFs, mdevs) and `restore --all` removed (only with
+    /// `--all`, and only when there was something).
     #[serde(skip_serializing_if = "is_nothing")]
-    created: &'a crate::shared::SharedRestoreReport,
+    pub created: &'a crate::shared::SharedRestoreReport,
 }
 
 fn is_nothing(c: &&crate::shared::SharedRestoreReport) -> bool {

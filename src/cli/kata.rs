@@ -200,13 +200,12 @@ fn config(ctx: &Context, a: ConfigArgs) -> Result<Exit, Failure> {
         return drop_in(ctx, dir, &drop_ins, &outcome);
     }
     if ctx.json {
-        let mut v =
-            serde_json::to_value(&outcome).map_err(|e| Failure::new(Exit::Infrastructure, e))?;
-        if let Some(out) = &out_abs {
-            v["out"] = serde_json::Value::String(out.display().to_string());
-        }
-        v["vfio_backend"] = serde_json::json!(backend);
-        v["device_nodes"] = serde_json::json!(device_nodes);
+        let v = crate::output::sorted(&ConfigOutput {
+            outcome,
+            out: out_abs.as_ref().map(|o| o.display().to_string()),
+            vfio_backend: backend,
+            device_nodes,
+        })?;
         println!(
             "{}",
             serde_json::to_string_pretty(&v).map_err(|e| Failure::new(Exit::Infrastructure, e))?
@@ -297,6 +296,37 @@ fn config(ctx: &Context, a: ConfigArgs) -> Result<Exit, Failure> {
     Ok(Exit::Ok)
 }
 
+/// `kata config --json`: the outcome, where the file was written, and the device nodes
+/// for the VFIO backend.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct ConfigOutput {
+    #[serde(flatten)]
+    pub outcome: kata::Outcome,
+    /// The file written (`--out`), absolute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out: Option<String>,
+    pub vfio_backend: crate::shared::VfioBackend,
+    /// The device nodes the container needs (`/dev/vfio/<group>` or
+    /// `/dev/vfio/devices/vfioN`).
+    pub device_nodes: Vec<String>,
+}
+
+/// `kata config --drop-in DIR --json`.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct DropInOutput {
+    /// The drop-in file written.
+    pub drop_in: String,
+    /// The keys it sets (only those that change something).
+    pub keys: Vec<kata::Setting>,
+    pub mode: PlugMode,
+    /// The other drop-ins in the directory, read over.
+    pub read_over: Vec<String>,
+    pub target: kata::TargetChoice,
+    pub topology: kata::Topology,
+    pub try_commands: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
 /// Write `outcome.drop_in` into `dir` and report.
 fn drop_in(
     ctx: &Context,
@@ -339,16 +369,19 @@ fn drop_in(
     }
     let changed: Vec<&kata::Setting> = outcome.settings.iter().filter(|s| s.changed).collect();
     if ctx.json {
-        let v = serde_json::json!({
-            "drop_in": path.display().to_string(),
-            "target": outcome.target,
-            "mode": outcome.mode,
-            "topology": outcome.topology,
-            "keys": changed,
-            "read_over": others.iter().map(|d| d.path.display().to_string()).collect::<Vec<_>>(),
-            "warnings": warnings,
-            "try_commands": outcome.try_commands,
-        });
+        let v = crate::output::sorted(&DropInOutput {
+            drop_in: path.display().to_string(),
+            keys: changed.iter().map(|s| (*s).clone()).collect(),
+            mode: outcome.mode,
+            read_over: others
+                .iter()
+                .map(|d| d.path.display().to_string())
+                .collect(),
+            target: outcome.target.clone(),
+            topology: outcome.topology.clone(),
+            try_commands: outcome.try_commands.clone(),
+            warnings,
+        })?;
         println!(
             "{}",
             serde_json::to_string_pretty(&v).map_err(|e| Failure::new(Exit::Infrastructure, e))?

@@ -202,19 +202,25 @@ fn run_build(ctx: &Context, a: BuildArgs) -> Result<Exit, Failure> {
                 crate::output::note(ctx, format!("[{phase}] {what} ..."));
             }
         }
+        Progress::Objects { done, total } => bar.count(done, total),
         Progress::Done {
             phase,
             seconds,
             skipped,
             note,
-        } => bar.println(
-            ctx,
-            format!(
-                "[{phase}] {} in {}: {note}",
-                if skipped { "cached" } else { "done" },
-                crate::output::human_duration(std::time::Duration::from_secs_f64(seconds.max(0.0)))
-            ),
-        ),
+        } => {
+            bar.uncount();
+            bar.println(
+                ctx,
+                format!(
+                    "[{phase}] {} in {}: {note}",
+                    if skipped { "cached" } else { "done" },
+                    crate::output::human_duration(std::time::Duration::from_secs_f64(
+                        seconds.max(0.0)
+                    ))
+                ),
+            )
+        }
     };
     let r = kernel::build(&opts, &mut progress)?;
     emit(ctx, &r, |out| {

@@ -58,6 +58,21 @@ pub struct RemoveArgs {
     pub timeout: u64,
 }
 
+/// `mdev create --dry-run --json`.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct CreateDryRun {
+    pub dry_run: bool,
+    pub uuid: MdevUuid,
+    /// The sysfs write `create` would make.
+    pub writes: Vec<String>,
+}
+
+/// `mdev remove --json`.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct RemoveOutput {
+    pub removed: MdevUuid,
+}
+
 fn devices(out: &mut dyn Write, v: &[MdevDevice]) -> std::io::Result<()> {
     table_or(
         out,
@@ -107,7 +122,11 @@ pub fn run(ctx: &Context, c: MdevCommand) -> Result<Exit, Failure> {
             if a.dry_run {
                 let u = uuid.unwrap_or_else(MdevUuid::random);
                 let w = mdev::create_write(&a.parent, &a.type_id, &u);
-                let v = serde_json::json!({"dry_run": true, "uuid": u, "writes": [w]});
+                let v = crate::output::sorted(&CreateDryRun {
+                    dry_run: true,
+                    uuid: u.clone(),
+                    writes: vec![w.clone()],
+                })?;
                 emit(ctx, &v, |o| writeln!(o, "{w}")).map_err(write_failed)?;
                 return Ok(Exit::Ok);
             }
@@ -136,7 +155,7 @@ pub fn run(ctx: &Context, c: MdevCommand) -> Result<Exit, Failure> {
         MdevCommand::Remove(a) => {
             let u: MdevUuid = a.uuid.parse()?;
             mdev::remove(&ctx.root, &u, Duration::from_secs(a.timeout), a.force)?;
-            let v = serde_json::json!({"removed": u});
+            let v = crate::output::sorted(&RemoveOutput { removed: u.clone() })?;
             emit(ctx, &v, |o| writeln!(o, "{u} removed")).map_err(write_failed)?;
             Ok(Exit::Ok)
         }

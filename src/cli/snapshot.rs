@@ -56,17 +56,28 @@ fn write_commands(o: &mut dyn Write, commands: &[Replayed]) -> std::io::Result<(
     Ok(())
 }
 
+/// `snapshot --replay SNAP --json`.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct ReplayOutput {
+    /// Each command run live and against the snapshot, and whether they printed the same.
+    pub commands: Vec<snapshot::Replayed>,
+    /// Every command printed the same.
+    pub identical: bool,
+    /// The snapshot replayed.
+    pub snapshot: std::path::PathBuf,
+}
+
 pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
     let timeout = Duration::from_secs(a.timeout);
     if let Some(snap) = &a.replay {
         let opened = snapshot::open(snap)?;
         let commands = snapshot::replay(&exe()?, &opened.dir, &opened.meta, timeout)?;
         let identical = commands.iter().all(|c| c.identical);
-        let v = serde_json::json!({
-            "snapshot": snap,
-            "commands": commands,
-            "identical": identical,
-        });
+        let v = crate::output::sorted(&ReplayOutput {
+            commands: commands.clone(),
+            identical,
+            snapshot: snap.clone(),
+        })?;
         emit(ctx, &v, |o| write_commands(o, &commands))
             .map_err(|e| Failure::new(Exit::Infrastructure, e))?;
         return Ok(if identical {

@@ -112,11 +112,13 @@ fn on_off(v: Option<bool>) -> &'static str {
     }
 }
 
-#[derive(Serialize)]
-struct DryRun {
-    dry_run: bool,
-    pf: Bdf,
-    writes: Vec<String>,
+/// `vf create --dry-run --json`.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct DryRun {
+    pub dry_run: bool,
+    pub pf: Bdf,
+    /// The sysfs writes `create` would make, in order.
+    pub writes: Vec<String>,
 }
 
 pub fn run(ctx: &Context, c: VfCommand) -> Result<Exit, Failure> {

@@ -181,6 +181,48 @@ pub struct PlanArgs {
     pub cpu: Option<String>,
 }
 
+/// One row of `vm list --json`.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct ListRow {
+    pub accel: Accel,
+    pub name: VmName,
+    pub pid: Option<u32>,
+    /// What is plugged (`emulated:8G`, a BDF, `mdev:UUID`).
+    pub plugged: Vec<String>,
+    pub run_dir: PathBuf,
+    pub state: crate::vm::state::VmState,
+}
+
+/// `vm plug --json`.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct PlugOutput {
+    /// What the guest saw: its BDF, ids, BARs, seconds until it appeared.
+    pub guest: plug::Confirmed,
+    /// The device as the VM record keeps it.
+    pub plugged: Option<crate::vm::state::Plugged>,
+    pub vm: VmName,
+}
+
+/// `vm unplug --json`.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct UnplugOutput {
+    /// Seconds until QEMU reported `DEVICE_DELETED`.
+    pub seconds: f64,
+    /// The device id that was unplugged.
+    pub unplugged: String,
+    pub vm: VmName,
+}
+
+/// `vm up --dry-run --json`.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct DryRunOutput {
+    /// QEMU's command line, one argument per element.
+    pub argv: Vec<String>,
+    /// The root ports and windows for the devices.
+    pub plan: ports::Plan,
+    pub warnings: Vec<String>,
+}
+
 fn show<T: serde::Serialize>(
     ctx: &Context,
     v: &T,
@@ -343,8 +385,18 @@ pub fn run(ctx: &Context, c: VmCommand) -> Result<Exit, Failure> {
         }
         VmCommand::List => {
             let l = lifecycle::list(&env(ctx));
-            let rows: Vec<_> = l.iter().map(|r| serde_json::json!({"name": r.name, "state": r.state, "pid": r.pid, "accel": r.accel, "plugged": r.plugged.iter().map(|p| &p.gpu).collect::<Vec<_>>(), "run_dir": r.run_dir})).collect();
-            show(ctx, &rows, |o| {
+            let rows: Vec<ListRow> = l
+                .iter()
+                .map(|r| ListRow {
+                    accel: r.accel,
+                    name: r.name.clone(),
+                    pid: r.pid,
+                    plugged: r.plugged.iter().map(|p| p.gpu.clone()).collect(),
+                    run_dir: r.run_dir.clone(),
+                    state: r.state,
+                })
+                .collect();
+            show(ctx, &crate::output::sorted(&rows)?, |o| {
                 let mut t = Table::new(&["NAME", "STATE", "PID", "ACCEL", "PLUGGED"]);
                 for r in &l {
                     t.row(vec![
@@ -384,7 +436,11 @@ pub fn run(ctx: &Context, c: VmCommand) -> Result<Exit, Failure> {
             let p = rec.plugged.last().cloned();
             show(
                 ctx,
-                &serde_json::json!({"vm": rec.name, "plugged": p, "guest": c}),
+                &crate::output::sorted(&PlugOutput {
+                    guest: c.clone(),
+                    plugged: p.clone(),
+                    vm: rec.name.clone(),
+                })?,
                 |o| {
                     writeln!(
                         o,
@@ -417,7 +473,11 @@ pub fn run(ctx: &Context, c: VmCommand) -> Result<Exit, Failure> {
             let secs = runtime()?.block_on(plug::unplug_vm(&env, &a.name, &a.id))?;
             show(
                 ctx,
-                &serde_json::json!({"vm": a.name, "unplugged": secs.0, "seconds": secs.1}),
+                &crate::output::sorted(&UnplugOutput {
+                    seconds: secs.1,
+                    unplugged: secs.0.clone(),
+                    vm: a.name.clone(),
+                })?,
                 |o| {
                     writeln!(
                         o,
@@ -439,7 +499,11 @@ fn up(ctx: &Context, a: UpArgs) -> Result<Exit, Failure> {
         let (launch, rec) = lifecycle::prepare(&env, &profile)?;
         show(
             ctx,
-            &serde_json::json!({"argv": rec.argv, "plan": launch.plan, "warnings": rec.warnings}),
+            &crate::output::sorted(&DryRunOutput {
+                argv: rec.argv.clone(),
+                plan: launch.plan.clone(),
+                warnings: rec.warnings.clone(),
+            })?,
             |o| {
                 for w in &rec.warnings {
                     writeln!(o, "warning: {w}")?;
@@ -462,17 +526,34 @@ fn up(ctx: &Context, a: UpArgs) -> Result<Exit, Failure> {
     }
     // SIGINT/SIGTERM: stop what this command started, then exit 130/143.
     crate::interrupt::install()?;
+    // Phases as the library observes them: the spinner names the current one, and a
+    // line per phase reached stays above it (only at a terminal, not with -q).
     let spinner = crate::output::Progress::spinner(
         ctx,
         format!(
-            "vm {}: QEMU ({}), firmware, kernel, waiting for the guest ({} s at most)",
+            "vm {}: starting QEMU ({}; {} s at most)",
             profile.name, probe.accel, profile.boot_timeout
         ),
     );
-    let rec = runtime()?.block_on(lifecycle::up_until(
+    let started = std::time::Instant::now();
+    let observe = |p: lifecycle::BootPhase| {
+        if spinner.is_visible() {
+            spinner.println(
+                ctx,
+                format!(
+                    "vm {}: {p} ({})",
+                    profile.name,
+                    crate::output::human_duration(started.elapsed())
+                ),
+            );
+            spinner.set_message(format!("vm {}: {p}", profile.name));
+        }
+    };
+    let rec = runtime()?.block_on(lifecycle::up_observed(
         &env,
         &profile,
         crate::interrupt::wait(),
+        &observe,
     ));
     spinner.finish();
     let rec = rec?;

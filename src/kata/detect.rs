@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::version::{KataVersion, Runtime};
 
 /// A Kata release found on the host, and how.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Installed {
     pub version: KataVersion,
     /// The runtime the probe belongs to (None: the package carries both).

@@ -8,7 +8,7 @@ use super::version::{KataVersion, Runtime, Target, TargetError, VersionError};
 use crate::{Diagnose, Exit};
 
 /// A member of an IOMMU group and the driver it is on.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Holder {
     pub bdf: Bdf,
     pub driver: Option<String>,

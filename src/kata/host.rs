@@ -21,16 +21,18 @@ use crate::vm::ports::DeviceBars;
 pub const LARGE_BAR: u64 = 4 << 30;
 
 /// One function of a selected group.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Function {
     pub bdf: Bdf,
     /// `vendor:device`, lower-case hex as lspci -n prints it.
     pub id: String,
     /// 4 lower-case hex digits (see `crate::output::pci_id`).
     #[serde(serialize_with = "crate::output::pci_id::id16")]
+    #[schemars(with = "crate::output::pci_id::Id16Schema")]
     pub vendor: u16,
     /// 6 lower-case hex digits.
     #[serde(serialize_with = "crate::output::pci_id::class")]
+    #[schemars(with = "crate::output::pci_id::ClassSchema")]
     pub class: u32,
     pub driver: Option<String>,
     /// Named with --gpu (or picked by default), not just a group companion.
@@ -94,14 +96,14 @@ fn is_skipped_bridge(d: &PciDevice) -> bool {
 }
 
 /// One IOMMU group Kata will pass.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Group {
     pub number: u32,
     pub functions: Vec<Function>,
 }
 
 /// The selected devices and their groups, checked.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Selection {
     pub groups: Vec<Group>,
     /// Functions of the groups still on a host driver: the file does not depend on the
@@ -111,7 +113,7 @@ pub struct Selection {
 }
 
 /// Functions that share one host PCIe switch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct SharedSwitch {
     /// The switch's upstream port on the host.
     pub upstream: Bdf,

@@ -38,7 +38,7 @@ const PLAIN_IMAGE: &str = "docker.io/library/busybox:latest";
 pub const DROP_IN_NAME: &str = "90-vfioctl-gpu.toml";
 
 /// Where the target came from, for --explain.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct TargetChoice {
     pub target: Target,
     pub how: String,
@@ -92,7 +92,7 @@ fn is_runtime_rs(doc: &DocumentMut) -> bool {
 }
 
 /// What the run asks for besides the target and the devices.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Options {
     pub mode: Option<PlugMode>,
     pub artefacts: Artefacts,
@@ -102,7 +102,7 @@ pub struct Options {
 }
 
 /// Everything one run produced.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Outcome {
     pub target: TargetChoice,
     pub scheme: version::KeyScheme,
@@ -130,7 +130,7 @@ pub struct Outcome {
 }
 
 /// One key of the result as --json lists it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Setting {
     pub table: &'static str,
     pub key: &'static str,

@@ -12,7 +12,7 @@ use super::plan::{Rule, Val, Want, HQ};
 use super::version::{KeyType, Target};
 
 /// What happened to one planned key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Applied {
     pub table: &'static str,
     pub key: &'static str,

@@ -18,7 +18,7 @@ pub const AGENT: &str = "agent.kata";
 pub const RT: &str = "runtime";
 
 /// A TOML value as Kata reads it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Val {
     Bool(bool),
@@ -58,7 +58,7 @@ impl fmt::Display for Val {
 }
 
 /// How a key is brought to what the setup needs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "rule", content = "value", rename_all = "kebab-case")]
 pub enum Rule {
     /// Exactly this value.
@@ -77,7 +77,7 @@ pub enum Rule {
 }
 
 /// One key vfioctl wants, with its one-line reason.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Want {
     pub table: &'static str,
     pub key: &'static str,
@@ -86,7 +86,7 @@ pub struct Want {
 }
 
 /// Artefacts to point Kata at (absolute paths).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Artefacts {
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
@@ -94,7 +94,7 @@ pub struct Artefacts {
 }
 
 /// `[runtime] vfio_mode`: who binds the device in the guest.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum VfioMode {
     /// The guest's own driver (nvidia) binds it: the generated file's choice.
@@ -105,7 +105,9 @@ pub enum VfioMode {
 }
 
 /// Which guest image the containers boot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Guest {
     /// Kata's own (NVIDIA) guest: NVRC init, guest-side CDI, no OCI hooks directory.
@@ -116,7 +118,7 @@ pub enum Guest {
 }
 
 /// What the run asks for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Request {
     pub target: Target,
     pub mode: PlugMode,
@@ -199,7 +201,7 @@ pub fn check(req: &Request, sel: &Selection) -> Result<(), KataError> {
 }
 
 /// How the plan lays out the PCIe ports in the guest.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Topology {
     /// One root port per PCIe function (`pcie_root_port`, bus rpN).

@@ -15,7 +15,7 @@ use super::version::{KataVersion, Runtime, Target};
 pub const PREFIX: &str = "/opt/kata";
 
 /// Which of a release's templates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Flavour {
     /// `configuration-qemu-nvidia-gpu.toml` (Go) / `configuration-qemu-nvidia-gpu-runtime-rs.toml`.
@@ -25,7 +25,7 @@ pub enum Flavour {
 }
 
 /// One of Kata's templates, as shipped by one tag.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, schemars::JsonSchema)]
 pub struct Stock {
     /// The Kata tag it was rendered from.
     pub tag: KataVersion,
@@ -216,7 +216,7 @@ fn band(runtime: Runtime, v: KataVersion) -> u8 {
 }
 
 /// The template a generated file starts from, and how it was picked.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Chosen {
     pub stock: Stock,
     /// One line for the file header and --explain: the tag, and why when it is not the

@@ -18,7 +18,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 /// Which Kata shim reads the file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Runtime {
     /// The Go runtime (`containerd-shim-kata-v2`, `src/runtime`).
@@ -76,6 +76,19 @@ impl fmt::Display for KataVersion {
     }
 }
 
+impl schemars::JsonSchema for KataVersion {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "KataVersion".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A Kata release, `major.minor.patch`.",
+            "type": "string",
+            "pattern": "^[0-9]+\\.[0-9]+\\.[0-9]+$"
+        })
+    }
+}
+
 impl Serialize for KataVersion {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -116,7 +129,7 @@ impl FromStr for KataVersion {
 }
 
 /// How a Kata release names its VFIO keys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyScheme {
     /// 2.0 – 3.1 (Go): `hotplug_vfio_on_root_bus` + `pcie_root_port`; devices are hot-plugged.
@@ -130,7 +143,7 @@ pub enum KeyScheme {
 }
 
 /// How the devices reach the VM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PlugMode {
     /// On the QEMU command line at boot (`-device vfio-pci,...,bus=rpN`).
@@ -183,7 +196,7 @@ pub const BLOCK_DRIVERS_RS: [&str; 5] = [
 pub const MAX_PCIE_PORTS: u32 = 16;
 
 /// The Kata a file is written for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Target {
     pub version: KataVersion,
     pub runtime: Runtime,
@@ -319,7 +332,7 @@ impl Target {
 }
 
 /// The TOML type Kata decodes a key into.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyType {
     Bool,

@@ -71,10 +71,97 @@ pub enum Progress {
         skipped: bool,
         note: String,
     },
+    /// The compile phase's objects: `done` of about `total` (kbuild's `CC`/`AS`/`LD`
+    /// lines against the previous build's count or an estimate from the configured tree;
+    /// `total` grows when the estimate was short).
+    Objects {
+        done: u64,
+        total: u64,
+    },
+}
+
+/// The file in the object directory that records how many objects the last compile
+/// built: the next build's total.
+const OBJECT_COUNT_FILE: &str = ".vfioctl-objects";
+
+/// Whether a line of kbuild's (quiet) output is an object built:
+/// `  CC      init/main.o`, `  CC [M]  drivers/x.o`, `  AS      arch/x86/entry/entry_64.o`,
+/// `  LD [M]  fs/x/x.o`.
+pub fn kbuild_object_line(line: &str) -> bool {
+    matches!(line.split_whitespace().next(), Some("CC" | "AS" | "LD"))
+        && line.trim_end().ends_with(".o")
+}
+
+/// An estimate of the objects a compile of `tree` builds with configuration `cfg`: the
+/// `.o` targets of every kbuild Makefile/Kbuild line whose condition the configuration
+/// enables (`obj-y += a.o`, `obj-$(CONFIG_X) += b.o` with X=y or m, `foo-y += c.o`).
+/// It misses generated and conditional-in-make objects; the compile phase grows the total
+/// when it passes it, and the real count is recorded for the next build.
+pub fn estimate_objects(tree: &Path, cfg: &DotConfig) -> u64 {
+    fn enabled(cond: &str, cfg: &DotConfig) -> bool {
+        match cond {
+            "y" | "m" => true,
+            _ => cond
+                .strip_prefix("$(CONFIG_")
+                .and_then(|c| c.strip_suffix(')'))
+                .is_some_and(|sym| cfg.tristate(sym) > 0),
+        }
+    }
+    fn count_makefile(text: &str, cfg: &DotConfig) -> u64 {
+        let joined = text.replace("\\\n", " ");
+        let mut n = 0;
+        for line in joined.lines() {
+            let line = line.split('#').next().unwrap_or("");
+            let Some((lhs, rhs)) = line.split_once("+=").or_else(|| line.split_once(":=")) else {
+                continue;
+            };
+            let lhs = lhs.trim();
+            let Some((_, cond)) = lhs.split_once('-') else {
+                continue;
+            };
+            // `obj-y`, `obj-$(CONFIG_X)`, `foo-y`, `foo-objs` (always).
+            if !(cond == "objs" || enabled(cond, cfg)) {
+                continue;
+            }
+            n += rhs.split_whitespace().filter(|w| w.ends_with(".o")).count() as u64;
+        }
+        n
+    }
+    let mut total = 0;
+    let mut stack = vec![tree.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            let name = e.file_name();
+            if ft.is_dir() {
+                if !name.to_string_lossy().starts_with('.') {
+                    stack.push(e.path());
+                }
+            } else if ft.is_file() && (name == "Makefile" || name == "Kbuild") {
+                if let Ok(text) = std::fs::read_to_string(e.path()) {
+                    total += count_makefile(&text, cfg);
+                }
+            }
+        }
+    }
+    total
+}
+
+/// The total to count the compile's objects against: the previous build's count
+/// (recorded in the object directory), else the estimate from the configured tree.
+fn objects_total(tree: &Path, obj: &Path, cfg: &DotConfig) -> u64 {
+    std::fs::read_to_string(obj.join(OBJECT_COUNT_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .filter(|n: &u64| *n > 0)
+        .unwrap_or_else(|| estimate_objects(tree, cfg))
 }
 
 /// What a build produced.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct BuildResult {
     pub out: PathBuf,
     /// True when the cache answered and nothing was rebuilt.
@@ -660,8 +747,24 @@ fn compile_and_install(
         "compile",
         format!("make -j{} ({cc}, nice {})", opts.jobs, opts.nice),
     );
-    compile_cmd(&tree.dir, obj, arch, opts.jobs, cc, opts.nice, &dirs.lab)
-        .run_logged("compile", &dirs.log("compile"))?;
+    let mut total = objects_total(&tree.dir, obj, &c.cfg);
+    let mut done = 0u64;
+    (ph.progress)(Progress::Objects { done, total });
+    compile_cmd(&tree.dir, obj, arch, opts.jobs, cc, opts.nice, &dirs.lab).run_logged_lines(
+        "compile",
+        &dirs.log("compile"),
+        Some(&mut |line: &str| {
+            if kbuild_object_line(line) {
+                done += 1;
+                total = total.max(done);
+                (ph.progress)(Progress::Objects { done, total });
+            }
+        }),
+    )?;
+    // A build that compiled nothing (all up to date in the object dir) keeps the count.
+    if done > 0 {
+        let _ = std::fs::write(obj.join(OBJECT_COUNT_FILE), format!("{done}\n"));
+    }
     let release = make(&tree.dir, obj, arch)
         .args(["-s", "kernelrelease", "LOCALVERSION="])
         .output()?;
@@ -1015,6 +1118,59 @@ fn fetch_deb(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kbuild_lines_that_are_objects() {
+        for yes in [
+            "  CC      init/main.o",
+            "  CC [M]  drivers/vfio/pci/vfio-pci.o",
+            "  AS      arch/x86/entry/entry_64.o",
+            "  LD [M]  fs/fuse/fuse.o",
+        ] {
+            assert!(kbuild_object_line(yes), "{yes}");
+        }
+        for no in [
+            "  HOSTCC  scripts/basic/fixdep",
+            "  LD [M]  fs/fuse/fuse.ko",
+            "  GEN     Makefile",
+            "make[1]: Entering directory '/obj'",
+            "init/main.c:12: warning: CC is odd.o",
+        ] {
+            assert!(!kbuild_object_line(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn objects_are_estimated_from_the_enabled_makefile_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path();
+        std::fs::create_dir_all(t.join("drivers/x")).unwrap();
+        std::fs::create_dir_all(t.join(".git")).unwrap();
+        std::fs::write(
+            t.join("Makefile"),
+            "obj-y += a.o b.o \\\n\tc.o\nobj-$(CONFIG_OFF) += off.o\n# obj-y += comment.o\n",
+        )
+        .unwrap();
+        std::fs::write(
+            t.join("drivers/x/Kbuild"),
+            "obj-$(CONFIG_X) += x.o\nx-y := x1.o x2.o\nx-$(CONFIG_OFF) += x3.o\nsub-objs := s.o\n",
+        )
+        .unwrap();
+        std::fs::write(t.join(".git/Makefile"), "obj-y += hidden.o\n").unwrap();
+        let cfg = DotConfig::parse(
+            Path::new(".config"),
+            "CONFIG_X=m\n# CONFIG_OFF is not set\n",
+        )
+        .unwrap();
+        // a b c, x x1 x2, s
+        assert_eq!(estimate_objects(t, &cfg), 7);
+        // The previous build's count wins over the estimate.
+        let obj = t.join("obj");
+        std::fs::create_dir_all(&obj).unwrap();
+        assert_eq!(objects_total(t, &obj, &cfg), 7);
+        std::fs::write(obj.join(OBJECT_COUNT_FILE), "4242\n").unwrap();
+        assert_eq!(objects_total(t, &obj, &cfg), 4242);
+    }
 
     fn configs() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-configs")

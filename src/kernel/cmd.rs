@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use super::error::{io, KernelError};
 
 /// A command line with its environment and working directory.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Cmd {
     pub program: String,
     pub args: Vec<String>,
@@ -75,6 +75,18 @@ impl Cmd {
 
     /// Run, appending stdout+stderr to `log`; fail with the log's last error lines.
     pub fn run_logged(&self, phase: &str, log: &Path) -> Result<(), KernelError> {
+        self.run_logged_lines(phase, log, None)
+    }
+
+    /// [`run_logged`](Self::run_logged), also handing each line of stdout to `on_line`
+    /// (after it is in the log): kbuild's `  CC      init/main.o` lines count the
+    /// objects compiled.
+    pub fn run_logged_lines(
+        &self,
+        phase: &str,
+        log: &Path,
+        mut on_line: Option<&mut dyn FnMut(&str)>,
+    ) -> Result<(), KernelError> {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -83,17 +95,19 @@ impl Cmd {
         writeln!(f, "$ {}", self.render()).map_err(io(log, "cannot write log"))?;
         let err = f.try_clone().map_err(io(log, "cannot open log"))?;
         let mut c = Command::new(&self.program);
-        c.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(f)
-            .stderr(err);
+        c.args(&self.args).stdin(Stdio::null()).stderr(err);
+        if on_line.is_some() {
+            c.stdout(Stdio::piped());
+        } else {
+            c.stdout(f.try_clone().map_err(io(log, "cannot open log"))?);
+        }
         for (k, v) in &self.env {
             c.env(k, v);
         }
         if let Some(d) = &self.cwd {
             c.current_dir(d);
         }
-        let status = c.status().map_err(|e| {
+        let spawned = c.spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 KernelError::ToolMissing {
                     tool: self.program.clone(),
@@ -106,7 +120,27 @@ impl Cmd {
                     source: e,
                 }
             }
+        });
+        let mut child = spawned?;
+        // Drained to the end even when the log cannot be written, so the child never
+        // blocks on a full pipe; the write error is reported after it exits.
+        let mut log_error = None;
+        if let (Some(cb), Some(out)) = (on_line.as_mut(), child.stdout.take()) {
+            for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
+                if log_error.is_none() {
+                    log_error = f.write_all(&line).and_then(|_| f.write_all(b"\n")).err();
+                }
+                cb(&String::from_utf8_lossy(&line));
+            }
+        }
+        let status = child.wait().map_err(|e| KernelError::Io {
+            path: PathBuf::from(&self.program),
+            what: "cannot wait for",
+            source: e,
         })?;
+        if let Some(e) = log_error {
+            return Err(io(log, "cannot write log")(e));
+        }
         if status.success() {
             return Ok(());
         }
@@ -189,6 +223,29 @@ mod tests {
             c.render(),
             "KBUILD_BUILD_USER=vfioctl nice -n 10 make -C '/src dir' 'CC=ccache gcc'"
         );
+    }
+
+    #[test]
+    fn lines_reach_the_callback_and_the_log() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("x.log");
+        let mut seen = Vec::new();
+        Cmd::new("sh")
+            .args([
+                "-c",
+                "echo '  CC      a.o'; echo warn >&2; echo '  LD      b.o'",
+            ])
+            .run_logged_lines(
+                "compile",
+                &log,
+                Some(&mut |l: &str| seen.push(l.to_string())),
+            )
+            .unwrap();
+        assert_eq!(seen, ["  CC      a.o", "  LD      b.o"]);
+        let text = std::fs::read_to_string(&log).unwrap();
+        for want in ["$ sh -c", "  CC      a.o", "warn", "  LD      b.o"] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
     }
 
     #[test]

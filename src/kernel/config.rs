@@ -14,7 +14,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// One value of a Kconfig symbol.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(tag = "kind", content = "value", rename_all = "lowercase")]
 pub enum Value {
     Y,
@@ -135,7 +135,7 @@ pub fn parse_num(s: &str) -> Option<i128> {
 }
 
 /// One `CONFIG_X=...` or `# CONFIG_X is not set` line, with where it came from.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Assignment {
     /// Symbol name without the `CONFIG_` prefix.
     pub symbol: String,

@@ -21,14 +21,14 @@ use super::error::{io, KernelError};
 pub const LOCK_FILE: &str = "kernel.lock";
 
 /// `kernel-configs/kernel.lock`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct SourceLock {
     /// The kernel source last recorded.
     pub kernel: LockedSource,
 }
 
 /// One recorded kernel source.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct LockedSource {
     /// Debian package that ships the tarball (`linux-source-6.1`).
     pub package: String,
@@ -79,7 +79,7 @@ impl SourceLock {
 }
 
 /// How the source of a build relates to the lock file.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(tag = "state", rename_all = "kebab-case")]
 pub enum LockState {
     /// The tarball is the one recorded in `kernel.lock`.
@@ -186,7 +186,7 @@ pub fn tarball_version(tarball: &Path) -> Result<String, KernelError> {
 }
 
 /// What `vfioctl kernel lock` did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct LockUpdate {
     /// The lock file.
     pub path: PathBuf,

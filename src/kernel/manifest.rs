@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// `kernel-configs/manifest.toml`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Pins {
     pub kernel: KernelPin,
     #[serde(default)]
     pub nvidia: BTreeMap<String, NvidiaPin>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct KernelPin {
     /// The upstream series every source must belong to (`6.1`); the exact version and
     /// checksum used are recorded in `kernel.lock` (see [`super::lock`]).
@@ -29,7 +29,7 @@ pub struct KernelPin {
     pub patches: PathBuf,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct NvidiaPin {
     pub version: String,
     pub source_package: String,
@@ -52,7 +52,7 @@ impl Pins {
 }
 
 /// How long one phase took.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct PhaseTime {
     pub phase: String,
     pub seconds: f64,
@@ -61,7 +61,7 @@ pub struct PhaseTime {
 }
 
 /// `build-manifest.json`: what was built from what.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct BuildManifest {
     pub schema: u32,
     pub vfioctl_version: String,
@@ -87,7 +87,7 @@ pub struct BuildManifest {
     pub finished: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct SourceInfo {
     /// What `--source` named (tarball or directory).
     pub given: PathBuf,
@@ -104,14 +104,14 @@ pub struct SourceInfo {
     pub patches: Vec<FragmentInfo>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct FragmentInfo {
     pub name: String,
     pub path: PathBuf,
     pub sha256: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct VerifySummary {
     pub requested: usize,
     pub dropped: usize,
@@ -119,7 +119,7 @@ pub struct VerifySummary {
     pub symbols_y: usize,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct Toolchain {
     pub cc: String,
     /// `CONFIG_CC_VERSION_TEXT` of the build.
@@ -127,7 +127,7 @@ pub struct Toolchain {
     pub ccache: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct Artefacts {
     /// bzImage, copied as `vmlinuz` (same layout as the lab's Debian kernel).
     pub vmlinuz: PathBuf,
@@ -143,7 +143,7 @@ pub struct Artefacts {
     pub logs: PathBuf,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct NvidiaInfo {
     /// `open-535` or `run:<file>`.
     pub mode: String,

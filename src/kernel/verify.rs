@@ -15,7 +15,7 @@ use super::config::{parse_assignments, render, Assignment, DotConfig, ParseError
 use super::kconfig::KconfigTree;
 
 /// One fragment file (`kernel-configs/20-nvidia.config` is flavour `nvidia`).
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct Fragment {
     pub flavour: String,
     pub path: PathBuf,
@@ -46,7 +46,7 @@ impl Fragment {
 }
 
 /// The same symbol assigned twice across (or within) fragments.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Redefinition {
     pub symbol: String,
     pub first: Assignment,
@@ -131,7 +131,7 @@ impl Allowlist {
 }
 
 /// Why a request did not land.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Cause {
     /// No `config X` in any Kconfig file read: a typo, or renamed/removed in this kernel.
@@ -151,7 +151,7 @@ pub enum Cause {
 }
 
 /// One option that did not land as requested.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Finding {
     pub symbol: String,
     pub requested: Value,
@@ -179,7 +179,7 @@ impl Finding {
 }
 
 /// The verdict over one final `.config`.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, schemars::JsonSchema)]
 pub struct Report {
     /// Distinct symbols requested.
     pub requested: usize,

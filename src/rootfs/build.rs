@@ -38,7 +38,7 @@ pub struct BuildOptions {
     pub compression: Option<Compression>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ModuleReport {
     pub name: String,
     /// Files shipped for it (dependencies first); empty when built in.
@@ -47,7 +47,7 @@ pub struct ModuleReport {
     pub loaded_at_boot: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct BuildReport {
     pub manifest: String,
     pub out: PathBuf,

@@ -16,7 +16,7 @@ use vfioctl_common::{Bdf, SysRoot};
 use super::error::SharedError;
 
 /// The backend in use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VfioBackend {
     /// `/dev/vfio/<group>` through a VFIO container.
@@ -35,7 +35,9 @@ impl fmt::Display for VfioBackend {
 }
 
 /// What the user asked for (`--vfio-backend`, profile `vfio_backend`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
     /// iommufd when the kernel and QEMU both have it, else groups.
@@ -76,7 +78,7 @@ impl fmt::Display for BackendChoice {
 }
 
 /// What the host kernel and QEMU offer.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct BackendFacts {
     /// `/dev/iommu` exists (`CONFIG_IOMMUFD`, module iommufd loaded).
     pub dev_iommu: bool,

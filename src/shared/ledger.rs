@@ -11,7 +11,7 @@ use super::{mdev, sriov};
 use crate::bind::Ledger;
 
 /// A PF whose VFs vfioctl enabled.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SriovRecord {
     /// `sriov_numvfs` written.
     pub count: u32,
@@ -24,7 +24,7 @@ pub struct SriovRecord {
 }
 
 /// A mediated device vfioctl created.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MdevRecord {
     pub parent: String,
     pub type_id: String,
@@ -34,7 +34,7 @@ pub struct MdevRecord {
 }
 
 /// What `restore` removed of the things vfioctl created.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct SharedRestoreReport {
     pub mdevs_removed: Vec<String>,
     /// PFs whose VFs were disabled, with how many.

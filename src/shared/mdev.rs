@@ -30,6 +30,19 @@ const DEVICES: &str = "/sys/bus/mdev/devices";
 #[serde(try_from = "String", into = "String")]
 pub struct MdevUuid(String);
 
+impl schemars::JsonSchema for MdevUuid {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MdevUuid".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A mediated device's UUID, lower-case (the kernel's form).",
+            "type": "string",
+            "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+        })
+    }
+}
+
 impl MdevUuid {
     /// A random (version 4) UUID.
     pub fn random() -> MdevUuid {
@@ -140,7 +153,7 @@ fn check_type(type_id: &str) -> Result<(), SharedError> {
 }
 
 /// One mdev type of one parent (`vfioctl mdev types --json`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct MdevType {
     pub parent: String,
     pub type_id: String,
@@ -154,7 +167,7 @@ pub struct MdevType {
 }
 
 /// One mediated device (`vfioctl mdev list --json`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct MdevDevice {
     pub uuid: String,
     pub parent: Option<String>,

@@ -25,7 +25,7 @@ fn hinted(mut c: Check, h: impl Into<String>) -> Check {
 }
 
 /// One entry of `creatable_vgpu_types` (`ID    : vGPU Name` table).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct VgpuType {
     pub id: u32,
     pub name: String,

@@ -23,7 +23,7 @@ use crate::bind::write::{write_timed, TimedError};
 use crate::bind::Ledger;
 
 /// One virtual function.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct VfInfo {
     pub bdf: Bdf,
     /// N of the PF's `virtfnN` link.
@@ -36,13 +36,15 @@ pub struct VfInfo {
 }
 
 /// A physical function and its VFs (`vf list --json`, one object per PF).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PfStatus {
     pub pf: Bdf,
     /// 4 lower-case hex digits (see `crate::output::pci_id`).
     #[serde(serialize_with = "crate::output::pci_id::id16")]
+    #[schemars(with = "crate::output::pci_id::Id16Schema")]
     pub vendor: u16,
     #[serde(serialize_with = "crate::output::pci_id::id16")]
+    #[schemars(with = "crate::output::pci_id::Id16Schema")]
     pub device: u16,
     /// The PF's own driver (which enables the VFs).
     pub driver: Option<String>,
@@ -52,6 +54,7 @@ pub struct PfStatus {
     pub drivers_autoprobe: Option<bool>,
     /// `sriov_vf_device`: the VFs' device id.
     #[serde(serialize_with = "crate::output::pci_id::opt_id16")]
+    #[schemars(with = "Option<crate::output::pci_id::Id16Schema>")]
     pub vf_device: Option<u16>,
     /// vfioctl created the VFs (the ledger records the PF).
     pub created_by_vfioctl: bool,
@@ -356,7 +359,7 @@ pub fn create(
 }
 
 /// What `remove` did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct RemoveReport {
     pub pf: Bdf,
     pub removed: u32,

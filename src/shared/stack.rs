@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use serde::Serialize;
 
 /// A resolved stack.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Stack {
     pub name: String,
     pub qemu: PathBuf,
@@ -97,7 +97,9 @@ impl Stack {
 }
 
 /// The versions a report records.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct Versions {
     /// `qemu-system-x86_64 --version`, first line.
     pub qemu: Option<String>,

@@ -18,7 +18,7 @@ pub const MANIFEST: &str = "MANIFEST";
 pub const FORMAT: u32 = 1;
 
 /// `SNAPSHOT.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Meta {
     pub format: u32,
     /// The vfioctl version that took it.
@@ -131,7 +131,7 @@ pub fn open(snap: &Path) -> Result<Opened, SnapshotError> {
 }
 
 /// One recorded command run again against the snapshot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Replayed {
     pub label: String,
     pub args: Vec<String>,

@@ -19,7 +19,7 @@ use super::SnapshotError;
 pub const KATA_VERSION: &str = "4.1.0";
 
 /// One command as it ran: arguments after `vfioctl --root R --json`, exit status, output.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Recorded {
     /// The command's name (`devices`, `check`, `bind --dry-run`, `vm plan`, `kata config`).
     pub label: String,

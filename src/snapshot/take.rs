@@ -33,7 +33,7 @@ pub struct Options {
 }
 
 /// What was written.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Report {
     pub out: PathBuf,
     /// Written as `.tar.zst` (else a directory).

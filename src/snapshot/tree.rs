@@ -66,7 +66,7 @@ pub struct Entry {
 }
 
 /// Counts for the report.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Counts {
     pub dirs: usize,
     pub files: usize,

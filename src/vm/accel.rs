@@ -18,7 +18,7 @@ use vfioctl_common::SysRoot;
 
 use super::profile::AccelChoice;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
     Kvm,
@@ -35,7 +35,7 @@ impl std::fmt::Display for Accel {
 }
 
 /// What the probe found.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AccelProbe {
     pub accel: Accel,
     /// Why KVM is not used, shown to the user as a warning.
@@ -243,6 +243,23 @@ impl KvmUnusable {
     }
 }
 
+/// The JSON schema of the bare string it serializes as (no description of its own: the
+/// schema is the one `Result<(), String>` had).
+impl schemars::JsonSchema for KvmUnusable {
+    fn inline_schema() -> bool {
+        <String as schemars::JsonSchema>::inline_schema()
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        <String as schemars::JsonSchema>::schema_name()
+    }
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        <String as schemars::JsonSchema>::schema_id()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <String as schemars::JsonSchema>::json_schema(generator)
+    }
+}
+
 impl From<&str> for KvmUnusable {
     fn from(reason: &str) -> Self {
         Self::new(reason)
@@ -263,7 +280,7 @@ impl std::fmt::Debug for KvmUnusable {
 }
 
 /// A probe verdict as cached: `Ok` when QEMU ran a KVM vCPU, else why not.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CachedProbe {
     pub qemu: String,
     pub verdict: Result<(), KvmUnusable>,

@@ -13,7 +13,7 @@ use super::profile::HotplugMode;
 use super::vsock::VsockBackend;
 
 /// Everything `vm up` decided, ready to become argv.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Launch {
     pub name: String,
     pub qemu: PathBuf,

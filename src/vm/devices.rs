@@ -16,7 +16,7 @@ pub const IOMMUFD_ID: &str = "iommufd0";
 pub const IVSHMEM_ID: &str = "1af4:1110";
 
 /// One device on one root port.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PlugSpec {
     /// QEMU device id (`gpu0`).
     pub id: String,

@@ -9,7 +9,7 @@
 use serde::Serialize;
 
 /// What the guest kernel said about one hot-plugged function.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PciEvidence {
     /// Guest address (`0000:01:00.0`).
     pub bdf: String,

@@ -293,6 +293,89 @@ pub async fn up_until(
     profile: &Profile,
     stop: impl Future<Output = Signal>,
 ) -> Result<VmRecord, VmError> {
+    up_observed(env, profile, stop, &|_| {}).await
+}
+
+/// Where a booting VM is, as `vm up` observes it (for progress; the record keeps the
+/// facts). Reported in this order; `Firmware` and `Kernel` only when seen (a kernel
+/// that prints nothing on the serial console goes from `Qemu` to `Agent`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BootPhase {
+    /// QEMU runs and answered on QMP.
+    Qemu { pid: u32, version: String },
+    /// The guest firmware runs (until the kernel prints).
+    Firmware { firmware: ports::Firmware },
+    /// The kernel printed its banner on the serial console (`Linux version`).
+    Kernel,
+    /// The kernel started userspace; waiting for the guest agent (or the serial marker).
+    Agent { waiting_for: String },
+    /// Confirming a cold-plugged device or hot plugging one.
+    Plug { gpu: String },
+}
+
+impl std::fmt::Display for BootPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BootPhase::Qemu { pid, version } => write!(f, "QEMU {version} started (pid {pid})"),
+            BootPhase::Firmware { firmware } => write!(f, "firmware ({firmware})"),
+            BootPhase::Kernel => f.write_str("kernel booting"),
+            BootPhase::Agent { waiting_for } => write!(f, "waiting for {waiting_for}"),
+            BootPhase::Plug { gpu } => write!(f, "plugging {gpu}"),
+        }
+    }
+}
+
+/// The serial console lines that mark a phase: the kernel's banner, then the start of
+/// userspace (`Run /init as init process`, or `Freeing unused kernel image` before it).
+const KERNEL_BANNER: &str = "Linux version ";
+const USERSPACE: [&str; 2] = ["Run /init as init process", "Freeing unused kernel"];
+
+/// Watch the serial log for the kernel and userspace phases (never returns: run it
+/// beside the wait). `reported` counts the phases already reported (0: none, 1: kernel,
+/// 2: userspace).
+async fn watch_serial(
+    log: &Path,
+    waiting_for: String,
+    observe: &(dyn Fn(BootPhase) + Send + Sync),
+) -> std::convert::Infallible {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut reported = 0u8;
+    let mut offset = 0u64;
+    loop {
+        if reported < 2 {
+            // Read only what is new, with an overlap for a marker split across reads.
+            let from = offset.saturating_sub(64);
+            let mut text = Vec::new();
+            if let Ok(mut f) = std::fs::File::open(log) {
+                if f.seek(SeekFrom::Start(from)).is_ok() {
+                    let _ = f.read_to_end(&mut text);
+                }
+            }
+            offset = offset.max(from + text.len() as u64);
+            let new = String::from_utf8_lossy(&text);
+            if reported == 0 && new.contains(KERNEL_BANNER) {
+                reported = 1;
+                observe(BootPhase::Kernel);
+            }
+            if reported >= 1 && USERSPACE.iter().any(|m| new.contains(m)) {
+                reported = 2;
+                observe(BootPhase::Agent {
+                    waiting_for: waiting_for.clone(),
+                });
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// [`up_until`], reporting each [`BootPhase`] to `observe` as it is reached (the command
+/// line draws them as progress; `observe` must return quickly).
+pub async fn up_observed(
+    env: &Env,
+    profile: &Profile,
+    stop: impl Future<Output = Signal>,
+    observe: &(dyn Fn(BootPhase) + Send + Sync),
+) -> Result<VmRecord, VmError> {
     profile.validate()?;
     let name = VmName::new(&profile.name)?;
     let rd = env.run_dir(&name);
@@ -332,7 +415,7 @@ pub async fn up_until(
             .map_err(io_err(&name, "writing the agent secret", &rd.token_file()))?;
     save(&rec)?;
     let booted = tokio::select! {
-        r = boot(env, profile, &launch, &mut rec, &token) => r,
+        r = boot(env, profile, &launch, &mut rec, &token, observe) => r,
         signal = stop => Err(VmError::Interrupted { name: name.to_string(), op: "vm up", signal }),
     };
     match booted {
@@ -362,6 +445,7 @@ async fn boot(
     launch: &Launch,
     rec: &mut VmRecord,
     token: &Token,
+    observe: &(dyn Fn(BootPhase) + Send + Sync),
 ) -> Result<(), VmError> {
     let name = rec.name.to_string();
     let rd = rec.rundir();
@@ -463,14 +547,31 @@ async fn boot(
     let v = &qmp.greeting().version;
     rec.qemu_version = Some(format!("{}.{}.{}", v.major, v.minor, v.micro));
     save(rec)?;
+    observe(BootPhase::Qemu {
+        pid,
+        version: rec.qemu_version.clone().unwrap_or_default(),
+    });
+    observe(BootPhase::Firmware {
+        firmware: launch.firmware,
+    });
 
-    wait_ready(profile, rec, token, deadline, start).await?;
+    let waiting_for = match (&profile.ready, &rec.agent) {
+        (Ready::Serial(m), _) => format!("the serial marker {m:?}"),
+        (Ready::Agent, Some(t)) => format!("the guest agent ({t})"),
+        (Ready::Agent, None) => "the guest agent".into(),
+    };
+    let serial_log = rec.serial_log.clone();
+    tokio::select! {
+        r = wait_ready(profile, rec, token, deadline, start) => r?,
+        never = watch_serial(&serial_log, waiting_for, observe) => match never {},
+    }
     rec.boot_seconds = Some(start.elapsed().as_secs_f64());
     rec.transition(VmState::Ready)?;
     save(rec)?;
 
     // Cold-plugged devices were enumerated at boot: confirm them in the guest too.
     for c in &launch.cold {
+        observe(BootPhase::Plug { gpu: c.gpu.label() });
         let confirmed =
             plug::confirm(rec, &c.gpu, &env.root, &c.port, 0, Duration::from_secs(30)).await?;
         rec.plugged.push(state::Plugged {
@@ -488,6 +589,7 @@ async fn boot(
     // Hot plug what the profile asks for, each onto the port sized for it.
     for (i, (gpu, when)) in profile.gpus()?.into_iter().enumerate() {
         if when == PlugWhen::Hot {
+            observe(BootPhase::Plug { gpu: gpu.label() });
             let port = rec.ports[i].id.clone();
             plug::plug(env, rec, &qmp, &gpu, Some(&port)).await?;
         }
@@ -591,7 +693,7 @@ async fn wait_ready(
 }
 
 /// What `vm down` did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct DownReport {
     pub name: String,
     /// State before `down` (`None`: there was no such VM, nothing to do).
@@ -736,7 +838,7 @@ async fn down_locked(env: &Env, rd: &RunDir, powerdown: Duration) -> Result<Down
 
 /// What QMP says about a running VM: `vm status` does not report a VM `ready` on the word
 /// of its state file alone.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Health {
     /// QEMU answered `query-status`: its run state (`running`, `paused`, ...).
@@ -808,7 +910,7 @@ pub async fn health(rec: &VmRecord, limit: Duration) -> Health {
 }
 
 /// `vm status` / `vm list` rows.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Status {
     pub name: String,
     pub state: VmState,
@@ -898,4 +1000,51 @@ pub fn agent_target(
     }
     let (t, token) = guest::access(&rec)?;
     Ok((t, token, rec.plugged.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn serial_log_phases_are_reported_once_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("serial.log");
+        std::fs::write(&log, "SeaBIOS (version 1.16)\n").unwrap();
+        let seen = Mutex::new(Vec::new());
+        let observe = |p: BootPhase| seen.lock().unwrap().push(p);
+        let writer = async {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let mut t = std::fs::read_to_string(&log).unwrap();
+            t.push_str("[    0.000000] Linux version 6.1.0 (debian)\n");
+            std::fs::write(&log, &t).unwrap();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            t.push_str("[    1.2] Linux version again\n[    1.3] Run /init as init process\n");
+            std::fs::write(&log, &t).unwrap();
+            tokio::time::sleep(Duration::from_millis(350)).await;
+        };
+        tokio::select! {
+            _ = writer => {}
+            never = watch_serial(&log, "the guest agent".into(), &observe) => match never {},
+        }
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                BootPhase::Kernel,
+                BootPhase::Agent {
+                    waiting_for: "the guest agent".into()
+                }
+            ]
+        );
+        assert_eq!(
+            BootPhase::Qemu {
+                pid: 7,
+                version: "8.2.2".into()
+            }
+            .to_string(),
+            "QEMU 8.2.2 started (pid 7)"
+        );
+    }
 }

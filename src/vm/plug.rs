@@ -68,7 +68,7 @@ pub fn precheck(root: &SysRoot, bdf: Bdf) -> Result<PciDevice, VmError> {
 }
 
 /// What the guest confirmed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Confirmed {
     pub id_pair: String,
     pub guest_bdf: String,

@@ -34,7 +34,9 @@ const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
 /// Guest firmware.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Firmware {
     /// SeaBIOS (QEMU's default; direct kernel boot).
@@ -54,7 +56,7 @@ impl std::fmt::Display for Firmware {
 }
 
 /// The BARs of one PCI function, as far as root-port sizing cares.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeviceBars {
     /// What the user named: `0000:41:00.0` or `emulated:8G`.
     pub label: String,
@@ -114,7 +116,7 @@ impl DeviceBars {
 }
 
 /// The CPU's physical address width as the guest will see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PhysBits {
     /// Bits the guest gets by default (`-cpu host`: the host's; `qemu64`: 40).
     pub bits: u8,
@@ -136,7 +138,7 @@ impl PhysBits {
 }
 
 /// One planned `pcie-root-port`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PortPlan {
     /// QEMU id and bus name for `device_add ... bus=`: `rp0`, `rp1`, ...
     pub id: String,
@@ -177,7 +179,7 @@ impl PortPlan {
 }
 
 /// Ports plus what the machine needs around them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Plan {
     pub firmware: Firmware,
     pub ports: Vec<PortPlan>,

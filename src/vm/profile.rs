@@ -29,7 +29,9 @@ use vfioctl_common::{units, Bdf};
 use super::ports::Firmware;
 
 /// How the guest learns about hot-plugged PCIe devices on q35's cold-plugged root ports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum HotplugMode {
     /// ACPI PCI hotplug (QEMU >= 6.1's q35 default): fast plug and unplug in Linux.
@@ -51,7 +53,9 @@ impl HotplugMode {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AccelChoice {
     /// KVM when QEMU can really use /dev/kvm (probed), else TCG with a warning.
@@ -60,7 +64,9 @@ pub enum AccelChoice {
     Tcg,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum VsockChoice {
     /// vhost-vsock-pci when /dev/vhost-vsock opens, else vhost-user-vsock-pci.
@@ -71,7 +77,9 @@ pub enum VsockChoice {
 }
 
 /// When a declared device is plugged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum PlugWhen {
     /// Over QMP after the guest is ready (`device_add`).
@@ -83,7 +91,7 @@ pub enum PlugWhen {
 }
 
 /// A device the VM should hold: a host GPU or an emulated stand-in.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum GpuSpec {
     /// A host PCI function bound to vfio-pci.
@@ -166,7 +174,7 @@ pub enum GpuSpecError {
     Bdf { error: vfioctl_common::BdfError },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceEntry {
     pub gpu: String,
@@ -217,6 +225,19 @@ impl Serialize for Ready {
     }
 }
 
+impl schemars::JsonSchema for Ready {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Ready".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "How `vm up` knows the guest is ready: `agent` or `serial:<marker>`.",
+            "type": "string",
+            "pattern": "^(agent|serial:.+)$"
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Ready {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -225,7 +246,7 @@ impl<'de> Deserialize<'de> for Ready {
 }
 
 /// A VM profile. Every field has a default.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Profile {
     pub name: String,

@@ -39,7 +39,9 @@ pub const MAX_NAME: usize = 32;
 
 /// A validated VM name: 1-32 ASCII letters, digits, `-` and `_`, starting with a letter
 /// or digit. It is a single path component by construction.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct VmName(String);
 

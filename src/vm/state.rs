@@ -15,7 +15,7 @@ use super::rundir::{RunDir, VmName};
 use super::vsock::{AgentTransport, VsockBackend};
 
 /// Where a VM is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum VmState {
     /// Runtime directory made, nothing started.
@@ -106,7 +106,7 @@ impl std::fmt::Display for VmState {
 }
 
 /// A device vfioctl plugged into the VM.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Plugged {
     /// QEMU device id (`gpu0`).
     pub id: String,
@@ -125,7 +125,7 @@ pub struct Plugged {
 
 /// The process that runs `vm up` for a VM, identified beyond its pid (pids are recycled)
 /// by its start time in clock ticks since boot (`/proc/PID/stat` field 22).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Starter {
     pub pid: u32,
     pub start_ticks: u64,
@@ -145,7 +145,7 @@ impl Starter {
 }
 
 /// Everything about one VM, as `state.json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VmRecord {
     pub name: VmName,
     pub state: VmState,

@@ -15,7 +15,7 @@ use super::rundir::RunDir;
 pub use crate::agent::Transport as AgentTransport;
 
 /// The vsock device the VM gets.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum VsockBackend {
     None,

@@ -111,5 +111,10 @@ pub fn build(flavours: &[&str], nvidia: Option<&str>) -> Result<kernel::BuildRes
         ccache: true,
         clean: false,
     };
-    kernel::build(&opts, &mut |p| eprintln!("{p:?}")).map_err(|e| chain(&e))
+    kernel::build(&opts, &mut |p| {
+        if !matches!(p, kernel::build::Progress::Objects { .. }) {
+            eprintln!("{p:?}")
+        }
+    })
+    .map_err(|e| chain(&e))
 }
