@@ -1,5 +1,7 @@
 //! What every command gets: where the host is (`--root`) and how to print.
 
+#![warn(missing_docs)]
+
 use std::path::PathBuf;
 
 use vfioctl_common::SysRoot;
@@ -17,6 +19,7 @@ pub struct Context {
 }
 
 impl Context {
+    /// A context over `root`, printing JSON when `json` is set.
     pub fn new(root: SysRoot, json: bool) -> Self {
         Self {
             root,

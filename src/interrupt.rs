@@ -9,6 +9,8 @@
 //! code polls [`received`]. Commands that never call [`install`] keep the default
 //! dispositions.
 
+#![warn(missing_docs)]
+
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::OnceLock;
@@ -19,7 +21,9 @@ use crate::Exit;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Signal {
+    /// SIGINT (Ctrl-C): exit 130.
     Sigint,
+    /// SIGTERM: exit 143.
     Sigterm,
 }
 
@@ -56,6 +60,7 @@ impl std::fmt::Display for Signal {
 pub struct Interrupted {
     /// What was running (`vm up lab`, `validate`).
     pub what: String,
+    /// The signal.
     pub signal: Signal,
 }
 

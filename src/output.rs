@@ -319,6 +319,32 @@ pub fn emit<T: Serialize>(
     out.flush()
 }
 
+/// Print `items` as a [`Table`] under `header`, or the line `none` when there are none
+/// (the listings of `vfioctl vf` and `vfioctl mdev`).
+pub fn table_or<T>(
+    out: &mut dyn Write,
+    none: &str,
+    header: &[&str],
+    items: &[T],
+    row: impl Fn(&T) -> Vec<String>,
+) -> io::Result<()> {
+    if items.is_empty() {
+        return writeln!(out, "{none}");
+    }
+    Table::of(header, items, row).write(out)
+}
+
+/// A table cell for a value that may be unknown or absent: the value, or `-`.
+pub fn cell<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// A failure to write a command's output (stdout closed, disk full): an infrastructure
+/// error.
+pub fn write_failed(e: io::Error) -> crate::Failure {
+    crate::Failure::new(crate::Exit::Infrastructure, e)
+}
+
 /// A plain text table with columns sized to their content.
 #[derive(Default)]
 pub struct Table {
@@ -330,6 +356,12 @@ impl Table {
         Self {
             rows: vec![header.iter().map(|s| s.to_string()).collect()],
         }
+    }
+    /// A table of one row per item, the cells from `row`.
+    pub fn of<T>(header: &[&str], items: &[T], row: impl Fn(&T) -> Vec<String>) -> Self {
+        let mut t = Self::new(header);
+        t.rows.extend(items.iter().map(row));
+        t
     }
     pub fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);

@@ -19,25 +19,11 @@ use std::time::{Duration, Instant};
 use vfioctl::bind;
 use vfioctl::{Bdf, SysRoot};
 use vfioctl_common::PciDevice;
+use vfioctl_testkit::fixture::copy;
 
 const P1: &str = "0000:03:01.0";
 const P2: &str = "0000:03:02.0";
 const SIM: (&str, &str) = ("VFIOCTL_SIM_KERNEL", "1");
-
-fn copy(name: &str) -> tempfile::TempDir {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    let t = tempfile::tempdir().unwrap();
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", src.display()))
-        .arg(t.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    t
-}
 
 fn vfioctl(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vfioctl"));

@@ -6,31 +6,13 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use vfioctl::bind::{self, BindError, RefusalKind, Role};
 use vfioctl::{Bdf, SysRoot};
 use vfioctl_common::PciDevice;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// A private, writable copy of a fixture tree (symlinks kept as they are).
-fn copy(name: &str) -> tempfile::TempDir {
-    let t = tempfile::tempdir().unwrap();
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", fixture(name).display()))
-        .arg(t.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    t
-}
+use vfioctl_testkit::fixture::{copy, path as fixture};
 
 fn bdf(s: &str) -> Bdf {
     s.parse().unwrap()

@@ -9,65 +9,13 @@
 //! lab kernel or vhost-device-vsock is missing.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use vfioctl::agent::{AgentClient, Transport};
 use vfioctl::vm::lifecycle;
 use vfioctl::vm::profile::{Profile, Ready, VsockChoice};
-use vfioctl_testkit::build;
-use vfioctl_testkit::lab::{Harness, Lab};
+use vfioctl_testkit::lab::{bind_lab_topology, Harness, Lab};
 use vfioctl_testkit::prereq::repo;
-
-fn initramfs(lab: &Lab, dir: &Path) -> PathBuf {
-    let kmods = lab.kernel.parent().unwrap().to_path_buf();
-    let out = dir.join("bind-lab.cpio.gz");
-    let opts = vfioctl::rootfs::build::BuildOptions {
-        manifest: repo().join("tests/lab/lab-bind.toml"),
-        kernel_modules: Some(kmods),
-        out: out.clone(),
-        agent: Some(build::static_agent()),
-        extra: vec![
-            (build::static_vfioctl(), "/bin/vfioctl".into()),
-            (repo().join("tests/lab/bind-guest.sh"), "/lab.sh".into()),
-        ],
-        ..Default::default()
-    };
-    vfioctl::rootfs::build::build(&opts).expect("building the bind lab initramfs");
-    out
-}
-
-/// The lab topology (same as scripts/lab-bind): an e1000e on its own root port, two e1000
-/// behind a pcie-pci-bridge, and an e1000e with a user-mode network for the route test.
-fn topology() -> Vec<String> {
-    [
-        "-machine",
-        "kernel-irqchip=split",
-        "-device",
-        "intel-iommu,intremap=on,caching-mode=on",
-        "-device",
-        "pcie-root-port,id=brp0,bus=pcie.0,chassis=21",
-        "-device",
-        "pcie-root-port,id=brp1,bus=pcie.0,chassis=22",
-        "-device",
-        "pcie-root-port,id=brp2,bus=pcie.0,chassis=23",
-        "-device",
-        "e1000e,bus=brp0,mac=52:54:00:00:01:00",
-        "-device",
-        "pcie-pci-bridge,id=bpb,bus=brp1",
-        "-device",
-        "e1000,bus=bpb,addr=0x1.0,mac=52:54:00:00:03:01",
-        "-device",
-        "e1000,bus=bpb,addr=0x2.0,mac=52:54:00:00:03:02",
-        "-netdev",
-        "user,id=bn0,restrict=on",
-        "-device",
-        "e1000e,bus=brp2,netdev=bn0,mac=52:54:00:00:04:00",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
 
 fn parse(stdout: &str) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut lines = BTreeMap::new();
@@ -91,7 +39,7 @@ async fn bind_lab_real_kernel_through_the_agent() {
     let lab = vfioctl_testkit::require!(Lab::get());
     let h = Harness::new("bind_lab");
     let work = tempfile::tempdir().unwrap();
-    let initrd = initramfs(&lab, work.path());
+    let initrd = lab.bind_lab_initramfs(work.path(), &repo().join("tests/lab/bind-guest.sh"));
     let profile = Profile {
         name: "bindlab".into(),
         vcpus: 1,
@@ -104,7 +52,7 @@ async fn bind_lab_real_kernel_through_the_agent() {
         ready: Ready::Agent,
         vsock: VsockChoice::Auto,
         boot_timeout: 300,
-        qemu_args: topology(),
+        qemu_args: bind_lab_topology(),
         // The image allows exec (lab-vfio.toml) and this VM asks for it.
         agent_exec: true,
         ..Profile::default()

@@ -60,7 +60,7 @@ fn selectors_resolve_to_iommu_groups_and_conflicts_follow() {
     // every-gpu (which needs all GPUs) -> three rounds.
     let d = [10; 5];
     assert_eq!(simulate(&jobs, 5, &d).makespan_ms, 30);
-    let e = resolve(&root, &plan.scenarios[5]).unwrap_err();
+    let e = resolve(&root, &plan.scenarios[5]).unwrap_err().to_string();
     assert!(e.contains("0000:99:00.0"), "{e}");
 }
 

@@ -41,10 +41,7 @@ fn lab_plan_standin_passes_and_negative_control_fails_as_expected() {
         .arg("regress")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lab-plan.toml"))
         .arg("--agent")
-        .arg(
-            vfioctl::rootfs::agent_bin::build_static(Path::new(env!("CARGO_MANIFEST_DIR")))
-                .expect("the static agent"),
-        )
+        .arg(vfioctl_testkit::build::static_agent())
         .args(["--only", CI_SCENARIOS, "--jobs", "3", "--history"])
         .arg(&hist)
         .arg("--json")

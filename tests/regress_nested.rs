@@ -31,10 +31,9 @@ fn nested_guest_lists_the_device_passed_through_by_l1() {
         .arg("regress")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lab-plan.toml"))
         .arg("--agent")
-        .arg(
-            vfioctl::rootfs::agent_bin::build_static(Path::new(env!("CARGO_MANIFEST_DIR")))
-                .expect("the static agent"),
-        )
+        .arg(vfioctl_testkit::build::static_agent())
+        .arg("--static-vfioctl")
+        .arg(vfioctl_testkit::build::static_vfioctl())
         .args(["--only", "nested-passthrough", "--out"])
         .arg(out.path().join("out"))
         .arg("--json")

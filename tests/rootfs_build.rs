@@ -235,6 +235,7 @@ fn readme_example_builds() {
     let mut args: Vec<String> = line.split_whitespace().skip(1).map(String::from).collect();
     for (flag, value) in [
         ("--kernel-modules", kernel.display().to_string()),
+        ("--agent", static_agent().display().to_string()),
         ("--out", out.display().to_string()),
     ] {
         let i = args.iter().position(|a| a == flag).expect(flag);

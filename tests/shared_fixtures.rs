@@ -29,15 +29,7 @@ fn fixture() -> PathBuf {
 
 /// A private, writable copy of the fixture (symlinks kept).
 fn copy() -> tempfile::TempDir {
-    let t = tempfile::tempdir().unwrap();
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", fixture().display()))
-        .arg(t.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    t
+    vfioctl_testkit::fixture::copy("shared-gpus")
 }
 
 fn vfioctl(root: &Path, args: &[&str]) -> Output {

@@ -36,55 +36,6 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn initramfs(lab: &common::Lab, dir: &Path) -> PathBuf {
-    let out = dir.join("snapshot-lab.cpio.gz");
-    let vfioctl = vfioctl::regress::nested::static_vfioctl(&repo()).expect("static vfioctl");
-    let opts = vfioctl::rootfs::build::BuildOptions {
-        manifest: repo().join("tests/lab/lab-bind.toml"),
-        kernel_modules: Some(lab.kernel.parent().unwrap().to_path_buf()),
-        out: out.clone(),
-        agent: Some(vfioctl::rootfs::agent_bin::build_static(&repo()).expect("static agent")),
-        extra: vec![
-            (vfioctl, "/bin/vfioctl".into()),
-            (repo().join("tests/lab/snapshot-guest.sh"), "/lab.sh".into()),
-        ],
-        ..Default::default()
-    };
-    vfioctl::rootfs::build::build(&opts).expect("building the snapshot lab initramfs");
-    out
-}
-
-/// The bind lab's topology (tests/bind_lab.rs, scripts/lab-bind).
-fn topology() -> Vec<String> {
-    [
-        "-machine",
-        "kernel-irqchip=split",
-        "-device",
-        "intel-iommu,intremap=on,caching-mode=on",
-        "-device",
-        "pcie-root-port,id=brp0,bus=pcie.0,chassis=21",
-        "-device",
-        "pcie-root-port,id=brp1,bus=pcie.0,chassis=22",
-        "-device",
-        "pcie-root-port,id=brp2,bus=pcie.0,chassis=23",
-        "-device",
-        "e1000e,bus=brp0,mac=52:54:00:00:01:00",
-        "-device",
-        "pcie-pci-bridge,id=bpb,bus=brp1",
-        "-device",
-        "e1000,bus=bpb,addr=0x1.0,mac=52:54:00:00:03:01",
-        "-device",
-        "e1000,bus=bpb,addr=0x2.0,mac=52:54:00:00:03:02",
-        "-netdev",
-        "user,id=bn0,restrict=on",
-        "-device",
-        "e1000e,bus=brp2,netdev=bn0,mac=52:54:00:00:04:00",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 fn exec(t: &Agent, argv: &[&str]) -> ExecReply {
     let mut c = AgentClient::connect(&t.0, &t.1, Duration::from_secs(60)).expect("agent connect");
     c.exec(argv, Duration::from_secs(600), 1 << 20)
@@ -200,7 +151,7 @@ async fn lab_guest_snapshots_replay_here_exactly() {
     let lab = vfioctl_testkit::require!(common::Lab::get());
     let h = common::Harness::new(TEST);
     let work = tempfile::tempdir().unwrap();
-    let initrd = initramfs(&lab, work.path());
+    let initrd = lab.bind_lab_initramfs(work.path(), &repo().join("tests/lab/snapshot-guest.sh"));
     let profile = Profile {
         name: "snaplab".into(),
         vcpus: 1,
@@ -215,7 +166,7 @@ async fn lab_guest_snapshots_replay_here_exactly() {
         accel: AccelChoice::Tcg,
         // TCG on a loaded 2-core machine has taken more than 300 s to boot this guest.
         boot_timeout: 900,
-        qemu_args: topology(),
+        qemu_args: vfioctl_testkit::lab::bind_lab_topology(),
         // The image allows exec (lab-vfio.toml) and this VM asks for it.
         agent_exec: true,
         ..Profile::default()

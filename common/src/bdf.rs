@@ -12,16 +12,23 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// digits without a leading zero, as the kernel prints them.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Bdf {
+    /// PCI domain (segment), `0000` on most machines.
     pub domain: u32,
+    /// Bus number.
     pub bus: u8,
+    /// Device number on the bus (0-31).
     pub device: u8,
+    /// Function number of the device (0-7).
     pub function: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid PCI address {input:?}: {reason}; expected DDDD:BB:DD.F (e.g. 0000:d0:00.0) or BB:DD.F (e.g. d0:00.0), as lspci -D prints it")]
+/// A string that is not a PCI address.
 pub struct BdfError {
+    /// The string as given.
     pub input: String,
+    /// What is wrong with it.
     pub reason: &'static str,
 }
 
@@ -36,6 +43,7 @@ fn hex_field(s: &str, width: usize, what: &'static str) -> Result<u32, &'static 
 }
 
 impl Bdf {
+    /// The address `domain:bus:device.function`.
     pub const fn new(domain: u32, bus: u8, device: u8, function: u8) -> Self {
         Self {
             domain,
@@ -152,10 +160,16 @@ pub enum ClassFilter {
     /// USB controllers, 0x0c03.
     Usb,
     /// An exact class prefix: base (`0x03`), base+sub (`0x0302`) or all 24 bits (`0x030200`).
-    Code { value: u32, digits: u8 },
+    Code {
+        /// The class bits given.
+        value: u32,
+        /// How many hex digits were given: 2, 4 or 6.
+        digits: u8,
+    },
 }
 
 impl ClassFilter {
+    /// True when the 24-bit class code `class` belongs to this family.
     pub fn matches(&self, class: u32) -> bool {
         let base = class >> 16;
         let sub = class >> 8;
@@ -175,8 +189,16 @@ impl ClassFilter {
     }
 }
 
+/// A device class name that is neither a known family nor a hex class code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown device class {input:?}: use gpu, audio, net, storage, bridge, usb, or a hex class such as 0x0302")]
+pub struct UnknownClass {
+    /// The class as written.
+    pub input: String,
+}
+
 impl FromStr for ClassFilter {
-    type Err = String;
+    type Err = UnknownClass;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s.to_ascii_lowercase().as_str() {
             "gpu" | "display" | "vga" => ClassFilter::Gpu,
@@ -189,13 +211,13 @@ impl FromStr for ClassFilter {
                 let hex = other.strip_prefix("0x").unwrap_or(other);
                 if matches!(hex.len(), 2 | 4 | 6) && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                     ClassFilter::Code {
-                        value: u32::from_str_radix(hex, 16).map_err(|e| e.to_string())?,
+                        // at most 6 hex digits: always a u32
+                        value: u32::from_str_radix(hex, 16)
+                            .map_err(|_| UnknownClass { input: s.into() })?,
                         digits: hex.len() as u8,
                     }
                 } else {
-                    return Err(format!(
-                        "unknown device class {s:?}: use gpu, audio, net, storage, bridge, usb, or a hex class such as 0x0302"
-                    ));
+                    return Err(UnknownClass { input: s.into() });
                 }
             }
         })
@@ -207,21 +229,36 @@ impl FromStr for ClassFilter {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Selector {
     /// One address.
-    Bdf { bdf: Bdf },
+    Bdf {
+        /// The address.
+        bdf: Bdf,
+    },
     /// Every device with this vendor (and device) id: `10de:20b9`, `10de:*`.
-    Id { vendor: u16, device: Option<u16> },
+    Id {
+        /// Vendor id.
+        vendor: u16,
+        /// Device id; `None` for every device of the vendor.
+        device: Option<u16>,
+    },
     /// Every device of a class family.
-    Class { class: ClassFilter },
+    Class {
+        /// The class family.
+        class: ClassFilter,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid device selector {input:?}: {reason}")]
+/// A string that is not a device selector.
 pub struct SelectorError {
+    /// The selector as given.
     pub input: String,
+    /// What is wrong with it.
     pub reason: String,
 }
 
 impl Selector {
+    /// True when the device at `bdf` with these ids and class code is selected.
     pub fn matches(&self, bdf: Bdf, vendor: u16, device: u16, class: u32) -> bool {
         match self {
             Selector::Bdf { bdf: b } => *b == bdf,
@@ -243,9 +280,9 @@ impl FromStr for Selector {
             return class
                 .parse()
                 .map(|class| Selector::Class { class })
-                .map_err(|reason| SelectorError {
+                .map_err(|e: UnknownClass| SelectorError {
                     input: input.into(),
-                    reason,
+                    reason: e.to_string(),
                 });
         }
         if input.contains('.') {

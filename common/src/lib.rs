@@ -12,6 +12,8 @@
 //! The guest agent links this crate too, so the guest lists its PCI devices with the very
 //! parser the host uses, and the BARs on both sides can be compared field by field.
 
+#![warn(missing_docs)]
+
 pub mod bdf;
 pub mod pci;
 pub mod proto;

@@ -72,14 +72,27 @@ pub const MAX_EXEC_OUTPUT: u32 = 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("connection closed")]
+    /// The peer closed the connection.
     Eof,
     #[error("bad frame magic {0:02x?} (not a vfioctl agent peer?)")]
+    /// The first bytes are not the frame magic.
     BadMagic([u8; 3]),
+    /// The peer speaks another protocol version.
     #[error("protocol version {got} not supported (this side speaks {PROTOCOL_VERSION})")]
-    Version { got: u8 },
+    Version {
+        /// The peer's version.
+        got: u8,
+    },
+    /// The frame is larger than this side accepts.
     #[error("frame of {len} bytes exceeds the limit of {max}")]
-    TooLarge { len: u32, max: u32 },
+    TooLarge {
+        /// The frame's length.
+        len: u32,
+        /// The limit.
+        max: u32,
+    },
     #[error("frame I/O")]
+    /// Reading or writing the frame failed.
     Io(#[from] io::Error),
 }
 
@@ -233,6 +246,7 @@ impl Token {
         Ok(Token(t.into()))
     }
 
+    /// The secret as hex.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -266,10 +280,12 @@ impl From<Token> for String {
 /// One request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
+    /// Chosen by the client; the response carries it back.
     pub id: u64,
     /// The VM's secret; required by the agent on every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<Token>,
+    /// What is asked.
     pub req: RequestBody,
 }
 
@@ -284,15 +300,19 @@ pub enum RequestBody {
     /// Wait (event-driven) until a device matching `selector` exists and, when
     /// `all_bars` is set, every BAR it has is assigned.
     WaitDevice {
+        /// The device to wait for.
         selector: Selector,
+        /// How long to wait, milliseconds.
         timeout_ms: u64,
         #[serde(default = "yes")]
+        /// Also wait until every BAR of the device is assigned.
         all_bars: bool,
     },
     /// Kernel log records after sequence number `since` (all since boot when absent),
     /// plus the classified lines that matter.
     KernelLog {
         #[serde(default)]
+        /// Only records after this sequence number.
         since: Option<u64>,
         /// Keep at most this many of the newest records (findings cover all of them).
         #[serde(default)]
@@ -300,21 +320,29 @@ pub enum RequestBody {
     },
     /// A named in-guest check ([`CHECKS`]).
     RunCheck {
+        /// The check's name.
         name: String,
         #[serde(default)]
+        /// The check's arguments.
         args: Vec<String>,
     },
     /// Run a command; only when the agent was started with exec enabled.
     Exec {
+        /// The command and its arguments (no shell).
         argv: Vec<String>,
+        /// How long the command may run, milliseconds.
         timeout_ms: u64,
         /// Bytes kept per stream (at most [`MAX_EXEC_OUTPUT`]).
         max_output: u32,
         #[serde(default)]
+        /// Extra environment variables.
         env: Vec<(String, String)>,
     },
     /// Power off or reboot the guest (PID 1), or stop the agent (service).
-    Shutdown { action: PowerAction },
+    Shutdown {
+        /// Power off or reboot.
+        action: PowerAction,
+    },
 }
 
 fn yes() -> bool {
@@ -338,8 +366,11 @@ impl RequestBody {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// What `shutdown` does.
 pub enum PowerAction {
+    /// Power the guest off.
     Poweroff,
+    /// Reboot the guest.
     Reboot,
 }
 
@@ -348,13 +379,17 @@ pub enum PowerAction {
 pub struct Response {
     /// The request's id; `None` when the request could not be read far enough to know it.
     pub id: Option<u64>,
+    /// The reply or the error.
     pub result: Outcome,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// A request's result.
 pub enum Outcome {
+    /// The request was served.
     Ok(Reply),
+    /// The request failed.
     Err(AgentError),
 }
 
@@ -362,16 +397,27 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Reply {
+    /// Reply to `hello`.
     Hello(HelloReply),
+    /// Reply to `list_devices`.
     Devices(DevicesReply),
+    /// Reply to `wait_device`.
     WaitDevice(WaitReply),
+    /// Reply to `kernel_log`.
     KernelLog(KernelLogReply),
+    /// Reply to `run_check`.
     Check(CheckOutcome),
+    /// Reply to `exec`.
     Exec(ExecReply),
-    Shutdown { action: PowerAction },
+    /// Reply to `shutdown`, sent before the guest goes down.
+    Shutdown {
+        /// What the guest does now.
+        action: PowerAction,
+    },
 }
 
 impl Reply {
+    /// The request kind this reply answers (`hello`, `devices`, ...).
     pub fn op(&self) -> &'static str {
         match self {
             Reply::Hello(_) => "hello",
@@ -387,6 +433,9 @@ impl Reply {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+// Like `Verdict` below: part of the committed JSON schemas, where doc comments would
+// become descriptions; the fields without one say what they are by name.
+#[allow(missing_docs)]
 pub struct HelloReply {
     pub agent_version: String,
     pub protocol_version: u8,
@@ -409,6 +458,7 @@ pub struct HelloReply {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[allow(missing_docs)]
 pub struct ModuleLoad {
     pub path: String,
     /// `loaded`, `already loaded`, or the error.
@@ -416,7 +466,9 @@ pub struct ModuleLoad {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Every PCI device the guest sees.
 pub struct DevicesReply {
+    /// The devices, read with the host's parser.
     pub devices: Vec<PciDevice>,
     /// Devices that could not be read (address and error), so one bad device does not
     /// hide the rest.
@@ -425,11 +477,13 @@ pub struct DevicesReply {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The outcome of `wait_device`.
 pub struct WaitReply {
     /// The device exists and (if asked) every BAR is assigned.
     pub ready: bool,
     /// The matching device as last seen (also when not ready: it shows what is missing).
     pub device: Option<Box<PciDevice>>,
+    /// How long the agent waited, milliseconds.
     pub waited_ms: u64,
     /// Kernel uevents seen while waiting.
     pub uevents: u32,
@@ -438,11 +492,13 @@ pub struct WaitReply {
 /// One `/dev/kmsg` record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KmsgRecord {
+    /// The record's sequence number.
     pub seq: u64,
     /// Syslog level 0 (emerg) to 7 (debug).
     pub level: u8,
     /// Microseconds since boot.
     pub ts_us: u64,
+    /// The message.
     pub text: String,
 }
 
@@ -517,22 +573,30 @@ pub enum FindingKind {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// How much a kernel log finding matters.
 pub enum Severity {
+    /// Worth knowing.
     Info,
+    /// Likely a problem.
     Warning,
+    /// A failure.
     Error,
 }
 
 /// A kernel log line that matters, classified.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
+    /// What the line says.
     pub kind: FindingKind,
+    /// How much it matters.
     pub severity: Severity,
+    /// The record's sequence number.
     pub seq: u64,
     /// The device the line names (`pci 0000:01:00.0: ...`), if any.
     pub bdf: Option<Bdf>,
     /// The BAR the line names (`BAR 2`), if any. Bridge windows are 13-16 as in `resource`.
     pub bar: Option<u8>,
+    /// The line.
     pub text: String,
 }
 
@@ -638,8 +702,11 @@ pub fn findings(records: &[KmsgRecord]) -> Vec<Finding> {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Kernel log records and what they say.
 pub struct KernelLogReply {
+    /// The records, oldest first.
     pub records: Vec<KmsgRecord>,
+    /// The lines that matter, classified.
     pub findings: Vec<Finding>,
     /// The last sequence number seen: pass it as `since` to get only newer records.
     pub mark: u64,
@@ -651,6 +718,9 @@ pub struct KernelLogReply {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
+// The variants and the fields of `CheckOutcome` below say what they are by name; doc
+// comments would turn into descriptions in the committed JSON schemas (schemas/).
+#[allow(missing_docs)]
 pub enum Verdict {
     Pass,
     Fail,
@@ -670,6 +740,7 @@ impl fmt::Display for Verdict {
 /// The result of one named in-guest check.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[allow(missing_docs)]
 pub struct CheckOutcome {
     pub name: String,
     pub verdict: Verdict,
@@ -706,18 +777,28 @@ pub const CHECKS: &[(&str, &str)] = &[
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How a command run by `exec` ended, with its output.
 pub struct ExecReply {
+    /// The exit status, `None` when a signal ended it.
     pub exit_code: Option<i32>,
+    /// The signal that ended it.
     pub signal: Option<i32>,
+    /// It ran past its timeout and was killed.
     pub timed_out: bool,
+    /// Standard output (lossy UTF-8).
     pub stdout: String,
+    /// Standard error (lossy UTF-8).
     pub stderr: String,
+    /// Standard output was cut at `max_output`.
     pub stdout_truncated: bool,
+    /// Standard error was cut at `max_output`.
     pub stderr_truncated: bool,
+    /// How long it ran, milliseconds.
     pub duration_ms: u64,
 }
 
 impl ExecReply {
+    /// Exit status 0 within the timeout.
     pub fn success(&self) -> bool {
         self.exit_code == Some(0) && !self.timed_out
     }
@@ -729,27 +810,38 @@ impl ExecReply {
 pub enum ErrorKind {
     /// The frame header was not a vfioctl frame.
     BadFrame,
+    /// The frame is larger than the agent accepts.
     TooLarge,
+    /// The peer speaks another protocol version.
     UnsupportedVersion,
     /// Well framed, but not a valid request.
     BadRequest,
     /// The request did not carry the VM's secret (or the agent has none to compare with).
     Unauthorized,
+    /// `exec` is off in this agent.
     ExecDisabled,
+    /// No check of that name ([`CHECKS`]).
     UnknownCheck,
+    /// What the request names does not exist.
     NotFound,
+    /// An I/O error in the guest.
     Io,
+    /// A bug in the agent.
     Internal,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{kind:?}: {message}")]
+/// Why the agent refused or failed a request.
 pub struct AgentError {
+    /// The kind of failure.
     pub kind: ErrorKind,
+    /// What happened, for people.
     pub message: String,
 }
 
 impl AgentError {
+    /// An error of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,

@@ -16,16 +16,21 @@ use std::path::{Component, Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 #[error("{op} {}", path.display())]
 pub struct SysError {
+    /// What was being done (`read`, `list`, `write`).
     pub op: &'static str,
+    /// The host-absolute path.
     pub path: PathBuf,
     #[source]
+    /// The I/O error.
     pub source: io::Error,
 }
 
 impl SysError {
+    /// The path does not exist.
     pub fn is_not_found(&self) -> bool {
         self.source.kind() == io::ErrorKind::NotFound
     }
+    /// The caller may not read or write the path.
     pub fn is_permission_denied(&self) -> bool {
         self.source.kind() == io::ErrorKind::PermissionDenied
     }
@@ -205,6 +210,7 @@ pub enum Access {
 /// Told of every path a [`SysRoot`] touches (`vfioctl snapshot` records what the commands
 /// read this way). The host-absolute path is passed, before the access happens.
 pub trait AccessLog: Send + Sync {
+    /// Called with `abs` before `access` happens.
     fn record(&self, access: Access, abs: &Path);
 }
 
@@ -265,6 +271,7 @@ impl SysRoot {
         }
     }
 
+    /// The directory the host-absolute paths are resolved under (`/` on a real machine).
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -316,6 +323,7 @@ impl SysRoot {
         }
     }
 
+    /// True when `abs` exists under the root.
     pub fn exists(&self, abs: impl AsRef<Path>) -> bool {
         self.note(Access::Stat, abs.as_ref());
         self.full(abs).exists()
@@ -327,11 +335,13 @@ impl SysRoot {
         fs::symlink_metadata(self.full(abs)).is_ok()
     }
 
+    /// True when `abs` is a directory under the root.
     pub fn is_dir(&self, abs: impl AsRef<Path>) -> bool {
         self.note(Access::Stat, abs.as_ref());
         self.full(abs).is_dir()
     }
 
+    /// The contents of `abs`.
     pub fn read_bytes(&self, abs: impl AsRef<Path>) -> Result<Vec<u8>, SysError> {
         use std::os::unix::fs::OpenOptionsExt;
         let abs = abs.as_ref();
@@ -351,6 +361,7 @@ impl SysRoot {
         read_regular(f, read_limit(abs), sysfs).map_err(|e| self.err("read", abs, e))
     }
 
+    /// The contents of `abs` as text (an error when it is not UTF-8).
     pub fn read_string(&self, abs: impl AsRef<Path>) -> Result<String, SysError> {
         let abs = abs.as_ref();
         let bytes = self.read_bytes(abs)?;

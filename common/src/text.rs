@@ -94,6 +94,7 @@ pub struct TerminalWriter<W: std::io::Write> {
 }
 
 impl<W: std::io::Write> TerminalWriter<W> {
+    /// A writer that escapes control characters on their way to `inner`.
     pub fn new(inner: W) -> Self {
         Self {
             inner,

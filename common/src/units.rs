@@ -42,8 +42,11 @@ pub const MAX_ADDRESSABLE: u64 = 1 << 52;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid size {input:?}: {reason}")]
+/// A string that is not a byte size.
 pub struct SizeError {
+    /// The string as given.
     pub input: String,
+    /// What is wrong with it.
     pub reason: &'static str,
 }
 

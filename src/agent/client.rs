@@ -1,6 +1,8 @@
 //! The blocking agent client: connect with retry until a deadline, then one request at a
 //! time, each bounded by a timeout.
 
+#![warn(missing_docs)]
+
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
@@ -17,41 +19,65 @@ use crate::exit::{Diagnose, Exit};
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
+/// Talking to the guest agent failed; every variant names the agent's address.
 pub enum ClientError {
     #[error("agent at {transport} did not answer within {}: {last}", crate::output::human_duration(*.waited))]
+    /// The agent did not answer within the readiness wait.
     NotReady {
+        /// The agent's address.
         transport: Transport,
+        /// How long the client waited.
         waited: Duration,
+        /// The last failure seen while waiting.
         last: String,
     },
     #[error("cannot reach the agent at {transport}: {reason}")]
+    /// The agent's address cannot be connected to.
     Unreachable {
+        /// The agent's address.
         transport: Transport,
+        /// Why.
         reason: String,
     },
     #[error("agent at {transport}: {op} timed out after {}", crate::output::human_duration(*.after))]
+    /// A request got no reply in time.
     Timeout {
+        /// The agent's address.
         transport: Transport,
+        /// The request.
         op: &'static str,
+        /// How long the client waited.
         after: Duration,
     },
     #[error("agent at {transport}: {op}")]
+    /// Reading or writing a frame failed.
     Frame {
+        /// The agent's address.
         transport: Transport,
+        /// The request.
         op: &'static str,
         #[source]
+        /// The frame error.
         source: FrameError,
     },
     #[error("agent at {transport}: {op}: bad reply: {reason}")]
+    /// The reply is not the one the request asks for.
     Protocol {
+        /// The agent's address.
         transport: Transport,
+        /// The request.
         op: &'static str,
+        /// What was wrong.
         reason: String,
     },
     #[error("agent at {transport} refused {op}: {}", error.message)]
+    /// The agent refused or failed the request.
     Agent {
+        /// The agent's address.
         transport: Transport,
+        /// The request.
         op: &'static str,
+        /// The agent's error.
         error: AgentError,
     },
 }
@@ -196,6 +222,7 @@ impl AgentClient {
         }
     }
 
+    /// The address this client talks to.
     pub fn transport(&self) -> &Transport {
         &self.transport
     }
@@ -280,6 +307,7 @@ impl AgentClient {
         }
     }
 
+    /// The agent's `hello`: versions, kernel, command line, uptime, modules.
     pub fn hello(&mut self) -> Result<HelloReply, ClientError> {
         match self.call(RequestBody::Hello)? {
             Reply::Hello(h) => Ok(h),
@@ -287,6 +315,7 @@ impl AgentClient {
         }
     }
 
+    /// Every PCI device the guest sees.
     pub fn list_devices(&mut self) -> Result<DevicesReply, ClientError> {
         match self.call(RequestBody::ListDevices)? {
             Reply::Devices(d) => Ok(d),
@@ -326,6 +355,7 @@ impl AgentClient {
         }
     }
 
+    /// Run the named in-guest check (`vfioctl_common::proto::CHECKS`) with `args`.
     pub fn run_check(&mut self, name: &str, args: &[String]) -> Result<CheckOutcome, ClientError> {
         let body = RequestBody::RunCheck {
             name: name.into(),

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use crate::output::{emit, Table};
+use crate::output::{cell, emit, table_or, write_failed};
 use crate::shared::mdev::{self, MdevDevice, MdevUuid};
 use crate::{Context, Exit, Failure};
 
@@ -73,26 +73,23 @@ pub struct RemoveOutput {
     pub removed: MdevUuid,
 }
 
-fn io(e: std::io::Error) -> Failure {
-    Failure::new(Exit::Infrastructure, e)
-}
-
 fn devices(out: &mut dyn Write, v: &[MdevDevice]) -> std::io::Result<()> {
-    if v.is_empty() {
-        return writeln!(out, "no mediated devices");
-    }
-    let mut t = Table::new(&["UUID", "PARENT", "TYPE", "GROUP", "DRIVER", "BY"]);
-    for d in v {
-        t.row(vec![
-            d.uuid.clone(),
-            d.parent.clone().unwrap_or_else(|| "-".into()),
-            d.type_id.clone().unwrap_or_else(|| "-".into()),
-            d.iommu_group.map_or("-".into(), |g| g.to_string()),
-            d.driver.clone().unwrap_or_else(|| "-".into()),
-            if d.created_by_vfioctl { "vfioctl" } else { "-" }.into(),
-        ]);
-    }
-    t.write(out)
+    table_or(
+        out,
+        "no mediated devices",
+        &["UUID", "PARENT", "TYPE", "GROUP", "DRIVER", "BY"],
+        v,
+        |d| {
+            vec![
+                d.uuid.clone(),
+                cell(d.parent.as_deref()),
+                cell(d.type_id.as_deref()),
+                cell(d.iommu_group),
+                cell(d.driver.as_deref()),
+                if d.created_by_vfioctl { "vfioctl" } else { "-" }.into(),
+            ]
+        },
+    )
 }
 
 pub fn run(ctx: &Context, c: MdevCommand) -> Result<Exit, Failure> {
@@ -100,27 +97,24 @@ pub fn run(ctx: &Context, c: MdevCommand) -> Result<Exit, Failure> {
         MdevCommand::Types(a) => {
             let v = mdev::types(&ctx.root, a.parent.as_deref())?;
             emit(ctx, &v, |o| {
-                if v.is_empty() {
-                    return writeln!(
-                        o,
-                        "no mediated device parents (/sys/class/mdev_bus is empty)"
-                    );
-                }
-                let mut t =
-                    Table::new(&["PARENT", "TYPE", "NAME", "AVAILABLE", "API", "DESCRIPTION"]);
-                for x in &v {
-                    t.row(vec![
-                        x.parent.clone(),
-                        x.type_id.clone(),
-                        x.name.clone().unwrap_or_default(),
-                        x.available_instances.map_or("?".into(), |n| n.to_string()),
-                        x.device_api.clone().unwrap_or_default(),
-                        x.description.clone().unwrap_or_default(),
-                    ]);
-                }
-                t.write(o)
+                table_or(
+                    o,
+                    "no mediated device parents (/sys/class/mdev_bus is empty)",
+                    &["PARENT", "TYPE", "NAME", "AVAILABLE", "API", "DESCRIPTION"],
+                    &v,
+                    |x| {
+                        vec![
+                            x.parent.clone(),
+                            x.type_id.clone(),
+                            x.name.clone().unwrap_or_default(),
+                            x.available_instances.map_or("?".into(), |n| n.to_string()),
+                            x.device_api.clone().unwrap_or_default(),
+                            x.description.clone().unwrap_or_default(),
+                        ]
+                    },
+                )
             })
-            .map_err(io)?;
+            .map_err(write_failed)?;
             Ok(Exit::Ok)
         }
         MdevCommand::Create(a) => {
@@ -133,7 +127,7 @@ pub fn run(ctx: &Context, c: MdevCommand) -> Result<Exit, Failure> {
                     uuid: u.clone(),
                     writes: vec![w.clone()],
                 })?;
-                emit(ctx, &v, |o| writeln!(o, "{w}")).map_err(io)?;
+                emit(ctx, &v, |o| writeln!(o, "{w}")).map_err(write_failed)?;
                 return Ok(Exit::Ok);
             }
             let d = mdev::create(
@@ -150,19 +144,19 @@ pub fn run(ctx: &Context, c: MdevCommand) -> Result<Exit, Failure> {
                     d.uuid, a.parent, a.type_id, d.uuid
                 )
             })
-            .map_err(io)?;
+            .map_err(write_failed)?;
             Ok(Exit::Ok)
         }
         MdevCommand::List => {
             let v = mdev::list(&ctx.root)?;
-            emit(ctx, &v, |o| devices(o, &v)).map_err(io)?;
+            emit(ctx, &v, |o| devices(o, &v)).map_err(write_failed)?;
             Ok(Exit::Ok)
         }
         MdevCommand::Remove(a) => {
             let u: MdevUuid = a.uuid.parse()?;
             mdev::remove(&ctx.root, &u, Duration::from_secs(a.timeout), a.force)?;
             let v = crate::output::sorted(&RemoveOutput { removed: u.clone() })?;
-            emit(ctx, &v, |o| writeln!(o, "{u} removed")).map_err(io)?;
+            emit(ctx, &v, |o| writeln!(o, "{u} removed")).map_err(write_failed)?;
             Ok(Exit::Ok)
         }
     }

@@ -50,9 +50,15 @@ pub struct Args {
     pub fleet: Box<FleetArgs>,
 
     /// The static guest agent for the lab initramfs of scenarios without `initrd`
-    /// (default: vfioctl-agent next to this vfioctl; regress never runs cargo).
+    /// (default: an installed one, vfioctl-agent next to this vfioctl or in
+    /// /usr/libexec/vfioctl; regress never runs cargo: scripts/build-agent builds one).
     #[arg(long, env = "VFIOCTL_AGENT", value_name = "PATH")]
     pub agent: Option<PathBuf>,
+
+    /// The static vfioctl that the nested scenario's L1 guest runs (default: this vfioctl
+    /// when it is static; scripts/build-static-vfioctl builds one).
+    #[arg(long, env = "VFIOCTL_STATIC_VFIOCTL", value_name = "PATH")]
+    pub static_vfioctl: Option<PathBuf>,
 
     /// The node name recorded with each result (set from spec.nodeName in the Jobs).
     #[arg(long, env = "VFIOCTL_NODE", value_name = "NAME")]
@@ -304,6 +310,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
     crate::interrupt::install()?;
     let mut backend = LabBackend::new(ctx.clone());
     backend.agent = a.agent.clone();
+    backend.static_vfioctl = a.static_vfioctl.clone();
     let t = std::time::Instant::now();
     match backend.prepare_guest(&plan, &out) {
         Some(Ok(p)) => crate::output::note(

@@ -29,7 +29,8 @@ pub struct BuildArgs {
     /// Also write an ext4 image of the same tree (mkfs.ext4 -d).
     #[arg(long, value_name = "FILE")]
     pub ext4: Option<PathBuf>,
-    /// The static agent binary (default: build it from this source tree).
+    /// The static agent binary (default: an installed one, vfioctl-agent next to this
+    /// vfioctl or in /usr/libexec/vfioctl; scripts/build-agent builds one and prints its path).
     #[arg(long)]
     pub agent: Option<PathBuf>,
     /// Where the manifest's firmware files are looked up.

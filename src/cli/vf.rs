@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use vfioctl_common::Bdf;
 
-use crate::output::{emit, Table};
+use crate::output::{cell, emit, write_failed, Table};
 use crate::shared::sriov::{self, Options, PfStatus};
 use crate::{Context, Exit, Failure};
 
@@ -58,10 +58,6 @@ pub struct RemoveArgs {
     pub timeout: u64,
 }
 
-fn io(e: std::io::Error) -> Failure {
-    Failure::new(Exit::Infrastructure, e)
-}
-
 fn table(out: &mut dyn Write, pfs: &[PfStatus]) -> std::io::Result<()> {
     if pfs.is_empty() {
         return writeln!(out, "no SR-IOV capable device");
@@ -84,32 +80,36 @@ fn table(out: &mut dyn Write, pfs: &[PfStatus]) -> std::io::Result<()> {
             } else {
                 ""
             },
-            match p.drivers_autoprobe {
-                Some(true) => "on",
-                Some(false) => "off",
-                None => "?",
-            }
+            on_off(p.drivers_autoprobe)
         )?;
         if p.vfs.is_empty() {
             continue;
         }
-        let mut t = Table::new(&["  VF", "INDEX", "GROUP", "DRIVER", "VGPU"]);
-        for v in &p.vfs {
-            t.row(vec![
+        Table::of(&["  VF", "INDEX", "GROUP", "DRIVER", "VGPU"], &p.vfs, |v| {
+            vec![
                 format!("  {}", v.bdf),
                 v.index.to_string(),
-                v.iommu_group.map_or("-".into(), |g| g.to_string()),
-                v.driver.clone().unwrap_or_else(|| "-".into()),
+                cell(v.iommu_group),
+                cell(v.driver.as_deref()),
                 match v.vgpu_type {
                     None => "".into(),
                     Some(0) => "none".into(),
                     Some(t) => t.to_string(),
                 },
-            ]);
-        }
-        t.write(out)?;
+            ]
+        })
+        .write(out)?;
     }
     Ok(())
+}
+
+/// `drivers_autoprobe` as the listings print it.
+fn on_off(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "?",
+    }
 }
 
 /// `vf create --dry-run --json`.
@@ -127,11 +127,12 @@ pub fn run(ctx: &Context, c: VfCommand) -> Result<Exit, Failure> {
             match a.pf {
                 Some(pf) => {
                     let st = sriov::status(&ctx.root, pf)?;
-                    emit(ctx, &st, |o| table(o, std::slice::from_ref(&st))).map_err(io)?;
+                    emit(ctx, &st, |o| table(o, std::slice::from_ref(&st)))
+                        .map_err(write_failed)?;
                 }
                 None => {
                     let all = sriov::list(&ctx.root)?;
-                    emit(ctx, &all, |o| table(o, &all)).map_err(io)?;
+                    emit(ctx, &all, |o| table(o, &all)).map_err(write_failed)?;
                 }
             }
             Ok(Exit::Ok)
@@ -154,7 +155,7 @@ pub fn run(ctx: &Context, c: VfCommand) -> Result<Exit, Failure> {
                     }
                     Ok(())
                 })
-                .map_err(io)?;
+                .map_err(write_failed)?;
                 return Ok(Exit::Ok);
             }
             let opts = Options {
@@ -162,7 +163,7 @@ pub fn run(ctx: &Context, c: VfCommand) -> Result<Exit, Failure> {
                 autoprobe: a.autoprobe,
             };
             let st = sriov::create(&ctx.root, a.pf, a.count, &opts)?;
-            emit(ctx, &st, |o| table(o, std::slice::from_ref(&st))).map_err(io)?;
+            emit(ctx, &st, |o| table(o, std::slice::from_ref(&st))).map_err(write_failed)?;
             Ok(Exit::Ok)
         }
         VfCommand::Remove(a) => {
@@ -173,14 +174,10 @@ pub fn run(ctx: &Context, c: VfCommand) -> Result<Exit, Failure> {
                     "{}: {} VFs removed; drivers_autoprobe {}",
                     r.pf,
                     r.removed,
-                    match r.drivers_autoprobe {
-                        Some(true) => "on",
-                        Some(false) => "off",
-                        None => "?",
-                    }
+                    on_off(r.drivers_autoprobe)
                 )
             })
-            .map_err(io)?;
+            .map_err(write_failed)?;
             Ok(Exit::Ok)
         }
     }

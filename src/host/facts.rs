@@ -2,6 +2,8 @@
 //! `/proc` formats are pure functions with their own tests; [`HostFacts::gather`] and
 //! [`DeviceFacts::gather`] only read files.
 
+#![warn(missing_docs)]
+
 use std::collections::BTreeSet;
 
 use vfioctl_common::pci::{enumerate, PciDevice, PciError};
@@ -10,8 +12,11 @@ use vfioctl_common::{Bdf, SysRoot};
 /// CPU vendor, from `/proc/cpuinfo` `vendor_id`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuVendor {
+    /// `GenuineIntel`.
     Intel,
+    /// `AuthenticAMD`.
     Amd,
+    /// Any other vendor.
     Other,
 }
 
@@ -34,38 +39,53 @@ pub enum ModuleState {
 pub struct HostFacts {
     /// `None` when /proc/cpuinfo could not be read.
     pub cpu_flags: Option<BTreeSet<String>>,
+    /// `vendor_id` of /proc/cpuinfo, `None` when unreadable or absent.
     pub cpu_vendor: Option<CpuVendor>,
+    /// `/dev/kvm` exists.
     pub dev_kvm: bool,
     /// Whether QEMU can really run a KVM vCPU here: the probe `vm up` uses, cached per
     /// QEMU binary and kernel boot (`crate::vm::accel::kvm_verdict`); `None` when not
     /// known (no QEMU, or a fixture root without a cached verdict).
-    pub kvm_usable: Option<Result<(), String>>,
+    pub kvm_usable: Option<Result<(), crate::vm::accel::KvmUnusable>>,
     /// `/sys/firmware/acpi/tables` exists at all.
     pub acpi_tables: bool,
+    /// An ACPI DMAR table (Intel VT-d) exists.
     pub dmar: bool,
+    /// An ACPI IVRS table (AMD-Vi) exists.
     pub ivrs: bool,
     /// DMAR flags bit 0 (INTR_REMAP) when the table could be read (root only).
     pub dmar_intr_remap: Option<bool>,
     /// Entries of `/sys/class/iommu` (`dmar0`, `ivhd0`).
     pub iommu_units: Vec<String>,
+    /// How many IOMMU groups the kernel made.
     pub iommu_groups: usize,
+    /// `/proc/cmdline`.
     pub cmdline: String,
     /// `None` when /proc/interrupts could not be read.
     pub interrupts: Option<InterruptFacts>,
+    /// `allow_unsafe_interrupts` of vfio_iommu_type1, when readable.
     pub allow_unsafe_interrupts: Option<bool>,
     /// `uname -r` of the host (`/proc/sys/kernel/osrelease`).
     pub kernel: Option<String>,
     /// `/lib/modules/<kernel>/modules.dep` exists.
     pub modules_dir: bool,
+    /// The `vfio` module.
     pub vfio: ModuleState,
+    /// The `vfio_iommu_type1` module.
     pub vfio_iommu_type1: ModuleState,
+    /// The `vfio-pci` module.
     pub vfio_pci: ModuleState,
+    /// The `vhost_vsock` module.
     pub vhost_vsock_module: ModuleState,
+    /// `/dev/vfio` exists.
     pub dev_vfio: bool,
+    /// `/dev/vhost-vsock` exists.
     pub dev_vhost_vsock: bool,
     /// Soft `Max locked memory` in bytes; `Some(None)` = unlimited; `None` = unreadable.
     pub memlock: Option<Option<u64>>,
+    /// 2 MiB huge pages reserved.
     pub hugepages_2m: u64,
+    /// 1 GiB huge pages reserved.
     pub hugepages_1g: u64,
 }
 
@@ -345,6 +365,7 @@ fn present(b: bool) -> &'static str {
 /// One selected device with what its checks need from around it.
 #[derive(Clone, Debug)]
 pub struct DeviceFacts {
+    /// The device.
     pub dev: PciDevice,
     /// The other members of its IOMMU group, read.
     pub group: Vec<PciDevice>,
@@ -354,6 +375,7 @@ pub struct DeviceFacts {
 }
 
 impl DeviceFacts {
+    /// Read what the checks of `dev` need: its group's members and bus mates among `all`.
     pub fn gather(root: &SysRoot, dev: PciDevice, all: &[Bdf]) -> Result<Self, PciError> {
         let group = dev
             .iommu_group_peers

@@ -853,7 +853,9 @@ mod tests {
     #[test]
     fn kvm_verdict_follows_the_qemu_probe() {
         let mut h = good_host();
-        h.kvm_usable = Some(Err("failed to set MSR 0x10a".into()));
+        h.kvm_usable = Some(Err(crate::vm::accel::KvmUnusable::new(
+            "failed to set MSR 0x10a",
+        )));
         let v = host_checks(&h, None);
         assert_eq!(status(&v, "kvm"), Status::Fail);
         h.kvm_usable = Some(Ok(()));

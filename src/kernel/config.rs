@@ -27,9 +27,23 @@ pub enum Value {
     Num(String),
 }
 
+/// The right-hand side of a `CONFIG_X=` line that is not a value ([`Value::parse`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// A `"` without its closing quote.
+    #[error("unterminated string {raw}")]
+    Unterminated { raw: String },
+    /// A string ending in a lone `\`.
+    #[error("dangling backslash in {raw}")]
+    DanglingBackslash { raw: String },
+    /// Neither y, m, n, a string nor a number.
+    #[error("`{raw}` is not y, m, n, a quoted string or a number")]
+    NotAValue { raw: String },
+}
+
 impl Value {
     /// Parse the right-hand side of `CONFIG_X=...`.
-    pub fn parse(raw: &str) -> Result<Value, String> {
+    pub fn parse(raw: &str) -> Result<Value, ValueError> {
         let raw = raw.trim_end();
         match raw {
             "y" => return Ok(Value::Y),
@@ -39,7 +53,7 @@ impl Value {
         }
         if let Some(inner) = raw.strip_prefix('"') {
             let Some(inner) = inner.strip_suffix('"') else {
-                return Err(format!("unterminated string {raw}"));
+                return Err(ValueError::Unterminated { raw: raw.into() });
             };
             let mut out = String::new();
             let mut it = inner.chars();
@@ -47,7 +61,7 @@ impl Value {
                 if c == '\\' {
                     match it.next() {
                         Some(e) => out.push(e),
-                        None => return Err(format!("dangling backslash in {raw}")),
+                        None => return Err(ValueError::DanglingBackslash { raw: raw.into() }),
                     }
                 } else {
                     out.push(c);
@@ -58,9 +72,7 @@ impl Value {
         if parse_num(raw).is_some() {
             return Ok(Value::Num(raw.to_string()));
         }
-        Err(format!(
-            "`{raw}` is not y, m, n, a quoted string or a number"
-        ))
+        Err(ValueError::NotAValue { raw: raw.into() })
     }
 
     /// Whether `actual` (from a final .config, `None` = absent) satisfies this request.
@@ -203,7 +215,7 @@ pub fn parse_assignments(file: &Path, text: &str) -> Result<Vec<Assignment>, Par
         if !valid_symbol(sym) {
             return Err(err(format!("bad symbol name `{sym}`")));
         }
-        let value = Value::parse(val).map_err(err)?;
+        let value = Value::parse(val).map_err(|e| err(e.to_string()))?;
         out.push(Assignment {
             symbol: sym.to_string(),
             value,

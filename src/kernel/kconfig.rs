@@ -32,6 +32,26 @@ pub enum Expr {
     Cmp(String, Box<Expr>, Box<Expr>),
 }
 
+/// A Kconfig expression that does not parse ([`Expr::parse`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExprError {
+    /// A character no token starts with.
+    #[error("unexpected `{c}` in `{expr}`")]
+    UnexpectedChar { c: char, expr: String },
+    /// `(` without its `)`.
+    #[error("missing `)`")]
+    MissingParen,
+    /// An operator where an operand belongs.
+    #[error("unexpected `{op}`")]
+    UnexpectedOp { op: &'static str },
+    /// The expression ends where an operand belongs.
+    #[error("unexpected end of expression")]
+    UnexpectedEnd,
+    /// Tokens after a complete expression.
+    #[error("trailing tokens in `{expr}`")]
+    Trailing { expr: String },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Tok {
     Word(String),
@@ -40,7 +60,7 @@ enum Tok {
     Op(&'static str),
 }
 
-fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
+fn tokenize(s: &str) -> Result<Vec<Tok>, ExprError> {
     let mut out = Vec::new();
     let b: Vec<char> = s.chars().collect();
     let mut i = 0;
@@ -108,7 +128,7 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                 out.push(Tok::Word(b[start..i].iter().collect()));
                 continue;
             }
-            _ => return Err(format!("unexpected `{c}` in `{s}`")),
+            _ => return Err(ExprError::UnexpectedChar { c, expr: s.into() }),
         }
         i += 1;
     }
@@ -132,27 +152,27 @@ impl Parser {
             false
         }
     }
-    fn or(&mut self) -> Result<Expr, String> {
+    fn or(&mut self) -> Result<Expr, ExprError> {
         let mut l = self.and()?;
         while self.eat("||") {
             l = Expr::Or(Box::new(l), Box::new(self.and()?));
         }
         Ok(l)
     }
-    fn and(&mut self) -> Result<Expr, String> {
+    fn and(&mut self) -> Result<Expr, ExprError> {
         let mut l = self.not()?;
         while self.eat("&&") {
             l = Expr::And(Box::new(l), Box::new(self.not()?));
         }
         Ok(l)
     }
-    fn not(&mut self) -> Result<Expr, String> {
+    fn not(&mut self) -> Result<Expr, ExprError> {
         if self.eat("!") {
             return Ok(Expr::Not(Box::new(self.not()?)));
         }
         self.cmp()
     }
-    fn cmp(&mut self) -> Result<Expr, String> {
+    fn cmp(&mut self) -> Result<Expr, ExprError> {
         let l = self.atom()?;
         for op in ["=", "!=", "<", "<=", ">", ">="] {
             if self.eat(op) {
@@ -162,11 +182,11 @@ impl Parser {
         }
         Ok(l)
     }
-    fn atom(&mut self) -> Result<Expr, String> {
+    fn atom(&mut self) -> Result<Expr, ExprError> {
         if self.eat("(") {
             let e = self.or()?;
             if !self.eat(")") {
-                return Err("missing `)`".into());
+                return Err(ExprError::MissingParen);
             }
             return Ok(e);
         }
@@ -176,22 +196,22 @@ impl Parser {
             Some(Tok::Word(w)) => Ok(Expr::Sym(w)),
             Some(Tok::Str(s)) => Ok(Expr::Const(s)),
             Some(Tok::Macro(m)) => Ok(Expr::Macro(m)),
-            Some(Tok::Op(o)) => Err(format!("unexpected `{o}`")),
-            None => Err("unexpected end of expression".into()),
+            Some(Tok::Op(op)) => Err(ExprError::UnexpectedOp { op }),
+            None => Err(ExprError::UnexpectedEnd),
         }
     }
 }
 
 impl Expr {
     /// Parse a Kconfig expression (`A && (B || !C)`, `X = "y"`, `$(macro)`).
-    pub fn parse(s: &str) -> Result<Expr, String> {
+    pub fn parse(s: &str) -> Result<Expr, ExprError> {
         let mut p = Parser {
             toks: tokenize(s)?,
             pos: 0,
         };
         let e = p.or()?;
         if p.pos != p.toks.len() {
-            return Err(format!("trailing tokens in `{s}`"));
+            return Err(ExprError::Trailing { expr: s.into() });
         }
         Ok(e)
     }

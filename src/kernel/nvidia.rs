@@ -26,19 +26,30 @@ pub enum NvidiaMode {
     Run(PathBuf),
 }
 
+/// A `--nvidia` value that is neither `open-*` nor `run:FILE`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadNvidiaMode {
+    /// `run:` without a file.
+    #[error("run: needs a file: --nvidia run:NVIDIA-Linux-x86_64-<ver>.run")]
+    RunWithoutFile,
+    /// Anything else.
+    #[error("`{input}`: expected open-535 or run:FILE")]
+    Unknown { input: String },
+}
+
 impl FromStr for NvidiaMode {
-    type Err = String;
+    type Err = BadNvidiaMode;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(f) = s.strip_prefix("run:") {
             if f.is_empty() {
-                return Err("run: needs a file: --nvidia run:NVIDIA-Linux-x86_64-<ver>.run".into());
+                return Err(BadNvidiaMode::RunWithoutFile);
             }
             return Ok(NvidiaMode::Run(PathBuf::from(f)));
         }
         if s.starts_with("open-") {
             return Ok(NvidiaMode::Debian(s.to_string()));
         }
-        Err(format!("`{s}`: expected open-535 or run:FILE"))
+        Err(BadNvidiaMode::Unknown { input: s.into() })
     }
 }
 

@@ -6,6 +6,8 @@
 //! (and the small class section), and skips the device and subsystem lines of every
 //! other vendor by looking at their first byte.
 
+#![warn(missing_docs)]
+
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
@@ -130,10 +132,12 @@ impl PciIds {
         ids
     }
 
+    /// The vendor's name in pci.ids.
     pub fn vendor_name(&self, vendor: u16) -> Option<&str> {
         self.vendors.get(&vendor).map(String::as_str)
     }
 
+    /// The device's name in pci.ids.
     pub fn device_name(&self, vendor: u16, device: u16) -> Option<&str> {
         self.devices.get(&(vendor, device)).map(String::as_str)
     }

@@ -1,5 +1,7 @@
 //! Picking devices by selector (`0000:d0:00.0`, `10de:2206`, `10de:*`, `class:gpu`).
 
+#![warn(missing_docs)]
+
 use vfioctl_common::pci::{enumerate, PciDevice, PciError};
 use vfioctl_common::{Bdf, Selector, SysRoot};
 
@@ -9,9 +11,14 @@ use crate::exit::{Diagnose, Exit};
 #[derive(Debug, thiserror::Error)]
 pub enum SelectError {
     #[error(transparent)]
+    /// Reading a device failed.
     Pci(#[from] PciError),
     #[error("no PCI device matches {selector}")]
-    NoMatch { selector: String },
+    /// A selector matched no device.
+    NoMatch {
+        /// The selector as the user wrote it.
+        selector: String,
+    },
 }
 
 impl Diagnose for SelectError {

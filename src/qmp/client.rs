@@ -83,34 +83,66 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
     #[error("QMP: connecting to {}", path.display())]
+    /// Connecting to the QMP socket failed.
     Connect {
+        /// The socket.
         path: PathBuf,
         #[source]
+        /// Why.
         source: std::io::Error,
     },
     #[error("QMP {}: no greeting: {reason}", path.display())]
-    Greeting { path: PathBuf, reason: String },
+    /// QEMU sent no usable greeting.
+    Greeting {
+        /// The socket.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
     #[error("QMP {command}: {desc} ({class})")]
+    /// QEMU answered the command with an error.
     Command {
+        /// The command.
         command: String,
+        /// QMP's error class (`GenericError`, `DeviceNotFound`, ...).
         class: String,
+        /// QMP's error text.
         desc: String,
     },
     #[error("QMP {command}: no reply within {}s", after.as_secs_f64())]
-    Timeout { command: String, after: Duration },
+    /// No reply within the command's timeout.
+    Timeout {
+        /// The command.
+        command: String,
+        /// How long the client waited.
+        after: Duration,
+    },
     #[error("QMP {command}: QEMU closed the connection ({reason})")]
-    Disconnected { command: String, reason: String },
+    /// QEMU closed the connection before replying.
+    Disconnected {
+        /// The command.
+        command: String,
+        /// What the reader saw (EOF, an I/O error).
+        reason: String,
+    },
     #[error("QMP {command}: writing the command")]
+    /// Writing the command failed.
     Io {
+        /// The command.
         command: String,
         #[source]
+        /// Why.
         source: std::io::Error,
     },
     #[error("QMP {command}: unexpected reply {reply}")]
+    /// The reply does not decode as the command's result.
     Decode {
+        /// The command.
         command: String,
+        /// The reply as received.
         reply: String,
         #[source]
+        /// Why.
         source: serde_json::Error,
     },
 }
@@ -245,10 +277,12 @@ impl Qmp {
         Ok(qmp)
     }
 
+    /// What QEMU said when the client connected.
     pub fn greeting(&self) -> &Greeting {
         &self.greeting
     }
 
+    /// The QMP socket this client is connected to.
     pub fn socket(&self) -> &Path {
         &self.path
     }

@@ -13,7 +13,9 @@ use serde_json::Value;
 /// QEMU's event timestamp (host wall clock when the event was emitted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timestamp {
+    /// Whole seconds since the epoch.
     pub seconds: i64,
+    /// Microseconds past `seconds`.
     pub microseconds: i64,
 }
 
@@ -28,10 +30,13 @@ impl Timestamp {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     #[serde(rename = "event")]
+    /// The event's name (`DEVICE_DELETED`).
     pub name: String,
     #[serde(default)]
+    /// Its `data`, undecoded.
     pub data: Value,
     #[serde(default)]
+    /// When QEMU emitted it.
     pub timestamp: Option<Timestamp>,
 }
 
@@ -50,39 +55,55 @@ impl Event {
 /// The greeting's version block.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QemuVersion {
+    /// Major version.
     pub major: u32,
+    /// Minor version.
     pub minor: u32,
+    /// Micro version.
     pub micro: u32,
     #[serde(default)]
+    /// The distribution's package string (`Debian 1:8.2.2+ds-0ubuntu1`).
     pub package: String,
 }
 
 /// What QEMU says when a client connects.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Greeting {
+    /// QEMU's version.
     pub version: QemuVersion,
+    /// The capabilities QEMU offers (`oob`).
     pub capabilities: Vec<String>,
 }
 
 /// An error reply: QMP's error class (`GenericError`, `DeviceNotFound`, ...) and text.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QmpErrorReply {
+    /// QMP's error class.
     pub class: String,
+    /// QMP's error text.
     pub desc: String,
 }
 
 /// One parsed line.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
+    /// The greeting, first on every connection.
     Greeting(Greeting),
+    /// A command's reply.
     Return {
+        /// The `id` the command carried.
         id: Option<Value>,
+        /// The result.
         value: Value,
     },
+    /// A command's error reply.
     Error {
+        /// The `id` the command carried.
         id: Option<Value>,
+        /// The error.
         error: QmpErrorReply,
     },
+    /// An asynchronous event.
     Event(Event),
 }
 
@@ -90,8 +111,10 @@ pub enum Message {
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
     #[error("not JSON")]
+    /// The line is not JSON.
     Json(#[from] serde_json::Error),
     #[error("a JSON object with none of QMP, return, error, event: {0}")]
+    /// The line is a JSON object QMP does not send.
     Unknown(String),
 }
 

@@ -6,6 +6,8 @@
 //! JSON until someone asks for a typed view ([`Event::decode`]), so a newer QEMU's events
 //! never break the session.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod message;
 

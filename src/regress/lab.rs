@@ -18,8 +18,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use vfioctl_common::pci::device::enumerate;
+use vfioctl_common::pci::{select_among, SelectError};
 use vfioctl_common::proto::Verdict;
-use vfioctl_common::{Bdf, PciDevice, SysRoot};
+use vfioctl_common::{Bdf, PciDevice, Selector, SysRoot};
 
 use super::exec::{Backend, StepCtx};
 use super::nested;
@@ -33,7 +34,7 @@ use crate::qmp::Qmp;
 use crate::rootfs::{self, agent_bin, BuildOptions};
 use crate::vm::profile::{lab_kernel, DeviceEntry, GpuSpec, PlugWhen, Profile, Ready};
 use crate::vm::{lifecycle, plug, process, Env, Firmware as VmFirmware, VmError, VmName, VmRecord};
-use crate::{Context, Exit, Failure};
+use crate::{Context, Diagnose, Exit, Failure};
 
 /// A host device picked by a scenario, with its IOMMU group.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,42 +55,36 @@ pub fn keys_for(devices: &[HostDevice]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Resolve a scenario's host selectors against the host's PCI devices.
-pub fn resolve(root: &SysRoot, sc: &Scenario) -> Result<Vec<HostDevice>, String> {
-    let selectors: Vec<_> = sc
+/// Resolve a scenario's host selectors against the host's PCI devices (through
+/// `common`'s device selection; a device that cannot be read is no candidate).
+pub fn resolve(root: &SysRoot, sc: &Scenario) -> Result<Vec<HostDevice>, SelectError> {
+    let selectors: Vec<Selector> = sc
         .devices
         .iter()
         .filter_map(|d| match d {
-            DeviceSpec::Host { selector } => Some(selector),
+            DeviceSpec::Host { selector } => Some(selector.clone()),
             DeviceSpec::Emulated { .. } => None,
         })
         .collect();
     if selectors.is_empty() {
         return Ok(Vec::new());
     }
-    let all = enumerate(root).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for sel in selectors {
-        let mut found = false;
-        for bdf in &all {
-            let Ok(dev) = PciDevice::read(root, *bdf) else {
-                continue;
-            };
-            if sel.matches(dev.bdf, dev.vendor, dev.device, dev.class) {
-                found = true;
-                out.push(HostDevice {
-                    bdf: dev.bdf,
-                    group: dev.iommu_group,
-                });
-            }
-        }
-        if !found {
-            return Err(format!("no PCI device matches {sel} on this host"));
-        }
-    }
-    out.sort_by_key(|d| d.bdf);
-    out.dedup();
-    Ok(out)
+    let readable: Vec<PciDevice> = enumerate(root)?
+        .into_iter()
+        .filter_map(|b| PciDevice::read(root, b).ok())
+        .collect();
+    let candidates: Vec<Bdf> = readable.iter().map(|d| d.bdf).collect();
+    let picked = select_among(root, &selectors, &candidates, "on this host")?;
+    Ok(picked
+        .into_iter()
+        .map(|bdf| HostDevice {
+            bdf,
+            group: readable
+                .iter()
+                .find(|d| d.bdf == bdf)
+                .and_then(|d| d.iommu_group),
+        })
+        .collect())
 }
 
 /// Find an executable on `PATH` (or a path as given).
@@ -119,7 +114,13 @@ pub struct LabBackend {
     nested: OnceLock<Result<PathBuf, StepFailure>>,
     /// The static guest agent for the initramfs images it builds (`regress --agent`).
     pub agent: Option<PathBuf>,
+    /// The static vfioctl for the nested scenario's L1 guest (`regress --static-vfioctl`).
+    pub static_vfioctl: Option<PathBuf>,
 }
+
+/// How to get a static vfioctl for `--static-vfioctl`.
+const STATIC_VFIOCTL_HINT: &str =
+    "build one from a checkout with scripts/build-static-vfioctl (it prints the path to pass)";
 
 impl LabBackend {
     pub fn new(ctx: Context) -> Self {
@@ -130,36 +131,58 @@ impl LabBackend {
             guest: OnceLock::new(),
             nested: OnceLock::new(),
             agent: None,
+            static_vfioctl: None,
         }
     }
 
-    /// The static guest agent for the images this run builds: `--agent PATH`, else
-    /// `vfioctl-agent` next to this vfioctl. Never a cargo build: a regression run must
+    /// The static guest agent for the images this run builds: `--agent PATH`, else an
+    /// installed one ([`agent_bin::installed`]). Never a cargo build: a regression run must
     /// not compile anything in a source tree it happens to sit in.
     pub fn agent_binary(&self) -> Result<PathBuf, StepFailure> {
-        let next_to_exe = || {
-            std::env::current_exe()
-                .ok()
-                .and_then(|e| e.parent().map(|d| d.join("vfioctl-agent")))
-                .filter(|p| {
-                    std::fs::read(p).is_ok_and(|b| agent_bin::is_static_elf(&b) == Some(true))
-                })
-        };
-        match &self.agent {
-            Some(p) => agent_bin::resolve(Some(p)).map_err(|e| StepFailure::from(Failure::from(e))),
-            None => next_to_exe().ok_or_else(|| {
+        agent_bin::resolve(self.agent.as_deref()).map_err(|e| match e {
+            rootfs::RootfsError::NoAgent { .. } => {
                 let mut f = StepFailure::new(
                     Exit::Usage,
                     "no guest agent for the lab initramfs: pass --agent PATH or set `initrd` in the plan",
                 );
-                f.hint = Some(format!(
-                    "build it with RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --profile {} --target {} -p vfioctl-agent",
-                    agent_bin::AGENT_PROFILE,
-                    agent_bin::AGENT_TARGET
-                ));
+                f.hint = e.hint();
                 f
-            }),
+            }
+            e => StepFailure::from(Failure::from(e)),
+        })
+    }
+
+    /// The static vfioctl that the nested scenario's L1 guest runs: `--static-vfioctl PATH`,
+    /// else the running vfioctl when it is itself static. Never a cargo build.
+    pub fn static_vfioctl_binary(&self) -> Result<PathBuf, StepFailure> {
+        if let Some(p) = &self.static_vfioctl {
+            return match std::fs::read(p) {
+                Ok(b) if agent_bin::is_static_elf(&b) == Some(true) => Ok(p.clone()),
+                Ok(_) => {
+                    let mut f = fail(
+                        Exit::Usage,
+                        format!("--static-vfioctl {}: not a static executable", p.display()),
+                    );
+                    f.hint = Some(STATIC_VFIOCTL_HINT.into());
+                    Err(f)
+                }
+                Err(e) => Err(fail(
+                    Exit::Usage,
+                    format!("--static-vfioctl {}: {e}", p.display()),
+                )),
+            };
         }
+        std::env::current_exe()
+            .ok()
+            .filter(|e| std::fs::read(e).is_ok_and(|b| agent_bin::is_static_elf(&b) == Some(true)))
+            .ok_or_else(|| {
+                let mut f = fail(
+                    Exit::Usage,
+                    "no static vfioctl for the nested scenario's L1 guest: pass --static-vfioctl PATH",
+                );
+                f.hint = Some(STATIC_VFIOCTL_HINT.into());
+                f
+            })
     }
 
     /// Build the lab initramfs (`rootfs/lab.toml`: the static agent as /init plus the vsock
@@ -207,8 +230,7 @@ impl LabBackend {
                     )
                 })?;
                 let agent = self.agent_binary()?;
-                let vfioctl =
-                    nested::static_vfioctl(&tree).map_err(|e| fail(Exit::Infrastructure, e))?;
+                let vfioctl = self.static_vfioctl_binary()?;
                 nested::build_initrds(&nested::NestedInputs {
                     tree: &tree,
                     kernel,
@@ -217,7 +239,7 @@ impl LabBackend {
                     qemu: &qemu,
                     out_dir: dir,
                 })
-                .map_err(|e| fail(Exit::Infrastructure, e))
+                .map_err(|e| fail(Exit::Infrastructure, e.to_string()))
             })
             .clone()
     }
@@ -454,7 +476,7 @@ impl Backend for LabBackend {
     type Session = LabSession;
 
     fn skip_reason(&self, sc: &Scenario) -> Option<String> {
-        resolve(&self.ctx.root, sc).err()
+        resolve(&self.ctx.root, sc).err().map(|e| e.to_string())
     }
 
     fn keys(&self, sc: &Scenario) -> BTreeSet<String> {
@@ -523,7 +545,8 @@ impl Backend for LabBackend {
                     self.prepare_nested(&kernel, ctx.dir)?;
                 }
                 self.initrd(sc)?;
-                s.host_devices = resolve(&self.ctx.root, sc).map_err(|e| fail(Exit::Usage, e))?;
+                s.host_devices =
+                    resolve(&self.ctx.root, sc).map_err(|e| fail(Exit::Usage, e.to_string()))?;
                 Ok(Some(format!(
                     "qemu {}; {} host device(s)",
                     qemu.display(),
@@ -722,7 +745,7 @@ impl Backend for LabBackend {
                     .map_err(|e| vm_logs(from_diag(e), s.rec.as_ref()))?;
                 let _ = std::fs::write(s.dir.join("nested.log"), &reply.stdout);
                 nested::verdict(&reply.stdout).map(Some).map_err(|why| {
-                    fail(Exit::ValidationFailed, why)
+                    fail(Exit::ValidationFailed, why.reason)
                         .with_log(excerpt("l1-exec", &reply.stdout, 60))
                         .with_log(excerpt("l1-exec-stderr", &reply.stderr, 20))
                 })

@@ -23,6 +23,12 @@ pub const EXPECTED_ID: &str = "8086:10d3";
 
 /// QEMU arguments of the L1 guest on top of the VM module's q35 machine.
 pub fn l1_qemu_args() -> Vec<String> {
+    l1_qemu_args_with("e1000e,bus=nrp0,mac=52:54:00:00:05:00")
+}
+
+/// QEMU arguments of an L1 guest with an emulated IOMMU and `device` (a `-device` value
+/// on `bus=nrp0`) alone on root port nrp0: the nested and SR-IOV lab machines.
+pub fn l1_qemu_args_with(device: &str) -> Vec<String> {
     [
         "-machine",
         "kernel-irqchip=split",
@@ -31,11 +37,23 @@ pub fn l1_qemu_args() -> Vec<String> {
         "-device",
         "pcie-root-port,id=nrp0,bus=pcie.0,chassis=31",
         "-device",
-        "e1000e,bus=nrp0,mac=52:54:00:00:05:00",
+        device,
     ]
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// The value of `key` on the first `@@ name key=value ...` line of a lab guest's output.
+pub fn at_field(out: &str, name: &str, key: &str) -> Option<String> {
+    out.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("@@ ")?;
+        let mut f = rest.split_whitespace();
+        (f.next()? == name).then_some(())?;
+        f.filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+    })
 }
 
 /// The L1 kernel command line. `no_timer_check`: a loaded TCG host otherwise panics with
@@ -68,26 +86,72 @@ pub fn parse_ldd(out: &str) -> Vec<PathBuf> {
     v
 }
 
-fn ldd(bin: &Path) -> Result<Vec<PathBuf>, String> {
+fn ldd(bin: &Path) -> Result<Vec<PathBuf>, NestedError> {
     let out = Command::new("ldd")
         .arg(bin)
         .output()
-        .map_err(|e| format!("ldd {}: {e}", bin.display()))?;
+        .map_err(|e| NestedError::Ldd {
+            bin: bin.into(),
+            reason: e.to_string(),
+        })?;
     if !out.status.success() {
-        return Err(format!(
-            "ldd {}: {}",
-            bin.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(NestedError::Ldd {
+            bin: bin.into(),
+            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(parse_ldd(&String::from_utf8_lossy(&out.stdout)))
 }
 
+/// Building the nested scenario's initramfs images failed. The detail (an I/O or rootfs
+/// error) is part of the message, not a separate cause: a regress step failure is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum NestedError {
+    /// `ldd` could not list a binary's libraries.
+    #[error("ldd {}: {reason}", bin.display())]
+    Ldd { bin: PathBuf, reason: String },
+    /// A file of the payload could not be resolved.
+    #[error("{}: {error}", path.display())]
+    Resolve {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// A QEMU firmware blob is nowhere to be found.
+    #[error("{blob} not found in {}", BLOB_DIRS.join(", "))]
+    NoBlob { blob: String },
+    /// An initramfs build failed (`level`: L1 or L2).
+    #[error("{level} initramfs: {error}")]
+    Initramfs {
+        level: &'static str,
+        error: rootfs::RootfsError,
+    },
+}
+
+/// Why the nested (or SR-IOV) lab scenario failed, judged from the `@@` lines its guests
+/// printed ([`verdict`], `shared::lab::sriov_verdict`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct ScenarioFailed {
+    /// What went wrong, naming the level (L1, L2) and the device.
+    pub reason: String,
+}
+
+impl From<String> for ScenarioFailed {
+    fn from(reason: String) -> Self {
+        Self { reason }
+    }
+}
+
+fn canonical(p: &Path) -> Result<PathBuf, NestedError> {
+    p.canonicalize().map_err(|error| NestedError::Resolve {
+        path: p.into(),
+        error,
+    })
+}
+
 /// A host file shipped at the same path in the guest (symlinks resolved on the host side).
-fn same_path(p: &Path) -> Result<(PathBuf, String), String> {
-    let src = p
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", p.display()))?;
+fn same_path(p: &Path) -> Result<(PathBuf, String), NestedError> {
+    let src = canonical(p)?;
     Ok((src, p.display().to_string()))
 }
 
@@ -99,7 +163,7 @@ const BLOB_DIRS: &[&str] = &["/usr/share/qemu", "/usr/share/seabios"];
 
 /// The QEMU payload for L1: the binary at `/usr/bin/qemu-system-x86_64`, its libraries and
 /// those of the TCG module at their host paths, and the firmware under /usr/share/qemu.
-pub fn qemu_payload(qemu: &Path) -> Result<Vec<(PathBuf, String)>, String> {
+pub fn qemu_payload(qemu: &Path) -> Result<Vec<(PathBuf, String)>, NestedError> {
     qemu_payload_from(qemu, Path::new(QEMU_MODULE_DIR), None)
 }
 
@@ -110,12 +174,8 @@ pub fn qemu_payload_from(
     qemu: &Path,
     module_dir: &Path,
     data_dir: Option<&Path>,
-) -> Result<Vec<(PathBuf, String)>, String> {
-    let mut v = vec![(
-        qemu.canonicalize()
-            .map_err(|e| format!("{}: {e}", qemu.display()))?,
-        "/usr/bin/qemu-system-x86_64".to_string(),
-    )];
+) -> Result<Vec<(PathBuf, String)>, NestedError> {
+    let mut v = vec![(canonical(qemu)?, "/usr/bin/qemu-system-x86_64".to_string())];
     let accel = module_dir.join("accel-tcg-x86_64.so");
     let mut libs = ldd(qemu)?;
     if accel.is_file() {
@@ -133,49 +193,13 @@ pub fn qemu_payload_from(
             .chain(BLOB_DIRS.iter().map(Path::new))
             .map(|d| d.join(blob))
             .find(|p| p.exists())
-            .ok_or_else(|| format!("{blob} not found in {}", BLOB_DIRS.join(", ")))?;
-        let src = src
-            .canonicalize()
-            .map_err(|e| format!("{}: {e}", src.display()))?;
+            .ok_or_else(|| NestedError::NoBlob {
+                blob: (*blob).into(),
+            })?;
+        let src = canonical(&src)?;
         v.push((src, format!("/usr/share/qemu/{blob}")));
     }
     Ok(v)
-}
-
-/// Build the static, non-PIE vfioctl for the guest (docs/LAB.md fact 6; non-PIE starts about 3x
-/// faster under TCG) in its own target dir; cargo is a no-op when it is current.
-pub fn static_vfioctl(workspace: &Path) -> Result<PathBuf, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(&cargo)
-        .current_dir(workspace)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env("CARGO_TARGET_DIR", workspace.join("target/nopie"))
-        .env(
-            "RUSTFLAGS",
-            "-C target-feature=+crt-static -C relocation-model=static",
-        )
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "--bin",
-            "vfioctl",
-            // A lab binary: with the test-only kill-point hook, which the bind lab's
-            // kill -9 checks drive (never part of a release build).
-            "--features",
-            "fault-injection",
-        ])
-        .output()
-        .map_err(|e| format!("{cargo} build (static vfioctl): {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cargo} build (static vfioctl): {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(workspace.join("target/nopie/x86_64-unknown-linux-gnu/release/vfioctl"))
 }
 
 /// What the nested initramfs build needs.
@@ -192,7 +216,7 @@ pub struct NestedInputs<'a> {
 }
 
 /// Build the L2 initramfs, then the L1 initramfs that carries it; returns L1's.
-pub fn build_initrds(i: &NestedInputs) -> Result<PathBuf, String> {
+pub fn build_initrds(i: &NestedInputs) -> Result<PathBuf, NestedError> {
     let payload = qemu_payload(i.qemu)?;
     build_initrds_with(i, payload, "rootfs/lab-nested.toml", "nested-l1.cpio.gz")
 }
@@ -204,7 +228,7 @@ pub fn build_initrds_with(
     payload: Vec<(PathBuf, String)>,
     l1_manifest: &str,
     out_name: &str,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, NestedError> {
     let modules = i.kernel.parent().map(Path::to_path_buf).unwrap_or_default();
     let l2 = i.out_dir.join("nested-l2.cpio.gz");
     rootfs::build(&BuildOptions {
@@ -214,7 +238,7 @@ pub fn build_initrds_with(
         no_modules: true,
         ..BuildOptions::default()
     })
-    .map_err(|e| format!("L2 initramfs: {e}"))?;
+    .map_err(|error| NestedError::Initramfs { level: "L2", error })?;
     let mut extra = vec![
         (i.vfioctl.to_path_buf(), "/bin/vfioctl".to_string()),
         (i.kernel.to_path_buf(), "/l2/vmlinuz".to_string()),
@@ -230,35 +254,48 @@ pub fn build_initrds_with(
         extra,
         ..BuildOptions::default()
     })
-    .map_err(|e| format!("L1 initramfs: {e}"))?;
+    .map_err(|error| NestedError::Initramfs { level: "L1", error })?;
     Ok(out)
 }
 
-/// The L1 script, run through the agent's exec: bind, run L2 with the device cold-plugged
-/// (its serial console to a file, printed afterwards), restore. Prints `@@ name key=value`.
-pub fn l1_script(l2_timeout_s: u64) -> String {
-    let d = L1_DEVICE;
+/// The shell function `drv BDF` of the L1 scripts: the device's driver, or `none`.
+pub const DRV_FN: &str = "drv() { if [ -e /sys/bus/pci/devices/$1/driver ]; then basename $(readlink /sys/bus/pci/devices/$1/driver); else echo none; fi; }\n";
+
+/// The L1 script lines that, when the bind before them succeeded (`$rc` 0), run L2 for at
+/// most `l2_timeout_s` with `host` (a BDF or a shell variable) cold-plugged through
+/// vfio-pci on a root port, then print L2's serial console (`@@ l2 rc=N`, then L2's own
+/// `@@` lines).
+pub fn l2_run(host: &str, l2_timeout_s: u64) -> String {
     format!(
-        r#"/bin/busybox --install -s /bin 2>/dev/null
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-drv() {{ if [ -e /sys/bus/pci/devices/$1/driver ]; then basename $(readlink /sys/bus/pci/devices/$1/driver); else echo none; fi; }}
-echo "@@ before driver=$(drv {d})"
-vfioctl bind {d} 2>&1; rc=$?
-echo "@@ bind rc=$rc driver=$(drv {d}) group=$(basename $(readlink /sys/bus/pci/devices/{d}/iommu_group))"
-# QEMU needs an IOMMU backend for the VFIO container: vfio's softdep on vfio_iommu_type1
-# is honoured by kmod's modprobe, not busybox's, so load it here.
-modprobe vfio_iommu_type1 2>&1
+        r#"modprobe vfio_iommu_type1 2>&1
 if [ $rc -eq 0 ]; then
   timeout {l2_timeout_s} qemu-system-x86_64 -nodefaults -machine q35 -accel tcg -m 256 -smp 1 \
     -display none -no-reboot -L /usr/share/qemu \
     -kernel /l2/vmlinuz -initrd /l2/initrd.gz -append "console=ttyS0 panic=-1 quiet" \
     -serial file:/tmp/l2.serial \
     -device pcie-root-port,id=rp0,bus=pcie.0,chassis=1 \
-    -device vfio-pci,host={d},bus=rp0 2>&1
+    -device vfio-pci,host={host},bus=rp0 2>&1
   echo "@@ l2 rc=$?"
   cat /tmp/l2.serial | tr -d '\r'
 fi
-vfioctl restore --all 2>&1
+"#
+    )
+}
+
+/// The L1 script, run through the agent's exec: bind, run L2 with the device cold-plugged
+/// (its serial console to a file, printed afterwards), restore. Prints `@@ name key=value`.
+pub fn l1_script(l2_timeout_s: u64) -> String {
+    let d = L1_DEVICE;
+    let l2 = l2_run(d, l2_timeout_s);
+    format!(
+        r#"/bin/busybox --install -s /bin 2>/dev/null
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+{DRV_FN}echo "@@ before driver=$(drv {d})"
+vfioctl bind {d} 2>&1; rc=$?
+echo "@@ bind rc=$rc driver=$(drv {d}) group=$(basename $(readlink /sys/bus/pci/devices/{d}/iommu_group))"
+# QEMU needs an IOMMU backend for the VFIO container: vfio's softdep on vfio_iommu_type1
+# is honoured by kmod's modprobe, not busybox's, so load it here.
+{l2}vfioctl restore --all 2>&1
 echo "@@ restore rc=$? driver=$(drv {d})"
 "#
     )
@@ -266,24 +303,15 @@ echo "@@ restore rc=$? driver=$(drv {d})"
 
 /// What L1 and L2 reported, judged (pure): `Ok(note)` when L1 bound the device, L2 listed
 /// it with the expected id, and restore gave it back; else `Err(reason)`.
-pub fn verdict(out: &str) -> Result<String, String> {
-    let field = |name: &str, key: &str| -> Option<String> {
-        out.lines().find_map(|l| {
-            let rest = l.trim().strip_prefix("@@ ")?;
-            let mut f = rest.split_whitespace();
-            (f.next()? == name).then_some(())?;
-            f.filter_map(|kv| kv.split_once('='))
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.to_string())
-        })
-    };
+pub fn verdict(out: &str) -> Result<String, ScenarioFailed> {
+    let field = |name: &str, key: &str| at_field(out, name, key);
     let bind_rc = field("bind", "rc");
     if bind_rc.as_deref() != Some("0") || field("bind", "driver").as_deref() != Some("vfio-pci") {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L1: vfioctl bind {L1_DEVICE} did not leave it on vfio-pci (rc {}, driver {})",
             bind_rc.unwrap_or_else(|| "?".into()),
             field("bind", "driver").unwrap_or_else(|| "?".into())
-        ));
+        )));
     }
     let l2: Vec<(&str, &str)> = out
         .lines()
@@ -293,26 +321,26 @@ pub fn verdict(out: &str) -> Result<String, String> {
         })
         .collect();
     if !out.lines().any(|l| l.trim() == "@@ l2-done") {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L2 did not finish its device listing (QEMU rc {})",
             field("l2", "rc").unwrap_or_else(|| "?".into())
-        ));
+        )));
     }
     let Some((bdf, _)) = l2.iter().find(|(_, id)| *id == EXPECTED_ID) else {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L2 lists no {EXPECTED_ID}: {}",
             l2.iter()
                 .map(|(b, id)| format!("{b} {id}"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        ));
+        )));
     };
     let restored = field("restore", "driver");
     if field("restore", "rc").as_deref() != Some("0") || restored.as_deref() != Some("e1000e") {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L1: vfioctl restore --all left {L1_DEVICE} on {}",
             restored.unwrap_or_else(|| "?".into())
-        ));
+        )));
     }
     Ok(format!(
         "L1 bound {L1_DEVICE} to vfio-pci (group {}); L2 lists {bdf} {EXPECTED_ID} among {} device(s); restored to e1000e",
@@ -350,12 +378,18 @@ mod tests {
     #[test]
     fn verdict_fails_on_each_missing_piece() {
         let no_dev = GOOD.replace("8086:10d3", "8086:10d4");
-        assert!(verdict(&no_dev).unwrap_err().contains("lists no"));
+        assert!(verdict(&no_dev).unwrap_err().reason.contains("lists no"));
         let no_bind = GOOD.replace("bind rc=0 driver=vfio-pci", "bind rc=5 driver=e1000e");
-        assert!(verdict(&no_bind).unwrap_err().contains("did not leave"));
+        assert!(verdict(&no_bind)
+            .unwrap_err()
+            .reason
+            .contains("did not leave"));
         let no_l2 = GOOD.replace("@@ l2-done\n", "");
-        assert!(verdict(&no_l2).unwrap_err().contains("did not finish"));
+        assert!(verdict(&no_l2)
+            .unwrap_err()
+            .reason
+            .contains("did not finish"));
         let no_restore = GOOD.replace("restore rc=0 driver=e1000e", "restore rc=1 driver=vfio-pci");
-        assert!(verdict(&no_restore).unwrap_err().contains("restore"));
+        assert!(verdict(&no_restore).unwrap_err().reason.contains("restore"));
     }
 }

@@ -39,7 +39,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use vfioctl_common::units::Size;
+use vfioctl_common::bdf::SelectorError;
+use vfioctl_common::units::{Size, SizeError};
 use vfioctl_common::Selector;
 
 use super::step::Step;
@@ -112,20 +113,32 @@ fn ser_size<S: serde::Serializer>(v: &Size, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
 
+/// A plan's `devices` entry that names no device ([`DeviceSpec::parse`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceSpecError {
+    /// `emulated:` with a size that does not parse.
+    #[error(transparent)]
+    Size(#[from] SizeError),
+    /// `emulated:` with a size no BAR can have.
+    #[error("emulated BAR size {size} must be a power of two (PCI BARs are), e.g. emulated:8G")]
+    BarSize { size: String },
+    /// Not a selector (the selector's parse error is part of the message).
+    #[error("{error}; or an emulated stand-in such as emulated:8G")]
+    Selector { error: SelectorError },
+}
+
 impl DeviceSpec {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, DeviceSpecError> {
         if let Some(size) = s.strip_prefix("emulated:") {
-            let bar: Size = size.parse().map_err(|e| format!("{e}"))?;
+            let bar: Size = size.parse()?;
             if bar.0 == 0 || !bar.0.is_power_of_two() {
-                return Err(format!(
-                    "emulated BAR size {size} must be a power of two (PCI BARs are), e.g. emulated:8G"
-                ));
+                return Err(DeviceSpecError::BarSize { size: size.into() });
             }
             return Ok(DeviceSpec::Emulated { bar });
         }
         s.parse::<Selector>()
             .map(|selector| DeviceSpec::Host { selector })
-            .map_err(|e| format!("{e}; or an emulated stand-in such as emulated:8G"))
+            .map_err(|error| DeviceSpecError::Selector { error })
     }
 
     pub fn is_host(&self) -> bool {
@@ -377,13 +390,27 @@ struct RawVm {
     append: Option<String>,
 }
 
+/// A plan path that cannot be expanded ([`expand_path`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ExpandError {
+    /// `${` without its `}`.
+    #[error("unterminated ${{ in {raw:?}")]
+    Unterminated { raw: String },
+    /// `${VAR}` with VAR not in the environment.
+    #[error("{raw:?} uses ${{{var}}}, which is not set in the environment")]
+    Unset { raw: String, var: String },
+    /// A leading `~/` without `HOME`.
+    #[error("{raw:?} uses ~ but HOME is not set")]
+    NoHome { raw: String },
+}
+
 /// Expand `${VAR}` and a leading `~/` in a path string; relative results are taken
 /// relative to `base`. `env` is injected so tests do not depend on the environment.
 pub fn expand_path(
     raw: &str,
     base: &Path,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, ExpandError> {
     let mut out = String::new();
     let mut rest = raw;
     while let Some(start) = rest.find("${") {
@@ -391,17 +418,18 @@ pub fn expand_path(
         let after = &rest[start + 2..];
         let end = after
             .find('}')
-            .ok_or_else(|| format!("unterminated ${{ in {raw:?}"))?;
+            .ok_or_else(|| ExpandError::Unterminated { raw: raw.into() })?;
         let var = &after[..end];
-        let val = env(var).ok_or_else(|| {
-            format!("{raw:?} uses ${{{var}}}, which is not set in the environment")
+        let val = env(var).ok_or_else(|| ExpandError::Unset {
+            raw: raw.into(),
+            var: var.into(),
         })?;
         out.push_str(&val);
         rest = &after[end + 1..];
     }
     out.push_str(rest);
     if let Some(home_rel) = out.strip_prefix("~/") {
-        let home = env("HOME").ok_or_else(|| format!("{raw:?} uses ~ but HOME is not set"))?;
+        let home = env("HOME").ok_or_else(|| ExpandError::NoHome { raw: raw.into() })?;
         out = format!("{home}/{home_rel}");
     }
     let p = PathBuf::from(out);
@@ -416,9 +444,9 @@ fn timeouts(
     let mut out = BTreeMap::new();
     for (prefix, map) in [("defaults.timeouts", defaults), ("timeouts", own)] {
         for (k, v) in map {
-            let step: Step = k
-                .parse()
-                .map_err(|e: String| err(format!("{prefix}.{k}"), e))?;
+            let step: Step = k.parse().map_err(|e: super::step::UnknownStep| {
+                err(format!("{prefix}.{k}"), e.to_string())
+            })?;
             if *v == 0 {
                 return Err(err(
                     format!("{prefix}.{k}"),
@@ -536,7 +564,9 @@ impl Plan {
                 .devices
                 .iter()
                 .enumerate()
-                .map(|(j, d)| DeviceSpec::parse(d).map_err(|r| err(format!("devices[{j}]"), r)))
+                .map(|(j, d)| {
+                    DeviceSpec::parse(d).map_err(|r| err(format!("devices[{j}]"), r.to_string()))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             if kind == Kind::Nested && devices.iter().any(DeviceSpec::is_host) {
                 return Err(err(
@@ -547,19 +577,18 @@ impl Plan {
             let path_of = |key: &str, v: &Option<String>, dv: &Option<String>| {
                 v.as_ref()
                     .or(dv.as_ref())
-                    .map(|p| expand_path(p, &base, env).map_err(|r| err(key.into(), r)))
+                    .map(|p| expand_path(p, &base, env).map_err(|r| err(key.into(), r.to_string())))
                     .transpose()
             };
             let kernel = path_of("kernel", &s.kernel, &d.kernel)?;
             let initrd = path_of("initrd", &s.initrd, &d.initrd)?;
             let expect = match s.expect {
                 None => Expect::Pass,
-                Some(RawExpect::Word(w)) => {
-                    parse_outcome(&w, None, None).map_err(|r| err("expect".into(), r))?
-                }
+                Some(RawExpect::Word(w)) => parse_outcome(&w, None, None)
+                    .map_err(|r| err("expect".into(), r.to_string()))?,
                 Some(RawExpect::Table(t)) => {
                     parse_outcome(&t.outcome, t.step.as_deref(), t.pattern)
-                        .map_err(|r| err("expect".into(), r))?
+                        .map_err(|r| err("expect".into(), r.to_string()))?
                 }
             };
             let timeouts = timeouts(&d.timeouts, &s.timeouts, &err)?;
@@ -628,15 +657,26 @@ impl Plan {
     }
 }
 
+/// A scenario's `expect` that is not an outcome ([`parse_outcome`]).
+#[derive(Debug, thiserror::Error)]
+enum OutcomeError {
+    #[error("`step` and `match` only apply to outcome = \"fail\"")]
+    DetailOnPass,
+    #[error(transparent)]
+    Step(#[from] super::step::UnknownStep),
+    #[error("outcome {word:?} is neither \"pass\" nor \"fail\" (a negative control)")]
+    Unknown { word: String },
+}
+
 fn parse_outcome(
     word: &str,
     step: Option<&str>,
     pattern: Option<String>,
-) -> Result<Expect, String> {
+) -> Result<Expect, OutcomeError> {
     match word {
         "pass" => {
             if step.is_some() || pattern.is_some() {
-                return Err("`step` and `match` only apply to outcome = \"fail\"".into());
+                return Err(OutcomeError::DetailOnPass);
             }
             Ok(Expect::Pass)
         }
@@ -644,9 +684,7 @@ fn parse_outcome(
             step: step.map(str::parse).transpose()?,
             pattern,
         }),
-        other => Err(format!(
-            "outcome {other:?} is neither \"pass\" nor \"fail\" (a negative control)"
-        )),
+        other => Err(OutcomeError::Unknown { word: other.into() }),
     }
 }
 

@@ -110,8 +110,16 @@ impl fmt::Display for Step {
     }
 }
 
+/// A step name that is none of the steps ([`Step`]'s `FromStr`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown step {input:?}; steps are check, bind, vm-up (or boot), plug, validate, unplug, vm-down, restore")]
+pub struct UnknownStep {
+    /// The name as written.
+    pub input: String,
+}
+
 impl FromStr for Step {
-    type Err = String;
+    type Err = UnknownStep;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s {
             "check" => Step::Check,
@@ -123,9 +131,9 @@ impl FromStr for Step {
             "vm-down" | "down" => Step::VmDown,
             "restore" => Step::Restore,
             other => {
-                return Err(format!(
-                "unknown step {other:?}; steps are check, bind, vm-up (or boot), plug, validate, unplug, vm-down, restore"
-            ))
+                return Err(UnknownStep {
+                    input: other.into(),
+                })
             }
         })
     }

@@ -1,72 +1,56 @@
-//! Finding (or building) the static guest agent binary that goes into an initramfs.
+//! Finding the static guest agent binary that goes into an initramfs. The library never
+//! builds it: the caller gives a path (`--agent PATH`), or an installed agent is used
+//! (`vfioctl-agent` next to the running vfioctl, then [`LIBEXEC_DIR`]). A checkout builds
+//! one with `scripts/build-agent`; the tests with `vfioctl_testkit::build::static_agent`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use super::RootfsError;
 
-/// The target triple and profile of the agent's static build.
+/// The target triple and profile of the agent's static build (`scripts/build-agent`).
 pub const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The cargo profile of the agent's static build (`[profile.agent]` in Cargo.toml).
 pub const AGENT_PROFILE: &str = "agent";
+/// Where a packaged vfioctl installs its guest binaries.
+pub const LIBEXEC_DIR: &str = "/usr/libexec/vfioctl";
+/// The command that builds the static agent from a checkout (prints its path).
+pub const BUILD_AGENT: &str = "scripts/build-agent";
 
-/// The source tree this vfioctl was built from, when it is still there.
+/// The cargo command that [`BUILD_AGENT`] runs, for hints.
+pub fn build_command() -> String {
+    format!(
+        "RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --profile {AGENT_PROFILE} --target {AGENT_TARGET} -p vfioctl-agent"
+    )
+}
+
+/// The source tree this vfioctl was built from, when it is still there (for its
+/// `rootfs/*.toml` manifests; nothing is built in it).
 pub fn source_tree() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     p.join("guest/Cargo.toml").is_file().then_some(p)
 }
 
-/// Build the static agent with cargo (a no-op when up to date) and return its path.
-pub fn build_static(workspace: &Path) -> Result<PathBuf, RootfsError> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(&cargo)
-        .current_dir(workspace)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args([
-            "build",
-            "--quiet",
-            "--profile",
-            AGENT_PROFILE,
-            "--target",
-            AGENT_TARGET,
-            "-p",
-            "vfioctl-agent",
-        ])
-        .output()
-        .map_err(|e| RootfsError::Tool {
-            cmd: format!("{cargo} build -p vfioctl-agent"),
-            message: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(RootfsError::Tool {
-            cmd: format!(
-                "{cargo} build --profile {AGENT_PROFILE} --target {AGENT_TARGET} -p vfioctl-agent"
-            ),
-            message: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    let p = built_path(workspace);
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(RootfsError::Missing {
-            what: "agent binary after cargo build".into(),
-            path: p,
-        })
-    }
+/// The places an installed agent is looked for, in order: next to the running vfioctl,
+/// then [`LIBEXEC_DIR`].
+pub fn install_candidates() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("vfioctl-agent")))
+        .into_iter()
+        .collect();
+    v.push(Path::new(LIBEXEC_DIR).join("vfioctl-agent"));
+    v
 }
 
-/// Where the static build puts the agent.
-pub fn built_path(workspace: &Path) -> PathBuf {
-    workspace
-        .join("target")
-        .join(AGENT_TARGET)
-        .join(AGENT_PROFILE)
-        .join("vfioctl-agent")
+/// The first installed static agent among [`install_candidates`] (a dynamic build next to
+/// a debug vfioctl is passed over: it cannot be a guest's `/init`).
+pub fn installed() -> Option<PathBuf> {
+    install_candidates()
+        .into_iter()
+        .find(|p| std::fs::read(p).is_ok_and(|b| is_static_elf(&b) == Some(true)))
 }
 
-/// The agent to ship: `explicit`, else a fresh static build from the source tree, else
-/// `vfioctl-agent` next to the running vfioctl.
+/// The agent to ship: `explicit` (which must exist), else an [`installed`] one.
 pub fn resolve(explicit: Option<&Path>) -> Result<PathBuf, RootfsError> {
     if let Some(p) = explicit {
         return if p.is_file() {
@@ -78,19 +62,8 @@ pub fn resolve(explicit: Option<&Path>) -> Result<PathBuf, RootfsError> {
             })
         };
     }
-    if let Some(ws) = source_tree() {
-        return build_static(&ws);
-    }
-    if let Some(p) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("vfioctl-agent")))
-        .filter(|p| p.is_file())
-    {
-        return Ok(p);
-    }
-    Err(RootfsError::Missing {
-        what: "agent binary: pass --agent PATH".into(),
-        path: PathBuf::from("vfioctl-agent"),
+    installed().ok_or_else(|| RootfsError::NoAgent {
+        searched: install_candidates(),
     })
 }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::cpio::{self, Entry, Kind};
-use super::manifest::{expand, parse_mode, Compression, FileItem, Manifest};
+use super::manifest::{expand, parse_mode, Compression, FileItem, Manifest, UnsetVar};
 use super::modules::{canonical, ModuleIndex, Resolved};
 use super::{agent_bin, RootfsError};
 
@@ -613,14 +613,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
 
     // Files and trees from the manifest, then --extra.
     let env = |k: &str| std::env::var(k).ok();
-    let resolve_src = |item: &FileItem| -> Result<Option<PathBuf>, String> {
-        match expand(&item.src, env) {
-            Ok(s) => {
-                let p = PathBuf::from(&s);
-                Ok(Some(if p.is_absolute() { p } else { base.join(p) }))
-            }
-            Err(var) => Err(format!("${{{var}}} is not set")),
-        }
+    let resolve_src = |item: &FileItem| -> Result<Option<PathBuf>, UnsetVar> {
+        let p = PathBuf::from(expand(&item.src, env)?);
+        Ok(Some(if p.is_absolute() { p } else { base.join(p) }))
     };
     let describe = |item: &FileItem, why: &str| {
         format!(
@@ -653,7 +648,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
                 });
             }
             Ok(None) => continue,
-            Err(why) => {
+            Err(unset) => {
+                let why = unset.to_string();
                 if item.optional {
                     missing.push(describe(item, &why));
                     continue;
@@ -669,7 +665,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
                 .as_deref()
                 .map(parse_mode)
                 .transpose()
-                .map_err(RootfsError::Usage)?;
+                .map_err(|e| RootfsError::Usage(e.to_string()))?;
             tree.add_file(&src, &item.dst, mode)?;
         }
     }

@@ -173,8 +173,43 @@ pub enum ManifestError {
         #[source]
         source: std::io::Error,
     },
-    #[error("manifest {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    /// The manifest's text is not a valid manifest (the detail is part of the message,
+    /// not a source: the printer shows it once).
+    #[error("manifest {path}: {syntax}")]
+    Parse {
+        path: PathBuf,
+        syntax: ManifestSyntaxError,
+    },
+}
+
+/// What is wrong with a manifest's text ([`Manifest::parse`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestSyntaxError {
+    /// Not TOML, or keys the manifest does not have (toml's message).
+    #[error("{0}")]
+    Toml(String),
+    /// A `mode` that is not an octal permission.
+    #[error(transparent)]
+    Mode(#[from] BadMode),
+    /// A `dst` that is not an absolute guest path.
+    #[error("dst {dst:?} must be an absolute guest path")]
+    RelativeDst { dst: String },
+}
+
+/// A file mode that is not an octal permission ([`parse_mode`]).
+#[derive(Debug, thiserror::Error)]
+#[error("mode {mode:?} is not an octal permission like \"0755\"")]
+pub struct BadMode {
+    /// The mode as written.
+    pub mode: String,
+}
+
+/// A `${VAR}` in a manifest source that is unset or empty ([`expand`]).
+#[derive(Debug, thiserror::Error)]
+#[error("${{{var}}} is not set")]
+pub struct UnsetVar {
+    /// The variable's name.
+    pub var: String,
 }
 
 impl Manifest {
@@ -183,35 +218,36 @@ impl Manifest {
             path: path.into(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ManifestError::Parse {
+        Self::parse(&text).map_err(|syntax| ManifestError::Parse {
             path: path.into(),
-            message,
+            syntax,
         })
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let m: Manifest = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, ManifestSyntaxError> {
+        let m: Manifest =
+            toml::from_str(text).map_err(|e| ManifestSyntaxError::Toml(e.to_string()))?;
         for f in m.files.iter().chain(&m.trees) {
             if let Some(mode) = &f.mode {
                 parse_mode(mode)?;
             }
             if !f.dst.starts_with('/') {
-                return Err(format!("dst {:?} must be an absolute guest path", f.dst));
+                return Err(ManifestSyntaxError::RelativeDst { dst: f.dst.clone() });
             }
         }
         Ok(m)
     }
 }
 
-pub fn parse_mode(s: &str) -> Result<u32, String> {
+pub fn parse_mode(s: &str) -> Result<u32, BadMode> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| format!("mode {s:?} is not an octal permission like \"0755\""))
+        .ok_or_else(|| BadMode { mode: s.into() })
 }
 
-/// Expand `${VAR}` from `lookup`; `Err(VAR)` names the first unset variable.
-pub fn expand(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+/// Expand `${VAR}` from `lookup`; the error names the first unset variable.
+pub fn expand(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, UnsetVar> {
     let mut out = String::new();
     let mut rest = s;
     while let Some(i) = rest.find("${") {
@@ -224,7 +260,7 @@ pub fn expand(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String
         let var = &after[..j];
         match lookup(var).filter(|v| !v.is_empty()) {
             Some(v) => out.push_str(&v),
-            None => return Err(var.to_string()),
+            None => return Err(UnsetVar { var: var.into() }),
         }
         rest = &after[j + 1..];
     }
@@ -265,6 +301,6 @@ mode = "0755"
         let env = |k: &str| (k == "A").then(|| "/opt/a".to_string());
         assert_eq!(expand("${A}/bin", env).unwrap(), "/opt/a/bin");
         assert_eq!(expand("plain", env).unwrap(), "plain");
-        assert_eq!(expand("${B}/x", env).unwrap_err(), "B");
+        assert_eq!(expand("${B}/x", env).unwrap_err().var, "B");
     }
 }

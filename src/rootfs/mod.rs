@@ -31,6 +31,12 @@ pub enum RootfsError {
     BadSource { path: PathBuf, reason: String },
     #[error("{} is not a static executable", path.display())]
     NotStatic { path: PathBuf },
+    /// No `--agent PATH` and no installed agent in any of `searched`.
+    #[error(
+        "no static guest agent: pass --agent PATH (looked for an installed one at {})",
+        display_paths(searched)
+    )]
+    NoAgent { searched: Vec<PathBuf> },
     #[error("{}", path.display())]
     Io {
         path: PathBuf,
@@ -41,12 +47,26 @@ pub enum RootfsError {
     Tool { cmd: String, message: String },
 }
 
+fn display_paths(v: &[PathBuf]) -> String {
+    v.iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Diagnose for RootfsError {
     fn hint(&self) -> Option<String> {
         match self {
-            RootfsError::NotStatic { .. } => Some(
-                "build the agent with RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --profile agent --target x86_64-unknown-linux-gnu -p vfioctl-agent; for busybox install busybox-static".into(),
-            ),
+            RootfsError::NotStatic { .. } => Some(format!(
+                "build the agent with {} ({}); for busybox install busybox-static",
+                agent_bin::BUILD_AGENT,
+                agent_bin::build_command()
+            )),
+            RootfsError::NoAgent { .. } => Some(format!(
+                "build one from a checkout with {} (it prints the path to pass: {})",
+                agent_bin::BUILD_AGENT,
+                agent_bin::build_command()
+            )),
             RootfsError::Module { .. } => Some(
                 "check the name with `modinfo -b ROOT -k KVER NAME`; remove it from the manifest if the kernel lacks it".into(),
             ),
@@ -68,7 +88,8 @@ impl Diagnose for RootfsError {
             | RootfsError::Module { .. }
             | RootfsError::GuestPath { .. }
             | RootfsError::BadSource { .. }
-            | RootfsError::NotStatic { .. } => Exit::Usage,
+            | RootfsError::NotStatic { .. }
+            | RootfsError::NoAgent { .. } => Exit::Usage,
             _ => Exit::Infrastructure,
         }
     }

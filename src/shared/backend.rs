@@ -47,14 +47,22 @@ pub enum BackendChoice {
     Iommufd,
 }
 
+/// A `--vfio-backend` value that is none of auto, group, iommufd.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?}: expected auto, group or iommufd")]
+pub struct UnknownBackend {
+    /// The value as given.
+    pub input: String,
+}
+
 impl FromStr for BackendChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
         match s {
             "auto" => Ok(BackendChoice::Auto),
             "group" => Ok(BackendChoice::Group),
             "iommufd" => Ok(BackendChoice::Iommufd),
-            _ => Err(format!("{s:?}: expected auto, group or iommufd")),
+            _ => Err(UnknownBackend { input: s.into() }),
         }
     }
 }

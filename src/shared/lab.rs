@@ -9,6 +9,8 @@
 //! verdict over what L1 and L2 printed); the gated test `tests/shared_lab.rs` boots it with
 //! `vfioctl::vm` and the nested-passthrough machinery of [`crate::regress::nested`].
 
+use crate::regress::nested::{at_field, l1_qemu_args_with, l2_run, ScenarioFailed, DRV_FN};
+
 /// The PF in L1 (its own root port).
 pub const L1_PF: &str = "0000:01:00.0";
 /// What L2 must see: an 82576 virtual function.
@@ -19,31 +21,19 @@ pub const PF_ID: &str = "8086:10c9";
 /// QEMU arguments of the L1 guest on top of the VM module's q35 machine: the emulated
 /// IOMMU and the igb on its own root port.
 pub fn sriov_l1_qemu_args() -> Vec<String> {
-    [
-        "-machine",
-        "kernel-irqchip=split",
-        "-device",
-        "intel-iommu,intremap=on,caching-mode=on",
-        "-device",
-        "pcie-root-port,id=nrp0,bus=pcie.0,chassis=31",
-        "-device",
-        "igb,bus=nrp0,mac=52:54:00:00:06:00",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    l1_qemu_args_with("igb,bus=nrp0,mac=52:54:00:00:06:00")
 }
 
 /// The L1 script, run through the agent's exec. Prints `@@ name key=value` lines; L2's
 /// `/init` prints `@@ pci BDF ID DRIVER` and `@@ l2-done` (its serial log is cat'ed).
 pub fn sriov_l1_script(l2_timeout_s: u64) -> String {
     let pf = L1_PF;
+    let l2 = l2_run("$VF", l2_timeout_s);
     format!(
         r#"/bin/busybox --install -s /bin 2>/dev/null
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 P=/sys/bus/pci/devices/{pf}
-drv() {{ if [ -e /sys/bus/pci/devices/$1/driver ]; then basename $(readlink /sys/bus/pci/devices/$1/driver); else echo none; fi; }}
-nvf() {{ ls -d $P/virtfn* 2>/dev/null | wc -l; }}
+{DRV_FN}nvf() {{ ls -d $P/virtfn* 2>/dev/null | wc -l; }}
 echo "@@ before pf_driver=$(drv {pf}) total=$(cat $P/sriov_totalvfs) numvfs=$(cat $P/sriov_numvfs) autoprobe=$(cat $P/sriov_drivers_autoprobe) vfs=$(nvf)"
 vfioctl vf create {pf} --count 2 2>&1; rc=$?
 VF=$(basename $(readlink $P/virtfn0) 2>/dev/null)
@@ -52,73 +42,55 @@ echo "@@ create rc=$rc numvfs=$(cat $P/sriov_numvfs) autoprobe=$(cat $P/sriov_dr
 vfioctl --json vf list {pf} 2>&1 | tr -d ' \n'; echo
 vfioctl bind $VF 2>&1; rc=$?
 echo "@@ bind rc=$rc vf=$VF driver=$(drv $VF) group=$(basename $(readlink /sys/bus/pci/devices/$VF/iommu_group))"
-modprobe vfio_iommu_type1 2>&1
-if [ $rc -eq 0 ]; then
-  timeout {l2_timeout_s} qemu-system-x86_64 -nodefaults -machine q35 -accel tcg -m 256 -smp 1 \
-    -display none -no-reboot -L /usr/share/qemu \
-    -kernel /l2/vmlinuz -initrd /l2/initrd.gz -append "console=ttyS0 panic=-1 quiet" \
-    -serial file:/tmp/l2.serial \
-    -device pcie-root-port,id=rp0,bus=pcie.0,chassis=1 \
-    -device vfio-pci,host=$VF,bus=rp0 2>&1
-  echo "@@ l2 rc=$?"
-  cat /tmp/l2.serial | tr -d '\r'
-fi
-vfioctl restore --all 2>&1; rc=$?
+{l2}vfioctl restore --all 2>&1; rc=$?
 echo "@@ restore rc=$rc pf_driver=$(drv {pf}) numvfs=$(cat $P/sriov_numvfs) autoprobe=$(cat $P/sriov_drivers_autoprobe) vfs=$(nvf)"
 "#
     )
 }
 
 fn field(out: &str, name: &str, key: &str) -> Option<String> {
-    out.lines().find_map(|l| {
-        let rest = l.trim().strip_prefix("@@ ")?;
-        let mut f = rest.split_whitespace();
-        (f.next()? == name).then_some(())?;
-        f.filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.to_string())
-    })
+    at_field(out, name, key)
 }
 
 /// What L1 and L2 reported, judged (pure): `Ok(note)` when L1 created 2 driverless VFs,
 /// bound VF 0 to vfio-pci, L2 listed a device with [`VF_ID`], and `restore --all` left
 /// the PF on igb with no VFs and autoprobe as before; else `Err(reason)`.
-pub fn sriov_verdict(out: &str) -> Result<String, String> {
+pub fn sriov_verdict(out: &str) -> Result<String, ScenarioFailed> {
     let f = |n: &str, k: &str| field(out, n, k).unwrap_or_else(|| "?".into());
     if f("before", "pf_driver") != "igb" || f("before", "vfs") != "0" {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L1 did not start with {L1_PF} on igb and no VFs (driver {}, {} VFs)",
             f("before", "pf_driver"),
             f("before", "vfs")
-        ));
+        )));
     }
     if f("create", "rc") != "0" || f("create", "numvfs") != "2" {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L1: vfioctl vf create {L1_PF} --count 2 failed (rc {}, sriov_numvfs {})",
             f("create", "rc"),
             f("create", "numvfs")
-        ));
+        )));
     }
     if f("create", "vf0_id") != VF_ID || f("create", "vf0_driver") != "none" {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L1: VF 0 is {} on {}, expected a driverless {VF_ID} (autoprobe off)",
             f("create", "vf0_id"),
             f("create", "vf0_driver")
-        ));
+        )));
     }
     if f("bind", "rc") != "0" || f("bind", "driver") != "vfio-pci" {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L1: vfioctl bind {} did not leave it on vfio-pci (rc {}, driver {})",
             f("bind", "vf"),
             f("bind", "rc"),
             f("bind", "driver")
-        ));
+        )));
     }
     if !out.lines().any(|l| l.trim() == "@@ l2-done") {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L2 did not finish its device listing (QEMU rc {})",
             f("l2", "rc")
-        ));
+        )));
     }
     let l2: Vec<(&str, &str)> = out
         .lines()
@@ -128,13 +100,13 @@ pub fn sriov_verdict(out: &str) -> Result<String, String> {
         })
         .collect();
     let Some((bdf, _)) = l2.iter().find(|(_, id)| *id == VF_ID) else {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L2 lists no {VF_ID}: {}",
             l2.iter()
                 .map(|(b, id)| format!("{b} {id}"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        ));
+        )));
     };
     if f("restore", "rc") != "0"
         || f("restore", "pf_driver") != "igb"
@@ -142,7 +114,7 @@ pub fn sriov_verdict(out: &str) -> Result<String, String> {
         || f("restore", "vfs") != "0"
         || f("restore", "autoprobe") != f("before", "autoprobe")
     {
-        return Err(format!(
+        return Err(ScenarioFailed::from(format!(
             "L1: vfioctl restore --all left {L1_PF} on {} with {} VFs (sriov_numvfs {}, autoprobe {} -> {}), rc {}",
             f("restore", "pf_driver"),
             f("restore", "vfs"),
@@ -150,7 +122,7 @@ pub fn sriov_verdict(out: &str) -> Result<String, String> {
             f("before", "autoprobe"),
             f("restore", "autoprobe"),
             f("restore", "rc")
-        ));
+        )));
     }
     Ok(format!(
         "L1 created 2 VFs on {L1_PF} ({} of {}), bound {} to vfio-pci (group {}); L2 lists {bdf} {VF_ID} among {} device(s); restore --all left the PF on igb with no VFs",
@@ -206,7 +178,7 @@ mod tests {
         ];
         for (from, to, want) in cases {
             let e = sriov_verdict(&GOOD.replace(from, to)).unwrap_err();
-            assert!(e.contains(want), "{want}: {e}");
+            assert!(e.reason.contains(want), "{want}: {e}");
         }
     }
 

@@ -73,7 +73,7 @@ pub fn probe_kernel(root: &SysRoot) -> Option<std::path::PathBuf> {
 /// Boot `kernel` under KVM with `-cpu host` and wait for [`KVM_PROOF`] on its serial
 /// console. QEMU refusing to start (`failed to set MSR 0x10a`) or a guest that prints
 /// nothing within `timeout` means KVM is not usable.
-fn run_probe(qemu: &Path, kernel: &Path, timeout: Duration) -> Result<(), String> {
+fn run_probe(qemu: &Path, kernel: &Path, timeout: Duration) -> Result<(), KvmUnusable> {
     use std::io::BufRead;
     let mut child = Command::new(qemu)
         .args([
@@ -101,7 +101,7 @@ fn run_probe(qemu: &Path, kernel: &Path, timeout: Duration) -> Result<(), String
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", qemu.display()))?;
+        .map_err(|e| KvmUnusable::new(format!("cannot run {}: {e}", qemu.display())))?;
     let (tx, rx) = std::sync::mpsc::channel::<bool>();
     if let Some(out) = child.stdout.take() {
         std::thread::spawn(move || {
@@ -134,7 +134,7 @@ fn run_probe(qemu: &Path, kernel: &Path, timeout: Duration) -> Result<(), String
                 .map(str::trim)
                 .find(|l| !l.is_empty() && !l.contains("terminating on signal"))
                 .map(str::to_string);
-            Err(why.unwrap_or_else(|| match (proven, status) {
+            Err(KvmUnusable::new(why.unwrap_or_else(|| match (proven, status) {
                 (Some(false), Some(s)) => format!(
                     "the probe guest ({}) exited ({s}) before printing `{KVM_PROOF}`",
                     kernel.display()
@@ -144,7 +144,7 @@ fn run_probe(qemu: &Path, kernel: &Path, timeout: Duration) -> Result<(), String
                     kernel.display(),
                     timeout.as_secs()
                 ),
-            }))
+            })))
         }
     }
 }
@@ -171,7 +171,9 @@ pub fn probe(
     }
     // One probe per QEMU binary and host kernel boot, shared with `vfioctl check`.
     let verdict = kvm_verdict(root, qemu, kernel).unwrap_or_else(|| {
-        Err("nothing known about KVM here (no /dev/kvm to open, no QEMU)".into())
+        Err(KvmUnusable::new(
+            "nothing known about KVM here (no /dev/kvm to open, no QEMU)",
+        ))
     });
     match (verdict, choice) {
         (Ok(()), _) => Ok(AccelProbe {
@@ -179,7 +181,7 @@ pub fn probe(
             warning: None,
             host_phys_bits,
         }),
-        (Err(why), AccelChoice::Kvm) => Err(super::VmError::KvmUnusable { reason: why }),
+        (Err(why), AccelChoice::Kvm) => Err(super::VmError::KvmUnusable { reason: why.reason }),
         (Err(why), _) => Ok(tcg(Some(format!(
             "KVM is not usable ({why}); using TCG software emulation: boots are ~10x slower and VFIO devices cannot be passed through"
         )))),
@@ -222,11 +224,66 @@ fn resolve_in_path(qemu: &Path) -> Option<std::path::PathBuf> {
         .and_then(|p| std::fs::canonicalize(p).ok())
 }
 
+/// Why QEMU cannot run a KVM vCPU on this host: the probe's finding, as it is cached and
+/// shown (serialized as the bare string, as before).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(transparent)]
+#[error("{reason}")]
+pub struct KvmUnusable {
+    /// QEMU's first stderr line, or what the probe saw.
+    pub reason: String,
+}
+
+impl KvmUnusable {
+    /// A finding with this reason.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The JSON schema of the bare string it serializes as (no description of its own: the
+/// schema is the one `Result<(), String>` had).
+impl schemars::JsonSchema for KvmUnusable {
+    fn inline_schema() -> bool {
+        <String as schemars::JsonSchema>::inline_schema()
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        <String as schemars::JsonSchema>::schema_name()
+    }
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        <String as schemars::JsonSchema>::schema_id()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <String as schemars::JsonSchema>::json_schema(generator)
+    }
+}
+
+impl From<&str> for KvmUnusable {
+    fn from(reason: &str) -> Self {
+        Self::new(reason)
+    }
+}
+
+impl From<String> for KvmUnusable {
+    fn from(reason: String) -> Self {
+        Self::new(reason)
+    }
+}
+
+/// Debug prints the reason as a string (the log lines that show a verdict stay as they were).
+impl std::fmt::Debug for KvmUnusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.reason, f)
+    }
+}
+
 /// A probe verdict as cached: `Ok` when QEMU ran a KVM vCPU, else why not.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CachedProbe {
     pub qemu: String,
-    pub verdict: Result<(), String>,
+    pub verdict: Result<(), KvmUnusable>,
     /// The probe could not run (no guest kernel to prove KVM with): recorded so that a
     /// snapshot replays the verdict `check` printed, but a live host probes again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -241,7 +298,7 @@ pub fn kvm_verdict(
     root: &SysRoot,
     qemu: &Path,
     kernel: Option<&Path>,
-) -> Option<Result<(), String>> {
+) -> Option<Result<(), KvmUnusable>> {
     // Read through the root, so that `vfioctl snapshot` records the verdict `check` used.
     let cached = |abs: &Path| {
         root.read_bytes(abs)
@@ -281,7 +338,7 @@ pub fn kvm_verdict(
         .write(true)
         .open(root.path("/dev/kvm"))
     {
-        Err(e) => Err(format!("/dev/kvm: {e}")),
+        Err(e) => Err(KvmUnusable::new(format!("/dev/kvm: {e}"))),
         Ok(_) => {
             let t = Instant::now();
             let v = match kernel.map(Path::to_path_buf).or_else(|| probe_kernel(root)) {
@@ -289,8 +346,9 @@ pub fn kvm_verdict(
                 // nothing to prove it with: not cached, the next call may have a kernel
                 None => {
                     provisional = true;
-                    Err("no guest kernel to prove KVM with (pass one, or run scripts/setup for the lab's)"
-                        .into())
+                    Err(KvmUnusable::new(
+                        "no guest kernel to prove KVM with (pass one, or run scripts/setup for the lab's)",
+                    ))
                 }
             };
             tracing::info!(
@@ -354,7 +412,7 @@ mod tests {
             "echo 'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69' >&2; exit 1",
         );
         let e = run_probe(&msr, &k, Duration::from_secs(10)).unwrap_err();
-        assert!(e.contains("MSR 0x10a"), "{e}");
+        assert!(e.reason.contains("MSR 0x10a"), "{e}");
         // The Intel lab machines: QEMU runs, SeaBIOS and the real-mode setup run, and
         // then nothing (LAB.md fact 7: `cont` + `query-status` succeed there).
         let silent = fake_qemu(
@@ -362,11 +420,11 @@ mod tests {
             "echo 'Probing EDD (edd=off to disable)... ok'; exec sleep 30",
         );
         let e = run_probe(&silent, &k, Duration::from_millis(800)).unwrap_err();
-        assert!(e.contains("printed no `Linux version`"), "{e}");
-        assert!(e.contains("vmlinuz"), "{e}");
+        assert!(e.reason.contains("printed no `Linux version`"), "{e}");
+        assert!(e.reason.contains("vmlinuz"), "{e}");
         // A guest that exits without the line.
         let quits = fake_qemu(d.path(), "echo 'Probing EDD'; exit 0");
         let e = run_probe(&quits, &k, Duration::from_secs(10)).unwrap_err();
-        assert!(e.contains("exited"), "{e}");
+        assert!(e.reason.contains("exited"), "{e}");
     }
 }

@@ -202,9 +202,9 @@ pub fn prepare(env: &Env, profile: &Profile) -> Result<(Launch, VmRecord), VmErr
         &rd,
         &used,
     )
-    .map_err(|reason| VmError::Vsock {
+    .map_err(|e| VmError::Vsock {
         name: name.to_string(),
-        reason,
+        reason: e.to_string(),
     })?;
     let gpus = profile.gpus()?;
     let bars = gpus

@@ -106,31 +106,32 @@ pub enum GpuSpec {
 impl GpuSpec {
     /// `0000:41:00.0` / `41:00.0`, `vf:0000:41:00.4` (an SR-IOV VF: a PCI function like
     /// any other), `mdev:<uuid>` or `emulated:8G`.
-    pub fn parse(s: &str) -> Result<GpuSpec, String> {
+    pub fn parse(s: &str) -> Result<GpuSpec, GpuSpecError> {
         if let Some(u) = s.strip_prefix("mdev:") {
             return u
                 .parse()
                 .map(|uuid| GpuSpec::Mdev { uuid })
-                .map_err(|e: crate::shared::SharedError| e.to_string());
+                .map_err(GpuSpecError::Mdev);
         }
         if let Some(b) = s.strip_prefix("vf:") {
             return b
                 .parse::<Bdf>()
                 .map(|bdf| GpuSpec::Vfio { bdf })
-                .map_err(|e| format!("vf:{b}: {e}"));
+                .map_err(|error| GpuSpecError::Vf {
+                    input: b.into(),
+                    error,
+                });
         }
         if let Some(size) = s.strip_prefix("emulated:") {
-            let size = units::parse(size).map_err(|e| e.to_string())?;
+            let size = units::parse(size)?;
             if !size.is_power_of_two() || size < (1 << 20) {
-                return Err(format!(
-                    "emulated BAR size {s:?} must be a power of two of at least 1M (PCI BARs are)"
-                ));
+                return Err(GpuSpecError::BarSize { input: s.into() });
             }
             return Ok(GpuSpec::Emulated { size });
         }
         s.parse::<Bdf>()
             .map(|bdf| GpuSpec::Vfio { bdf })
-            .map_err(|e| format!("{e}; or emulated:<size> for the lab stand-in"))
+            .map_err(|error| GpuSpecError::Bdf { error })
     }
     pub fn label(&self) -> String {
         match self {
@@ -142,10 +143,35 @@ impl GpuSpec {
 }
 
 impl std::str::FromStr for GpuSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = GpuSpecError;
+    fn from_str(s: &str) -> Result<Self, GpuSpecError> {
         GpuSpec::parse(s)
     }
+}
+
+/// A `--gpu` / `gpu =` value that names no device ([`GpuSpec::parse`]). The parse error of
+/// the part after the prefix is part of the message (one line for clap and profiles), not
+/// a separate cause.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuSpecError {
+    /// `mdev:` with something that is not a UUID.
+    #[error(transparent)]
+    Mdev(crate::shared::SharedError),
+    /// `vf:` with something that is not a PCI address.
+    #[error("vf:{input}: {error}")]
+    Vf {
+        input: String,
+        error: vfioctl_common::BdfError,
+    },
+    /// `emulated:` with a size that does not parse.
+    #[error(transparent)]
+    Size(#[from] units::SizeError),
+    /// `emulated:` with a size no BAR can have.
+    #[error("emulated BAR size {input:?} must be a power of two of at least 1M (PCI BARs are)")]
+    BarSize { input: String },
+    /// Neither a prefix nor a PCI address.
+    #[error("{error}; or emulated:<size> for the lab stand-in")]
+    Bdf { error: vfioctl_common::BdfError },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -171,17 +197,23 @@ pub enum Ready {
 }
 
 impl Ready {
-    pub fn parse(s: &str) -> Result<Ready, String> {
+    pub fn parse(s: &str) -> Result<Ready, BadReady> {
         match s {
             "agent" => Ok(Ready::Agent),
             _ => match s.strip_prefix("serial:") {
                 Some(m) if !m.is_empty() => Ok(Ready::Serial(m.into())),
-                _ => Err(format!(
-                    "ready = {s:?}: expected \"agent\" or \"serial:<marker>\""
-                )),
+                _ => Err(BadReady { input: s.into() }),
             },
         }
     }
+}
+
+/// A `ready =` / `--ready` value that is neither `agent` nor `serial:<marker>`.
+#[derive(Debug, thiserror::Error)]
+#[error("ready = {input:?}: expected \"agent\" or \"serial:<marker>\"")]
+pub struct BadReady {
+    /// The value as given.
+    pub input: String,
 }
 
 impl Serialize for Ready {
@@ -367,7 +399,7 @@ impl Profile {
             .map(|d| {
                 GpuSpec::parse(&d.gpu)
                     .map(|g| (g, d.plug))
-                    .map_err(|e| self.invalid(e))
+                    .map_err(|e| self.invalid(e.to_string()))
             })
             .collect()
     }

@@ -74,6 +74,11 @@ pub fn vhost_vsock_usable(root: &SysRoot) -> bool {
         .is_ok()
 }
 
+/// `--vsock vhost` on a host without a usable `/dev/vhost-vsock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("/dev/vhost-vsock is missing or cannot be opened (modprobe vhost_vsock)")]
+pub struct NoVhostVsock;
+
 /// Pick the backend. `used_cids`: CIDs of other running VMs (vhost-vsock CIDs are
 /// host-global; vhost-user CIDs are private to each backend, so 3 is always fine).
 pub fn choose(
@@ -81,7 +86,7 @@ pub fn choose(
     vhost_ok: bool,
     rd: &RunDir,
     used_cids: &[u32],
-) -> Result<VsockBackend, String> {
+) -> Result<VsockBackend, NoVhostVsock> {
     let user = || VsockBackend::VhostUser {
         cid: 3,
         socket: rd.vhost_socket(),
@@ -95,9 +100,7 @@ pub fn choose(
         VsockChoice::None => Ok(VsockBackend::None),
         VsockChoice::VhostUser => Ok(user()),
         VsockChoice::Vhost if vhost_ok => Ok(vhost()),
-        VsockChoice::Vhost => {
-            Err("/dev/vhost-vsock is missing or cannot be opened (modprobe vhost_vsock)".into())
-        }
+        VsockChoice::Vhost => Err(NoVhostVsock),
         VsockChoice::Auto if vhost_ok => Ok(vhost()),
         VsockChoice::Auto => Ok(user()),
     }

@@ -5,10 +5,10 @@
 //! - [`static_vfioctl`]: vfioctl itself, static and non-PIE (about 3x faster to start
 //!   under TCG), in its own target dir.
 //!
-//! Each is built once per test binary; cargo is a no-op when it is current. (The library
-//! still has its own copies of these builds, `rootfs::agent_bin::build_static` and
-//! `regress::nested::static_vfioctl`, for `vfioctl rootfs build` and `vfioctl regress`
-//! run from a checkout; moving those behind a path given by the caller is open.)
+//! Each is built once per test binary; cargo is a no-op when it is current. The same
+//! builds for people are `scripts/build-agent` and `scripts/build-static-vfioctl`; the
+//! library and the binary never build anything (`vfioctl rootfs build --agent PATH`,
+//! `vfioctl regress --agent PATH --static-vfioctl PATH`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

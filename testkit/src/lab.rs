@@ -12,6 +12,8 @@
 //!   group) and reaped on drop; [`boot`] runs a direct QEMU boot through it.
 //! - [`initramfs`]: busybox initramfs images written through `vfioctl::rootfs::cpio` (no
 //!   `cpio` command).
+//! - The bind lab (docs/LAB.md fact 2), which `tests/bind_lab.rs` and
+//!   `tests/snapshot_lab.rs` boot: [`bind_lab_topology`] and [`Lab::bind_lab_initramfs`].
 
 use std::io::{self, Read};
 use std::os::unix::process::CommandExt;
@@ -74,6 +76,35 @@ impl Lab {
         });
         r.clone()
             .unwrap_or_else(|e| panic!("building the agent initramfs: {e}"))
+    }
+
+    /// The bind lab's initramfs, written into `dir`: `tests/lab/lab-bind.toml` (the agent as
+    /// /init with exec on, busybox, e1000/e1000e and the vfio modules of the lab kernel),
+    /// the static vfioctl as `/bin/vfioctl` and `script` as `/lab.sh`.
+    pub fn bind_lab_initramfs(&self, dir: &Path, script: &Path) -> PathBuf {
+        let stem = script
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bind-lab".into());
+        let out = dir.join(format!("{stem}.cpio.gz"));
+        let opts = vfioctl::rootfs::build::BuildOptions {
+            manifest: prereq::repo().join("tests/lab/lab-bind.toml"),
+            kernel_modules: Some(self.kernel.parent().unwrap().to_path_buf()),
+            out: out.clone(),
+            agent: Some(build::static_agent()),
+            extra: vec![
+                (build::static_vfioctl(), "/bin/vfioctl".into()),
+                (script.to_path_buf(), "/lab.sh".into()),
+            ],
+            ..Default::default()
+        };
+        vfioctl::rootfs::build::build(&opts).unwrap_or_else(|e| {
+            panic!(
+                "building the bind lab initramfs with {}: {e:?}",
+                script.display()
+            )
+        });
+        out
     }
 
     /// A profile booting the lab kernel with the agent initramfs; ready when the agent
@@ -229,6 +260,41 @@ fn add_tree(entries: &mut Vec<Entry>, from: &Path, to: &str) -> io::Result<()> {
         });
     }
     Ok(())
+}
+
+/// The bind lab's QEMU devices on top of the VM module's q35 machine (the same machine as
+/// scripts/lab-bind): an emulated intel-iommu, an e1000e alone on root port brp0 (its own
+/// IOMMU group), two e1000 behind a pcie-pci-bridge on brp1 (one group: a conventional bus
+/// has no requester-id isolation), and an e1000e with a user-mode network on brp2 (the
+/// default route of the route test).
+pub fn bind_lab_topology() -> Vec<String> {
+    [
+        "-machine",
+        "kernel-irqchip=split",
+        "-device",
+        "intel-iommu,intremap=on,caching-mode=on",
+        "-device",
+        "pcie-root-port,id=brp0,bus=pcie.0,chassis=21",
+        "-device",
+        "pcie-root-port,id=brp1,bus=pcie.0,chassis=22",
+        "-device",
+        "pcie-root-port,id=brp2,bus=pcie.0,chassis=23",
+        "-device",
+        "e1000e,bus=brp0,mac=52:54:00:00:01:00",
+        "-device",
+        "pcie-pci-bridge,id=bpb,bus=brp1",
+        "-device",
+        "e1000,bus=bpb,addr=0x1.0,mac=52:54:00:00:03:01",
+        "-device",
+        "e1000,bus=bpb,addr=0x2.0,mac=52:54:00:00:03:02",
+        "-netdev",
+        "user,id=bn0,restrict=on",
+        "-device",
+        "e1000e,bus=brp2,netdev=bn0,mac=52:54:00:00:04:00",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// A child in a process group of its own: on drop the whole group is killed and the

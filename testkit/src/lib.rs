@@ -11,6 +11,8 @@
 //! - [`fixture`]: the one sysfs/procfs fixture generator (every tree under
 //!   `tests/fixtures/`, the benchmark's generated trees).
 
+#![warn(missing_docs)]
+
 pub mod build;
 pub mod fixture;
 pub mod lab;

@@ -11,24 +11,34 @@ use serde::{Deserialize, Serialize};
 /// The header fields vfioctl needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigHeader {
+    /// Vendor id.
     pub vendor: u16,
+    /// Device id.
     pub device: u16,
+    /// 24-bit class code.
     pub class: u32,
+    /// Revision id.
     pub revision: u8,
     /// 0 = endpoint, 1 = PCI-to-PCI bridge, 2 = CardBus.
     pub header_type: u8,
+    /// Header type bit 7: the device has more than one function.
     pub multifunction: bool,
     /// Status register bit 4: a capability list exists.
     pub has_capabilities: bool,
+    /// The BAR registers (6 for endpoints, 2 for bridges; a 64-bit BAR takes two).
     pub bars: Vec<ConfigBar>,
 }
 
 /// One BAR register as config space shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigBar {
+    /// BAR number (0-5).
     pub index: u8,
+    /// An I/O space BAR.
     pub io: bool,
+    /// A 64-bit memory BAR (it uses the next register too).
     pub is_64bit: bool,
+    /// A prefetchable memory BAR.
     pub prefetchable: bool,
     /// The address bits programmed in the register (both halves for 64-bit BARs).
     pub address: u64,
@@ -43,7 +53,9 @@ fn le32(b: &[u8], off: usize) -> u32 {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("config space is {len} bytes, need at least 64")]
+/// Config space shorter than the 64-byte header.
 pub struct ConfigTooShort {
+    /// How many bytes there were.
     pub len: usize,
 }
 

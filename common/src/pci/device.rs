@@ -13,23 +13,38 @@ use crate::sysroot::{SysDir, SysError, SysRoot};
 /// Reading a device failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PciError {
+    /// No such device in sysfs.
     #[error("PCI device {bdf} not found: no {path}; list devices with `vfioctl devices`")]
-    NotFound { bdf: Bdf, path: String },
+    NotFound {
+        /// The address asked for.
+        bdf: Bdf,
+        /// The sysfs path that is missing.
+        path: String,
+    },
     #[error("PCI device {bdf}: reading sysfs")]
+    /// Reading one of the device's sysfs files failed.
     Sys {
+        /// The device.
         bdf: Bdf,
         #[source]
+        /// The failed read.
         source: SysError,
     },
     #[error("PCI device {bdf}: malformed {file}: {reason}")]
+    /// A sysfs file of the device holds something unexpected.
     Malformed {
+        /// The device.
         bdf: Bdf,
+        /// The file's name.
         file: &'static str,
+        /// What is wrong with its contents.
         reason: String,
     },
     #[error("listing PCI devices")]
+    /// Listing `/sys/bus/pci/devices` failed.
     List {
         #[source]
+        /// The failed listing.
         source: SysError,
     },
 }
@@ -37,9 +52,13 @@ pub enum PciError {
 /// PCIe link state (current and maximum), from `current_link_speed` & co.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Link {
+    /// `current_link_speed` (`16.0 GT/s PCIe`).
     pub current_speed: Option<String>,
+    /// `current_link_width` (lanes).
     pub current_width: Option<u32>,
+    /// `max_link_speed`.
     pub max_speed: Option<String>,
+    /// `max_link_width` (lanes).
     pub max_width: Option<u32>,
 }
 
@@ -55,13 +74,16 @@ impl Link {
 /// SR-IOV physical function state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sriov {
+    /// `sriov_totalvfs`: how many VFs the device offers.
     pub total_vfs: u32,
+    /// `sriov_numvfs`: how many are enabled.
     pub num_vfs: u32,
 }
 
 /// A BAR covered by the Resizable BAR capability (`resourceN_resize`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResizableBar {
+    /// The BAR number.
     pub index: u8,
     /// Supported sizes in bytes, smallest first (bit n of the file = 2^(n+20) bytes).
     pub sizes: Vec<u64>,
@@ -70,18 +92,25 @@ pub struct ResizableBar {
 /// Everything vfioctl knows about one PCI function.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PciDevice {
+    /// The device's address.
     pub bdf: Bdf,
+    /// Vendor id.
     pub vendor: u16,
+    /// Device id.
     pub device: u16,
+    /// Subsystem vendor id, when the device has one.
     pub subsystem_vendor: Option<u16>,
+    /// Subsystem device id, when the device has one.
     pub subsystem_device: Option<u16>,
     /// 24-bit class code (`0x030200` = 3D controller).
     pub class: u32,
+    /// Revision id.
     pub revision: Option<u8>,
     /// Bound driver (`nvidia`, `vfio-pci`, `pcieport`), from the `driver` link.
     pub driver: Option<String>,
     /// `driver_override`, `None` when unset (the kernel prints `(null)`).
     pub driver_override: Option<String>,
+    /// The IOMMU group, `None` without an IOMMU.
     pub iommu_group: Option<u32>,
     /// Other members of the IOMMU group (this device excluded), sorted.
     pub iommu_group_peers: Vec<Bdf>,
@@ -89,18 +118,27 @@ pub struct PciDevice {
     pub parents: Vec<Bdf>,
     /// The sysfs device directory (host-absolute, symlinks resolved).
     pub sysfs_path: PathBuf,
+    /// A PCI Express function (it has the PCIe capability).
     pub is_pcie: bool,
+    /// A PCI-to-PCI bridge (header type 1), root ports included.
     pub is_bridge: bool,
+    /// The device has more than one function.
     pub multifunction: bool,
+    /// The PCIe link, for PCIe functions whose sysfs shows it.
     pub link: Option<Link>,
+    /// `numa_node` as the kernel shows it (`-1`: no node), `None` when absent.
     pub numa_node: Option<i32>,
     /// Enabled reset methods in order; `None` when the device has none (no `reset_method`).
     pub reset_methods: Option<Vec<String>>,
+    /// `boot_vga`: the firmware's console GPU.
     pub boot_vga: Option<bool>,
+    /// SR-IOV state, for physical functions.
     pub sriov: Option<Sriov>,
     /// `D0`, `D3hot`, `D3cold`, ...
     pub power_state: Option<String>,
+    /// `d3cold_allowed`.
     pub d3cold_allowed: Option<bool>,
+    /// BARs the Resizable BAR capability covers.
     pub resizable_bars: Vec<ResizableBar>,
     /// BARs 0-5: assigned ones from `resource`, plus BARs that config space shows but that
     /// were never assigned (`assigned: false`).
@@ -414,6 +452,7 @@ impl PciDevice {
         Ok(bars)
     }
 
+    /// A display controller (class 0x03).
     pub fn is_gpu(&self) -> bool {
         self.class >> 16 == 0x03
     }
@@ -423,6 +462,7 @@ impl PciDevice {
         format!("{:04x}:{:04x}", self.vendor, self.device)
     }
 
+    /// BARs config space shows but the kernel never assigned.
     pub fn unassigned_bars(&self) -> impl Iterator<Item = &Bar> {
         self.bars.iter().filter(|b| !b.assigned)
     }

@@ -11,12 +11,16 @@ use super::flags;
 /// One parsed line of `resource`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ResourceLine {
+    /// First address.
     pub start: u64,
+    /// Last address (inclusive).
     pub end: u64,
+    /// `IORESOURCE_*` flags ([`crate::pci::flags`]).
     pub flags: u64,
 }
 
 impl ResourceLine {
+    /// All three fields 0: no resource.
     pub fn is_zero(&self) -> bool {
         self.start == 0 && self.end == 0 && self.flags == 0
     }
@@ -35,9 +39,13 @@ impl ResourceLine {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {reason} in {text:?}")]
+/// A `resource` line that does not parse.
 pub struct ResourceParseError {
+    /// Line number (1-based).
     pub line: usize,
+    /// The line as read.
     pub text: String,
+    /// What is wrong with it.
     pub reason: &'static str,
 }
 
@@ -74,23 +82,31 @@ pub fn parse(text: &str) -> Result<Vec<ResourceLine>, ResourceParseError> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BarKind {
+    /// I/O ports.
     Io,
+    /// 32-bit memory.
     Mem32,
+    /// 64-bit memory.
     Mem64,
 }
 
 /// A base address register as vfioctl reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bar {
+    /// BAR number (0-5).
     pub index: u8,
     /// Start address as the kernel shows it (0 when unassigned).
     pub start: u64,
     /// Size in bytes; `None` for a BAR that config space says exists but that was never
     /// assigned, whose size cannot be read without sizing the register.
     pub size: Option<u64>,
+    /// The address space it decodes.
     pub kind: BarKind,
+    /// A 64-bit memory BAR.
     pub is_64bit: bool,
+    /// Prefetchable memory.
     pub prefetchable: bool,
+    /// An I/O BAR.
     pub io: bool,
     /// The kernel assigned an address range to this BAR.
     pub assigned: bool,
