@@ -35,7 +35,6 @@ fn nvidia_debs(source_deb: &str) -> Result<(), vfioctl_testkit::Missing> {
 }
 
 #[test]
-#[ignore = "nightly tier (scripts/test --nightly): the NVIDIA flavour kernel plus the 535 modules; not yet measured on a fresh machine"]
 fn nvidia_open_535_modules_load_up_to_no_gpu() {
     vfioctl_testkit::require!(prerequisites());
     let pins = pins();

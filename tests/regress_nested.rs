@@ -17,7 +17,6 @@ fn lab() -> std::path::PathBuf {
 }
 
 #[test]
-#[ignore = "nightly tier (scripts/test --nightly): nested passthrough, about 3 minutes of TCG; not yet re-run after this session's merges"]
 fn nested_guest_lists_the_device_passed_through_by_l1() {
     vfioctl_testkit::require!(vfioctl_testkit::prereq::qemu());
     vfioctl_testkit::require!(vfioctl_testkit::prereq::lab_kernel());
