@@ -102,6 +102,22 @@ async fn hotplug_8g_stand_in_on_a_sized_port_and_the_negative_control() {
         vm: name("hp"),
     };
     schema_support::assert_valid("vm-unplug", &serde_json::to_value(&out).unwrap());
+
+    // Plugged again onto its sized port: what `vm plug --json` prints; then out again.
+    let c = plug::plug(&h.env, &mut rec, &qmp, &gpu, Some("rp0"))
+        .await
+        .expect("plug again onto rp0");
+    let out = vfioctl::cli::vm::PlugOutput {
+        guest: c,
+        plugged: rec.plugged.last().cloned(),
+        vm: name("hp"),
+    };
+    schema_support::assert_valid("vm-plug", &serde_json::to_value(&out).unwrap());
+    let id = rec.plugged.last().expect("plugged again").id.clone();
+    plug::unplug(&h.env, &mut rec, &qmp, &id)
+        .await
+        .expect("unplug again");
+    assert_eq!(rec.state, VmState::Ready);
     drop(qmp);
 
     // Down: no process left, runtime directory gone; idempotent.

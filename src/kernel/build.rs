@@ -256,6 +256,11 @@ pub fn compile_cmd(tree: &Path, obj: &Path, arch: &str, jobs: u32, cc: &str, nic
     c.niced(nice)
 }
 
+/// The build record's version. 2: the compile's ccache runs without a base_dir; a build
+/// recorded as 1 embedded relative `__FILE__` paths and is rebuilt, not reused, even when
+/// its .config is unchanged.
+pub const MANIFEST_SCHEMA: u32 = 2;
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -558,6 +563,7 @@ pub fn build(
     // A changed input that leaves the .config as it was (a comment) rebuilds nothing.
     let reusable = previous.filter(|p| {
         !rebuild
+            && p.schema == MANIFEST_SCHEMA
             && p.config_sha256 == c.sha256
             && p.nvidia.as_ref().map(|n| n.mode.clone())
                 == opts.nvidia.as_ref().map(|m| m.to_string())
@@ -813,7 +819,7 @@ fn build_manifest(
         _ => String::new(),
     };
     BuildManifest {
-        schema: 1,
+        schema: MANIFEST_SCHEMA,
         vfioctl_version: env!("CARGO_PKG_VERSION").into(),
         input_key,
         config_sha256: c.sha256.clone(),
