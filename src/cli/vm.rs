@@ -505,8 +505,9 @@ fn up(ctx: &Context, a: UpArgs) -> Result<Exit, Failure> {
                 warnings: rec.warnings.clone(),
             })?,
             |o| {
+                // stdout is the command alone, safe to paste; the warnings go to stderr.
                 for w in &rec.warnings {
-                    writeln!(o, "warning: {w}")?;
+                    crate::output::warn(ctx, w);
                 }
                 writeln!(o, "{}", shell_command(&rec.argv))
             },
