@@ -42,6 +42,7 @@ pre{background:#14171c;color:#e6e6e6;padding:10px;overflow:auto;max-height:360px
 .muted{color:#6b7380}
 .desc{color:#4a5260;font-size:12px;white-space:normal;max-width:420px}
 .chart-title{font-weight:600;margin:0 0 4px}
+.wide{overflow-x:auto;padding-bottom:2px}
 "#;
 
 /// Colours of the trend series and the timeline segments, per step.
@@ -78,7 +79,7 @@ fn badge(o: Outcome) -> String {
 
 fn matrix(x: &mut String, r: &RunResults) {
     x.push_str(
-        "<table><tr><th>scenario</th><th>devices</th><th>plug</th><th>expect</th><th>outcome</th>",
+        "<div class=\"wide\"><table><tr><th>scenario</th><th>devices</th><th>plug</th><th>expect</th><th>outcome</th>",
     );
     for s in Step::ALL {
         let _ = write!(x, "<th>{}</th>", s.name());
@@ -119,7 +120,7 @@ fn matrix(x: &mut String, r: &RunResults) {
                     let title = st
                         .failure
                         .as_ref()
-                        .map(|f| f.message.clone())
+                        .map(|f| headline(&f.message).0.to_string())
                         .or_else(|| st.note.clone())
                         .unwrap_or_default();
                     let _ = write!(
@@ -139,7 +140,7 @@ fn matrix(x: &mut String, r: &RunResults) {
             esc(&stack_line(s))
         );
     }
-    x.push_str("</table>\n<p class=\"muted\">⟲ ran as cleanup after a failure; hover a cell for the step's note or error.</p>\n");
+    x.push_str("</table></div>\n<p class=\"muted\">⟲ ran as cleanup after a failure; hover a cell for the step's note or error.</p>\n");
 }
 
 fn timeline(x: &mut String, r: &RunResults) {
@@ -234,7 +235,15 @@ fn scenario_details(x: &mut String, s: &ScenarioResult) {
     if let Some(d) = &s.description {
         let _ = writeln!(x, "<p class=\"desc\">{}</p>", esc(d));
     }
-    let _ = writeln!(x, "<p>{}</p>", esc(&s.summary));
+    // A failure's message carries the guest's kernel log after its first line; the
+    // failed step's blocks below show that text once, so the summary keeps its headline.
+    let failed = s.steps.iter().any(|st| st.failure.is_some());
+    let summary = if failed {
+        headline(&s.summary).0
+    } else {
+        s.summary.as_str()
+    };
+    let _ = writeln!(x, "<p>{}</p>", esc(summary));
     if !s.stack.is_empty() {
         x.push_str("<p class=\"muted\">stack: ");
         for (k, v) in &s.stack {
@@ -260,10 +269,19 @@ fn scenario_details(x: &mut String, s: &ScenarioResult) {
             if st.cleanup { " (cleanup)" } else { "" },
             fmt_ms(st.ms),
             f.exit_code,
-            esc(&f.message)
+            esc(headline(&f.message).0)
         );
         if let Some(h) = &f.hint {
             let _ = writeln!(x, "<p class=\"hint\">hint: {}</p>", esc(h));
+        }
+        // The rest of a multi-line message, unless a log block below (or above) has it.
+        let rest = headline(&f.message).1;
+        if !rest.is_empty()
+            && !f.logs.iter().any(|l| l.text.contains(rest))
+            && !shown.iter().any(|t| t.contains(rest))
+        {
+            let _ = writeln!(x, "<p class=\"muted\">details</p><pre>{}</pre>", esc(rest));
+            shown.push(rest);
         }
         for l in &f.logs {
             let title = match l.source.as_str() {
@@ -294,6 +312,15 @@ fn scenario_details(x: &mut String, s: &ScenarioResult) {
     x.push_str("</details>\n");
 }
 
+/// A message's first line and the rest (trimmed): multi-line failure messages carry the
+/// guest's kernel log after their headline.
+fn headline(m: &str) -> (&str, &str) {
+    match m.split_once('\n') {
+        Some((h, rest)) => (h.trim_end(), rest.trim()),
+        None => (m.trim_end(), ""),
+    }
+}
+
 /// Ticks for an axis from 0 to `max` ms: in ms below 2 s, else in seconds.
 fn axis_label(ms: u64, max: u64) -> String {
     if max < 2000 {
@@ -322,8 +349,11 @@ fn trend_chart(x: &mut String, runs: &[&RunResults], key: &str) {
     }
     let _ = writeln!(
         x,
-        "<div class=\"muted\">{} runs, latest right</div></div>",
-        runs.len()
+        "<div class=\"muted\">{}</div></div>",
+        match runs.len() {
+            1 => "1 run".to_string(),
+            n => format!("{n} runs, latest right"),
+        }
     );
 }
 
@@ -486,6 +516,7 @@ mod tests {
     use super::*;
     use crate::regress::history::detect;
     use crate::regress::plan::HistoryCfg;
+    use crate::regress::results::{LogExcerpt, StepFailure};
     use crate::regress::testdata::{lab_history, lab_run};
 
     #[test]
@@ -567,6 +598,36 @@ mod tests {
             let past = crate::regress::testdata::lab_history();
             std::fs::write(p, render(&cur, &past, 20)).unwrap();
         }
+    }
+
+    #[test]
+    fn a_plug_failure_shows_the_guest_kernel_log_once() {
+        // As the executor records it: the plug error's message carries the kernel log,
+        // the QMP excerpt is the same text, and the summary repeats the message.
+        let mut cur = lab_run("20261122T020000Z", 4000);
+        let neg = &mut cur.scenarios[1];
+        let msg = "emulated:8G on rp0: the guest found it at 0000:01:00.0 but could not assign BAR 2 (can't assign; no space): rolled back\n--- guest kernel ---\n[    4.670397] pci 0000:01:00.0: BAR 2 [mem size 0x200000000 64bit pref]: can't assign; no space";
+        neg.summary = format!("failed as expected at plug: {msg}");
+        let plug = neg.steps.iter_mut().find(|s| s.step == Step::Plug).unwrap();
+        plug.status = StepStatus::Failed;
+        plug.failure = Some(
+            StepFailure::new(Exit::OperationFailed, msg).with_log(LogExcerpt {
+                source: "qmp".into(),
+                text: msg.into(),
+            }),
+        );
+        let h = render(&cur, &[], 20);
+        assert_eq!(h.matches("4.670397").count(), 1, "the kernel log once: {h}");
+        assert!(h.contains("<p>failed as expected at plug: emulated:8G on rp0: the guest found it at 0000:01:00.0 but could not assign BAR 2 (can&apos;t assign; no space): rolled back</p>"), "{h}");
+        // A multi-line message whose rest is in no log block keeps it, once.
+        let neg = &mut cur.scenarios[1];
+        let plug = neg.steps.iter_mut().find(|s| s.step == Step::Plug).unwrap();
+        plug.failure = Some(StepFailure::new(Exit::OperationFailed, msg));
+        let h = render(&cur, &[], 20);
+        assert_eq!(h.matches("4.670397").count(), 1, "{h}");
+        assert!(h.contains("<p class=\"muted\">details</p><pre>--- guest kernel ---"));
+        // The matrix scrolls inside its box on a narrow window instead of overflowing.
+        assert!(h.contains("<div class=\"wide\"><table>"));
     }
 
     #[test]
