@@ -72,12 +72,29 @@ const GRUB: &str = "(GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub a
 
 /// The host checks, in the order a person fixes them.
 pub fn host_checks(h: &HostFacts, vm_memory: Option<u64>) -> Vec<Check> {
-    let intel = h.cpu_vendor == Some(CpuVendor::Intel);
-    let amd = h.cpu_vendor == Some(CpuVendor::Amd);
-    let mut v = Vec::new();
+    vec![
+        cpu_virt_check(h),
+        kvm_check(h),
+        iommu_firmware_check(h),
+        iommu_kernel_check(h),
+        iommu_groups_check(h),
+        cmdline_check(h),
+        interrupt_remapping_check(h),
+        vfio_modules_check(h),
+        dev_vfio_check(h),
+        vhost_vsock_check(h),
+        memlock_check(h, vm_memory),
+        hugepages_check(h, vm_memory),
+    ]
+}
 
-    // CPU virtualization.
-    v.push(match &h.cpu_flags {
+fn is_amd(h: &HostFacts) -> bool {
+    h.cpu_vendor == Some(CpuVendor::Amd)
+}
+
+/// CPU virtualization: vmx or svm in the CPU flags.
+fn cpu_virt_check(h: &HostFacts) -> Check {
+    match &h.cpu_flags {
         None => check("cpu-virt", Status::Skip, "/proc/cpuinfo not readable"),
         Some(f) if f.contains("vmx") => check(
             "cpu-virt",
@@ -95,9 +112,12 @@ pub fn host_checks(h: &HostFacts, vm_memory: Option<u64>) -> Vec<Check> {
             "neither vmx nor svm in /proc/cpuinfo flags: hardware virtualization is off or hidden",
         )
         .hint("enable Intel VT-x / AMD SVM in the firmware setup (in a VM: expose it with nested virtualization)"),
-    });
+    }
+}
 
-    v.push(if h.dev_kvm {
+/// /dev/kvm, and whether QEMU can run a KVM vCPU on it.
+fn kvm_check(h: &HostFacts) -> Check {
+    if h.dev_kvm {
         match &h.kvm_usable {
             None => check("kvm", Status::Pass, "/dev/kvm exists"),
             Some(Ok(())) => check(
@@ -114,7 +134,7 @@ pub fn host_checks(h: &HostFacts, vm_memory: Option<u64>) -> Vec<Check> {
         }
     } else {
         check("kvm", Status::Fail, "no /dev/kvm: KVM is not available").hint(
-            if amd {
+            if is_amd(h) {
                 "modprobe kvm_amd"
             } else {
                 "modprobe kvm_intel (kvm_amd on AMD)"
@@ -122,15 +142,47 @@ pub fn host_checks(h: &HostFacts, vm_memory: Option<u64>) -> Vec<Check> {
             .to_string()
                 + "; if it fails, enable VT-x/SVM in the firmware setup",
         )
-    });
+    }
+}
 
-    // IOMMU: firmware table.
-    let firmware_hint = if amd {
+/// How to turn the IOMMU on in the firmware setup, by CPU vendor.
+fn iommu_firmware_hint(h: &HostFacts) -> &'static str {
+    if is_amd(h) {
         "enable the IOMMU (AMD-Vi / \"IOMMU\") in the firmware setup"
     } else {
         "enable VT-d (Intel Virtualization Technology for Directed I/O) in the firmware setup"
+    }
+}
+
+/// The fix when the kernel has no IOMMU: the kernel parameter when the firmware table is
+/// there, else the firmware setup first, then the parameter.
+fn iommu_kernel_hint(h: &HostFacts) -> String {
+    let amd = is_amd(h);
+    let disabled_on_cmdline = has_param(&h.cmdline, "amd_iommu", &["off"])
+        || has_param(&h.cmdline, "iommu", &["off"])
+        || has_param(&h.cmdline, "intel_iommu", &["off"]);
+    let param_hint = if disabled_on_cmdline {
+        format!("remove intel_iommu=off / amd_iommu=off / iommu=off from the kernel command line {GRUB}")
+    } else if amd {
+        "check dmesg for AMD-Vi errors (the AMD IOMMU needs no kernel parameter)".to_string()
+    } else {
+        format!("add intel_iommu=on to the kernel command line {GRUB}")
     };
-    v.push(if h.dmar {
+    if h.dmar || h.ivrs {
+        param_hint
+    } else if amd && !disabled_on_cmdline {
+        format!(
+            "{} (the AMD IOMMU needs no kernel parameter)",
+            iommu_firmware_hint(h)
+        )
+    } else {
+        format!("{}, then {param_hint}", iommu_firmware_hint(h))
+    }
+}
+
+/// IOMMU in the firmware: the ACPI DMAR (Intel) or IVRS (AMD) table.
+fn iommu_firmware_check(h: &HostFacts) -> Check {
+    if h.dmar {
         check(
             "iommu-firmware",
             Status::Pass,
@@ -154,26 +206,13 @@ pub fn host_checks(h: &HostFacts, vm_memory: Option<u64>) -> Vec<Check> {
             Status::Fail,
             "no ACPI DMAR or IVRS table: the IOMMU is disabled in the firmware or absent",
         )
-        .hint(firmware_hint)
-    });
+        .hint(iommu_firmware_hint(h))
+    }
+}
 
-    // IOMMU: kernel.
-    let disabled_on_cmdline = has_param(&h.cmdline, "amd_iommu", &["off"])
-        || has_param(&h.cmdline, "iommu", &["off"])
-        || has_param(&h.cmdline, "intel_iommu", &["off"]);
-    let param_hint = if disabled_on_cmdline {
-        format!("remove intel_iommu=off / amd_iommu=off / iommu=off from the kernel command line {GRUB}")
-    } else if amd {
-        "check dmesg for AMD-Vi errors (the AMD IOMMU needs no kernel parameter)".to_string()
-    } else {
-        format!("add intel_iommu=on to the kernel command line {GRUB}")
-    };
-    let after_firmware = if amd && !disabled_on_cmdline {
-        format!("{firmware_hint} (the AMD IOMMU needs no kernel parameter)")
-    } else {
-        format!("{firmware_hint}, then {param_hint}")
-    };
-    v.push(if !h.iommu_units.is_empty() {
+/// IOMMU in the kernel: units under /sys/class/iommu.
+fn iommu_kernel_check(h: &HostFacts) -> Check {
+    if !h.iommu_units.is_empty() {
         check(
             "iommu-kernel",
             Status::Pass,
@@ -183,19 +222,18 @@ pub fn host_checks(h: &HostFacts, vm_memory: Option<u64>) -> Vec<Check> {
             ),
         )
     } else {
-        let c = check(
+        check(
             "iommu-kernel",
             Status::Fail,
             "/sys/class/iommu is empty: the kernel did not enable an IOMMU",
-        );
-        if h.dmar || h.ivrs {
-            c.hint(param_hint.clone())
-        } else {
-            c.hint(after_firmware.clone())
-        }
-    });
+        )
+        .hint(iommu_kernel_hint(h))
+    }
+}
 
-    v.push(if h.iommu_groups > 0 {
+/// IOMMU groups under /sys/kernel/iommu_groups.
+fn iommu_groups_check(h: &HostFacts) -> Check {
+    if h.iommu_groups > 0 {
         check(
             "iommu-groups",
             Status::Pass,
@@ -210,18 +248,18 @@ pub fn host_checks(h: &HostFacts, vm_memory: Option<u64>) -> Vec<Check> {
             Status::Fail,
             "/sys/kernel/iommu_groups is empty: no device can be assigned to a VM",
         )
-        .hint(if h.dmar || h.ivrs {
-            param_hint.clone()
-        } else {
-            after_firmware.clone()
-        })
-    });
+        .hint(iommu_kernel_hint(h))
+    }
+}
 
-    v.push(cmdline_check(h, intel, amd));
-
-    // Interrupt remapping.
-    v.push(match (&h.interrupts, h.iommu_active()) {
-        (None, _) => check("interrupt-remapping", Status::Skip, "/proc/interrupts not readable"),
+/// Interrupt remapping: IR- chips in /proc/interrupts, and allow_unsafe_interrupts.
+fn interrupt_remapping_check(h: &HostFacts) -> Check {
+    match (&h.interrupts, h.iommu_active()) {
+        (None, _) => check(
+            "interrupt-remapping",
+            Status::Skip,
+            "/proc/interrupts not readable",
+        ),
         (_, false) => check(
             "interrupt-remapping",
             Status::Skip,
@@ -239,7 +277,10 @@ pub fn host_checks(h: &HostFacts, vm_memory: Option<u64>) -> Vec<Check> {
             if h.allow_unsafe_interrupts == Some(true) {
                 Check {
                     status: Status::Warn,
-                    message: format!("{}; but vfio_iommu_type1.allow_unsafe_interrupts=Y is set", c.message),
+                    message: format!(
+                        "{}; but vfio_iommu_type1.allow_unsafe_interrupts=Y is set",
+                        c.message
+                    ),
                     ..c
                 }
                 .hint("remove allow_unsafe_interrupts: it is not needed here")
@@ -264,11 +305,12 @@ pub fn host_checks(h: &HostFacts, vm_memory: Option<u64>) -> Vec<Check> {
                 c
             }
         }
-    });
+    }
+}
 
-    v.push(vfio_modules_check(h));
-
-    v.push(if h.dev_vfio {
+/// The VFIO container node /dev/vfio/vfio.
+fn dev_vfio_check(h: &HostFacts) -> Check {
+    if h.dev_vfio {
         check("dev-vfio", Status::Pass, "/dev/vfio/vfio exists")
     } else if matches!(h.vfio, ModuleState::Available) {
         check(
@@ -280,9 +322,12 @@ pub fn host_checks(h: &HostFacts, vm_memory: Option<u64>) -> Vec<Check> {
     } else {
         check("dev-vfio", Status::Fail, "no /dev/vfio/vfio: VFIO is not available in this kernel")
             .hint("boot a kernel with CONFIG_VFIO and CONFIG_VFIO_PCI (every distribution kernel has them)")
-    });
+    }
+}
 
-    v.push(if h.dev_vhost_vsock {
+/// The kernel vsock backend /dev/vhost-vsock (the guest agent's transport).
+fn vhost_vsock_check(h: &HostFacts) -> Check {
+    if h.dev_vhost_vsock {
         check("vhost-vsock", Status::Pass, "/dev/vhost-vsock exists")
     } else {
         let hint = if matches!(h.vhost_vsock_module, ModuleState::Available) {
@@ -296,11 +341,7 @@ pub fn host_checks(h: &HostFacts, vm_memory: Option<u64>) -> Vec<Check> {
             "no /dev/vhost-vsock: the kernel vsock backend is not loaded",
         )
         .hint(hint)
-    });
-
-    v.push(memlock_check(h, vm_memory));
-    v.push(hugepages_check(h, vm_memory));
-    v
+    }
 }
 
 fn has_param(cmdline: &str, name: &str, values: &[&str]) -> bool {
@@ -310,7 +351,10 @@ fn has_param(cmdline: &str, name: &str, values: &[&str]) -> bool {
     })
 }
 
-fn cmdline_check(h: &HostFacts, intel: bool, amd: bool) -> Check {
+/// IOMMU parameters on the kernel command line.
+fn cmdline_check(h: &HostFacts) -> Check {
+    let intel = h.cpu_vendor == Some(CpuVendor::Intel);
+    let amd = is_amd(h);
     let c = &h.cmdline;
     let id = "iommu-cmdline";
     if has_param(c, "intel_iommu", &["off"])
@@ -538,12 +582,23 @@ fn bar_words(b: &Bar) -> String {
 /// The checks for one device.
 pub fn device_checks(f: &DeviceFacts, host: &HostFacts) -> Vec<Check> {
     let d = &f.dev;
-    let bdf = d.bdf;
-    let mut v = Vec::new();
+    let v = vec![
+        bars_assigned_check(d),
+        bars_above_4g_check(d),
+        iommu_group_check(f, host),
+        boot_vga_check(d),
+        reset_check(f),
+        driver_check(d),
+        sriov_check(d),
+        power_check(d),
+    ];
+    v.into_iter().map(|c| c.on(d.bdf)).collect()
+}
 
-    // Every BAR assigned.
+/// Every BAR assigned (a resource line for each BAR config space shows).
+fn bars_assigned_check(d: &PciDevice) -> Check {
     let unassigned: Vec<&Bar> = d.unassigned_bars().collect();
-    v.push(if d.bars.is_empty() {
+    if d.bars.is_empty() {
         check("bars-assigned", Status::Skip, "the device has no BARs")
     } else if unassigned.is_empty() {
         let list: Vec<String> = d.bars.iter().map(Bar::summary).collect();
@@ -565,9 +620,11 @@ pub fn device_checks(f: &DeviceFacts, host: &HostFacts) -> Vec<Check> {
             ),
         )
         .hint("enable \"Above 4G Decoding\" (and Resizable BAR if offered) in the firmware setup; or boot with pci=realloc to let Linux place it")
-    });
+    }
+}
 
-    // Large 64-bit BARs above 4 GiB.
+/// Large 64-bit BARs above 4 GiB.
+fn bars_above_4g_check(d: &PciDevice) -> Check {
     let mem64: Vec<&Bar> = d.bars.iter().filter(|b| b.is_64bit && !b.io).collect();
     let resize_max = |idx: u8| {
         d.resizable_bars
@@ -575,56 +632,56 @@ pub fn device_checks(f: &DeviceFacts, host: &HostFacts) -> Vec<Check> {
             .find(|r| r.index == idx)
             .and_then(|r| r.sizes.last().copied())
     };
-    v.push(if mem64.is_empty() {
-        check("bars-above-4g", Status::Skip, "no 64-bit memory BARs")
+    if mem64.is_empty() {
+        return check("bars-above-4g", Status::Skip, "no 64-bit memory BARs");
+    }
+    let mut low_large = Vec::new();
+    let mut notes = Vec::new();
+    let mut placed = Vec::new();
+    for b in &mem64 {
+        if !b.assigned {
+            notes.push(format!("BAR{} unassigned (see bars-assigned)", b.index));
+            continue;
+        }
+        let size = b.size.unwrap_or(0);
+        let where_ = if b.above_4g { "above 4G" } else { "below 4G" };
+        let mut s = format!(
+            "BAR{} {} {where_} @{:#x}",
+            b.index,
+            units::short(size),
+            b.start
+        );
+        if let Some(max) = resize_max(b.index).filter(|m| *m > size) {
+            s.push_str(&format!(" (resizable up to {})", units::short(max)));
+        }
+        if !b.above_4g && size >= GIB {
+            low_large.push(s.clone());
+        }
+        placed.push(s);
+    }
+    if !low_large.is_empty() {
+        check(
+            "bars-above-4g",
+            Status::Warn,
+            format!("large 64-bit BARs below 4 GiB: {}", low_large.join(", ")),
+        )
+        .hint("enable \"Above 4G Decoding\" in the firmware setup so large BARs move above 4 GiB")
+    } else if placed.is_empty() {
+        check("bars-above-4g", Status::Skip, notes.join("; "))
     } else {
-        let mut low_large = Vec::new();
-        let mut notes = Vec::new();
-        let mut placed = Vec::new();
-        for b in &mem64 {
-            if !b.assigned {
-                notes.push(format!("BAR{} unassigned (see bars-assigned)", b.index));
-                continue;
-            }
-            let size = b.size.unwrap_or(0);
-            let where_ = if b.above_4g { "above 4G" } else { "below 4G" };
-            let mut s = format!(
-                "BAR{} {} {where_} @{:#x}",
-                b.index,
-                units::short(size),
-                b.start
-            );
-            if let Some(max) = resize_max(b.index).filter(|m| *m > size) {
-                s.push_str(&format!(" (resizable up to {})", units::short(max)));
-            }
-            if !b.above_4g && size >= GIB {
-                low_large.push(s.clone());
-            }
-            placed.push(s);
+        let mut msg = placed.join(", ");
+        if !notes.is_empty() {
+            msg.push_str("; ");
+            msg.push_str(&notes.join("; "));
         }
-        if !low_large.is_empty() {
-            check(
-                "bars-above-4g",
-                Status::Warn,
-                format!("large 64-bit BARs below 4 GiB: {}", low_large.join(", ")),
-            )
-            .hint(
-                "enable \"Above 4G Decoding\" in the firmware setup so large BARs move above 4 GiB",
-            )
-        } else if placed.is_empty() {
-            check("bars-above-4g", Status::Skip, notes.join("; "))
-        } else {
-            let mut msg = placed.join(", ");
-            if !notes.is_empty() {
-                msg.push_str("; ");
-                msg.push_str(&notes.join("; "));
-            }
-            check("bars-above-4g", Status::Pass, msg)
-        }
-    });
+        check("bars-above-4g", Status::Pass, msg)
+    }
+}
 
-    // IOMMU group viability.
-    v.push(match d.iommu_group {
+/// IOMMU group viability: every other member is safe to leave with the VM.
+fn iommu_group_check(f: &DeviceFacts, host: &HostFacts) -> Check {
+    let bdf = f.dev.bdf;
+    match f.dev.iommu_group {
         None => {
             let c = check(
                 "iommu-group",
@@ -647,12 +704,19 @@ pub fn device_checks(f: &DeviceFacts, host: &HostFacts) -> Vec<Check> {
                 .collect();
             if blockers.is_empty() {
                 if f.group.is_empty() {
-                    check("iommu-group", Status::Pass, format!("IOMMU group {g} holds only this device"))
+                    check(
+                        "iommu-group",
+                        Status::Pass,
+                        format!("IOMMU group {g} holds only this device"),
+                    )
                 } else {
                     check(
                         "iommu-group",
                         Status::Pass,
-                        format!("IOMMU group {g} is viable: the other members are fine ({})", fine.join(", ")),
+                        format!(
+                            "IOMMU group {g} is viable: the other members are fine ({})",
+                            fine.join(", ")
+                        ),
                     )
                 }
             } else {
@@ -664,7 +728,12 @@ pub fn device_checks(f: &DeviceFacts, host: &HostFacts) -> Vec<Check> {
                         } else {
                             ""
                         };
-                        format!("{} ({what}class {:06x}, on {})", p.bdf, p.class, driver_kind(p))
+                        format!(
+                            "{} ({what}class {:06x}, on {})",
+                            p.bdf,
+                            p.class,
+                            driver_kind(p)
+                        )
                     })
                     .collect();
                 let mut msg = format!(
@@ -691,10 +760,12 @@ pub fn device_checks(f: &DeviceFacts, host: &HostFacts) -> Vec<Check> {
                 check("iommu-group", Status::Fail, msg).hint(hint)
             }
         }
-    });
+    }
+}
 
-    // Boot VGA.
-    v.push(match d.boot_vga {
+/// Boot VGA: the host console's framebuffer is on this device.
+fn boot_vga_check(d: &PciDevice) -> Check {
+    match d.boot_vga {
         Some(true) => check(
             "boot-vga",
             Status::Warn,
@@ -703,10 +774,13 @@ pub fn device_checks(f: &DeviceFacts, host: &HostFacts) -> Vec<Check> {
         .hint("give the host console another GPU, or boot with video=efifb:off / initcall_blacklist=sysfb_init; unbinding it blanks the console"),
         Some(false) => check("boot-vga", Status::Pass, "not the boot VGA device (boot_vga=0)"),
         None => check("boot-vga", Status::Pass, "not a VGA-class device (no boot_vga)"),
-    });
+    }
+}
 
-    // Reset.
-    v.push(match &d.reset_methods {
+/// Reset: a function-level method, or a bus reset that touches no other device.
+fn reset_check(f: &DeviceFacts) -> Check {
+    let bdf = f.dev.bdf;
+    match &f.dev.reset_methods {
         None => check(
             "reset",
             Status::Fail,
@@ -743,11 +817,14 @@ pub fn device_checks(f: &DeviceFacts, host: &HostFacts) -> Vec<Check> {
                 .hint("pass every device on that bus to the same VM, or use a slot of its own")
             }
         }
-    });
+    }
+}
 
-    // Driver in use.
+/// The driver in use: none or vfio-pci pass, a host driver warns with the bind command.
+fn driver_check(d: &PciDevice) -> Check {
+    let bdf = d.bdf;
     let id = "driver";
-    v.push(match d.driver.as_deref() {
+    match d.driver.as_deref() {
         None => check(id, Status::Pass, "no driver bound: ready for vfio-pci"),
         Some(drv) if is_vfio_driver(drv) || d.vfio_dev => {
             let node = d
@@ -766,10 +843,13 @@ pub fn device_checks(f: &DeviceFacts, host: &HostFacts) -> Vec<Check> {
             )),
         Some(drv) => check(id, Status::Warn, format!("bound to the host driver {drv}"))
             .hint(format!("`vfioctl bind {bdf}` moves it to vfio-pci")),
-    });
+    }
+}
 
-    // SR-IOV.
-    v.push(match &d.sriov {
+/// SR-IOV: enabled VFs keep the PF from being passed whole.
+fn sriov_check(d: &PciDevice) -> Check {
+    let bdf = d.bdf;
+    match &d.sriov {
         None => check("sriov", Status::Skip, "no SR-IOV capability"),
         Some(s) if s.num_vfs == 0 => check(
             "sriov",
@@ -784,10 +864,13 @@ pub fn device_checks(f: &DeviceFacts, host: &HostFacts) -> Vec<Check> {
         .hint(format!(
             "pass VFs, or disable them before passing the PF: echo 0 > /sys/bus/pci/devices/{bdf}/sriov_numvfs"
         )),
-    });
+    }
+}
 
-    // Power.
-    v.push(match d.power_state.as_deref() {
+/// Power: a device in D3cold has unreachable config space.
+fn power_check(d: &PciDevice) -> Check {
+    let bdf = d.bdf;
+    match d.power_state.as_deref() {
         Some("D3cold") => check("power", Status::Warn, "in D3cold: config space is unreachable until it wakes")
             .hint(format!(
                 "keep it awake: echo on > /sys/bus/pci/devices/{bdf}/power/control, or vfio-pci disable_idle_d3=1"
@@ -801,9 +884,7 @@ pub fn device_checks(f: &DeviceFacts, host: &HostFacts) -> Vec<Check> {
             check("power", Status::Pass, format!("power state {s}{d3}"))
         }
         None => check("power", Status::Skip, "no power_state file (kernel older than 5.19)"),
-    });
-
-    v.into_iter().map(|c| c.on(bdf)).collect()
+    }
 }
 
 #[cfg(test)]

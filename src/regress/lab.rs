@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use vfioctl_common::pci::device::enumerate;
 use vfioctl_common::pci::{select_among, SelectError};
-use vfioctl_common::proto::Verdict;
+use vfioctl_common::proto::{CheckOutcome, Verdict};
 use vfioctl_common::{Bdf, PciDevice, Selector, SysRoot};
 
 use super::exec::{Backend, StepCtx};
@@ -348,6 +348,38 @@ impl LabSession {
         crate::vm::guest::connect(rec, limit).map_err(|e| vm_logs(from_diag(e), self.rec.as_ref()))
     }
 
+    /// Run a timed operation that updates the VM record (plug, unplug): the record is
+    /// lent to `op` and put back whatever the outcome.
+    fn with_record<T>(
+        &mut self,
+        step: Step,
+        limit: Duration,
+        op: impl AsyncFnOnce(&mut VmRecord) -> T,
+    ) -> Result<T, StepFailure> {
+        let mut rec = self
+            .rec
+            .take()
+            .ok_or_else(|| fail(Exit::Infrastructure, "no VM"))?;
+        let r = self.timed(step, limit, Exit::OperationFailed, op(&mut rec));
+        self.rec = Some(rec);
+        r
+    }
+
+    /// Devices already in the VM when it booted (cold-plugged): their QEMU id and guest
+    /// BDF, from the VM record.
+    fn note_cold_plugged(&mut self) {
+        for d in &mut self.devices {
+            if let Some(p) = self
+                .rec
+                .as_ref()
+                .and_then(|r| r.plugged.iter().find(|p| p.gpu == d.gpu.label()))
+            {
+                d.id = Some(p.id.clone());
+                d.guest_bdf = p.guest_bdf.clone();
+            }
+        }
+    }
+
     fn keep_logs(&self) {
         if let Some(r) = &self.rec {
             for (src, name) in [
@@ -472,6 +504,358 @@ impl LabBackend {
     }
 }
 
+/// What a step returns: an optional one-line note for the report.
+type StepResult = Result<Option<String>, StepFailure>;
+
+/// The steps, one function each; [`Backend::step`] dispatches to them.
+impl LabBackend {
+    /// QEMU on PATH, the guest kernel and initramfs, and the scenario's host devices.
+    fn check(&self, s: &mut LabSession, ctx: &StepCtx) -> StepResult {
+        let sc = ctx.scenario;
+        let qemu = which(&self.qemu).ok_or_else(|| {
+            let mut f = fail(
+                Exit::Infrastructure,
+                format!("{} not found on PATH", self.qemu.display()),
+            );
+            f.hint = Some("install qemu-system-x86 (scripts/setup does)".into());
+            f
+        })?;
+        let kernel = sc.kernel.clone().or_else(lab_kernel).ok_or_else(|| {
+            fail(
+                Exit::Usage,
+                "no guest kernel: set `kernel` in the plan or run scripts/setup",
+            )
+        })?;
+        for (key, p) in [("kernel", Some(&kernel)), ("initrd", sc.initrd.as_ref())] {
+            if let Some(p) = p {
+                if !p.is_file() {
+                    return Err(fail(
+                        Exit::Usage,
+                        format!("scenario {}: {key} {} does not exist", sc.name, p.display()),
+                    ));
+                }
+            }
+        }
+        if sc.kind == Kind::Nested {
+            self.prepare_nested(&kernel, ctx.dir)?;
+        }
+        self.initrd(sc)?;
+        s.host_devices =
+            resolve(&self.ctx.root, sc).map_err(|e| fail(Exit::Usage, e.to_string()))?;
+        Ok(Some(format!(
+            "qemu {}; {} host device(s)",
+            qemu.display(),
+            s.host_devices.len()
+        )))
+    }
+
+    /// The bind flow of `vfioctl bind` (plan, in-use check, steps, rollback).
+    fn bind(&self, s: &mut LabSession, ctx: &StepCtx) -> StepResult {
+        let root = &self.ctx.root;
+        let sel: Vec<vfioctl_common::Selector> = s
+            .host_devices
+            .iter()
+            .map(|d| vfioctl_common::Selector::Bdf { bdf: d.bdf })
+            .collect();
+        let prepared = bind::prepare(
+            root,
+            &sel,
+            bind::PrepareOptions {
+                timeout: ctx.timeout,
+                ..Default::default()
+            },
+        )
+        .map_err(from_diag)?;
+        let report = bind::execute(&prepared).map_err(from_diag)?;
+        s.bound = report.devices.iter().map(|d| d.bdf).collect();
+        Ok(Some(format!(
+            "bound {} ({})",
+            s.bound
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            report.group_nodes.join(", ")
+        )))
+    }
+
+    /// Give the devices this scenario bound back to their drivers.
+    fn restore(&self, s: &mut LabSession, ctx: &StepCtx) -> StepResult {
+        if s.bound.is_empty() {
+            return Ok(Some("nothing bound".into()));
+        }
+        let r =
+            bind::restore(&self.ctx.root, Some(&s.bound), ctx.timeout, false).map_err(from_diag)?;
+        let failed: Vec<String> = r
+            .devices
+            .iter()
+            .filter_map(|d| d.error.as_ref().map(|e| format!("{}: {e}", d.bdf)))
+            .collect();
+        if !failed.is_empty() {
+            return Err(fail(Exit::OperationFailed, failed.join("; ")));
+        }
+        s.bound.clear();
+        Ok(Some(format!("restored {} device(s)", r.devices.len())))
+    }
+
+    /// Boot the VM, then wait for readiness from the guest: the agent answers.
+    fn vm_up(&self, s: &mut LabSession, ctx: &StepCtx) -> StepResult {
+        let started = std::time::Instant::now();
+        let profile = self.profile(ctx.scenario, s, ctx.timeout)?;
+        let env = Env {
+            root: self.ctx.root.clone(),
+            base: self.run_base.clone(),
+        };
+        s.env = Some(env.clone());
+        let retried = boot(s, &env, &profile, ctx)?;
+        let left = ctx
+            .timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1));
+        let mut client = s.agent(left)?;
+        let hello = client
+            .hello()
+            .map_err(|e| vm_logs(from_diag(e), s.rec.as_ref()))?;
+        s.hello = Some(hello.clone());
+        let rec = s.rec.as_ref().map(|r| (r.accel, r.boot_seconds));
+        s.note_cold_plugged();
+        Ok(Some(format!(
+            "{}, agent {} answered; console ready after {:.1} s{}",
+            rec.map(|r| r.0.to_string())
+                .unwrap_or_else(|| "accelerator unknown".into()),
+            hello.agent_version,
+            rec.and_then(|r| r.1).unwrap_or_default(),
+            retried
+                .map(|w| format!("; retried once after: {w}"))
+                .unwrap_or_default()
+        )))
+    }
+
+    /// Hot-plug every device over QMP, each on its port.
+    fn plug(&self, s: &mut LabSession, ctx: &StepCtx) -> StepResult {
+        let step = Step::Plug;
+        let (Some(env), Some(rec)) = (s.env.clone(), s.rec.as_ref()) else {
+            return Err(fail(Exit::Infrastructure, "plug without a VM"));
+        };
+        let sock = rec.qmp_socket.clone();
+        let qmp = s
+            .timed(
+                step,
+                ctx.timeout,
+                Exit::OperationFailed,
+                Qmp::connect(&sock, Duration::from_secs(10)),
+            )?
+            .map_err(|e| fail(Exit::Infrastructure, format!("QMP {}: {e}", sock.display())))?;
+        let mut notes = Vec::new();
+        let devices = s.devices.clone();
+        for (i, d) in devices.iter().enumerate() {
+            let port = s
+                .rec
+                .as_ref()
+                .and_then(|r| r.ports.get(d.port))
+                .map(|p| p.id.clone());
+            let r = s.with_record(step, ctx.timeout, async |rec: &mut VmRecord| {
+                plug::plug(&env, rec, &qmp, &d.gpu, port.as_deref()).await
+            });
+            let c = r?.map_err(|e| {
+                let mut f = from_diag(e);
+                f.logs.push(LogExcerpt {
+                    source: "qmp".into(),
+                    text: f.message.clone(),
+                });
+                vm_logs(f, s.rec.as_ref())
+            })?;
+            let id = s
+                .rec
+                .as_ref()
+                .and_then(|r| r.plugged.last())
+                .map(|p| p.id.clone());
+            s.devices[i].id = id;
+            s.devices[i].guest_bdf = Some(c.guest_bdf.clone());
+            notes.push(format!(
+                "{} on {} -> guest {} in {:.2} s{}",
+                d.gpu.label(),
+                port.unwrap_or_default(),
+                c.guest_bdf,
+                c.seconds,
+                if c.evidence.above_4g() {
+                    ", BAR above 4 GiB"
+                } else {
+                    ""
+                }
+            ));
+        }
+        s.qmp = Some(qmp);
+        Ok(Some(notes.join("; ")))
+    }
+
+    /// Nested: in L1, bind, L2 with the device cold-plugged, restore (see `nested`).
+    fn validate_nested(&self, s: &mut LabSession, ctx: &StepCtx) -> StepResult {
+        let mut client = s.agent(ctx.timeout)?;
+        let script = nested::l1_script(ctx.timeout.as_secs().saturating_sub(30).max(60));
+        let reply = client
+            .exec(&["/bin/busybox", "sh", "-c", &script], ctx.timeout, 1 << 20)
+            .map_err(|e| vm_logs(from_diag(e), s.rec.as_ref()))?;
+        let _ = std::fs::write(s.dir.join("nested.log"), &reply.stdout);
+        nested::verdict(&reply.stdout).map(Some).map_err(|why| {
+            fail(Exit::ValidationFailed, why.reason)
+                .with_log(excerpt("l1-exec", &reply.stdout, 60))
+                .with_log(excerpt("l1-exec-stderr", &reply.stderr, 20))
+        })
+    }
+
+    /// The guest checks of `vfioctl validate` for every device; the first device with a
+    /// failed check fails the step.
+    fn validate(&self, s: &mut LabSession, ctx: &StepCtx) -> StepResult {
+        let mut client = s.agent(ctx.timeout)?;
+        let mut notes = Vec::new();
+        for d in &s.devices {
+            let mut exp = self.expected(&d.gpu)?;
+            exp.guest_bdf = d.guest_bdf.as_deref().and_then(|b| b.parse().ok());
+            let view = validate::collect(&mut client, Some(&exp), Duration::from_secs(10))
+                .map_err(|e| vm_logs(from_diag(e), s.rec.as_ref()))?;
+            let checks = validate::evaluate(Some(&exp), &view);
+            let failed: Vec<_> = checks
+                .iter()
+                .filter(|c| c.verdict == Verdict::Fail)
+                .collect();
+            if !failed.is_empty() {
+                return Err(validation_failure(&exp, &failed, &view));
+            }
+            notes.push(format!("{}: {} checks passed", exp.label, checks.len()));
+        }
+        Ok(Some(notes.join("; ")))
+    }
+
+    /// What the guest should see of a device.
+    fn expected(&self, gpu: &GpuSpec) -> Result<Expected, StepFailure> {
+        Ok(match gpu {
+            GpuSpec::Emulated { size } => Expected::emulated(*size),
+            GpuSpec::Vfio { bdf } => {
+                validate::expected_from_host(&self.ctx.root, *bdf).map_err(from_diag)?
+            }
+            GpuSpec::Mdev { uuid } => {
+                crate::shared::mdev::expected(&self.ctx.root, uuid).ok_or_else(|| {
+                    fail(
+                        Exit::ValidationFailed,
+                        format!("mdev:{uuid}: its type's guest PCI ids are not known to vfioctl (only the kernel samples mtty, mdpy, mbochs)"),
+                    )
+                })?
+            }
+        })
+    }
+
+    /// Hot-unplug every plugged device; DEVICE_DELETED confirms each.
+    fn unplug(&self, s: &mut LabSession, ctx: &StepCtx) -> StepResult {
+        let (Some(env), Some(qmp)) = (s.env.clone(), s.qmp.take()) else {
+            return Ok(Some("nothing plugged".into()));
+        };
+        let mut done = Vec::new();
+        let ids: Vec<String> = s.devices.iter().filter_map(|d| d.id.clone()).collect();
+        for id in ids {
+            let r = s.with_record(Step::Unplug, ctx.timeout, async |rec: &mut VmRecord| {
+                plug::unplug(&env, rec, &qmp, &id).await
+            });
+            let secs = r?.map_err(|e| vm_logs(from_diag(e), s.rec.as_ref()))?;
+            done.push(format!("{id} in {secs:.2} s"));
+        }
+        s.qmp = Some(qmp);
+        Ok(Some(format!("DEVICE_DELETED: {}", done.join(", "))))
+    }
+
+    /// Keep the VM's logs, then stop it.
+    fn vm_down(&self, s: &mut LabSession, ctx: &StepCtx) -> StepResult {
+        s.keep_logs();
+        s.qmp = None;
+        let Some(env) = s.env.clone() else {
+            return Ok(Some("no VM was started".into()));
+        };
+        let name = VmName::new(&ctx.scenario.name).map_err(from_diag)?;
+        let r = s
+            .timed(
+                Step::VmDown,
+                ctx.timeout,
+                Exit::Infrastructure,
+                lifecycle::down(&env, &name, Duration::ZERO),
+            )?
+            .map_err(from_diag)?;
+        Ok(Some(r.steps.join("; ")))
+    }
+}
+
+/// Start the VM; one retry when a helper died before the guest even started (seen with
+/// vhost-device-vsock when several VMs start at once). Returns what the retry was for,
+/// for the step's note.
+fn boot(
+    s: &mut LabSession,
+    env: &Env,
+    profile: &Profile,
+    ctx: &StepCtx,
+) -> Result<Option<String>, StepFailure> {
+    let name = &ctx.scenario.name;
+    let mut retried = None;
+    loop {
+        let r = s.timed(
+            Step::VmUp,
+            ctx.timeout,
+            Exit::BootTimeout,
+            // SIGINT/SIGTERM: vm up kills what it started itself.
+            lifecycle::up_until(env, profile, crate::interrupt::wait()),
+        )?;
+        match r {
+            Ok(rec) => {
+                s.rec = Some(rec);
+                return Ok(retried);
+            }
+            Err(e @ VmError::HelperDied { .. }) if retried.is_none() => {
+                retried = Some(e.to_string().lines().next().unwrap_or_default().to_string());
+                if let Ok(n) = VmName::new(name) {
+                    let _ = s.block_on(lifecycle::down(env, &n, Duration::ZERO));
+                }
+            }
+            Err(e) => {
+                // Keep the failed VM's record for logs and for vm-down.
+                s.rec = VmName::new(name)
+                    .ok()
+                    .and_then(|n| lifecycle::load(env, &n).ok());
+                return Err(vm_logs(from_diag(e), s.rec.as_ref()));
+            }
+        }
+    }
+}
+
+/// A failed validation: the failed checks in the message, their evidence and the
+/// guest's dmesg as logs.
+fn validation_failure(
+    exp: &Expected,
+    failed: &[&CheckOutcome],
+    view: &validate::GuestView,
+) -> StepFailure {
+    let msg = failed
+        .iter()
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let dmesg = view
+        .klog
+        .records
+        .iter()
+        .map(|r| r.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let evidence = failed
+        .iter()
+        .flat_map(|c| c.evidence.iter().cloned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    fail(Exit::ValidationFailed, format!("{}: {msg}", exp.label))
+        .with_log(LogExcerpt {
+            source: "evidence".into(),
+            text: evidence,
+        })
+        .with_log(excerpt("dmesg", &dmesg, 40))
+}
+
 impl Backend for LabBackend {
     type Session = LabSession;
 
@@ -504,350 +888,17 @@ impl Backend for LabBackend {
         }
     }
 
-    fn step(
-        &self,
-        s: &mut LabSession,
-        step: Step,
-        ctx: &StepCtx,
-    ) -> Result<Option<String>, StepFailure> {
-        let sc = ctx.scenario;
+    fn step(&self, s: &mut LabSession, step: Step, ctx: &StepCtx) -> StepResult {
         match step {
-            Step::Check => {
-                let qemu = which(&self.qemu).ok_or_else(|| {
-                    let mut f = fail(
-                        Exit::Infrastructure,
-                        format!("{} not found on PATH", self.qemu.display()),
-                    );
-                    f.hint = Some("install qemu-system-x86 (scripts/setup does)".into());
-                    f
-                })?;
-                let kernel = sc.kernel.clone().or_else(lab_kernel).ok_or_else(|| {
-                    fail(
-                        Exit::Usage,
-                        "no guest kernel: set `kernel` in the plan or run scripts/setup",
-                    )
-                })?;
-                for (key, p) in [("kernel", Some(&kernel)), ("initrd", sc.initrd.as_ref())] {
-                    if let Some(p) = p {
-                        if !p.is_file() {
-                            return Err(fail(
-                                Exit::Usage,
-                                format!(
-                                    "scenario {}: {key} {} does not exist",
-                                    sc.name,
-                                    p.display()
-                                ),
-                            ));
-                        }
-                    }
-                }
-                if sc.kind == Kind::Nested {
-                    self.prepare_nested(&kernel, ctx.dir)?;
-                }
-                self.initrd(sc)?;
-                s.host_devices =
-                    resolve(&self.ctx.root, sc).map_err(|e| fail(Exit::Usage, e.to_string()))?;
-                Ok(Some(format!(
-                    "qemu {}; {} host device(s)",
-                    qemu.display(),
-                    s.host_devices.len()
-                )))
-            }
-            Step::Bind => {
-                let root = &self.ctx.root;
-                // The bind flow of `vfioctl bind` (plan, in-use check, steps, rollback).
-                let sel: Vec<vfioctl_common::Selector> = s
-                    .host_devices
-                    .iter()
-                    .map(|d| vfioctl_common::Selector::Bdf { bdf: d.bdf })
-                    .collect();
-                let prepared = bind::prepare(
-                    root,
-                    &sel,
-                    bind::PrepareOptions {
-                        timeout: ctx.timeout,
-                        ..Default::default()
-                    },
-                )
-                .map_err(from_diag)?;
-                let report = bind::execute(&prepared).map_err(from_diag)?;
-                s.bound = report.devices.iter().map(|d| d.bdf).collect();
-                Ok(Some(format!(
-                    "bound {} ({})",
-                    s.bound
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    report.group_nodes.join(", ")
-                )))
-            }
-            Step::Restore => {
-                if s.bound.is_empty() {
-                    return Ok(Some("nothing bound".into()));
-                }
-                let r = bind::restore(&self.ctx.root, Some(&s.bound), ctx.timeout, false)
-                    .map_err(from_diag)?;
-                let failed: Vec<String> = r
-                    .devices
-                    .iter()
-                    .filter_map(|d| d.error.as_ref().map(|e| format!("{}: {e}", d.bdf)))
-                    .collect();
-                if !failed.is_empty() {
-                    return Err(fail(Exit::OperationFailed, failed.join("; ")));
-                }
-                s.bound.clear();
-                Ok(Some(format!("restored {} device(s)", r.devices.len())))
-            }
-            Step::VmUp => {
-                let started = std::time::Instant::now();
-                let profile = self.profile(sc, s, ctx.timeout)?;
-                let env = Env {
-                    root: self.ctx.root.clone(),
-                    base: self.run_base.clone(),
-                };
-                s.env = Some(env.clone());
-                // One retry when a helper died before the guest even started (seen with
-                // vhost-device-vsock when several VMs start at once); recorded in the note.
-                let mut retried = None;
-                loop {
-                    let r = s.timed(
-                        step,
-                        ctx.timeout,
-                        Exit::BootTimeout,
-                        // SIGINT/SIGTERM: vm up kills what it started itself.
-                        lifecycle::up_until(&env, &profile, crate::interrupt::wait()),
-                    )?;
-                    match r {
-                        Ok(rec) => {
-                            s.rec = Some(rec);
-                            break;
-                        }
-                        Err(e @ VmError::HelperDied { .. }) if retried.is_none() => {
-                            retried =
-                                Some(e.to_string().lines().next().unwrap_or_default().to_string());
-                            if let Ok(n) = VmName::new(&sc.name) {
-                                let _ = s.block_on(lifecycle::down(&env, &n, Duration::ZERO));
-                            }
-                        }
-                        Err(e) => {
-                            // Keep the failed VM's record for logs and for vm-down.
-                            s.rec = VmName::new(&sc.name)
-                                .ok()
-                                .and_then(|n| lifecycle::load(&env, &n).ok());
-                            return Err(vm_logs(from_diag(e), s.rec.as_ref()));
-                        }
-                    }
-                }
-                // Readiness from the guest: the agent answers.
-                let left = ctx
-                    .timeout
-                    .saturating_sub(started.elapsed())
-                    .max(Duration::from_secs(1));
-                let mut client = s.agent(left)?;
-                let hello = client
-                    .hello()
-                    .map_err(|e| vm_logs(from_diag(e), s.rec.as_ref()))?;
-                s.hello = Some(hello.clone());
-                let rec = s.rec.as_ref().map(|r| (r.accel, r.boot_seconds));
-                for d in &mut s.devices {
-                    if let Some(p) = s
-                        .rec
-                        .as_ref()
-                        .and_then(|r| r.plugged.iter().find(|p| p.gpu == d.gpu.label()))
-                    {
-                        d.id = Some(p.id.clone());
-                        d.guest_bdf = p.guest_bdf.clone();
-                    }
-                }
-                Ok(Some(format!(
-                    "{}, agent {} answered; console ready after {:.1} s{}",
-                    rec.map(|r| r.0.to_string())
-                        .unwrap_or_else(|| "accelerator unknown".into()),
-                    hello.agent_version,
-                    rec.and_then(|r| r.1).unwrap_or_default(),
-                    retried
-                        .map(|w| format!("; retried once after: {w}"))
-                        .unwrap_or_default()
-                )))
-            }
-            Step::Plug => {
-                let (Some(env), Some(rec)) = (s.env.clone(), s.rec.as_ref()) else {
-                    return Err(fail(Exit::Infrastructure, "plug without a VM"));
-                };
-                let sock = rec.qmp_socket.clone();
-                let qmp = s
-                    .timed(
-                        step,
-                        ctx.timeout,
-                        Exit::OperationFailed,
-                        Qmp::connect(&sock, Duration::from_secs(10)),
-                    )?
-                    .map_err(|e| {
-                        fail(Exit::Infrastructure, format!("QMP {}: {e}", sock.display()))
-                    })?;
-                let mut notes = Vec::new();
-                let devices = s.devices.clone();
-                for (i, d) in devices.iter().enumerate() {
-                    let port = s
-                        .rec
-                        .as_ref()
-                        .and_then(|r| r.ports.get(d.port))
-                        .map(|p| p.id.clone());
-                    let mut rec = s
-                        .rec
-                        .take()
-                        .ok_or_else(|| fail(Exit::Infrastructure, "no VM"))?;
-                    let r = s.timed(
-                        step,
-                        ctx.timeout,
-                        Exit::OperationFailed,
-                        plug::plug(&env, &mut rec, &qmp, &d.gpu, port.as_deref()),
-                    );
-                    s.rec = Some(rec);
-                    let c = r?.map_err(|e| {
-                        let mut f = from_diag(e);
-                        f.logs.push(LogExcerpt {
-                            source: "qmp".into(),
-                            text: f.message.clone(),
-                        });
-                        vm_logs(f, s.rec.as_ref())
-                    })?;
-                    let id = s
-                        .rec
-                        .as_ref()
-                        .and_then(|r| r.plugged.last())
-                        .map(|p| p.id.clone());
-                    s.devices[i].id = id;
-                    s.devices[i].guest_bdf = Some(c.guest_bdf.clone());
-                    notes.push(format!(
-                        "{} on {} -> guest {} in {:.2} s{}",
-                        d.gpu.label(),
-                        port.unwrap_or_default(),
-                        c.guest_bdf,
-                        c.seconds,
-                        if c.evidence.above_4g() {
-                            ", BAR above 4 GiB"
-                        } else {
-                            ""
-                        }
-                    ));
-                }
-                s.qmp = Some(qmp);
-                Ok(Some(notes.join("; ")))
-            }
-            Step::Validate if sc.kind == Kind::Nested => {
-                // In L1: bind, L2 with the device cold-plugged, restore (see `nested`).
-                let mut client = s.agent(ctx.timeout)?;
-                let script = nested::l1_script(ctx.timeout.as_secs().saturating_sub(30).max(60));
-                let reply = client
-                    .exec(&["/bin/busybox", "sh", "-c", &script], ctx.timeout, 1 << 20)
-                    .map_err(|e| vm_logs(from_diag(e), s.rec.as_ref()))?;
-                let _ = std::fs::write(s.dir.join("nested.log"), &reply.stdout);
-                nested::verdict(&reply.stdout).map(Some).map_err(|why| {
-                    fail(Exit::ValidationFailed, why.reason)
-                        .with_log(excerpt("l1-exec", &reply.stdout, 60))
-                        .with_log(excerpt("l1-exec-stderr", &reply.stderr, 20))
-                })
-            }
-            Step::Validate => {
-                let mut client = s.agent(ctx.timeout)?;
-                let mut notes = Vec::new();
-                for d in &s.devices {
-                    let mut exp = match &d.gpu {
-                        GpuSpec::Emulated { size } => Expected::emulated(*size),
-                        GpuSpec::Vfio { bdf } => {
-                            validate::expected_from_host(&self.ctx.root, *bdf).map_err(from_diag)?
-                        }
-                        GpuSpec::Mdev { uuid } => {
-                            crate::shared::mdev::expected(&self.ctx.root, uuid).ok_or_else(|| {
-                                fail(
-                                    Exit::ValidationFailed,
-                                    format!("mdev:{uuid}: its type's guest PCI ids are not known to vfioctl (only the kernel samples mtty, mdpy, mbochs)"),
-                                )
-                            })?
-                        }
-                    };
-                    exp.guest_bdf = d.guest_bdf.as_deref().and_then(|b| b.parse().ok());
-                    let view = validate::collect(&mut client, Some(&exp), Duration::from_secs(10))
-                        .map_err(|e| vm_logs(from_diag(e), s.rec.as_ref()))?;
-                    let checks = validate::evaluate(Some(&exp), &view);
-                    let failed: Vec<_> = checks
-                        .iter()
-                        .filter(|c| c.verdict == Verdict::Fail)
-                        .collect();
-                    if !failed.is_empty() {
-                        let msg = failed
-                            .iter()
-                            .map(|c| format!("{}: {}", c.name, c.detail))
-                            .collect::<Vec<_>>()
-                            .join("; ");
-                        let dmesg = view
-                            .klog
-                            .records
-                            .iter()
-                            .map(|r| r.text.as_str())
-                            .collect::<Vec<_>>()
-                            .join("\n");
-                        let evidence = failed
-                            .iter()
-                            .flat_map(|c| c.evidence.iter().cloned())
-                            .collect::<Vec<_>>()
-                            .join("\n");
-                        return Err(
-                            fail(Exit::ValidationFailed, format!("{}: {msg}", exp.label))
-                                .with_log(LogExcerpt {
-                                    source: "evidence".into(),
-                                    text: evidence,
-                                })
-                                .with_log(excerpt("dmesg", &dmesg, 40)),
-                        );
-                    }
-                    notes.push(format!("{}: {} checks passed", exp.label, checks.len()));
-                }
-                Ok(Some(notes.join("; ")))
-            }
-            Step::Unplug => {
-                let (Some(env), Some(qmp)) = (s.env.clone(), s.qmp.take()) else {
-                    return Ok(Some("nothing plugged".into()));
-                };
-                let mut done = Vec::new();
-                let ids: Vec<String> = s.devices.iter().filter_map(|d| d.id.clone()).collect();
-                for id in ids {
-                    let mut rec = s
-                        .rec
-                        .take()
-                        .ok_or_else(|| fail(Exit::Infrastructure, "no VM"))?;
-                    let r = s.timed(
-                        step,
-                        ctx.timeout,
-                        Exit::OperationFailed,
-                        plug::unplug(&env, &mut rec, &qmp, &id),
-                    );
-                    s.rec = Some(rec);
-                    let secs = r?.map_err(|e| vm_logs(from_diag(e), s.rec.as_ref()))?;
-                    done.push(format!("{id} in {secs:.2} s"));
-                }
-                s.qmp = Some(qmp);
-                Ok(Some(format!("DEVICE_DELETED: {}", done.join(", "))))
-            }
-            Step::VmDown => {
-                s.keep_logs();
-                s.qmp = None;
-                let Some(env) = s.env.clone() else {
-                    return Ok(Some("no VM was started".into()));
-                };
-                let name = VmName::new(&sc.name).map_err(from_diag)?;
-                let r = s
-                    .timed(
-                        step,
-                        ctx.timeout,
-                        Exit::Infrastructure,
-                        lifecycle::down(&env, &name, Duration::ZERO),
-                    )?
-                    .map_err(from_diag)?;
-                Ok(Some(r.steps.join("; ")))
-            }
+            Step::Check => self.check(s, ctx),
+            Step::Bind => self.bind(s, ctx),
+            Step::Restore => self.restore(s, ctx),
+            Step::VmUp => self.vm_up(s, ctx),
+            Step::Plug => self.plug(s, ctx),
+            Step::Validate if ctx.scenario.kind == Kind::Nested => self.validate_nested(s, ctx),
+            Step::Validate => self.validate(s, ctx),
+            Step::Unplug => self.unplug(s, ctx),
+            Step::VmDown => self.vm_down(s, ctx),
         }
     }
 

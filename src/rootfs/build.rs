@@ -11,7 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::cpio::{self, Entry, Kind};
-use super::manifest::{expand, parse_mode, Compression, FileItem, Manifest, UnsetVar};
+use super::manifest::{expand, parse_mode, Compression, FileItem, Manifest};
 use super::modules::{canonical, ModuleIndex, Resolved};
 use super::{agent_bin, RootfsError};
 
@@ -98,6 +98,21 @@ pub fn guest_path(path: &str) -> Result<String, RootfsError> {
     Ok(parts.join("/"))
 }
 
+/// The ancestors of a staged path, outermost first: `a/b/c` gives `a`, `a/b`.
+fn ancestors(path: &str) -> Vec<String> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let mut cur = String::new();
+    let mut out = Vec::new();
+    for p in &parts[..parts.len().saturating_sub(1)] {
+        if !cur.is_empty() {
+            cur.push('/');
+        }
+        cur.push_str(p);
+        out.push(cur.clone());
+    }
+    out
+}
+
 /// The staged tree: guest path (no leading `/`) -> entry. Every path is normalized by
 /// [`guest_path`], and nothing is ever staged under a symlink or a file, so neither the
 /// archive nor the ext4 staging directory can be steered out of the image.
@@ -110,13 +125,7 @@ struct Tree {
 impl Tree {
     /// Check that every ancestor of `path` is a directory (or not yet staged).
     fn check_ancestors(&self, path: &str) -> Result<(), RootfsError> {
-        let mut cur = String::new();
-        let parts: Vec<&str> = path.split('/').collect();
-        for p in &parts[..parts.len().saturating_sub(1)] {
-            if !cur.is_empty() {
-                cur.push('/');
-            }
-            cur.push_str(p);
+        for cur in ancestors(path) {
             match self.entries.get(&cur).map(|e| &e.kind) {
                 None | Some(Kind::Dir) => {}
                 Some(Kind::Symlink(t)) => {
@@ -138,16 +147,11 @@ impl Tree {
         Ok(())
     }
 
+    /// Stage every ancestor of `path` not staged yet as a directory.
     fn dirs_for(&mut self, path: &str) {
-        let mut cur = String::new();
-        let parts: Vec<&str> = path.split('/').collect();
-        for p in &parts[..parts.len().saturating_sub(1)] {
-            if !cur.is_empty() {
-                cur.push('/');
-            }
-            cur.push_str(p);
+        for cur in ancestors(path) {
             self.entries.entry(cur.clone()).or_insert(Entry {
-                path: cur.clone(),
+                path: cur,
                 mode: 0o755,
                 kind: Kind::Dir,
             });
@@ -413,16 +417,56 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>, RootfsError> {
 pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
     let started = Instant::now();
     let manifest = Manifest::load(&opts.manifest)?;
-    let base = opts
-        .manifest
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
     let mut tree = Tree::default();
     let mut missing = Vec::new();
 
-    // The skeleton every guest needs; /dev/console so PID 1 has a console before
-    // devtmpfs is mounted.
+    stage_skeleton(&mut tree)?;
+    let (agent, agent_bytes) = stage_agent(&mut tree, &manifest, opts)?;
+    stage_busybox(&mut tree, &manifest)?;
+    let modules = stage_modules(&mut tree, &manifest, opts, &mut missing)?;
+    let firmware = stage_firmware(&mut tree, &manifest, opts)?;
+    stage_manifest_files(&mut tree, &manifest, &opts.manifest, &mut missing)?;
+    stage_extra(&mut tree, &opts.extra)?;
+
+    let compression = opts
+        .compression
+        .clone()
+        .unwrap_or(manifest.compression.clone());
+    let written = write_initramfs(&tree, &compression, &opts.out)?;
+    let ext4 = match &opts.ext4 {
+        Some(img) => {
+            write_ext4(&tree, img)?;
+            Some(img.clone())
+        }
+        None => None,
+    };
+
+    Ok(BuildReport {
+        manifest: manifest.name.clone(),
+        out: opts.out.clone(),
+        bytes: written.bytes,
+        uncompressed_bytes: tree.uncompressed_size(),
+        sha256: written.sha256,
+        entries: written.entries,
+        compression,
+        agent,
+        agent_bytes,
+        kver: modules.kver,
+        modules: modules.reports,
+        firmware,
+        missing_optional: missing,
+        ext4,
+        guest_hook_path: manifest
+            .kata
+            .as_ref()
+            .and_then(|k| k.guest_hook_path.clone()),
+        build_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// The skeleton every guest needs; /dev/console so PID 1 has a console before devtmpfs
+/// is mounted.
+fn stage_skeleton(tree: &mut Tree) -> Result<(), RootfsError> {
     for d in [
         "dev", "proc", "sys", "tmp", "run", "root", "etc", "var", "usr/bin", "bin", "sbin",
     ] {
@@ -431,8 +475,16 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
     tree.add("tmp", 0o1777, Kind::Dir)?;
     tree.add("dev/console", 0o600, Kind::CharDev { major: 5, minor: 1 })?;
     tree.add("dev/null", 0o666, Kind::CharDev { major: 1, minor: 3 })?;
+    Ok(())
+}
 
-    // The agent.
+/// The agent binary (static, refused otherwise), `/init` when it is PID 1, and its
+/// settings in [`AGENT_CONF`]. Returns the agent's path and size for the report.
+fn stage_agent(
+    tree: &mut Tree,
+    manifest: &Manifest,
+    opts: &BuildOptions,
+) -> Result<(PathBuf, u64), RootfsError> {
     let agent = agent_bin::resolve(opts.agent.as_deref())?;
     let agent_data = read(&agent)?;
     if agent_bin::is_static_elf(&agent_data) != Some(true) {
@@ -463,143 +515,217 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
             .into_bytes(),
         ),
     )?;
+    Ok((agent, agent_bytes))
+}
 
-    // Busybox and its applets.
-    if manifest.busybox.include {
-        let bb = manifest
-            .busybox
-            .path
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("/bin/busybox"));
-        let data = read(&bb).map_err(|_| RootfsError::Missing {
-            what: "busybox (install busybox-static)".into(),
-            path: bb.clone(),
-        })?;
-        if agent_bin::is_static_elf(&data) != Some(true) {
-            return Err(RootfsError::NotStatic { path: bb });
-        }
-        tree.add("bin/busybox", 0o755, Kind::File(data))?;
-        for applet in busybox_applets(&bb)? {
-            let p = applet.trim_start_matches('/');
-            if p == "bin/busybox" || tree.entries.contains_key(p) || p == "init" {
-                continue;
-            }
-            tree.add(p, 0o777, Kind::Symlink("/bin/busybox".into()))?;
-        }
+/// Busybox (static, refused otherwise) and a symlink for each of its applets.
+fn stage_busybox(tree: &mut Tree, manifest: &Manifest) -> Result<(), RootfsError> {
+    if !manifest.busybox.include {
+        return Ok(());
     }
+    let bb = manifest
+        .busybox
+        .path
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/bin/busybox"));
+    let data = read(&bb).map_err(|_| RootfsError::Missing {
+        what: "busybox (install busybox-static)".into(),
+        path: bb.clone(),
+    })?;
+    if agent_bin::is_static_elf(&data) != Some(true) {
+        return Err(RootfsError::NotStatic { path: bb });
+    }
+    tree.add("bin/busybox", 0o755, Kind::File(data))?;
+    for applet in busybox_applets(&bb)? {
+        let p = applet.trim_start_matches('/');
+        if p == "bin/busybox" || tree.entries.contains_key(p) || p == "init" {
+            continue;
+        }
+        tree.add(p, 0o777, Kind::Symlink("/bin/busybox".into()))?;
+    }
+    Ok(())
+}
 
-    // Kernel modules, with dependencies, and the load list.
-    let mut module_reports = Vec::new();
-    let mut kver_out = None;
-    // (name, load at boot, optional)
-    let wanted: Vec<(String, bool, bool)> = manifest
-        .modules
-        .load
-        .iter()
-        .map(|m| (m.clone(), true, false))
-        .chain(
-            manifest
-                .modules
-                .include
-                .iter()
-                .map(|m| (m.clone(), false, false)),
-        )
-        .chain(
-            manifest
-                .modules
-                .optional
-                .iter()
-                .map(|m| (m.clone(), true, true)),
-        )
-        .collect();
-    if opts.no_modules {
-        for (name, _, _) in &wanted {
-            module_reports.push(ModuleReport {
-                name: canonical(name),
-                files: vec![],
-                builtin: true,
-                loaded_at_boot: false,
-            });
-        }
-    } else if !wanted.is_empty() {
-        let given = opts.kernel_modules.as_ref().ok_or_else(|| {
-            RootfsError::Usage(format!(
-                "manifest {} lists kernel modules: pass --kernel-modules DIR (and --kver)",
-                manifest.name
-            ))
-        })?;
-        let (dir, kver) = modules_dir(given, opts.kver.as_deref())?;
-        let dep = std::fs::read_to_string(dir.join("modules.dep"))
-            .map_err(|e| io_err(&dir.join("modules.dep"), e))?;
-        let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
-        let idx = ModuleIndex::parse(&dep, &builtin);
-        let mut load_order: Vec<String> = Vec::new();
-        let mut shipped: Vec<String> = Vec::new();
-        for (name, load, optional) in &wanted {
-            match idx.resolve(name) {
-                None if *optional => {
-                    missing.push(format!("kernel module {name} (not in kernel {kver})"));
-                }
-                None => {
-                    return Err(RootfsError::Module {
-                        name: name.clone(),
-                        kver: kver.clone(),
-                    })
-                }
-                Some(Resolved::Builtin) => module_reports.push(ModuleReport {
-                    name: canonical(name),
-                    files: vec![],
-                    builtin: true,
-                    loaded_at_boot: false,
-                }),
-                Some(Resolved::Modules(paths)) => {
-                    for p in &paths {
-                        if !shipped.contains(p) {
-                            shipped.push(p.clone());
-                        }
-                        if *load && !load_order.contains(p) {
-                            load_order.push(p.clone());
-                        }
-                    }
-                    module_reports.push(ModuleReport {
-                        name: canonical(name),
-                        files: paths
-                            .iter()
-                            .map(|p| strip_compression(p).to_string())
-                            .collect(),
-                        builtin: false,
-                        loaded_at_boot: *load,
-                    });
-                }
-            }
-        }
-        let gdir = format!("lib/modules/{kver}");
-        for p in &shipped {
-            let data = read_module(&dir.join(p))?;
-            tree.add(
-                &format!("{gdir}/{}", strip_compression(p)),
-                0o644,
-                Kind::File(data),
-            )?;
-        }
-        tree.add(
-            &format!("{gdir}/modules.dep"),
-            0o644,
-            Kind::File(idx.dep_lines(&shipped).into_bytes()),
-        )?;
-        let list: String = load_order
+/// A module the manifest asks for.
+struct WantedModule {
+    name: String,
+    /// Listed in the load list (`load` and `optional`), not only shipped (`include`).
+    load: bool,
+    /// A kernel without it is noted in `missing_optional`, not an error.
+    optional: bool,
+}
+
+/// The manifest's modules in order: `load`, then `include`, then `optional`.
+fn wanted_modules(manifest: &Manifest) -> Vec<WantedModule> {
+    let m = &manifest.modules;
+    let wanted = |names: &[String], load: bool, optional: bool| {
+        names
             .iter()
-            .map(|p| format!("/{gdir}/{}\n", strip_compression(p)))
-            .collect();
-        tree.add(
-            MODULES_LOAD,
-            0o644,
-            Kind::File(format!("# load order (dependencies first)\n{list}").into_bytes()),
-        )?;
-        kver_out = Some(kver);
-    }
+            .map(move |n| WantedModule {
+                name: n.clone(),
+                load,
+                optional,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut v = wanted(&m.load, true, false);
+    v.extend(wanted(&m.include, false, false));
+    v.extend(wanted(&m.optional, true, true));
+    v
+}
 
-    // Firmware.
+/// The report of a module compiled into the kernel (or taken to be, with `--no-modules`).
+fn builtin_report(name: &str) -> ModuleReport {
+    ModuleReport {
+        name: canonical(name),
+        files: vec![],
+        builtin: true,
+        loaded_at_boot: false,
+    }
+}
+
+/// What the module phase staged: the kernel version (when modules were read from one)
+/// and a report per wanted module.
+struct StagedModules {
+    kver: Option<String>,
+    reports: Vec<ModuleReport>,
+}
+
+/// The module closure of the wanted modules: the files to ship and the ones to load at
+/// boot, dependencies first.
+#[derive(Default)]
+struct ModulePlan {
+    shipped: Vec<String>,
+    load_order: Vec<String>,
+    reports: Vec<ModuleReport>,
+}
+
+/// Kernel modules, with dependencies, and the load list.
+fn stage_modules(
+    tree: &mut Tree,
+    manifest: &Manifest,
+    opts: &BuildOptions,
+    missing: &mut Vec<String>,
+) -> Result<StagedModules, RootfsError> {
+    let wanted = wanted_modules(manifest);
+    if opts.no_modules {
+        return Ok(StagedModules {
+            kver: None,
+            reports: wanted.iter().map(|w| builtin_report(&w.name)).collect(),
+        });
+    }
+    if wanted.is_empty() {
+        return Ok(StagedModules {
+            kver: None,
+            reports: Vec::new(),
+        });
+    }
+    let given = opts.kernel_modules.as_ref().ok_or_else(|| {
+        RootfsError::Usage(format!(
+            "manifest {} lists kernel modules: pass --kernel-modules DIR (and --kver)",
+            manifest.name
+        ))
+    })?;
+    let (dir, kver) = modules_dir(given, opts.kver.as_deref())?;
+    let dep = std::fs::read_to_string(dir.join("modules.dep"))
+        .map_err(|e| io_err(&dir.join("modules.dep"), e))?;
+    let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+    let idx = ModuleIndex::parse(&dep, &builtin);
+    let plan = plan_modules(&idx, &wanted, &kver, missing)?;
+    stage_module_files(tree, &idx, &dir, &kver, &plan)?;
+    Ok(StagedModules {
+        kver: Some(kver),
+        reports: plan.reports,
+    })
+}
+
+/// Resolve each wanted module in the kernel's index; a missing optional one goes to
+/// `missing`, a missing required one is an error.
+fn plan_modules(
+    idx: &ModuleIndex,
+    wanted: &[WantedModule],
+    kver: &str,
+    missing: &mut Vec<String>,
+) -> Result<ModulePlan, RootfsError> {
+    let mut plan = ModulePlan::default();
+    for w in wanted {
+        let name = &w.name;
+        match idx.resolve(name) {
+            None if w.optional => {
+                missing.push(format!("kernel module {name} (not in kernel {kver})"));
+            }
+            None => {
+                return Err(RootfsError::Module {
+                    name: name.clone(),
+                    kver: kver.to_string(),
+                })
+            }
+            Some(Resolved::Builtin) => plan.reports.push(builtin_report(name)),
+            Some(Resolved::Modules(paths)) => {
+                for p in &paths {
+                    if !plan.shipped.contains(p) {
+                        plan.shipped.push(p.clone());
+                    }
+                    if w.load && !plan.load_order.contains(p) {
+                        plan.load_order.push(p.clone());
+                    }
+                }
+                plan.reports.push(ModuleReport {
+                    name: canonical(name),
+                    files: paths
+                        .iter()
+                        .map(|p| strip_compression(p).to_string())
+                        .collect(),
+                    builtin: false,
+                    loaded_at_boot: w.load,
+                });
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// The planned module files (decompressed) under `lib/modules/KVER`, their
+/// `modules.dep`, and the load list [`MODULES_LOAD`].
+fn stage_module_files(
+    tree: &mut Tree,
+    idx: &ModuleIndex,
+    dir: &Path,
+    kver: &str,
+    plan: &ModulePlan,
+) -> Result<(), RootfsError> {
+    let gdir = format!("lib/modules/{kver}");
+    for p in &plan.shipped {
+        let data = read_module(&dir.join(p))?;
+        tree.add(
+            &format!("{gdir}/{}", strip_compression(p)),
+            0o644,
+            Kind::File(data),
+        )?;
+    }
+    tree.add(
+        &format!("{gdir}/modules.dep"),
+        0o644,
+        Kind::File(idx.dep_lines(&plan.shipped).into_bytes()),
+    )?;
+    let list: String = plan
+        .load_order
+        .iter()
+        .map(|p| format!("/{gdir}/{}\n", strip_compression(p)))
+        .collect();
+    tree.add(
+        MODULES_LOAD,
+        0o644,
+        Kind::File(format!("# load order (dependencies first)\n{list}").into_bytes()),
+    )
+}
+
+/// The manifest's firmware files from `--firmware-dir` (default `/lib/firmware`).
+fn stage_firmware(
+    tree: &mut Tree,
+    manifest: &Manifest,
+    opts: &BuildOptions,
+) -> Result<Vec<String>, RootfsError> {
     let fw_dir = opts
         .firmware_dir
         .clone()
@@ -610,52 +736,77 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
         tree.add_file(&src, &format!("lib/firmware/{f}"), Some(0o644))?;
         firmware.push(f.clone());
     }
+    Ok(firmware)
+}
 
-    // Files and trees from the manifest, then --extra.
+/// A manifest item for messages: `SRC -> DST (LABEL): WHY`.
+fn describe_item(item: &FileItem, why: &str) -> String {
+    format!(
+        "{} -> {}{}: {why}",
+        item.src,
+        item.dst,
+        item.label
+            .as_ref()
+            .map(|l| format!(" ({l})"))
+            .unwrap_or_default()
+    )
+}
+
+/// Where a manifest item's source is on the host: `$VARS` expanded, relative to the
+/// manifest's directory. `None` when an optional source is absent (noted in `missing`).
+fn item_source(
+    item: &FileItem,
+    base: &Path,
+    missing: &mut Vec<String>,
+) -> Result<Option<PathBuf>, RootfsError> {
     let env = |k: &str| std::env::var(k).ok();
-    let resolve_src = |item: &FileItem| -> Result<Option<PathBuf>, UnsetVar> {
-        let p = PathBuf::from(expand(&item.src, env)?);
-        Ok(Some(if p.is_absolute() { p } else { base.join(p) }))
-    };
-    let describe = |item: &FileItem, why: &str| {
-        format!(
-            "{} -> {}{}: {why}",
-            item.src,
-            item.dst,
-            item.label
-                .as_ref()
-                .map(|l| format!(" ({l})"))
-                .unwrap_or_default()
-        )
-    };
+    match expand(&item.src, env) {
+        Ok(p) => {
+            let p = PathBuf::from(p);
+            let p = if p.is_absolute() { p } else { base.join(p) };
+            if p.exists() {
+                return Ok(Some(p));
+            }
+            let why = format!("{} does not exist", p.display());
+            if item.optional {
+                missing.push(describe_item(item, &why));
+                return Ok(None);
+            }
+            Err(RootfsError::Missing {
+                what: describe_item(item, "required"),
+                path: p,
+            })
+        }
+        Err(unset) => {
+            let why = unset.to_string();
+            if item.optional {
+                missing.push(describe_item(item, &why));
+                return Ok(None);
+            }
+            Err(RootfsError::Usage(describe_item(item, &why)))
+        }
+    }
+}
+
+/// Files and trees from the manifest, then its symlinks.
+fn stage_manifest_files(
+    tree: &mut Tree,
+    manifest: &Manifest,
+    manifest_path: &Path,
+    missing: &mut Vec<String>,
+) -> Result<(), RootfsError> {
+    let base = manifest_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     for (item, is_tree) in manifest
         .files
         .iter()
         .map(|f| (f, false))
         .chain(manifest.trees.iter().map(|t| (t, true)))
     {
-        let src = match resolve_src(item) {
-            Ok(Some(p)) if p.exists() => p,
-            Ok(Some(p)) => {
-                let why = format!("{} does not exist", p.display());
-                if item.optional {
-                    missing.push(describe(item, &why));
-                    continue;
-                }
-                return Err(RootfsError::Missing {
-                    what: describe(item, "required"),
-                    path: p,
-                });
-            }
-            Ok(None) => continue,
-            Err(unset) => {
-                let why = unset.to_string();
-                if item.optional {
-                    missing.push(describe(item, &why));
-                    continue;
-                }
-                return Err(RootfsError::Usage(describe(item, &why)));
-            }
+        let Some(src) = item_source(item, &base, missing)? else {
+            continue;
         };
         if is_tree {
             tree.add_tree(&src, &item.dst)?;
@@ -672,7 +823,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
     for s in &manifest.symlinks {
         tree.add(&s.path, 0o777, Kind::Symlink(s.target.clone()))?;
     }
-    for (src, dst) in &opts.extra {
+    Ok(())
+}
+
+/// `--extra SRC:DST` files, after everything from the manifest.
+fn stage_extra(tree: &mut Tree, extra: &[(PathBuf, String)]) -> Result<(), RootfsError> {
+    for (src, dst) in extra {
         if !dst.starts_with('/') {
             return Err(RootfsError::Usage(format!(
                 "--extra {}:{dst}: the destination must be an absolute guest path",
@@ -681,51 +837,37 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, RootfsError> {
         }
         tree.add_file(src, dst, None)?;
     }
+    Ok(())
+}
 
-    // Write.
-    let compression = opts
-        .compression
-        .clone()
-        .unwrap_or(manifest.compression.clone());
+/// What [`write_initramfs`] wrote, for the report.
+struct Written {
+    bytes: u64,
+    sha256: String,
+    entries: usize,
+}
+
+/// The tree as a cpio archive, compressed, written to `out` through `out.partial` and a
+/// rename so a reader never sees half an image.
+fn write_initramfs(
+    tree: &Tree,
+    compression: &Compression,
+    out: &Path,
+) -> Result<Written, RootfsError> {
     let entries: Vec<Entry> = tree.entries.values().cloned().collect();
     let mut raw = Vec::new();
-    cpio::write(&mut raw, &entries, 0).map_err(|e| io_err(&opts.out, e))?;
-    let bytes = compress(&raw, &compression)?;
-    if let Some(parent) = opts.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+    cpio::write(&mut raw, &entries, 0).map_err(|e| io_err(out, e))?;
+    let bytes = compress(&raw, compression)?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
     }
-    let tmp = opts.out.with_extension("partial");
+    let tmp = out.with_extension("partial");
     std::fs::write(&tmp, &bytes).map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, &opts.out).map_err(|e| io_err(&opts.out, e))?;
-
-    let ext4 = match &opts.ext4 {
-        Some(img) => {
-            write_ext4(&tree, img)?;
-            Some(img.clone())
-        }
-        None => None,
-    };
-
-    Ok(BuildReport {
-        manifest: manifest.name.clone(),
-        out: opts.out.clone(),
+    std::fs::rename(&tmp, out).map_err(|e| io_err(out, e))?;
+    Ok(Written {
         bytes: bytes.len() as u64,
-        uncompressed_bytes: tree.uncompressed_size(),
         sha256: format!("{:x}", Sha256::digest(&bytes)),
         entries: entries.len(),
-        compression,
-        agent,
-        agent_bytes,
-        kver: kver_out,
-        modules: module_reports,
-        firmware,
-        missing_optional: missing,
-        ext4,
-        guest_hook_path: manifest
-            .kata
-            .as_ref()
-            .and_then(|k| k.guest_hook_path.clone()),
-        build_ms: started.elapsed().as_millis() as u64,
     })
 }
 
