@@ -519,12 +519,7 @@ pub async fn plug(
                 p.guest_bdf = Some(c.guest_bdf.clone());
             }
             rec.transition(VmState::DevicePlugged)?;
-            rec.save().map_err(|source| VmError::Io {
-                name: rec.name.to_string(),
-                what: "writing state",
-                path: rec.state_file(),
-                source,
-            })?;
+            rec.save()?;
             Ok(c)
         }
         Err(e) => {
@@ -604,12 +599,7 @@ pub async fn unplug(_env: &Env, rec: &mut VmRecord, qmp: &Qmp, id: &str) -> Resu
     if rec.plugged.is_empty() && rec.state == VmState::DevicePlugged {
         rec.transition(VmState::Ready)?;
     }
-    rec.save().map_err(|source| VmError::Io {
-        name: rec.name.to_string(),
-        what: "writing state",
-        path: rec.state_file(),
-        source,
-    })?;
+    rec.save()?;
     Ok(secs)
 }
 
