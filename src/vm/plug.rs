@@ -141,14 +141,7 @@ pub async fn guest_log_tail(rec: &VmRecord, n: u32) -> String {
             Some(
                 k.records
                     .iter()
-                    .map(|r| {
-                        format!(
-                            "[{:>5}.{:06}] {}",
-                            r.ts_us / 1_000_000,
-                            r.ts_us % 1_000_000,
-                            r.text
-                        )
-                    })
+                    .map(|r| r.display())
                     .collect::<Vec<_>>()
                     .join("\n"),
             )
@@ -257,14 +250,7 @@ fn confirm_agent(
                 .records
                 .iter()
                 .filter(|r| r.text.contains(&bdf))
-                .map(|r| {
-                    format!(
-                        "[{:>5}.{:06}] {}",
-                        r.ts_us / 1_000_000,
-                        r.ts_us % 1_000_000,
-                        r.text
-                    )
-                })
+                .map(|r| r.display())
                 .collect();
             for b in mem.iter().filter(|b| !b.assigned) {
                 let why = ev
