@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
+use vfioctl_common::error::chain;
 use vfioctl_common::proto::Token;
 use vfioctl_common::PciDevice;
 
@@ -50,18 +51,6 @@ fn io_err(
         path,
         source,
     }
-}
-
-/// An error and its causes on one line, for the step notes of `vm down`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Take the per-name lock for `op`, or say who holds it.
