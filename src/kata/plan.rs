@@ -2,7 +2,7 @@
 //! mode, the checked host selection and the artefacts given.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -149,6 +149,29 @@ fn want(table: &'static str, key: &'static str, rule: Rule, reason: impl Into<St
         rule,
         reason: reason.into(),
     }
+}
+
+/// The guest boots from `key` (`initrd` or `image`) at `path`; Kata takes one of the two,
+/// so `other` is reset to empty.
+fn boot_image(
+    w: &mut Vec<Want>,
+    key: &'static str,
+    other: &'static str,
+    path: &Path,
+    reason: &'static str,
+) {
+    w.push(want(
+        HQ,
+        key,
+        Rule::Set(Val::str(path.display().to_string())),
+        reason,
+    ));
+    w.push(want(
+        HQ,
+        other,
+        Rule::Reset(Val::str("")),
+        "Kata refuses an image and an initrd together",
+    ));
 }
 
 /// Check the request against the target (plug mode, port count).
@@ -445,32 +468,22 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
         ));
     }
     if let Some(i) = &req.artefacts.initrd {
-        w.push(want(
-            HQ,
+        boot_image(
+            &mut w,
             "initrd",
-            Rule::Set(Val::str(i.display().to_string())),
-            "guest initrd given with --initrd",
-        ));
-        w.push(want(
-            HQ,
             "image",
-            Rule::Reset(Val::str("")),
-            "Kata refuses an image and an initrd together",
-        ));
+            i,
+            "guest initrd given with --initrd",
+        );
     }
     if let Some(i) = &req.artefacts.image {
-        w.push(want(
-            HQ,
+        boot_image(
+            &mut w,
             "image",
-            Rule::Set(Val::str(i.display().to_string())),
-            "guest disk image given with --image",
-        ));
-        w.push(want(
-            HQ,
             "initrd",
-            Rule::Reset(Val::str("")),
-            "Kata refuses an image and an initrd together",
-        ));
+            i,
+            "guest disk image given with --image",
+        );
         w.push(want(
             HQ,
             "disable_image_nvdimm",
