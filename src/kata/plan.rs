@@ -580,14 +580,7 @@ fn reserves(sel: &Selection) -> Option<String> {
         .iter()
         .map(|f| f.bars.clone())
         .collect();
-    let p = ports::plan(
-        &devs,
-        0,
-        Firmware::Ovmf,
-        NV_MEMORY_MIB as u64 * MIB,
-        WIDE_CPU,
-    )
-    .ok()?;
+    let p = vm_ports(&devs)?;
     let v: Vec<String> = p
         .ports
         .iter()
@@ -610,6 +603,19 @@ const WIDE_CPU: PhysBits = PhysBits {
     max: None,
 };
 
+/// The root ports `vfioctl vm` would give `devs` in a guest like Kata's NVIDIA template
+/// (OVMF, its memory, a wide CPU).
+fn vm_ports(devs: &[DeviceBars]) -> Option<ports::Plan> {
+    ports::plan(
+        devs,
+        0,
+        Firmware::Ovmf,
+        NV_MEMORY_MIB as u64 * MIB,
+        WIDE_CPU,
+    )
+    .ok()
+}
+
 /// The 64-bit MMIO window the guest needs for the large BARs, as `vfioctl vm` sizes it.
 fn window_note(sel: &Selection) -> Option<String> {
     let large = sel.large_bar_functions();
@@ -617,14 +623,7 @@ fn window_note(sel: &Selection) -> Option<String> {
         return None;
     }
     let devs: Vec<DeviceBars> = large.iter().map(|f| f.bars.clone()).collect();
-    let p = ports::plan(
-        &devs,
-        0,
-        Firmware::Ovmf,
-        NV_MEMORY_MIB as u64 * MIB,
-        WIDE_CPU,
-    )
-    .ok()?;
+    let p = vm_ports(&devs)?;
     Some(format!(
         "the large BARs need a {} 64-bit MMIO window in the guest (vfioctl vm's root-port sizing): Kata's NVIDIA template boots OVMF (firmware = \"/opt/kata/share/ovmf/OVMF.fd\"), which sizes it; with SeaBIOS (firmware = \"\") QEMU's default 32G hole is too small and the guest depends on pci=realloc pci=nocrs",
         vfioctl_common::units::short(p.window64)
