@@ -7,6 +7,7 @@
 //!   `resource` and `config`, link, reset, power, SR-IOV, resizable BARs).
 //! - [`proto`]: the versioned host <-> guest agent protocol.
 //! - [`units`]: byte sizes as people write them (`32G`, `256M`).
+//! - [`error`]: an error and its causes on one line.
 //! - [`text`]: escaping of untrusted (guest) text for terminals, logs and XML.
 //!
 //! The guest agent links this crate too, so the guest lists its PCI devices with the very
@@ -15,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod bdf;
+pub mod error;
 pub mod pci;
 pub mod proto;
 pub mod sysroot;

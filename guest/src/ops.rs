@@ -4,6 +4,7 @@
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use vfioctl_common::error::chain;
 use vfioctl_common::pci::{enumerate, PciDevice};
 use vfioctl_common::proto::{
     self, AgentError, CheckOutcome, DevicesReply, ErrorKind, HelloReply, KernelLogReply,
@@ -115,17 +116,6 @@ pub fn list_devices(root: &SysRoot) -> Result<DevicesReply, AgentError> {
         }
     }
     Ok(DevicesReply { devices, errors })
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// The best match for `sel` right now: a ready one if any, else the first.

@@ -6,6 +6,7 @@
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
+use vfioctl_common::error::chain;
 use vfioctl_common::proto::{
     self, AgentError, CheckOutcome, DevicesReply, ErrorKind, ExecReply, FrameError, HelloReply,
     KernelLogReply, Outcome, PowerAction, Reply, Request, RequestBody, Token, WaitReply, MAX_REPLY,
@@ -198,7 +199,7 @@ impl AgentClient {
                             },
                         ) => return Err(e),
                         Err(e @ ClientError::Protocol { .. }) => return Err(e),
-                        Err(e) => last = error_chain(&e),
+                        Err(e) => last = chain(&e),
                     }
                 }
                 Err(ConnectError::NotYet(why)) => last = why,
@@ -401,18 +402,6 @@ impl AgentClient {
     pub fn stream_mut(&mut self) -> &mut Stream {
         &mut self.stream
     }
-}
-
-/// An error and its causes on one line (for the last error of a retry loop).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn placeholder_hello() -> HelloReply {

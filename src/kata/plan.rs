@@ -2,7 +2,7 @@
 //! mode, the checked host selection and the artefacts given.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -149,6 +149,29 @@ fn want(table: &'static str, key: &'static str, rule: Rule, reason: impl Into<St
         rule,
         reason: reason.into(),
     }
+}
+
+/// The guest boots from `key` (`initrd` or `image`) at `path`; Kata takes one of the two,
+/// so `other` is reset to empty.
+fn boot_image(
+    w: &mut Vec<Want>,
+    key: &'static str,
+    other: &'static str,
+    path: &Path,
+    reason: &'static str,
+) {
+    w.push(want(
+        HQ,
+        key,
+        Rule::Set(Val::str(path.display().to_string())),
+        reason,
+    ));
+    w.push(want(
+        HQ,
+        other,
+        Rule::Reset(Val::str("")),
+        "Kata refuses an image and an initrd together",
+    ));
 }
 
 /// Check the request against the target (plug mode, port count).
@@ -445,32 +468,22 @@ pub fn plan(req: &Request, sel: &Selection) -> Vec<Want> {
         ));
     }
     if let Some(i) = &req.artefacts.initrd {
-        w.push(want(
-            HQ,
+        boot_image(
+            &mut w,
             "initrd",
-            Rule::Set(Val::str(i.display().to_string())),
-            "guest initrd given with --initrd",
-        ));
-        w.push(want(
-            HQ,
             "image",
-            Rule::Reset(Val::str("")),
-            "Kata refuses an image and an initrd together",
-        ));
+            i,
+            "guest initrd given with --initrd",
+        );
     }
     if let Some(i) = &req.artefacts.image {
-        w.push(want(
-            HQ,
+        boot_image(
+            &mut w,
             "image",
-            Rule::Set(Val::str(i.display().to_string())),
-            "guest disk image given with --image",
-        ));
-        w.push(want(
-            HQ,
             "initrd",
-            Rule::Reset(Val::str("")),
-            "Kata refuses an image and an initrd together",
-        ));
+            i,
+            "guest disk image given with --image",
+        );
         w.push(want(
             HQ,
             "disable_image_nvdimm",
@@ -567,14 +580,7 @@ fn reserves(sel: &Selection) -> Option<String> {
         .iter()
         .map(|f| f.bars.clone())
         .collect();
-    let p = ports::plan(
-        &devs,
-        0,
-        Firmware::Ovmf,
-        NV_MEMORY_MIB as u64 * MIB,
-        WIDE_CPU,
-    )
-    .ok()?;
+    let p = vm_ports(&devs)?;
     let v: Vec<String> = p
         .ports
         .iter()
@@ -597,6 +603,19 @@ const WIDE_CPU: PhysBits = PhysBits {
     max: None,
 };
 
+/// The root ports `vfioctl vm` would give `devs` in a guest like Kata's NVIDIA template
+/// (OVMF, its memory, a wide CPU).
+fn vm_ports(devs: &[DeviceBars]) -> Option<ports::Plan> {
+    ports::plan(
+        devs,
+        0,
+        Firmware::Ovmf,
+        NV_MEMORY_MIB as u64 * MIB,
+        WIDE_CPU,
+    )
+    .ok()
+}
+
 /// The 64-bit MMIO window the guest needs for the large BARs, as `vfioctl vm` sizes it.
 fn window_note(sel: &Selection) -> Option<String> {
     let large = sel.large_bar_functions();
@@ -604,14 +623,7 @@ fn window_note(sel: &Selection) -> Option<String> {
         return None;
     }
     let devs: Vec<DeviceBars> = large.iter().map(|f| f.bars.clone()).collect();
-    let p = ports::plan(
-        &devs,
-        0,
-        Firmware::Ovmf,
-        NV_MEMORY_MIB as u64 * MIB,
-        WIDE_CPU,
-    )
-    .ok()?;
+    let p = vm_ports(&devs)?;
     Some(format!(
         "the large BARs need a {} 64-bit MMIO window in the guest (vfioctl vm's root-port sizing): Kata's NVIDIA template boots OVMF (firmware = \"/opt/kata/share/ovmf/OVMF.fd\"), which sizes it; with SeaBIOS (firmware = \"\") QEMU's default 32G hole is too small and the guest depends on pci=realloc pci=nocrs",
         vfioctl_common::units::short(p.window64)

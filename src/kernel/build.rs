@@ -866,6 +866,23 @@ fn build_manifest(
     }
 }
 
+/// Unless `work/.vfioctl-stamp` already reads `stamp`: empty `work`, let `fill` fill it,
+/// then write the stamp (last, so a failed fill is redone next time).
+fn redo_unless_stamped(
+    work: &Path,
+    stamp: &str,
+    fill: impl FnOnce() -> Result<(), KernelError>,
+) -> Result<(), KernelError> {
+    let file = work.join(".vfioctl-stamp");
+    if std::fs::read_to_string(&file).ok().as_deref() == Some(stamp) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work).map_err(io(work, "cannot create"))?;
+    fill()?;
+    std::fs::write(&file, stamp).map_err(io(work, "cannot write stamp"))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn build_nvidia(
     mode: &NvidiaMode,
@@ -914,13 +931,7 @@ fn build_nvidia(
             )?;
             let work = base.join(k).join(sysout.file_name().unwrap_or_default());
             let nvsrc = work.join(&pin.source_subdir);
-            if std::fs::read_to_string(work.join(".vfioctl-stamp"))
-                .ok()
-                .as_deref()
-                != Some(stamp_want.as_str())
-            {
-                let _ = std::fs::remove_dir_all(&work);
-                std::fs::create_dir_all(&work).map_err(io(&work, "cannot create"))?;
+            redo_unless_stamped(&work, &stamp_want, || {
                 Cmd::new("dpkg-deb")
                     .args([
                         "-x".to_string(),
@@ -939,10 +950,8 @@ fn build_nvidia(
                         work.display().to_string(),
                     ])
                     .run_logged("nvidia", log)?;
-                source::apply_patches(&nvsrc, patches, log)?;
-                std::fs::write(work.join(".vfioctl-stamp"), &stamp_want)
-                    .map_err(io(&work, "cannot write stamp"))?;
-            }
+                source::apply_patches(&nvsrc, patches, log)
+            })?;
             let fw = base.join(format!("firmware-{}", pin.version));
             if !fw.join("lib/firmware/nvidia").join(&pin.version).is_dir() {
                 Cmd::new("dpkg-deb")
@@ -978,17 +987,9 @@ fn build_nvidia(
                 .join(format!("run-{version}"))
                 .join(sysout.file_name().unwrap_or_default());
             let ext = work.join("extracted");
-            if std::fs::read_to_string(work.join(".vfioctl-stamp"))
-                .ok()
-                .as_deref()
-                != Some(stamp_want.as_str())
-            {
-                let _ = std::fs::remove_dir_all(&work);
-                std::fs::create_dir_all(&work).map_err(io(&work, "cannot create"))?;
-                nvidia::run_extract(file, &ext).run_logged("nvidia", log)?;
-                std::fs::write(work.join(".vfioctl-stamp"), &stamp_want)
-                    .map_err(io(&work, "cannot write stamp"))?;
-            }
+            redo_unless_stamped(&work, &stamp_want, || {
+                nvidia::run_extract(file, &ext).run_logged("nvidia", log)
+            })?;
             let inst = nvidia::installer_command(&ext, release, syssrc, sysout, out);
             (
                 version,
@@ -1121,6 +1122,35 @@ fn fetch_deb(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stamped_directory_is_kept_and_any_other_redone() {
+        let d = tempfile::tempdir().unwrap();
+        let work = d.path().join("w");
+        let fill = |n: &str| {
+            let work = work.clone();
+            let n = n.to_string();
+            move || std::fs::write(work.join(&n), "x").map_err(io(&work, "test"))
+        };
+        redo_unless_stamped(&work, "a\n", fill("one")).unwrap();
+        assert!(work.join("one").is_file());
+        // Same stamp: nothing is redone.
+        redo_unless_stamped(&work, "a\n", || panic!("redone")).unwrap();
+        // Another stamp: emptied and filled again.
+        redo_unless_stamped(&work, "b\n", fill("two")).unwrap();
+        assert!(!work.join("one").exists() && work.join("two").is_file());
+        assert_eq!(
+            std::fs::read_to_string(work.join(".vfioctl-stamp")).unwrap(),
+            "b\n"
+        );
+        // A failed fill leaves no stamp, so it is redone next time.
+        let e = redo_unless_stamped(&work, "c\n", || {
+            Err(io(&work, "test")(std::io::Error::other("no")))
+        })
+        .unwrap_err();
+        assert!(matches!(e, KernelError::Io { .. }));
+        assert!(!work.join(".vfioctl-stamp").exists());
+    }
 
     #[test]
     fn kbuild_lines_that_are_objects() {

@@ -519,17 +519,33 @@ mod tests {
 
     const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}, "capabilities": ["oob"]}}"#;
 
+    /// The fake server's side once it has greeted: the lines the client sends, and the
+    /// writer.
+    async fn greeted(
+        server: UnixStream,
+    ) -> (tokio::io::Lines<BufReader<OwnedReadHalf>>, OwnedWriteHalf) {
+        let (rd, mut wr) = server.into_split();
+        wr.write_all(format!("{GREETING}\n").as_bytes())
+            .await
+            .unwrap();
+        (BufReader::new(rd).lines(), wr)
+    }
+
+    /// The empty reply to the command on line `l`.
+    fn empty_return(l: &str) -> String {
+        let id = serde_json::from_str::<Value>(l).unwrap()["id"]
+            .as_u64()
+            .unwrap();
+        format!("{{\"return\": {{}}, \"id\": {id}}}\n")
+    }
+
     /// Fake server: answers each command with `script(command, id)` lines.
     fn fake(
         server: UnixStream,
         script: impl Fn(&Value, u64) -> Vec<String> + Send + 'static,
     ) -> JoinHandle<Vec<Value>> {
         tokio::spawn(async move {
-            let (rd, mut wr) = server.into_split();
-            wr.write_all(format!("{GREETING}\n").as_bytes())
-                .await
-                .unwrap();
-            let mut lines = BufReader::new(rd).lines();
+            let (mut lines, mut wr) = greeted(server).await;
             let mut seen = Vec::new();
             while let Ok(Some(l)) = lines.next_line().await {
                 let cmd: Value = serde_json::from_str(&l).unwrap();
@@ -618,15 +634,8 @@ mod tests {
         // bytes that are not UTF-8, then the reply; the buffer never holds the big line.
         let (a, b) = UnixStream::pair().unwrap();
         tokio::spawn(async move {
-            let (rd, mut wr) = b.into_split();
-            wr.write_all(format!("{GREETING}\n").as_bytes())
-                .await
-                .unwrap();
-            let mut lines = BufReader::new(rd).lines();
+            let (mut lines, mut wr) = greeted(b).await;
             while let Ok(Some(l)) = lines.next_line().await {
-                let id = serde_json::from_str::<Value>(&l).unwrap()["id"]
-                    .as_u64()
-                    .unwrap();
                 let chunk = vec![b'x'; 1 << 20];
                 for _ in 0..((3 * MAX_LINE) >> 20) {
                     if wr.write_all(&chunk).await.is_err() {
@@ -636,9 +645,7 @@ mod tests {
                 wr.write_all(b"\n{\"event\": \"X\xff\xfe\", \"data\": {}}\n")
                     .await
                     .unwrap();
-                wr.write_all(format!("{{\"return\": {{}}, \"id\": {id}}}\n").as_bytes())
-                    .await
-                    .unwrap();
+                wr.write_all(empty_return(&l).as_bytes()).await.unwrap();
             }
         });
         let q = Qmp::handshake(a, "fake".into(), Duration::from_secs(30))
@@ -659,18 +666,9 @@ mod tests {
         // The server answers command N only when command N+1 arrives, newest first.
         let (a, b) = UnixStream::pair().unwrap();
         tokio::spawn(async move {
-            let (rd, mut wr) = b.into_split();
-            wr.write_all(format!("{GREETING}\n").as_bytes())
-                .await
-                .unwrap();
-            let mut lines = BufReader::new(rd).lines();
+            let (mut lines, mut wr) = greeted(b).await;
             let l = lines.next_line().await.unwrap().unwrap();
-            let id: u64 = serde_json::from_str::<Value>(&l).unwrap()["id"]
-                .as_u64()
-                .unwrap();
-            wr.write_all(format!("{{\"return\": {{}}, \"id\": {id}}}\n").as_bytes())
-                .await
-                .unwrap();
+            wr.write_all(empty_return(&l).as_bytes()).await.unwrap();
             let l1: Value =
                 serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
             let l2: Value =

@@ -455,17 +455,8 @@ impl RunResults {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::regress::testdata::ok;
 
-    pub(crate) fn ok(step: Step, ms: u64) -> StepResult {
-        StepResult {
-            step,
-            status: StepStatus::Ok,
-            cleanup: false,
-            ms,
-            note: None,
-            failure: None,
-        }
-    }
     pub(crate) fn bad(step: Step, exit: Exit, msg: &str) -> StepResult {
         StepResult {
             step,

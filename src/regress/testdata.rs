@@ -6,7 +6,8 @@ use super::results::*;
 use super::step::Step;
 use crate::Exit;
 
-fn step(step: Step, ms: u64) -> StepResult {
+/// A step that passed in `ms`.
+pub fn ok(step: Step, ms: u64) -> StepResult {
     StepResult {
         step,
         status: StepStatus::Ok,
@@ -34,18 +35,18 @@ pub fn lab_run(id: &str, boot_ms: u64) -> RunResults {
         stack: Default::default(),
         logs: Vec::new(),
         steps: vec![
-            step(Step::Check, 40),
-            step(Step::VmUp, boot_ms),
+            ok(Step::Check, 40),
+            ok(Step::VmUp, boot_ms),
             StepResult {
                 note: Some("BAR 2 at 0x200000000 (8G, 64-bit pref)".into()),
-                ..step(Step::Plug, 310)
+                ..ok(Step::Plug, 310)
             },
-            step(Step::Validate, 900),
-            step(Step::Unplug, 120),
-            step(Step::VmDown, 530),
+            ok(Step::Validate, 900),
+            ok(Step::Unplug, 120),
+            ok(Step::VmDown, 530),
         ],
     };
-    let mut neg_validate = step(Step::Validate, 700);
+    let mut neg_validate = ok(Step::Validate, 700);
     neg_validate.status = StepStatus::Failed;
     neg_validate.failure = Some(
         StepFailure::new(
@@ -61,9 +62,9 @@ pub fn lab_run(id: &str, boot_ms: u64) -> RunResults {
             text: "[    2.101] pcieport 0000:00:02.0: pciehp: Slot(0-1): Card present\n<script>alert(1)</script>".into(),
         }),
     );
-    let mut down = step(Step::VmDown, 480);
+    let mut down = ok(Step::VmDown, 480);
     down.cleanup = true;
-    let mut unplug = step(Step::Unplug, 110);
+    let mut unplug = ok(Step::Unplug, 110);
     unplug.cleanup = true;
     let neg = ScenarioResult {
         name: "no-reserve-negative".into(),
@@ -85,9 +86,9 @@ pub fn lab_run(id: &str, boot_ms: u64) -> RunResults {
         stack: Default::default(),
         logs: Vec::new(),
         steps: vec![
-            step(Step::Check, 35),
-            step(Step::VmUp, boot_ms + 100),
-            step(Step::Plug, 290),
+            ok(Step::Check, 35),
+            ok(Step::VmUp, boot_ms + 100),
+            ok(Step::Plug, 290),
             neg_validate,
             unplug,
             down,

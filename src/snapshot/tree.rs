@@ -181,27 +181,41 @@ impl Tree {
         e.why.entry(verb).or_default().insert(label.to_string());
     }
 
+    /// Record `abs` as `kind`; the first time it is met, `create` makes it in the copy
+    /// (`what` names the step in an error). A later meeting only adds its reason.
+    fn make(
+        &mut self,
+        abs: &Path,
+        kind: Kind,
+        verb: &'static str,
+        label: &str,
+        what: &'static str,
+        create: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) -> Result<(), SnapshotError> {
+        if !self.entries.contains_key(abs) {
+            let d = self.dst_path(abs);
+            create(&d).map_err(io(what, &d))?;
+        }
+        self.add(abs, kind, verb, label);
+        Ok(())
+    }
+
     fn make_dir(
         &mut self,
         abs: &Path,
         verb: &'static str,
         label: &str,
     ) -> Result<(), SnapshotError> {
-        if !self.entries.contains_key(abs) {
-            let d = self.dst_path(abs);
-            fs::create_dir_all(&d).map_err(io("creating", &d))?;
-        }
-        self.add(abs, Kind::Dir, verb, label);
-        Ok(())
+        self.make(abs, Kind::Dir, verb, label, "creating", |d| {
+            fs::create_dir_all(d)
+        })
     }
 
     fn make_link(&mut self, abs: &Path, target: &Path, label: &str) -> Result<(), SnapshotError> {
-        if !self.entries.contains_key(abs) {
-            let d = self.dst_path(abs);
-            std::os::unix::fs::symlink(target, &d).map_err(io("creating the link", &d))?;
-        }
-        self.add(abs, Kind::Link(target.to_path_buf()), "followed", label);
-        Ok(())
+        let kind = Kind::Link(target.to_path_buf());
+        self.make(abs, kind, "followed", label, "creating the link", |d| {
+            std::os::unix::fs::symlink(target, d)
+        })
     }
 
     /// An empty placeholder for a file whose name (or existence) was all that was used.
@@ -211,14 +225,9 @@ impl Tree {
         verb: &'static str,
         label: &str,
     ) -> Result<(), SnapshotError> {
-        if !self.entries.contains_key(abs) {
-            let d = self.dst_path(abs);
-            fs::write(&d, b"").map_err(io("creating", &d))?;
-            self.add(abs, Kind::Name, verb, label);
-        } else {
-            self.why(abs, verb, label);
-        }
-        Ok(())
+        self.make(abs, Kind::Name, verb, label, "creating", |d| {
+            fs::write(d, b"")
+        })
     }
 
     /// Copy the contents of the regular file at `abs` (a physical path), redacted.

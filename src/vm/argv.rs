@@ -284,17 +284,14 @@ mod tests {
         assert!(!a.iter().any(|x| x.contains("opt/vfioctl/exec")));
     }
 
-    /// The iommufd backend: one `-object iommufd`, and every vfio-pci device (a VF by
-    /// address, an mdev by sysfsdev) names it.
-    #[test]
-    fn tcg_iommufd_backend_with_a_vf_and_an_mdev() {
+    /// TCG, two ports: a VF (by address) on rp0 and an mdev (by UUID) on rp1, cold-plugged.
+    fn tcg_with_a_vf_and_an_mdev() -> Launch {
         let mut l = launch(
             Firmware::Seabios,
             Accel::Tcg,
             VsockBackend::None,
             &[DeviceBars::emulated(8 << 20), DeviceBars::emulated(8 << 20)],
         );
-        l.vfio_backend = crate::shared::VfioBackend::Iommufd;
         l.cold.push(PlugSpec {
             id: "gpu0".into(),
             port: "rp0".into(),
@@ -305,28 +302,22 @@ mod tests {
             port: "rp1".into(),
             gpu: GpuSpec::parse("mdev:83b8f4f2-509f-382f-3c1e-e6bfe0fa1001").unwrap(),
         });
+        l
+    }
+
+    /// The iommufd backend: one `-object iommufd`, and every vfio-pci device (a VF by
+    /// address, an mdev by sysfsdev) names it.
+    #[test]
+    fn tcg_iommufd_backend_with_a_vf_and_an_mdev() {
+        let mut l = tcg_with_a_vf_and_an_mdev();
+        l.vfio_backend = crate::shared::VfioBackend::Iommufd;
         insta::assert_snapshot!(qemu_argv(&l).join("\n"));
     }
 
     /// The same devices on the group backend: no iommufd object, no iommufd= property.
     #[test]
     fn tcg_group_backend_with_a_vf_and_an_mdev() {
-        let mut l = launch(
-            Firmware::Seabios,
-            Accel::Tcg,
-            VsockBackend::None,
-            &[DeviceBars::emulated(8 << 20), DeviceBars::emulated(8 << 20)],
-        );
-        l.cold.push(PlugSpec {
-            id: "gpu0".into(),
-            port: "rp0".into(),
-            gpu: GpuSpec::parse("vf:0000:41:00.4").unwrap(),
-        });
-        l.cold.push(PlugSpec {
-            id: "gpu1".into(),
-            port: "rp1".into(),
-            gpu: GpuSpec::parse("mdev:83b8f4f2-509f-382f-3c1e-e6bfe0fa1001").unwrap(),
-        });
+        let l = tcg_with_a_vf_and_an_mdev();
         let a = qemu_argv(&l);
         assert!(!a.iter().any(|x| x.contains("iommufd")), "{a:?}");
         assert!(a.contains(&"vfio-pci,id=gpu1,bus=rp1,addr=0x0,sysfsdev=/sys/bus/mdev/devices/83b8f4f2-509f-382f-3c1e-e6bfe0fa1001".to_string()), "{a:?}");

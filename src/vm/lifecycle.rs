@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
+use vfioctl_common::error::chain;
 use vfioctl_common::proto::Token;
 use vfioctl_common::PciDevice;
 
@@ -52,23 +53,6 @@ fn io_err(
     }
 }
 
-fn save(rec: &VmRecord) -> Result<(), VmError> {
-    rec.save()
-        .map_err(io_err(&rec.name, "writing state", &rec.state_file()))
-}
-
-/// An error and its causes on one line, for the step notes of `vm down`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// Take the per-name lock for `op`, or say who holds it.
 pub fn lock(rd: &RunDir, op: &str) -> Result<NameLock, VmError> {
     rd.lock(op).map_err(|e| match e {
@@ -108,7 +92,7 @@ pub fn load(env: &Env, name: &VmName) -> Result<VmRecord, VmError> {
     let rd = our_dir(env, name)?;
     let mut rec = VmRecord::load(&rd).map_err(io_err(name, "reading state", &rd.state_file()))?;
     if liveness::refresh(&mut rec)? {
-        save(&rec)?;
+        rec.save()?;
     }
     Ok(rec)
 }
@@ -413,7 +397,7 @@ pub async fn up_observed(
     let token =
         rd.write_token()
             .map_err(io_err(&name, "writing the agent secret", &rd.token_file()))?;
-    save(&rec)?;
+    rec.save()?;
     let booted = tokio::select! {
         r = boot(env, profile, &launch, &mut rec, &token, observe) => r,
         signal = stop => Err(VmError::Interrupted { name: name.to_string(), op: "vm up", signal }),
@@ -421,7 +405,7 @@ pub async fn up_observed(
     match booted {
         Ok(()) => {
             rec.starter = None;
-            save(&rec)?;
+            rec.save()?;
             Ok(rec)
         }
         Err(e) => {
@@ -485,7 +469,7 @@ async fn boot(
         rec.vsock_backend_pid = Some(pid);
         pgid = pid as i32;
         rec.pgid = Some(pgid);
-        save(rec)?;
+        rec.save()?;
         let sock = rd.vhost_socket();
         // The backend creates its socket before QEMU may connect to it.
         while !sock.exists() {
@@ -521,7 +505,7 @@ async fn boot(
         rec.pgid = Some(pid as i32);
     }
     rec.started_at = Some(now_unix());
-    save(rec)?;
+    rec.save()?;
 
     // QMP: QEMU creates the socket a few ms after start.
     let qmp = loop {
@@ -546,7 +530,7 @@ async fn boot(
     private_socket(&rec.qmp_socket);
     let v = &qmp.greeting().version;
     rec.qemu_version = Some(format!("{}.{}.{}", v.major, v.minor, v.micro));
-    save(rec)?;
+    rec.save()?;
     observe(BootPhase::Qemu {
         pid,
         version: rec.qemu_version.clone().unwrap_or_default(),
@@ -567,7 +551,7 @@ async fn boot(
     }
     rec.boot_seconds = Some(start.elapsed().as_secs_f64());
     rec.transition(VmState::Ready)?;
-    save(rec)?;
+    rec.save()?;
 
     // Cold-plugged devices were enumerated at boot: confirm them in the guest too.
     for c in &launch.cold {
@@ -584,7 +568,7 @@ async fn boot(
             guest_bdf: Some(confirmed.guest_bdf),
         });
         rec.transition(VmState::DevicePlugged)?;
-        save(rec)?;
+        rec.save()?;
     }
     // Hot plug what the profile asks for, each onto the port sized for it.
     for (i, (gpu, when)) in profile.gpus()?.into_iter().enumerate() {
@@ -771,7 +755,7 @@ async fn down_locked(env: &Env, rd: &RunDir, powerdown: Duration) -> Result<Down
     report.was = Some(rec.state);
     if !matches!(rec.state, VmState::Stopping | VmState::Stopped) {
         rec.transition(VmState::Stopping)?;
-        save(&rec)?;
+        rec.save()?;
     }
     if qemu_alive(&rec) {
         match Qmp::connect(&rec.qmp_socket, Duration::from_secs(5)).await {

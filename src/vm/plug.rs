@@ -141,14 +141,7 @@ pub async fn guest_log_tail(rec: &VmRecord, n: u32) -> String {
             Some(
                 k.records
                     .iter()
-                    .map(|r| {
-                        format!(
-                            "[{:>5}.{:06}] {}",
-                            r.ts_us / 1_000_000,
-                            r.ts_us % 1_000_000,
-                            r.text
-                        )
-                    })
+                    .map(|r| r.display())
                     .collect::<Vec<_>>()
                     .join("\n"),
             )
@@ -257,14 +250,7 @@ fn confirm_agent(
                 .records
                 .iter()
                 .filter(|r| r.text.contains(&bdf))
-                .map(|r| {
-                    format!(
-                        "[{:>5}.{:06}] {}",
-                        r.ts_us / 1_000_000,
-                        r.ts_us % 1_000_000,
-                        r.text
-                    )
-                })
+                .map(|r| r.display())
                 .collect();
             for b in mem.iter().filter(|b| !b.assigned) {
                 let why = ev
@@ -519,12 +505,7 @@ pub async fn plug(
                 p.guest_bdf = Some(c.guest_bdf.clone());
             }
             rec.transition(VmState::DevicePlugged)?;
-            rec.save().map_err(|source| VmError::Io {
-                name: rec.name.to_string(),
-                what: "writing state",
-                path: rec.state_file(),
-                source,
-            })?;
+            rec.save()?;
             Ok(c)
         }
         Err(e) => {
@@ -604,12 +585,7 @@ pub async fn unplug(_env: &Env, rec: &mut VmRecord, qmp: &Qmp, id: &str) -> Resu
     if rec.plugged.is_empty() && rec.state == VmState::DevicePlugged {
         rec.transition(VmState::Ready)?;
     }
-    rec.save().map_err(|source| VmError::Io {
-        name: rec.name.to_string(),
-        what: "writing state",
-        path: rec.state_file(),
-        source,
-    })?;
+    rec.save()?;
     Ok(secs)
 }
 

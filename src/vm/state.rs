@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::accel::Accel;
+use super::error::VmError;
 use super::ports::{Firmware, PortPlan};
 use super::profile::HotplugMode;
 use super::rundir::{RunDir, VmName};
@@ -261,8 +262,18 @@ impl VmRecord {
         Ok(())
     }
 
-    /// Write `state.json` atomically (a new 0600 temp file + rename).
-    pub fn save(&self) -> std::io::Result<()> {
+    /// Write `state.json` atomically (a new 0600 temp file + rename); the error names the
+    /// VM and the state file.
+    pub fn save(&self) -> Result<(), VmError> {
+        self.write_state().map_err(|source| VmError::Io {
+            name: self.name.to_string(),
+            what: "writing state",
+            path: self.state_file(),
+            source,
+        })
+    }
+
+    fn write_state(&self) -> std::io::Result<()> {
         let rd = self.rundir();
         let tmp = rd.path().join(".state.json.tmp");
         let data = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
