@@ -48,17 +48,23 @@ pub struct Check {
 }
 
 fn check(id: &'static str, status: Status, message: impl Into<String>) -> Check {
-    Check {
-        id,
-        status,
-        device: None,
-        message: message.into(),
-        hint: None,
-    }
+    Check::new(id, status, message)
 }
 
 impl Check {
-    fn hint(mut self, h: impl Into<String>) -> Self {
+    /// A host check (no device) without a hint; `hint` and `on` add them.
+    pub(crate) fn new(id: &'static str, status: Status, message: impl Into<String>) -> Check {
+        Check {
+            id,
+            status,
+            device: None,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// The same check with the fix to print.
+    pub(crate) fn hint(mut self, h: impl Into<String>) -> Self {
         self.hint = Some(h.into());
         self
     }

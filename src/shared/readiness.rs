@@ -10,18 +10,11 @@ use super::sriov;
 use crate::host::{Check, Status};
 
 fn check(id: &'static str, status: Status, message: impl Into<String>) -> Check {
-    Check {
-        id,
-        status,
-        device: None,
-        message: message.into(),
-        hint: None,
-    }
+    Check::new(id, status, message)
 }
 
-fn hinted(mut c: Check, h: impl Into<String>) -> Check {
-    c.hint = Some(h.into());
-    c
+fn hinted(c: Check, h: impl Into<String>) -> Check {
+    c.hint(h)
 }
 
 /// One entry of `creatable_vgpu_types` (`ID    : vGPU Name` table).
