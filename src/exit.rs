@@ -14,20 +14,31 @@
 //! | 130 | interrupted by SIGINT (Ctrl-C): what the command started was torn down |
 //! | 143 | terminated by SIGTERM: what the command started was torn down |
 
+#![warn(missing_docs)]
+
 use std::fmt;
 
 /// A documented process exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Exit {
+    /// 0: success; everything checked passed (warnings allowed).
     Ok = 0,
+    /// 1: a check failed (`check`: a host or device check has status `fail`).
     CheckFailed = 1,
+    /// 2: usage or input error (bad selector, BDF, flag, profile, missing file).
     Usage = 2,
+    /// 3: validation failed (the guest reports the device or driver is not right).
     ValidationFailed = 3,
+    /// 4: boot timeout; the guest (agent) did not become ready in time.
     BootTimeout = 4,
+    /// 5: regression; a scenario that passed before fails now.
     Regression = 5,
+    /// 6: refused; a safety rule stopped an operation (device in use, boot VGA, ...).
     Refused = 6,
+    /// 7: the operation failed and was rolled back (bind, plug, unplug).
     OperationFailed = 7,
+    /// 8: infrastructure error (QEMU missing or crashed, I/O error, tool not installed).
     Infrastructure = 8,
     /// SIGINT: 128 + 2, what a shell reports for a process killed by it.
     Interrupted = 130,
@@ -36,6 +47,7 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// The numeric process exit status (the table in this module's docs).
     pub fn code(self) -> u8 {
         self as u8
     }
@@ -53,6 +65,7 @@ pub trait Diagnose: std::error::Error {
     fn hint(&self) -> Option<String> {
         None
     }
+    /// The exit code this error maps to; [`Exit::Infrastructure`] unless overridden.
     fn exit(&self) -> Exit {
         Exit::Infrastructure
     }
@@ -60,12 +73,16 @@ pub trait Diagnose: std::error::Error {
 
 /// What a command returns when it fails: the error chain, a hint and the exit code.
 pub struct Failure {
+    /// The error; its `source()` chain is printed after it (see [`Failure::chain`]).
     pub error: Box<dyn std::error::Error + Send + Sync + 'static>,
+    /// A one-line fix printed after the error, when one is known.
     pub hint: Option<String>,
+    /// The process exit code the command ends with.
     pub exit: Exit,
 }
 
 impl Failure {
+    /// A failure with this exit code and error, without a hint.
     pub fn new(exit: Exit, error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self {
             error: error.into(),
@@ -73,9 +90,11 @@ impl Failure {
             exit,
         }
     }
+    /// A usage or input error ([`Exit::Usage`]) with this message.
     pub fn usage(msg: impl fmt::Display) -> Self {
         Self::new(Exit::Usage, msg.to_string())
     }
+    /// The same failure with `hint` as its one-line fix (replacing any earlier one).
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self

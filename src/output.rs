@@ -1,5 +1,7 @@
 //! Printing for people (tables) and for machines (`--json`), from one value.
 
+#![warn(missing_docs)]
+
 use std::io::{self, Write};
 
 use serde::Serialize;
@@ -251,24 +253,29 @@ impl Progress {
         }
     }
 
+    /// Whether anything is drawn (a person at a terminal, not `-q`).
     pub fn is_visible(&self) -> bool {
         self.bar.is_some()
     }
+    /// Replace the text shown next to the spinner or bar.
     pub fn set_message(&self, msg: impl Into<String>) {
         if let Some(b) = &self.bar {
             b.set_message(msg.into());
         }
     }
+    /// Set the bar's total number of steps.
     pub fn set_length(&self, len: u64) {
         if let Some(b) = &self.bar {
             b.set_length(len);
         }
     }
+    /// Set how many steps of the bar are done.
     pub fn set_position(&self, pos: u64) {
         if let Some(b) = &self.bar {
             b.set_position(pos);
         }
     }
+    /// Advance the bar by `n` steps.
     pub fn inc(&self, n: u64) {
         if let Some(b) = &self.bar {
             b.inc(n);
@@ -282,6 +289,7 @@ impl Progress {
             None => note(ctx, line.as_ref()),
         }
     }
+    /// Stop drawing and clear the line (also done on drop).
     pub fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
@@ -352,6 +360,7 @@ pub struct Table {
 }
 
 impl Table {
+    /// An empty table with this header row.
     pub fn new(header: &[&str]) -> Self {
         Self {
             rows: vec![header.iter().map(|s| s.to_string()).collect()],
@@ -363,12 +372,16 @@ impl Table {
         t.rows.extend(items.iter().map(row));
         t
     }
+    /// Append a row of cells.
     pub fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
+    /// Whether the table has no rows besides its header.
     pub fn is_empty(&self) -> bool {
         self.rows.len() <= 1
     }
+    /// Write the header and rows, each column padded to its widest cell, two spaces
+    /// between columns and no trailing spaces.
     pub fn write(&self, out: &mut dyn Write) -> io::Result<()> {
         let ncol = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let mut widths = vec![0; ncol];

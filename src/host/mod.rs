@@ -5,6 +5,8 @@
 //!   with the message naming what was seen and a hint naming the fix);
 //! - [`report`]: the run over a host and its selected devices, printed or as JSON.
 
+#![warn(missing_docs)]
+
 pub mod facts;
 pub mod report;
 pub mod verdict;

@@ -13,9 +13,13 @@ use crate::pci::{select, PciIds, SelectError};
 /// Counts per status and the overall verdict.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Summary {
+    /// Number of checks that passed.
     pub pass: usize,
+    /// Number of checks that warned (the run still succeeds).
     pub warn: usize,
+    /// Number of checks that failed (`vfioctl check` exits 1).
     pub fail: usize,
+    /// Number of checks that did not apply here.
     pub skip: usize,
     /// The devices checked.
     pub devices: Vec<vfioctl_common::Bdf>,
@@ -26,7 +30,9 @@ pub struct Summary {
 /// What `vfioctl check --json` prints.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct CheckReport {
+    /// Every verdict: host checks first, then each device's checks in turn.
     pub checks: Vec<Check>,
+    /// Counts per status and the overall verdict.
     pub summary: Summary,
     /// Device names for the human output (not in JSON).
     #[serde(skip)]
@@ -34,6 +40,7 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
+    /// Whether any check failed (the command then exits 1).
     pub fn failed(&self) -> bool {
         self.summary.fail > 0
     }

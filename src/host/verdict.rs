@@ -15,14 +15,18 @@ use super::facts::{CpuVendor, DeviceFacts, HostFacts, ModuleState};
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// All is as it should be.
     Pass,
+    /// Works, but something is not as recommended; does not change the exit code.
     Warn,
+    /// Something is wrong and must be fixed; `vfioctl check` exits 1.
     Fail,
     /// Not applicable here (no SR-IOV capability, IOMMU off so IR cannot be judged).
     Skip,
 }
 
 impl Status {
+    /// The lower-case name, as in JSON: `pass`, `warn`, `fail`, `skip`.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pass => "pass",
@@ -38,6 +42,7 @@ impl Status {
 pub struct Check {
     /// Stable identifier (`iommu-kernel`, `bars-assigned`).
     pub id: &'static str,
+    /// How it came out.
     pub status: Status,
     /// The device it concerns; `null` for host checks.
     pub device: Option<Bdf>,

@@ -18,10 +18,13 @@ use vfioctl_common::SysRoot;
 
 use super::profile::AccelChoice;
 
+/// The accelerator QEMU runs the guest with (`-accel`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
+    /// Hardware virtualization through `/dev/kvm`; needed to pass VFIO devices through.
     Kvm,
+    /// QEMU's software emulation: much slower, and no VFIO passthrough.
     Tcg,
 }
 
@@ -37,6 +40,7 @@ impl std::fmt::Display for Accel {
 /// What the probe found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AccelProbe {
+    /// The accelerator to use.
     pub accel: Accel,
     /// Why KVM is not used, shown to the user as a warning.
     pub warning: Option<String>,
@@ -282,7 +286,9 @@ impl std::fmt::Debug for KvmUnusable {
 /// A probe verdict as cached: `Ok` when QEMU ran a KVM vCPU, else why not.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CachedProbe {
+    /// The QEMU binary probed, as given.
     pub qemu: String,
+    /// `Ok` when QEMU ran a KVM vCPU, else why KVM is not usable.
     pub verdict: Result<(), KvmUnusable>,
     /// The probe could not run (no guest kernel to prove KVM with): recorded so that a
     /// snapshot replays the verdict `check` printed, but a live host probes again.

@@ -15,31 +15,50 @@ use super::vsock::VsockBackend;
 /// Everything `vm up` decided, ready to become argv.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Launch {
+    /// The VM's name (QEMU's `-name vfioctl-NAME`).
     pub name: String,
+    /// The QEMU binary (argv[0]).
     pub qemu: PathBuf,
+    /// The accelerator the probe chose.
     pub accel: Accel,
+    /// Number of virtual CPUs (`-smp`).
     pub vcpus: u32,
+    /// Guest RAM in bytes (`-m`).
     pub memory: u64,
+    /// Guest kernel (`-kernel`, with `cmdline` as `-append`).
     pub kernel: Option<PathBuf>,
+    /// Initramfs (`-initrd`).
     pub initrd: Option<PathBuf>,
+    /// Raw disk image, attached as virtio-blk.
     pub disk: Option<PathBuf>,
+    /// Guest kernel command line (`-append`, only with a kernel).
     pub cmdline: String,
+    /// Guest firmware; OVMF adds the two pflash drives.
     pub firmware: Firmware,
+    /// OVMF's read-only code image.
     pub ovmf_code: PathBuf,
     /// The VM's private copy of OVMF_VARS.
     pub ovmf_vars: PathBuf,
+    /// How the guest learns of hot-plugged devices (pinned with a `-global`).
     pub hotplug: HotplugMode,
+    /// The root ports and the address-space settings they need.
     pub plan: Plan,
+    /// The vsock device for the guest agent.
     pub vsock: VsockBackend,
+    /// Devices plugged on the command line (`-device`), not over QMP.
     pub cold: Vec<PlugSpec>,
+    /// QEMU's QMP socket (`-qmp unix:...,server=on,wait=off`).
     pub qmp_socket: PathBuf,
+    /// The serial console's log file (`-serial file:...`).
     pub serial_log: PathBuf,
+    /// QEMU's pid file (`-pidfile`).
     pub pid_file: PathBuf,
     /// The agent secret's file, handed to the guest as fw_cfg `opt/vfioctl/token`.
     pub agent_token: Option<PathBuf>,
     /// The VM asks the agent for `exec` (fw_cfg `opt/vfioctl/exec`); the image must allow
     /// it too.
     pub agent_exec: bool,
+    /// Extra arguments from the profile's `qemu_args`, appended verbatim at the end.
     pub extra: Vec<String>,
     /// VFIO backend for host devices: with iommufd, `-object iommufd` and every
     /// vfio-pci device names it.

@@ -22,6 +22,7 @@ pub struct PlugSpec {
     pub id: String,
     /// Root port id (`rp0`).
     pub port: String,
+    /// The device.
     pub gpu: GpuSpec,
 }
 

@@ -31,10 +31,11 @@ impl PciEvidence {
                 self.assigned.iter().any(|a| a.0 == *b) || self.failed.iter().any(|f| f.0 == *b)
             })
     }
+    /// Every BAR the kernel listed was assigned.
     pub fn all_assigned(&self) -> bool {
         self.settled() && self.failed.is_empty()
     }
-    /// Lowest assigned address of a BAR above 4 GiB, if any.
+    /// Some BAR was assigned an address at or above 4 GiB.
     pub fn above_4g(&self) -> bool {
         self.assigned.iter().any(|(_, r)| {
             r.trim_start_matches("mem ")

@@ -286,15 +286,29 @@ pub async fn up_until(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BootPhase {
     /// QEMU runs and answered on QMP.
-    Qemu { pid: u32, version: String },
+    Qemu {
+        /// QEMU's process id.
+        pid: u32,
+        /// QEMU's version from its QMP greeting.
+        version: String,
+    },
     /// The guest firmware runs (until the kernel prints).
-    Firmware { firmware: ports::Firmware },
+    Firmware {
+        /// Which firmware.
+        firmware: ports::Firmware,
+    },
     /// The kernel printed its banner on the serial console (`Linux version`).
     Kernel,
     /// The kernel started userspace; waiting for the guest agent (or the serial marker).
-    Agent { waiting_for: String },
+    Agent {
+        /// What readiness waits for (the agent, or the serial marker).
+        waiting_for: String,
+    },
     /// Confirming a cold-plugged device or hot plugging one.
-    Plug { gpu: String },
+    Plug {
+        /// The device's label.
+        gpu: String,
+    },
 }
 
 impl std::fmt::Display for BootPhase {
@@ -679,9 +693,11 @@ async fn wait_ready(
 /// What `vm down` did.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct DownReport {
+    /// The VM's name.
     pub name: String,
     /// State before `down` (`None`: there was no such VM, nothing to do).
     pub was: Option<VmState>,
+    /// What was done, in order (`unplugged gpu0 (...)`, `guest powered off`, `quit`, ...).
     pub steps: Vec<String>,
 }
 
@@ -826,13 +842,22 @@ async fn down_locked(env: &Env, rd: &RunDir, powerdown: Duration) -> Result<Down
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Health {
     /// QEMU answered `query-status`: its run state (`running`, `paused`, ...).
-    Answering { run_status: String },
+    Answering {
+        /// QEMU's run state, lower case.
+        run_status: String,
+    },
     /// QEMU's process is stopped (SIGSTOP or a debugger): it runs nothing, answers nothing.
     Frozen,
     /// The QMP socket is gone or refuses connections.
-    QmpDead { reason: String },
+    QmpDead {
+        /// The connection error.
+        reason: String,
+    },
     /// QMP accepted the connection but did not greet or answer in time.
-    QmpSilent { reason: String },
+    QmpSilent {
+        /// What timed out or failed.
+        reason: String,
+    },
     /// No QEMU process.
     NotRunning,
 }
@@ -896,22 +921,34 @@ pub async fn health(rec: &VmRecord, limit: Duration) -> Health {
 /// `vm status` / `vm list` rows.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Status {
+    /// The VM's name.
     pub name: String,
+    /// Its lifecycle state (refreshed: a dead QEMU shows as crashed).
     pub state: VmState,
+    /// QEMU's pid.
     pub pid: Option<u32>,
+    /// The accelerator QEMU runs with.
     pub accel: Accel,
+    /// QEMU's version (`9.0.2`).
     pub qemu_version: Option<String>,
+    /// Seconds since QEMU started, while it runs.
     pub uptime_seconds: Option<f64>,
+    /// Seconds from QEMU start to guest ready.
     pub boot_seconds: Option<f64>,
+    /// QEMU's QMP socket.
     pub qmp_socket: PathBuf,
+    /// How to reach the guest agent; `None` without vsock.
     pub agent: Option<vsock::AgentTransport>,
     /// QEMU's run state from `query-status` when it answered.
     pub run_status: Option<String>,
     /// What QMP says now (a `ready` VM that is frozen or has lost its QMP socket is not
     /// usable).
     pub health: Health,
+    /// The VM's GPU root ports.
     pub ports: Vec<ports::PortPlan>,
+    /// The devices vfioctl plugged into it.
     pub plugged: Vec<state::Plugged>,
+    /// Warnings from its start-up.
     pub warnings: Vec<String>,
     /// Tail of QEMU's stderr and the serial log for a crashed VM.
     pub crash: Option<String>,
@@ -929,6 +966,7 @@ impl Status {
     }
 }
 
+/// `vm status`: the VM's record (state refreshed) and what QMP says now.
 pub async fn status(env: &Env, name: &VmName) -> Result<Status, VmError> {
     let rec = load(env, name)?;
     let alive = qemu_alive(&rec);

@@ -27,6 +27,7 @@ pub fn processes(rec: &VmRecord) -> Vec<(u32, String)> {
     v
 }
 
+/// The VM's QEMU is running (its pid, with the VM's marker in its command line).
 pub fn qemu_alive(rec: &VmRecord) -> bool {
     rec.pid
         .is_some_and(|p| process::alive(p, &qemu_marker(rec)))

@@ -16,6 +16,9 @@
 //! | [`lifecycle`] | `vm up/down/status/list` |
 //! | [`plug`] | hot plug/unplug over QMP, confirmed in the guest |
 //! | [`evidence`] | the guest kernel's PCI messages from the serial console |
+
+#![warn(missing_docs)]
+
 pub mod accel;
 pub mod argv;
 pub mod devices;

@@ -70,8 +70,11 @@ pub fn precheck(root: &SysRoot, bdf: Bdf) -> Result<PciDevice, VmError> {
 /// What the guest confirmed.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Confirmed {
+    /// `vendor:device` the guest should see (empty when the host's could not be read).
     pub id_pair: String,
+    /// The device's address in the guest.
     pub guest_bdf: String,
+    /// What the guest kernel said about it.
     pub evidence: PciEvidence,
     /// Seconds from `device_add` to the guest's confirmation.
     pub seconds: f64,

@@ -107,9 +107,11 @@ impl DeviceBars {
         }
     }
 
+    /// Sum of the 64-bit prefetchable BAR sizes, in bytes.
     pub fn pref64_total(&self) -> u64 {
         self.pref64.iter().sum()
     }
+    /// Sum of the 32-bit memory BAR sizes, in bytes.
     pub fn mem32_total(&self) -> u64 {
         self.mem32.iter().sum()
     }
@@ -142,15 +144,19 @@ impl PhysBits {
 pub struct PortPlan {
     /// QEMU id and bus name for `device_add ... bus=`: `rp0`, `rp1`, ...
     pub id: String,
+    /// PCIe `chassis=` number; (chassis, slot) is unique per port.
     pub chassis: u8,
+    /// PCIe `slot=` number.
     pub slot: u16,
     /// Address on pcie.0: eight ports share one slot as functions 0-7.
     pub addr: String,
+    /// `multifunction=on`: set on function 0 of a slot that holds more ports.
     pub multifunction: bool,
     /// `pref64-reserve` in bytes; `None` leaves the firmware default.
     pub pref64_reserve: Option<u64>,
     /// `mem-reserve` in bytes; `None` leaves the firmware default.
     pub mem_reserve: Option<u64>,
+    /// `io-reserve` in bytes (0: GPU ports need no I/O space, which runs out otherwise).
     pub io_reserve: u64,
     /// The device this port was sized for (`None`: a plain spare port).
     pub sized_for: Option<String>,
@@ -181,7 +187,9 @@ impl PortPlan {
 /// Ports plus what the machine needs around them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Plan {
+    /// The firmware the plan was made for (its window rules differ).
     pub firmware: Firmware,
+    /// The root ports, in order (`rp0`, `rp1`, ...).
     pub ports: Vec<PortPlan>,
     /// `-global q35-pcihost.pci-hole64-size=` (SeaBIOS), when above QEMU's 32 GiB default.
     pub pci_hole64_size: Option<u64>,
@@ -198,12 +206,27 @@ pub struct Plan {
 /// The plan cannot be met.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
+    /// The 64-bit MMIO window needs more physical address bits than the guest CPU has
+    /// and vfioctl may give it.
     #[error("the 64-bit MMIO window for these devices needs {need} physical address bits, but the guest CPU has {have}{}", if *fixed { " (host width, fixed under KVM)" } else { " and vfioctl may not go higher" })]
-    WindowTooLarge { need: u8, have: u8, fixed: bool },
+    WindowTooLarge {
+        /// Physical address bits the window needs.
+        need: u8,
+        /// Physical address bits the guest CPU has by default.
+        have: u8,
+        /// The width is the host's and cannot be raised (KVM `-cpu host`).
+        fixed: bool,
+    },
+    /// More root ports than vfioctl supports.
     #[error(
         "{ports} root ports requested: at most {max} (QEMU/Kata limit, and the 64 KiB I/O space)"
     )]
-    TooManyPorts { ports: usize, max: usize },
+    TooManyPorts {
+        /// The number of ports requested.
+        ports: usize,
+        /// The most allowed ([`MAX_PORTS`]).
+        max: usize,
+    },
 }
 
 impl crate::Diagnose for PlanError {

@@ -53,6 +53,7 @@ impl HotplugMode {
     }
 }
 
+/// The accelerator asked for (`accel =`, `--accel`); `vm up` probes what QEMU can use.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
 )]
@@ -60,10 +61,13 @@ impl HotplugMode {
 pub enum AccelChoice {
     /// KVM when QEMU can really use /dev/kvm (probed), else TCG with a warning.
     Auto,
+    /// KVM, or an error when the probe finds it unusable.
     Kvm,
+    /// TCG software emulation, without probing KVM.
     Tcg,
 }
 
+/// The vsock device asked for (`vsock =`, `--vsock`), for the guest agent.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
 )]
@@ -71,8 +75,11 @@ pub enum AccelChoice {
 pub enum VsockChoice {
     /// vhost-vsock-pci when /dev/vhost-vsock opens, else vhost-user-vsock-pci.
     Auto,
+    /// vhost-vsock-pci, or an error when /dev/vhost-vsock cannot be opened.
     Vhost,
+    /// vhost-user-vsock-pci served by a supervised vhost-device-vsock.
     VhostUser,
+    /// No vsock device, so no guest agent.
     None,
 }
 
@@ -95,12 +102,21 @@ pub enum PlugWhen {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum GpuSpec {
     /// A host PCI function bound to vfio-pci.
-    Vfio { bdf: Bdf },
+    Vfio {
+        /// The host PCI address.
+        bdf: Bdf,
+    },
     /// `ivshmem-plain` with a RAM-backed 64-bit prefetchable BAR of `size` bytes.
-    Emulated { size: u64 },
+    Emulated {
+        /// The BAR size in bytes (a power of two, at least 1 MiB).
+        size: u64,
+    },
     /// A mediated device (vGPU slice, mtty), passed as
     /// `vfio-pci,sysfsdev=/sys/bus/mdev/devices/<uuid>`.
-    Mdev { uuid: crate::shared::MdevUuid },
+    Mdev {
+        /// The mediated device's UUID.
+        uuid: crate::shared::MdevUuid,
+    },
 }
 
 impl GpuSpec {
@@ -133,6 +149,7 @@ impl GpuSpec {
             .map(|bdf| GpuSpec::Vfio { bdf })
             .map_err(|error| GpuSpecError::Bdf { error })
     }
+    /// The device as people name it: the BDF, `emulated:<size>` or `mdev:<uuid>`.
     pub fn label(&self) -> String {
         match self {
             GpuSpec::Vfio { bdf } => bdf.to_string(),
@@ -160,7 +177,9 @@ pub enum GpuSpecError {
     /// `vf:` with something that is not a PCI address.
     #[error("vf:{input}: {error}")]
     Vf {
+        /// The text after `vf:`.
         input: String,
+        /// Why it is not a PCI address.
         error: vfioctl_common::BdfError,
     },
     /// `emulated:` with a size that does not parse.
@@ -168,16 +187,25 @@ pub enum GpuSpecError {
     Size(#[from] units::SizeError),
     /// `emulated:` with a size no BAR can have.
     #[error("emulated BAR size {input:?} must be a power of two of at least 1M (PCI BARs are)")]
-    BarSize { input: String },
+    BarSize {
+        /// The whole value as given.
+        input: String,
+    },
     /// Neither a prefix nor a PCI address.
     #[error("{error}; or emulated:<size> for the lab stand-in")]
-    Bdf { error: vfioctl_common::BdfError },
+    Bdf {
+        /// Why it is not a PCI address.
+        error: vfioctl_common::BdfError,
+    },
 }
 
+/// One `[[device]]` of a profile.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceEntry {
+    /// The device: a host BDF, `vf:<BDF>`, `mdev:<uuid>` or `emulated:<size>`.
     pub gpu: String,
+    /// When it is plugged; default `hot`.
     #[serde(default = "default_plug")]
     pub plug: PlugWhen,
 }
@@ -197,6 +225,7 @@ pub enum Ready {
 }
 
 impl Ready {
+    /// `agent` or `serial:<marker>` (the marker not empty).
     pub fn parse(s: &str) -> Result<Ready, BadReady> {
         match s {
             "agent" => Ok(Ready::Agent),
@@ -249,40 +278,53 @@ impl<'de> Deserialize<'de> for Ready {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Profile {
+    /// The VM's name (names its run directory and sockets); default `lab`.
     pub name: String,
+    /// Number of virtual CPUs (1 to 255); default 2.
     pub vcpus: u32,
     /// RAM as people write it: `1G`, `512M`.
     pub memory: String,
     /// Guest kernel; default `$VFIOCTL_LAB/kernel/current/vmlinuz`.
     pub kernel: Option<PathBuf>,
+    /// Initramfs given to QEMU's `-initrd`.
     pub initrd: Option<PathBuf>,
     /// A raw disk image attached as virtio-blk.
     pub disk: Option<PathBuf>,
+    /// Guest kernel command line; default `console=ttyS0 panic=-1`.
     pub cmdline: String,
+    /// Guest firmware; default SeaBIOS.
     pub firmware: Firmware,
     /// Firmware code image for OVMF.
     pub ovmf_code: PathBuf,
+    /// OVMF variable store template; each VM gets its own copy.
     pub ovmf_vars: PathBuf,
     /// GPU root ports; at least one per declared device, extra ones are plain spares.
     pub gpu_ports: usize,
+    /// How the guest learns of hot-plugged devices; default `acpi`.
     pub hotplug: HotplugMode,
+    /// Accelerator; default `auto`.
     pub accel: AccelChoice,
+    /// vsock device for the guest agent; default `auto`.
     pub vsock: VsockChoice,
     /// Guest port the agent listens on.
     pub agent_port: u32,
     /// Ask the guest agent to allow `exec` (fw_cfg `opt/vfioctl/exec`). The image must
     /// allow it too (`exec = true` in its rootfs manifest); either alone is not enough.
     pub agent_exec: bool,
+    /// How `vm up` knows the guest is ready; default `agent`.
     pub ready: Ready,
     /// Seconds from QEMU start until the guest must be ready.
     pub boot_timeout: u64,
+    /// The QEMU binary; default `qemu-system-x86_64` (looked up in `PATH`).
     pub qemu: PathBuf,
+    /// The vhost-device-vsock binary, for the vhost-user vsock backend.
     pub vhost_device_vsock: PathBuf,
     /// Extra QEMU arguments, appended verbatim (one argument per element).
     pub qemu_args: Vec<String>,
     /// VFIO backend for host devices: `auto` (iommufd when the kernel and QEMU both have
     /// it), `group` or `iommufd`.
     pub vfio_backend: crate::shared::BackendChoice,
+    /// The devices to give the VM (`[[device]]` tables).
     #[serde(rename = "device")]
     pub devices: Vec<DeviceEntry>,
 }
@@ -320,16 +362,31 @@ impl Default for Profile {
 /// A profile that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
+    /// The profile file could not be read.
     #[error("profile {}: reading", path.display())]
     Read {
+        /// The profile file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The file is not a valid profile (TOML syntax, unknown key, wrong type).
     #[error("profile {}: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The profile file.
+        path: PathBuf,
+        /// The TOML parser's message.
+        message: String,
+    },
+    /// A value is out of range or inconsistent (bad name, memory, devices, ...).
     #[error("profile {name}: {message}")]
-    Invalid { name: String, message: String },
+    Invalid {
+        /// The profile's `name`.
+        name: String,
+        /// What is wrong, and what is allowed.
+        message: String,
+    },
 }
 
 impl crate::Diagnose for ProfileError {
@@ -347,6 +404,7 @@ impl crate::Diagnose for ProfileError {
 }
 
 impl Profile {
+    /// Parse profile TOML; `path` only names the file in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Profile, ProfileError> {
         toml::from_str(text).map_err(|e| ProfileError::Parse {
             path: path.to_path_buf(),
@@ -354,6 +412,8 @@ impl Profile {
         })
     }
 
+    /// Read and parse a profile file; relative `kernel`, `initrd` and `disk` paths are
+    /// taken relative to the file's directory.
     pub fn load(path: &Path) -> Result<Profile, ProfileError> {
         let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
             path: path.to_path_buf(),
@@ -373,6 +433,7 @@ impl Profile {
         Ok(p)
     }
 
+    /// A [`ProfileError::Invalid`] for this profile with `message`.
     pub fn invalid(&self, message: impl Into<String>) -> ProfileError {
         ProfileError::Invalid {
             name: self.name.clone(),

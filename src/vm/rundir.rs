@@ -49,7 +49,9 @@ pub struct VmName(String);
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid VM name {}: {reason}", vfioctl_common::text::one_line(&format!("{name:?}")))]
 pub struct VmNameError {
+    /// The string as given.
     pub name: String,
+    /// Which rule it breaks (`empty`, `must start with a letter or digit`, ...).
     pub reason: &'static str,
 }
 
@@ -65,6 +67,7 @@ impl Diagnose for VmNameError {
 }
 
 impl VmName {
+    /// Validate `s` as a VM name.
     pub fn new(s: &str) -> Result<VmName, VmNameError> {
         let err = |reason| VmNameError {
             name: s.into(),
@@ -91,6 +94,7 @@ impl VmName {
         Ok(VmName(s.into()))
     }
 
+    /// The name as a string.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -150,6 +154,7 @@ pub struct Env {
 }
 
 impl Env {
+    /// The real host: `/` and the default runtime base.
     pub fn host() -> Env {
         Env {
             root: SysRoot::host(),
@@ -189,6 +194,7 @@ pub struct RunDir {
 }
 
 impl RunDir {
+    /// The run directory of `name` under `base` (nothing is created).
     pub fn new(base: &Path, name: VmName) -> RunDir {
         let dir = base.join(name.as_str());
         RunDir {
@@ -198,45 +204,59 @@ impl RunDir {
         }
     }
 
+    /// The VM's name.
     pub fn name(&self) -> &VmName {
         &self.name
     }
+    /// The runtime base directory.
     pub fn base(&self) -> &Path {
         &self.base
     }
+    /// The run directory itself, `BASE/NAME`.
     pub fn path(&self) -> &Path {
         &self.dir
     }
+    /// `.vfioctl-run-dir`: the marker that vfioctl made this directory.
     pub fn marker(&self) -> PathBuf {
         self.dir.join(MARKER)
     }
+    /// `state.json`: the VM's record.
     pub fn state_file(&self) -> PathBuf {
         self.dir.join("state.json")
     }
+    /// `qmp.sock`: QEMU's QMP socket.
     pub fn qmp_socket(&self) -> PathBuf {
         self.dir.join("qmp.sock")
     }
+    /// `serial.log`: the guest's serial console.
     pub fn serial_log(&self) -> PathBuf {
         self.dir.join("serial.log")
     }
+    /// `qemu.stderr`: QEMU's standard error.
     pub fn qemu_stderr(&self) -> PathBuf {
         self.dir.join("qemu.stderr")
     }
+    /// `qemu.pid`: QEMU's pid file (`-pidfile`).
     pub fn qemu_pid(&self) -> PathBuf {
         self.dir.join("qemu.pid")
     }
+    /// `OVMF_VARS.fd`: the VM's copy of the OVMF variable store.
     pub fn ovmf_vars(&self) -> PathBuf {
         self.dir.join("OVMF_VARS.fd")
     }
+    /// `vhost-vsock.sock`: the vhost-user socket between QEMU and vhost-device-vsock.
     pub fn vhost_socket(&self) -> PathBuf {
         self.dir.join("vhost-vsock.sock")
     }
+    /// `vsock.uds`: where the host connects to guest vsock ports (vhost-user).
     pub fn vsock_uds(&self) -> PathBuf {
         self.dir.join("vsock.uds")
     }
+    /// `vhost-device-vsock.log`: the vsock backend's output.
     pub fn vsock_log(&self) -> PathBuf {
         self.dir.join("vhost-device-vsock.log")
     }
+    /// `agent.token`: the per-VM guest agent secret.
     pub fn token_file(&self) -> PathBuf {
         self.dir.join("agent.token")
     }
@@ -392,10 +412,16 @@ pub struct NameLock {
     _lock: Flock<File>,
 }
 
+/// Why the per-name lock could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
+    /// Another process holds it.
     #[error("another vfioctl holds the lock ({holder})")]
-    Busy { holder: String },
+    Busy {
+        /// What the lock file says about the holder (`pid 1234: vm up`).
+        holder: String,
+    },
+    /// The lock file (or the base directory) could not be created or locked.
     #[error("lock file {}", .0.display())]
     Io(PathBuf, #[source] std::io::Error),
 }

@@ -41,6 +41,7 @@ pub enum VmState {
 }
 
 impl VmState {
+    /// Every state, in lifecycle order.
     pub const ALL: [VmState; 9] = [
         VmState::Created,
         VmState::Booting,
@@ -117,6 +118,8 @@ pub struct Plugged {
     pub port: String,
     /// `object-add` id of the stand-in's memory backend.
     pub memdev: Option<String>,
+    /// Plugged on QEMU's command line at start (`-device`), not hot-plugged; `vm down`
+    /// does not unplug it.
     pub cold: bool,
     /// `vendor:device` the guest should see.
     pub id_pair: String,
@@ -128,7 +131,9 @@ pub struct Plugged {
 /// by its start time in clock ticks since boot (`/proc/PID/stat` field 22).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Starter {
+    /// Its process id.
     pub pid: u32,
+    /// Its start time, in clock ticks since boot.
     pub start_ticks: u64,
 }
 
@@ -148,14 +153,20 @@ impl Starter {
 /// Everything about one VM, as `state.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VmRecord {
+    /// The VM's name.
     pub name: VmName,
+    /// Where the VM is in its life.
     pub state: VmState,
     /// The `vm up` process while it is starting the VM.
     #[serde(default)]
     pub starter: Option<Starter>,
+    /// The VM's run directory.
     pub run_dir: PathBuf,
+    /// QEMU's QMP socket.
     pub qmp_socket: PathBuf,
+    /// The guest's serial console log.
     pub serial_log: PathBuf,
+    /// QEMU's stderr, as a file.
     pub qemu_stderr: PathBuf,
     /// QEMU's pid.
     pub pid: Option<u32>,
@@ -163,9 +174,11 @@ pub struct VmRecord {
     pub pgid: Option<i32>,
     /// vhost-device-vsock's pid (vhost-user vsock only).
     pub vsock_backend_pid: Option<u32>,
+    /// The vsock device the VM got.
     pub vsock: VsockBackend,
     /// How to reach the guest agent; `None` without vsock.
     pub agent: Option<AgentTransport>,
+    /// The accelerator QEMU runs with.
     pub accel: Accel,
     /// How readiness and plugs are confirmed: the agent, or the serial console.
     #[serde(default)]
@@ -173,15 +186,21 @@ pub struct VmRecord {
     /// The agent's `hello` at readiness (guest kernel, uptime), when the agent answered.
     #[serde(default)]
     pub guest: Option<vfioctl_common::proto::HelloReply>,
+    /// The guest firmware.
     pub firmware: Firmware,
+    /// How the guest learns of hot-plugged devices.
     pub hotplug: HotplugMode,
+    /// The VM's GPU root ports, as planned.
     pub ports: Vec<PortPlan>,
+    /// The devices vfioctl plugged into it, hot or cold.
     pub plugged: Vec<Plugged>,
     /// Unix time QEMU was started.
     pub started_at: Option<f64>,
     /// Seconds from QEMU start to guest ready.
     pub boot_seconds: Option<f64>,
+    /// QEMU's version from its QMP greeting (`9.0.2`).
     pub qemu_version: Option<String>,
+    /// Warnings from the start-up for the user (KVM not usable, so TCG).
     pub warnings: Vec<String>,
     /// The exact QEMU argv (no shell involved).
     pub argv: Vec<String>,
@@ -194,15 +213,20 @@ fn group_backend() -> crate::shared::VfioBackend {
     crate::shared::VfioBackend::Group
 }
 
+/// A state change the state machine does not allow ([`VmState::successors`]): a bug.
 #[derive(Debug, thiserror::Error)]
 #[error("VM {name}: invalid state transition {from} -> {to}")]
 pub struct TransitionError {
+    /// The VM's name.
     pub name: String,
+    /// The state it is in.
     pub from: VmState,
+    /// The state asked for.
     pub to: VmState,
 }
 
 impl VmRecord {
+    /// A fresh record for `rd`, in state `created`, nothing started.
     pub fn new(rd: &RunDir) -> Self {
         VmRecord {
             name: rd.name().clone(),
@@ -241,6 +265,7 @@ impl VmRecord {
         )
     }
 
+    /// Its `state.json`.
     pub fn state_file(&self) -> PathBuf {
         self.rundir().state_file()
     }

@@ -18,21 +18,27 @@ pub use crate::agent::Transport as AgentTransport;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum VsockBackend {
+    /// No vsock device: no guest agent (`--vsock none`).
     None,
     /// `-device vhost-vsock-pci,guest-cid=N`.
     Vhost {
+        /// The guest's context id; host-global, so unique among running VMs.
         cid: u32,
     },
     /// `vhost-device-vsock --vm guest-cid=N,socket=S,uds-path=U` plus
     /// `-device vhost-user-vsock-pci,chardev=...`.
     VhostUser {
+        /// The guest's context id (private to this backend: always 3).
         cid: u32,
+        /// The vhost-user socket QEMU's chardev connects to.
         socket: PathBuf,
+        /// The unix socket the host connects to for guest ports (`CONNECT <port>`).
         uds_path: PathBuf,
     },
 }
 
 impl VsockBackend {
+    /// How the host reaches guest vsock `port` through this device; `None` without one.
     pub fn transport(&self, port: u32) -> Option<AgentTransport> {
         match self {
             VsockBackend::None => None,
