@@ -11,6 +11,7 @@ use super::version::{KataVersion, Runtime};
 /// A Kata release found on the host, and how.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Installed {
+    /// The installed release.
     pub version: KataVersion,
     /// The runtime the probe belongs to (None: the package carries both).
     pub runtime: Option<Runtime>,

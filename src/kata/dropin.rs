@@ -15,7 +15,9 @@ use super::DROP_IN_NAME;
 /// One existing drop-in file.
 #[derive(Clone, Debug)]
 pub struct DropIn {
+    /// The file's path in `config.d/`.
     pub path: PathBuf,
+    /// The parsed file.
     pub doc: DocumentMut,
 }
 

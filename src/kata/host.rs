@@ -23,6 +23,7 @@ pub const LARGE_BAR: u64 = 4 << 30;
 /// One function of a selected group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Function {
+    /// The function's PCI address.
     pub bdf: Bdf,
     /// `vendor:device`, lower-case hex as lspci -n prints it.
     pub id: String,
@@ -34,9 +35,11 @@ pub struct Function {
     #[serde(serialize_with = "crate::output::pci_id::class")]
     #[schemars(with = "crate::output::pci_id::ClassSchema")]
     pub class: u32,
+    /// The host driver it is bound to (None: no driver).
     pub driver: Option<String>,
     /// Named with --gpu (or picked by default), not just a group companion.
     pub selected: bool,
+    /// A PCI Express function (has the PCIe capability); conventional PCI otherwise.
     pub pcie: bool,
     /// Host or PCI-PCI bridge: Kata skips it, it takes no port.
     pub bridge: bool,
@@ -70,6 +73,7 @@ impl Function {
         }
     }
 
+    /// A display controller (PCI class 0x03).
     pub fn is_gpu(&self) -> bool {
         self.class >> 16 == 0x03
     }
@@ -79,6 +83,7 @@ impl Function {
         self.pcie && !self.bridge
     }
 
+    /// Its largest BAR is at least [`LARGE_BAR`] (4 GiB).
     pub fn large_bar(&self) -> bool {
         self.largest_bar >= LARGE_BAR
     }
@@ -98,13 +103,16 @@ fn is_skipped_bridge(d: &PciDevice) -> bool {
 /// One IOMMU group Kata will pass.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Group {
+    /// The IOMMU group number (`/dev/vfio/<number>`).
     pub number: u32,
+    /// Every function of the group, bridges included, in address order.
     pub functions: Vec<Function>,
 }
 
 /// The selected devices and their groups, checked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Selection {
+    /// The IOMMU groups of the selected devices, by number.
     pub groups: Vec<Group>,
     /// Functions of the groups still on a host driver: the file does not depend on the
     /// driver (BARs and groups do), so it is written, and these must be bound to
@@ -117,6 +125,7 @@ pub struct Selection {
 pub struct SharedSwitch {
     /// The switch's upstream port on the host.
     pub upstream: Bdf,
+    /// The port-taking functions of the selection behind it (two or more).
     pub functions: Vec<Bdf>,
 }
 
@@ -228,6 +237,7 @@ impl Selection {
             .collect()
     }
 
+    /// Every function of every group, in group order.
     pub fn functions(&self) -> impl Iterator<Item = &Function> {
         self.groups.iter().flat_map(|g| g.functions.iter())
     }
@@ -237,6 +247,7 @@ impl Selection {
         self.functions().filter(|f| f.takes_port()).collect()
     }
 
+    /// How many PCIe ports the VM needs: one per function that [takes a port](Function::takes_port).
     pub fn ports_needed(&self) -> u32 {
         self.port_functions().len() as u32
     }
@@ -246,10 +257,12 @@ impl Selection {
         self.functions().filter(|f| !f.pcie && !f.bridge).collect()
     }
 
+    /// The IOMMU group numbers, in order.
     pub fn group_numbers(&self) -> Vec<u32> {
         self.groups.iter().map(|g| g.number).collect()
     }
 
+    /// The functions with a [large BAR](Function::large_bar).
     pub fn large_bar_functions(&self) -> Vec<&Function> {
         self.functions().filter(|f| f.large_bar()).collect()
     }
@@ -261,6 +274,7 @@ impl Selection {
             .collect()
     }
 
+    /// Any NVIDIA (vendor 0x10de) GPU among the functions.
     pub fn has_nvidia_gpu(&self) -> bool {
         self.functions().any(|f| f.is_gpu() && f.vendor == 0x10de)
     }

@@ -8,6 +8,8 @@
 //! - [`patch`]: toml_edit patching that keeps everything else byte for byte.
 //! - [`error`]: typed errors with the key and the fix.
 
+#![warn(missing_docs)]
+
 pub mod detect;
 pub mod dropin;
 pub mod error;
@@ -40,7 +42,9 @@ pub const DROP_IN_NAME: &str = "90-vfioctl-gpu.toml";
 /// Where the target came from, for --explain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct TargetChoice {
+    /// The Kata version and runtime the file is written for.
     pub target: Target,
+    /// Where each came from (`--kata-version`, the installed Kata, the base file's keys...).
     pub how: String,
 }
 
@@ -94,8 +98,11 @@ fn is_runtime_rs(doc: &DocumentMut) -> bool {
 /// What the run asks for besides the target and the devices.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Options {
+    /// `--hotplug` / `--coldplug`; None: the target's default ([`Target::default_mode`]).
     pub mode: Option<PlugMode>,
+    /// Guest kernel, initrd and image to point Kata at.
     pub artefacts: Artefacts,
+    /// Which guest image the containers boot (changes the hooks and kernel parameters planned).
     pub guest: Guest,
     /// For Kubernetes: keep `pod_resource_api_sock` on Go 3.24 - 3.32.
     pub kubernetes: bool,
@@ -104,17 +111,25 @@ pub struct Options {
 /// Everything one run produced.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Outcome {
+    /// The target Kata version and runtime, and how they were chosen.
     pub target: TargetChoice,
+    /// How that Kata release names its VFIO keys.
     pub scheme: version::KeyScheme,
+    /// Cold or hot plug, as asked or the target's default.
     pub mode: PlugMode,
+    /// PCIe ports the passed functions need: one per non-bridge PCIe function.
     pub ports: u32,
+    /// The IOMMU group numbers Kata will pass (`/dev/vfio/<group>`).
     pub groups: Vec<u32>,
+    /// The selected devices, their groups and companions.
     pub selection: Selection,
+    /// Root ports, or a virtual switch when the GPUs share a host switch.
     pub topology: Topology,
     /// The Kata template a generated file starts from (None when patching --base).
     pub template: Option<template::Chosen>,
     /// Every planned key with its final value and one-line reason.
     pub settings: Vec<Setting>,
+    /// Things deliberately not set, and kept or cleared keys of the base, for --explain.
     pub notes: Vec<String>,
     /// Printed on every run (stderr when the file goes to stdout): devices still on a
     /// host driver, the port topology chosen and why, a borrowed template.
@@ -132,12 +147,17 @@ pub struct Outcome {
 /// One key of the result as --json lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Setting {
+    /// The TOML table, e.g. `hypervisor.qemu`.
     pub table: &'static str,
+    /// The key within the table.
     pub key: &'static str,
+    /// The value in the result.
     pub value: plan::Val,
+    /// Why vfioctl wants this value (one line).
     pub reason: String,
     /// False when the file already had a suitable value.
     pub changed: bool,
+    /// The value before (as written in the file), if the key was there.
     pub previous: Option<String>,
 }
 
@@ -156,8 +176,11 @@ impl From<Applied> for Setting {
 
 /// A base file to patch.
 pub struct Base<'a> {
+    /// The file's path (for messages and the diff header).
     pub path: &'a Path,
+    /// The file's text as read.
     pub text: &'a str,
+    /// The parsed file; patched in place.
     pub doc: DocumentMut,
 }
 

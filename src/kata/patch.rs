@@ -14,7 +14,9 @@ use super::version::{KeyType, Target};
 /// What happened to one planned key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Applied {
+    /// The TOML table, e.g. `hypervisor.qemu`.
     pub table: &'static str,
+    /// The key within the table.
     pub key: &'static str,
     /// The value in the result.
     pub value: Val,
@@ -22,6 +24,7 @@ pub struct Applied {
     pub previous: Option<String>,
     /// False when the file already satisfied the rule (value kept).
     pub changed: bool,
+    /// Why vfioctl wants this value (one line, from the plan).
     pub reason: String,
 }
 

@@ -13,23 +13,31 @@ use super::version::{
 };
 use crate::vm::ports::{self, DeviceBars, Firmware, PhysBits};
 
+/// The `[hypervisor.qemu]` table.
 pub const HQ: &str = "hypervisor.qemu";
+/// The `[agent.kata]` table.
 pub const AGENT: &str = "agent.kata";
+/// The `[runtime]` table.
 pub const RT: &str = "runtime";
 
 /// A TOML value as Kata reads it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Val {
+    /// A TOML boolean.
     Bool(bool),
+    /// A TOML integer.
     Int(i64),
+    /// A TOML string.
     Str(String),
 }
 
 impl Val {
+    /// A string value.
     pub fn str(s: impl Into<String>) -> Self {
         Val::Str(s.into())
     }
+    /// The value as toml_edit writes it.
     pub fn to_toml(&self) -> toml_edit::Value {
         match self {
             Val::Bool(b) => (*b).into(),
@@ -37,6 +45,7 @@ impl Val {
             Val::Str(s) => s.as_str().into(),
         }
     }
+    /// A boolean, integer or string TOML value; None for any other type.
     pub fn from_toml(v: &toml_edit::Value) -> Option<Val> {
         match v {
             toml_edit::Value::Boolean(b) => Some(Val::Bool(*b.value())),
@@ -66,30 +75,47 @@ pub enum Rule {
     /// An integer at least this large; a larger value already there is kept.
     AtLeast(i64),
     /// An integer in `min..=max`; a value already in range is kept.
-    Range { min: i64, max: i64 },
+    Range {
+        /// The smallest value accepted.
+        min: i64,
+        /// The largest value accepted.
+        max: i64,
+    },
     /// A space-separated string that must contain these words; others are kept.
     Words(Vec<String>),
     /// Only if the key is present with another value: set it to this (Kata's default).
     /// Absent keys stay absent.
     Reset(Val),
     /// Only if the key is present with a value outside `allowed`: set it to `fallback`.
-    OneOf { allowed: Vec<String>, fallback: Val },
+    OneOf {
+        /// The values kept.
+        allowed: Vec<String>,
+        /// The value set instead of any other.
+        fallback: Val,
+    },
 }
 
 /// One key vfioctl wants, with its one-line reason.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Want {
+    /// The TOML table, e.g. `hypervisor.qemu`.
     pub table: &'static str,
+    /// The key within the table.
     pub key: &'static str,
+    /// How the key is brought to the value wanted.
     pub rule: Rule,
+    /// Why vfioctl wants it (one line, shown by --explain and in --json).
     pub reason: String,
 }
 
 /// Artefacts to point Kata at (absolute paths).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Artefacts {
+    /// Guest kernel (`--kernel`), for `kernel`.
     pub kernel: Option<PathBuf>,
+    /// Guest initrd (`--initrd`), for `initrd`.
     pub initrd: Option<PathBuf>,
+    /// Guest disk image (`--image`), for `image`.
     pub image: Option<PathBuf>,
 }
 
@@ -120,11 +146,15 @@ pub enum Guest {
 /// What the run asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Request {
+    /// The Kata version and runtime.
     pub target: Target,
+    /// Cold or hot plug.
     pub mode: PlugMode,
+    /// Guest kernel, initrd and image to point Kata at.
     pub artefacts: Artefacts,
     /// From the base file's `[runtime] vfio_mode` (guest-kernel when absent or generating).
     pub vfio_mode: VfioMode,
+    /// Which guest image the containers boot.
     pub guest: Guest,
     /// The file is for Kubernetes: keep `pod_resource_api_sock`.
     pub kubernetes: bool,

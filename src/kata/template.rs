@@ -29,12 +29,15 @@ pub enum Flavour {
 pub struct Stock {
     /// The Kata tag it was rendered from.
     pub tag: KataVersion,
+    /// The Kata runtime that reads it.
     pub runtime: Runtime,
+    /// NVIDIA GPU or generic QEMU template.
     pub flavour: Flavour,
     /// The file name Kata installs it as.
     pub file: &'static str,
     /// Where the `.in` file lives in kata-containers.
     pub source: &'static str,
+    /// The template's contents (stored in vfioctl under `src/kata/templates/`).
     #[serde(skip)]
     pub text: &'static str,
 }
@@ -218,6 +221,7 @@ fn band(runtime: Runtime, v: KataVersion) -> u8 {
 /// The template a generated file starts from, and how it was picked.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Chosen {
+    /// The stored template used.
     pub stock: Stock,
     /// One line for the file header and --explain: the tag, and why when it is not the
     /// requested version's own.

@@ -39,12 +39,16 @@ impl fmt::Display for Runtime {
 /// A Kata release, `major.minor[.patch]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KataVersion {
+    /// Major version (2, 3, 4...).
     pub major: u32,
+    /// Minor version.
     pub minor: u32,
+    /// Patch release (0 when only `major.minor` was given).
     pub patch: u32,
 }
 
 impl KataVersion {
+    /// The version `major.minor.patch`.
     pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
         Self {
             major,
@@ -95,9 +99,11 @@ impl Serialize for KataVersion {
     }
 }
 
+/// A Kata version string that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid Kata version {input:?}: expected MAJOR.MINOR or MAJOR.MINOR.PATCH as `kata-runtime --version` prints it (e.g. 3.6.0)")]
 pub struct VersionError {
+    /// The string as given.
     pub input: String,
 }
 
@@ -164,9 +170,13 @@ impl fmt::Display for PlugMode {
 /// Values of Go's `config.PCIePort` / runtime-rs `cold_plug_vfio` (the only strings Kata
 /// accepts; "invalid-port" is internal).
 pub mod port {
+    /// A PCIe root port per device.
     pub const ROOT: &str = "root-port";
+    /// A downstream port of a virtual PCIe switch per device.
     pub const SWITCH: &str = "switch-port";
+    /// Behind a PCI bridge.
     pub const BRIDGE: &str = "bridge-port";
+    /// No port: the mode is off.
     pub const NONE: &str = "no-port";
     /// Accepted by the Go parser.
     pub const GO_VALUES: [&str; 4] = [ROOT, SWITCH, BRIDGE, NONE];
@@ -198,7 +208,9 @@ pub const MAX_PCIE_PORTS: u32 = 16;
 /// The Kata a file is written for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Target {
+    /// The Kata release.
     pub version: KataVersion,
+    /// The Go runtime or runtime-rs.
     pub runtime: Runtime,
 }
 
@@ -214,16 +226,24 @@ impl fmt::Display for Target {
 /// A target Kata cannot be configured for by this model.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
+    /// Kata 1.x (older than 2.0): not modelled.
     #[error("Kata {version} is Kata 1.x (kata-runtime, kata-containers/runtime): its configuration is not modelled")]
-    TooOld { version: KataVersion },
+    TooOld {
+        /// The version asked for.
+        version: KataVersion,
+    },
+    /// runtime-rs older than 3.6: its GPU keys are not modelled.
     #[error("runtime-rs GPU keys are modelled from Kata {min} on, not {version}")]
     RsTooOld {
+        /// The version asked for.
         version: KataVersion,
+        /// The oldest runtime-rs version modelled (3.6).
         min: KataVersion,
     },
 }
 
 impl Target {
+    /// The target, if this model covers that version and runtime.
     pub fn new(version: KataVersion, runtime: Runtime) -> Result<Self, TargetError> {
         if version < KataVersion::OLDEST {
             return Err(TargetError::TooOld { version });
@@ -237,6 +257,7 @@ impl Target {
         Ok(Self { version, runtime })
     }
 
+    /// How this target names its VFIO keys (from the runtime and version).
     pub fn scheme(&self) -> KeyScheme {
         match self.runtime {
             Runtime::Rs => KeyScheme::RuntimeRs,
@@ -335,26 +356,34 @@ impl Target {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyType {
+    /// A TOML boolean.
     Bool,
     /// An unsigned integer (Go uint32 / Rust u32 or u64).
     UInt,
+    /// A TOML string.
     Str,
     /// One of a fixed set of strings.
     Enum(&'static [&'static str]),
+    /// An array of strings.
     StrList,
 }
 
 /// One configuration key Kata reads, with the versions and runtimes that read it.
 #[derive(Clone, Copy, Debug)]
 pub struct KeyDef {
+    /// The TOML table, e.g. `hypervisor.qemu`.
     pub table: &'static str,
+    /// The key within the table.
     pub key: &'static str,
+    /// The TOML type Kata decodes it into.
     pub ty: KeyType,
     /// First version that reads it (inclusive).
     pub since: KataVersion,
     /// First version that no longer reads it.
     pub until: Option<KataVersion>,
+    /// The Go runtime reads it.
     pub go: bool,
+    /// runtime-rs reads it.
     pub rs: bool,
 }
 

@@ -25,6 +25,7 @@ use crate::Exit;
 
 /// What a step sees.
 pub struct StepCtx<'a> {
+    /// The scenario being run.
     pub scenario: &'a Scenario,
     /// The plan's limit for this step; the backend enforces it.
     pub timeout: Duration,
@@ -45,6 +46,7 @@ pub trait Backend: Sync {
     /// Exclusivity keys: one per IOMMU group (or address) of the scenario's host devices.
     fn keys(&self, sc: &Scenario) -> BTreeSet<String>;
 
+    /// Create the scenario's session (nothing run yet); `dir` is its own output directory.
     fn session(&self, sc: &Scenario, dir: &Path) -> Self::Session;
 
     /// Run one step; `Ok` carries an optional one-line note for the report.
@@ -71,23 +73,34 @@ pub const SCENARIO_LOGS: &[&str] = &["serial.log", "qemu.stderr", "nested.log"];
 /// Progress as it happens, for the command line.
 #[derive(Clone, Debug)]
 pub enum Event<'a> {
+    /// A scenario started (after scheduling, before its first step).
     Started {
+        /// The scenario's name.
         scenario: &'a str,
     },
+    /// A step finished.
     Step {
+        /// The scenario's name.
         scenario: &'a str,
+        /// The step's result.
         result: &'a StepResult,
     },
+    /// A scenario finished (or was skipped).
     Finished {
+        /// Its result.
         result: &'a ScenarioResult,
     },
 }
 
+/// How a run is executed.
 pub struct RunOpts {
+    /// How many scenarios may run at once (`--jobs`).
     pub jobs: usize,
+    /// The run's output directory (`scenarios/<name>/` per scenario).
     pub out: PathBuf,
     /// Expected duration per scenario (ms) from history, for longest-first ordering.
     pub weights: BTreeMap<String, u64>,
+    /// The node name recorded in the results (`--node`, else the host name).
     pub host: String,
 }
 

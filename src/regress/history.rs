@@ -11,23 +11,33 @@ use super::plan::HistoryCfg;
 use super::results::{Outcome, Regression, RunResults, StepStatus};
 use super::step::Step;
 
+/// Reading or writing results files of the history directory.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
+    /// A results file or directory cannot be read.
     #[error("cannot read {path}")]
     Read {
+        /// The file or directory.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A `results.json` that is not vfioctl results JSON.
     #[error("{path} is not a vfioctl results file")]
     Parse {
+        /// The file.
         path: PathBuf,
+        /// The JSON error.
         #[source]
         source: serde_json::Error,
     },
+    /// A file cannot be written.
     #[error("cannot write {path}")]
     Write {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },

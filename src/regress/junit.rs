@@ -25,53 +25,74 @@ use super::results::{fmt_ms, Outcome, RunResults, ScenarioResult, StepStatus};
 /// A whole JUnit document: `<testsuites>`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
+    /// The `name` attribute of `<testsuites>`.
     pub name: String,
+    /// The `<testsuite>` elements.
     pub suites: Vec<Suite>,
 }
 
 /// One `<testsuite>`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Suite {
+    /// The suite's `name` attribute.
     pub name: String,
+    /// The `hostname` attribute: the machine it ran on.
     pub hostname: Option<String>,
     /// `xs:dateTime` without a zone, UTC (see [`timestamp_of_run_id`]).
     pub timestamp: Option<String>,
     /// Wall time of the suite; `None` sums the cases.
     pub time_ms: Option<u64>,
+    /// `<property>` name/value pairs.
     pub properties: Vec<(String, String)>,
+    /// The `<testcase>` elements.
     pub cases: Vec<Case>,
 }
 
 /// One `<testcase>`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Case {
+    /// The case's `name` attribute.
     pub name: String,
+    /// The `classname` attribute (dotted, e.g. `vfioctl.regress.<plan>`).
     pub classname: String,
+    /// The case's wall time, in milliseconds (written as seconds in `time`).
     pub time_ms: u64,
+    /// Passed, failed, error or skipped.
     pub status: Status,
+    /// `<system-out>` text (the case's own log).
     pub system_out: Option<String>,
+    /// `<system-err>` text.
     pub system_err: Option<String>,
 }
 
 /// What a test case came to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Status {
+    /// No failure, error or skip element.
     #[default]
     Passed,
     /// A real failure: `message` (may span lines), `kind` (the `type` attribute), and a
     /// body with the evidence.
     Failure {
+        /// The `message` attribute.
         message: String,
+        /// The `type` attribute.
         kind: String,
+        /// The element's body: the evidence.
         body: String,
     },
     /// Could not be judged (infrastructure).
     Error {
+        /// The `message` attribute.
         message: String,
+        /// The `type` attribute.
         kind: String,
+        /// The element's body: the evidence.
         body: String,
     },
+    /// `<skipped>`: not run.
     Skipped {
+        /// Why, as the `message` attribute.
         message: String,
     },
 }
@@ -80,15 +101,19 @@ impl Suite {
     fn count(&self, f: impl Fn(&Status) -> bool) -> usize {
         self.cases.iter().filter(|c| f(&c.status)).count()
     }
+    /// Cases that failed.
     pub fn failures(&self) -> usize {
         self.count(|s| matches!(s, Status::Failure { .. }))
     }
+    /// Cases with an error.
     pub fn errors(&self) -> usize {
         self.count(|s| matches!(s, Status::Error { .. }))
     }
+    /// Skipped cases.
     pub fn skipped(&self) -> usize {
         self.count(|s| matches!(s, Status::Skipped { .. }))
     }
+    /// The suite's wall time in milliseconds: `time_ms`, else the cases' sum.
     pub fn time_ms(&self) -> u64 {
         self.time_ms
             .unwrap_or_else(|| self.cases.iter().map(|c| c.time_ms).sum())

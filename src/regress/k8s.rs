@@ -43,22 +43,28 @@ use super::plan::Plan;
 /// What the manifests need besides the plan.
 #[derive(Clone, Debug)]
 pub struct FleetOpts {
+    /// The nodes to run on: one Job per node.
     pub nodes: Vec<String>,
     /// A container image with vfioctl, QEMU and the guest artefacts.
     pub image: String,
     /// A vfioctl binary on the host to run instead of the image's (hostPath mount).
     pub binary: Option<PathBuf>,
+    /// The objects' namespace (None: left to `kubectl`'s current namespace).
     pub namespace: Option<String>,
     /// Results directory on each node.
     pub host_results: PathBuf,
     /// The lab cache on each node (guest kernels, images): mounted at the same path and
     /// exported as `VFIOCTL_LAB` in the pod.
     pub host_lab: PathBuf,
+    /// `--jobs` for the `vfioctl regress` each Job runs.
     pub jobs: usize,
 }
 
+/// The image when neither the command line nor the plan names one.
 pub const DEFAULT_IMAGE: &str = "localhost/vfioctl:latest";
+/// The default results directory on each node.
 pub const DEFAULT_HOST_RESULTS: &str = "/var/lib/vfioctl/regress";
+/// The default lab cache on each node.
 pub const DEFAULT_HOST_LAB: &str = "/var/cache/vfioctl/lab";
 
 /// Variables the Jobs define for the plan (`${VAR}` is expanded in the pod).
@@ -141,6 +147,7 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
+/// The name of the ConfigMap that carries the plan (`vfioctl-regress-<plan>-plan`, a DNS label).
 pub fn config_map_name(plan: &Plan) -> String {
     dns_label(&format!("vfioctl-regress-{}-plan", plan.name), 63)
 }

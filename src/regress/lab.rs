@@ -39,7 +39,9 @@ use crate::{Context, Diagnose, Exit, Failure};
 /// A host device picked by a scenario, with its IOMMU group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostDevice {
+    /// The device's PCI address.
     pub bdf: Bdf,
+    /// Its IOMMU group (None: the host shows none).
     pub group: Option<u32>,
 }
 
@@ -101,7 +103,9 @@ pub fn which(prog: &Path) -> Option<PathBuf> {
 
 /// The real backend.
 pub struct LabBackend {
+    /// The command's context (host root, output mode).
     pub ctx: Context,
+    /// The QEMU binary to run (`qemu-system-x86_64` on `PATH` by default).
     pub qemu: PathBuf,
     /// Where VM runtime directories go: short, because unix socket paths are limited to
     /// 108 bytes (the per-scenario output directory may be deep).
@@ -123,6 +127,7 @@ const STATIC_VFIOCTL_HINT: &str =
     "build one from a checkout with scripts/build-static-vfioctl (it prints the path to pass)";
 
 impl LabBackend {
+    /// A backend for `ctx`, with QEMU from `PATH` and a per-process runtime directory under the temp dir.
     pub fn new(ctx: Context) -> Self {
         Self {
             ctx,
@@ -277,7 +282,9 @@ struct VmDevice {
 
 /// Per-scenario state.
 pub struct LabSession {
+    /// The scenario's own output directory.
     pub dir: PathBuf,
+    /// The host devices it resolved (set by its `check` step).
     pub host_devices: Vec<HostDevice>,
     /// Devices bound by this scenario (restored by `restore`).
     bound: Vec<Bdf>,

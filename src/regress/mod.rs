@@ -14,6 +14,8 @@
 //! | `junit.rs`, `html.rs` | JUnit XML and the static HTML report |
 //! | `k8s.rs`, `collect.rs` | fleet Jobs for Kubernetes and merging their results |
 
+#![warn(missing_docs)]
+
 pub mod collect;
 pub mod exec;
 pub mod history;

@@ -109,20 +109,32 @@ fn ldd(bin: &Path) -> Result<Vec<PathBuf>, NestedError> {
 pub enum NestedError {
     /// `ldd` could not list a binary's libraries.
     #[error("ldd {}: {reason}", bin.display())]
-    Ldd { bin: PathBuf, reason: String },
+    Ldd {
+        /// The binary.
+        bin: PathBuf,
+        /// Why: ldd's stderr, or why it could not run.
+        reason: String,
+    },
     /// A file of the payload could not be resolved.
     #[error("{}: {error}", path.display())]
     Resolve {
+        /// The file (canonicalizing it failed).
         path: PathBuf,
+        /// The I/O error.
         error: std::io::Error,
     },
     /// A QEMU firmware blob is nowhere to be found.
     #[error("{blob} not found in {}", BLOB_DIRS.join(", "))]
-    NoBlob { blob: String },
+    NoBlob {
+        /// The blob's file name.
+        blob: String,
+    },
     /// An initramfs build failed (`level`: L1 or L2).
     #[error("{level} initramfs: {error}")]
     Initramfs {
+        /// `L1` or `L2`.
         level: &'static str,
+        /// The rootfs build error.
         error: rootfs::RootfsError,
     },
 }
@@ -208,10 +220,13 @@ pub struct NestedInputs<'a> {
     pub tree: &'a Path,
     /// Kernel image for L1 and L2; its modules are `lib/modules` next to it.
     pub kernel: &'a Path,
+    /// The static guest agent, built into both initramfs images.
     pub agent: &'a Path,
     /// Static vfioctl for L1.
     pub vfioctl: &'a Path,
+    /// The QEMU binary copied into L1 (with its libraries and firmware blobs).
     pub qemu: &'a Path,
+    /// Where the initramfs images are written.
     pub out_dir: &'a Path,
 }
 

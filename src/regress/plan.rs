@@ -48,19 +48,33 @@ use super::step::Step;
 /// Everything wrong with a plan file; each names the file, the scenario and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
+    /// The plan file cannot be read.
     #[error("cannot read plan {path}")]
     Read {
+        /// The plan file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The plan file is not valid TOML, or has a key or value type the plan does not know.
     #[error("plan {path}: {message}")]
-    Syntax { path: PathBuf, message: String },
+    Syntax {
+        /// The plan file.
+        path: PathBuf,
+        /// The TOML parser's message.
+        message: String,
+    },
+    /// A value the plan cannot use (bad name, device, size, step, duplicate...).
     #[error("plan {path}: {}: {reason}", where_(scenario.as_deref(), key))]
     Invalid {
+        /// The plan file.
         path: PathBuf,
+        /// The scenario it is in (None: a plan-level key).
         scenario: Option<String>,
+        /// The key, e.g. `vm.memory`.
         key: String,
+        /// What is wrong and what is accepted.
         reason: String,
     },
 }
@@ -99,10 +113,14 @@ impl crate::Diagnose for PlanError {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum DeviceSpec {
     /// A host device (or every device) matching a selector; bound to vfio-pci first.
-    Host { selector: Selector },
+    Host {
+        /// The selector (`0000:41:00.0`, `10de:20b9`, `class:gpu`).
+        selector: Selector,
+    },
     /// An emulated stand-in: a device with one 64-bit prefetchable BAR of `bar` bytes
     /// (ivshmem-plain backed by RAM), for labs without a GPU. Nothing is bound on the host.
     Emulated {
+        /// The BAR's size in bytes (a power of two).
         #[serde(serialize_with = "ser_size")]
         bar: Size,
     },
@@ -121,13 +139,20 @@ pub enum DeviceSpecError {
     Size(#[from] SizeError),
     /// `emulated:` with a size no BAR can have.
     #[error("emulated BAR size {size} must be a power of two (PCI BARs are), e.g. emulated:8G")]
-    BarSize { size: String },
+    BarSize {
+        /// The size as written.
+        size: String,
+    },
     /// Not a selector (the selector's parse error is part of the message).
     #[error("{error}; or an emulated stand-in such as emulated:8G")]
-    Selector { error: SelectorError },
+    Selector {
+        /// Why it is not a selector.
+        error: SelectorError,
+    },
 }
 
 impl DeviceSpec {
+    /// Parse a plan's `devices` entry: `emulated:<size>`, else a host selector.
     pub fn parse(s: &str) -> Result<Self, DeviceSpecError> {
         if let Some(size) = s.strip_prefix("emulated:") {
             let bar: Size = size.parse()?;
@@ -141,6 +166,7 @@ impl DeviceSpec {
             .map_err(|error| DeviceSpecError::Selector { error })
     }
 
+    /// A host device (bound to vfio-pci), not an emulated stand-in.
     pub fn is_host(&self) -> bool {
         matches!(self, DeviceSpec::Host { .. })
     }
@@ -168,11 +194,14 @@ pub enum PlugMode {
     Hot,
 }
 
+/// The guest firmware.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Firmware {
+    /// SeaBIOS (legacy BIOS): the default.
     #[default]
     Seabios,
+    /// OVMF (UEFI).
     Ovmf,
 }
 
@@ -192,18 +221,22 @@ pub enum Kind {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum Expect {
+    /// Every step must pass (the default).
     #[default]
     Pass,
     /// A negative control: it must fail, at `step` if given, with `pattern` in the error or
     /// log excerpt if given, and not for an infrastructure reason (QEMU missing, I/O).
     Fail {
+        /// The step that must fail (None: any step).
         step: Option<Step>,
+        /// Text that must occur in the error or a log excerpt (`match` in the plan).
         #[serde(rename = "match")]
         pattern: Option<String>,
     },
 }
 
 impl Expect {
+    /// The scenario must pass.
     pub fn is_pass(&self) -> bool {
         matches!(self, Expect::Pass)
     }
@@ -214,6 +247,7 @@ impl Expect {
 pub struct Timeouts(pub BTreeMap<Step, Duration>);
 
 impl Timeouts {
+    /// The limit for `step`: the plan's, else the step's default.
     pub fn get(&self, step: Step) -> Duration {
         self.0
             .get(&step)
@@ -241,9 +275,12 @@ pub enum Reserve {
 /// Per-scenario VM knobs passed to `vfioctl::vm`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct VmKnobs {
+    /// Guest memory (`vm.memory`, default 1G, at least 128M).
     #[serde(serialize_with = "ser_size")]
     pub memory: Size,
+    /// Guest vCPUs (`vm.cpus`, default 1).
     pub cpus: u32,
+    /// Root-port reservation for the device's port (`vm.pref64_reserve`).
     pub pref64_reserve: Reserve,
     /// Extra kernel command line for the guest.
     pub append: Option<String>,
@@ -252,18 +289,29 @@ pub struct VmKnobs {
 /// A validated scenario.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Scenario {
+    /// The scenario's name (unique in the plan; names its directory in the run's output).
     pub name: String,
+    /// Passthrough into one guest, or nested passthrough.
     pub kind: Kind,
+    /// The devices it passes through (`devices`).
     pub devices: Vec<DeviceSpec>,
+    /// Cold or hot plug (`plug`, default hot).
     pub plug: PlugMode,
+    /// The guest firmware (`firmware`, default SeaBIOS).
     pub firmware: Firmware,
+    /// The guest kernel (`kernel`, `${VAR}` and `~` expanded); None: the lab's current kernel.
     pub kernel: Option<PathBuf>,
+    /// The guest initrd (`initrd`, expanded like `kernel`).
     pub initrd: Option<PathBuf>,
+    /// What the scenario must show (`expect`, default pass).
     pub expect: Expect,
+    /// Per-step time limits (`timeouts`, seconds in the file).
     pub timeouts: Timeouts,
+    /// VM sizing knobs (`vm`).
     pub vm: VmKnobs,
     /// Extra exclusivity tokens: scenarios sharing one never run at the same time.
     pub locks: Vec<String>,
+    /// The scenario's `description`, shown in reports.
     pub description: Option<String>,
 }
 
@@ -299,19 +347,26 @@ impl Default for HistoryCfg {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FleetCfg {
+    /// The nodes to emit one Job for (overridden by the command line).
     pub nodes: Vec<String>,
+    /// The container image the Jobs run (overridden by the command line; default [`super::k8s::DEFAULT_IMAGE`]).
     pub image: Option<String>,
+    /// The Kubernetes namespace of the Jobs (overridden by the command line).
     pub namespace: Option<String>,
 }
 
 /// A validated plan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Plan {
+    /// The plan's `name`, else its file name (lower-case letters, digits and `-`; names files and Jobs).
     pub name: String,
     /// The file it came from (relative paths in it are relative to its directory).
     pub path: PathBuf,
+    /// The scenarios, in file order.
     pub scenarios: Vec<Scenario>,
+    /// Regression detection settings (`[history]`).
     pub history: HistoryCfg,
+    /// Kubernetes fleet defaults (`[fleet]`).
     pub fleet: FleetCfg,
 }
 
@@ -395,13 +450,24 @@ struct RawVm {
 pub enum ExpandError {
     /// `${` without its `}`.
     #[error("unterminated ${{ in {raw:?}")]
-    Unterminated { raw: String },
+    Unterminated {
+        /// The path as written.
+        raw: String,
+    },
     /// `${VAR}` with VAR not in the environment.
     #[error("{raw:?} uses ${{{var}}}, which is not set in the environment")]
-    Unset { raw: String, var: String },
+    Unset {
+        /// The path as written.
+        raw: String,
+        /// The variable that is not set.
+        var: String,
+    },
     /// A leading `~/` without `HOME`.
     #[error("{raw:?} uses ~ but HOME is not set")]
-    NoHome { raw: String },
+    NoHome {
+        /// The path as written.
+        raw: String,
+    },
 }
 
 /// Expand `${VAR}` and a leading `~/` in a path string; relative results are taken
@@ -652,6 +718,7 @@ impl Plan {
         })
     }
 
+    /// The scenario named `name`, if the plan has it.
     pub fn scenario(&self, name: &str) -> Option<&Scenario> {
         self.scenarios.iter().find(|s| s.name == name)
     }

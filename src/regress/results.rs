@@ -10,10 +10,13 @@ use crate::Exit;
 /// Bumped when the JSON shape changes incompatibly.
 pub const SCHEMA: u32 = 1;
 
+/// Whether a step succeeded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepStatus {
+    /// The step succeeded.
     Ok,
+    /// The step failed (see its `failure`).
     Failed,
 }
 
@@ -52,13 +55,16 @@ pub struct StepFailure {
     /// The documented exit code of the error (`crate::Exit`): 8 is infrastructure, the
     /// others are real failures (3 validation, 4 boot timeout, 7 operation failed...).
     pub exit_code: u8,
+    /// What to do about it, when the error has a hint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Log excerpts kept as evidence (serial console, QMP, agent...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<LogExcerpt>,
 }
 
 impl StepFailure {
+    /// A failure with `exit`'s code and `message`, no hint, no logs.
     pub fn new(exit: Exit, message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
@@ -67,12 +73,14 @@ impl StepFailure {
             logs: Vec::new(),
         }
     }
+    /// Add `log` unless it is blank.
     pub fn with_log(mut self, log: LogExcerpt) -> Self {
         if !log.text.trim().is_empty() {
             self.logs.push(log);
         }
         self
     }
+    /// Exit code 8: the lab broke (QEMU missing or crashed, I/O), not the thing under test.
     pub fn is_infrastructure(&self) -> bool {
         self.exit_code == Exit::Infrastructure.code()
     }
@@ -93,21 +101,27 @@ impl From<crate::Failure> for StepFailure {
     }
 }
 
+/// One step of a scenario as it ran.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepResult {
+    /// Which lifecycle step.
     pub step: Step,
+    /// Whether it succeeded.
     pub status: StepStatus,
     /// Ran as cleanup after an earlier failure.
     #[serde(default)]
     pub cleanup: bool,
+    /// How long it took, in milliseconds.
     pub ms: u64,
     /// A one-line note from the step (what it plugged, the guest's BAR address...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Why it failed (set when `status` is `failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<StepFailure>,
 }
 
+/// What a scenario's run means against the plan's expectation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
@@ -126,9 +140,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Passed, or failed as a negative control should.
     pub fn as_expected(self) -> bool {
         matches!(self, Outcome::Passed | Outcome::ExpectedFailure)
     }
+    /// How reports print it (upper case for the outcomes that need attention).
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Passed => "passed",
@@ -141,15 +157,21 @@ impl Outcome {
     }
 }
 
+/// One scenario of a run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ScenarioResult {
+    /// The scenario's name in the plan.
     pub name: String,
     /// The node it ran on (set by `collect` and by runs with a known node name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Its devices as the plan names them.
     pub devices: Vec<String>,
+    /// Cold or hot plug.
     pub plug: PlugMode,
+    /// What the plan expects of it.
     pub expect: ExpectRecord,
+    /// The judged outcome.
     pub outcome: Outcome,
     /// Why the outcome is what it is, in one line.
     pub summary: String,
@@ -158,6 +180,7 @@ pub struct ScenarioResult {
     pub failed_step: Option<Step>,
     /// Offset of the scenario's start from the run's start.
     pub start_ms: u64,
+    /// How long it took, teardown included, in milliseconds.
     pub wall_ms: u64,
     /// The plan's description of the scenario.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,15 +192,19 @@ pub struct ScenarioResult {
     /// (`scenarios/<name>/serial.log`, `scenarios/<name>/qemu.stderr`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<String>,
+    /// Every step that ran, in order, cleanup steps included.
     pub steps: Vec<StepResult>,
 }
 
 /// The plan's expectation, as recorded with the result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ExpectRecord {
+    /// `pass` or `fail`.
     pub outcome: String,
+    /// For `fail`: the step that must fail (None: any step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<Step>,
+    /// For `fail`: text that must occur in the error or its logs (`match` in JSON).
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "match")]
     pub pattern: Option<String>,
 }
@@ -207,9 +234,11 @@ impl ScenarioResult {
             None => self.name.clone(),
         }
     }
+    /// The (non-cleanup) result of `step`, if it ran.
     pub fn step(&self, step: Step) -> Option<&StepResult> {
         self.steps.iter().find(|s| s.step == step && !s.cleanup)
     }
+    /// The first step that failed, if any.
     pub fn first_failure(&self) -> Option<&StepResult> {
         self.steps.iter().find(|s| s.status == StepStatus::Failed)
     }
@@ -311,30 +340,43 @@ pub fn judge(expect: &Expect, steps: &[StepResult]) -> (Outcome, Option<Step>, S
 pub enum Regression {
     /// As expected in the previous run, not now.
     Outcome {
+        /// The scenario's key (`node/name` or `name`).
         scenario: String,
+        /// The run id of the most recent earlier run that has the scenario.
         previous_run: String,
+        /// Its outcome then.
         was: Outcome,
+        /// Its outcome now.
         now: Outcome,
+        /// The step that failed now, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         step: Option<Step>,
     },
     /// A step slower than the median of the last runs by more than the margin.
     Slower {
+        /// The scenario's key (`node/name` or `name`).
         scenario: String,
+        /// The slower step.
         step: Step,
+        /// How long it took now, in milliseconds.
         ms: u64,
+        /// The median of its earlier successful runs, in milliseconds.
         median_ms: u64,
+        /// How many earlier runs the median is of.
         samples: usize,
+        /// The allowed margin over the median, in percent.
         margin_pct: u32,
     },
 }
 
 impl Regression {
+    /// The scenario's key (`node/name` or `name`).
     pub fn scenario(&self) -> &str {
         match self {
             Regression::Outcome { scenario, .. } | Regression::Slower { scenario, .. } => scenario,
         }
     }
+    /// One line for reports and the terminal.
     pub fn describe(&self) -> String {
         match self {
             Regression::Outcome {
@@ -379,15 +421,23 @@ pub fn fmt_ms(ms: u64) -> String {
 /// One run of a plan (or several merged by `collect`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunResults {
+    /// The JSON shape's version (`SCHEMA`).
     pub schema: u32,
     /// UTC timestamp `20261122T023000Z`; orders runs in history.
     pub run_id: String,
+    /// The plan's name.
     pub plan: String,
+    /// The node it ran on: `--node`, else the host name.
     pub host: String,
+    /// How many scenarios could run at once (`--jobs`).
     pub jobs: usize,
+    /// The vfioctl version that ran it.
     pub vfioctl: String,
+    /// The whole run's wall time, in milliseconds.
     pub wall_ms: u64,
+    /// Every scenario of the plan, skipped ones included, in plan order.
     pub scenarios: Vec<ScenarioResult>,
+    /// Findings against history (empty until history is compared).
     #[serde(default)]
     pub regressions: Vec<Regression>,
     /// Runs merged into this one by `collect` (their run ids and hosts).
@@ -398,18 +448,28 @@ pub struct RunResults {
 /// Counts for summaries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
+    /// Scenarios in the run.
     pub total: usize,
+    /// Passed or failed as expected.
     pub as_expected: usize,
+    /// [`Outcome::Passed`].
     pub passed: usize,
+    /// [`Outcome::ExpectedFailure`].
     pub expected_failures: usize,
+    /// [`Outcome::Failed`].
     pub failed: usize,
+    /// [`Outcome::UnexpectedPass`].
     pub unexpected_passes: usize,
+    /// [`Outcome::Error`].
     pub errors: usize,
+    /// [`Outcome::Skipped`].
     pub skipped: usize,
+    /// Regressions found against history.
     pub regressions: usize,
 }
 
 impl RunResults {
+    /// The run's scenarios counted by outcome.
     pub fn counts(&self) -> Counts {
         let mut c = Counts {
             total: self.scenarios.len(),
@@ -447,6 +507,7 @@ impl RunResults {
         }
     }
 
+    /// The scenario with this key (`node/name` or `name`), if the run has it.
     pub fn scenario(&self, key: &str) -> Option<&ScenarioResult> {
         self.scenarios.iter().find(|s| s.key() == key)
     }

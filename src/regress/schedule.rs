@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// One schedulable unit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
+    /// Exclusivity keys held while it runs (IOMMU groups or addresses, `lock:<name>`).
     pub keys: BTreeSet<String>,
     /// Expected duration (ms), for ordering only; 0 when unknown.
     pub weight_ms: u64,
@@ -36,6 +37,7 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// A scheduler for `jobs` (indices are positions in it) with `slots` parallel slots (at least 1); longest expected first.
     pub fn new(jobs: Vec<Job>, slots: usize) -> Self {
         let mut pending: Vec<usize> = (0..jobs.len()).collect();
         // Stable: equal weights keep plan order.
@@ -68,12 +70,14 @@ impl Scheduler {
         Some(i)
     }
 
+    /// Job `i` ended: free its slot and its keys.
     pub fn done(&mut self, i: usize) {
         if self.running.remove(&i) {
             self.held.retain(|_, owner| *owner != i);
         }
     }
 
+    /// The jobs running now, by index.
     pub fn running(&self) -> &BTreeSet<usize> {
         &self.running
     }
@@ -87,7 +91,9 @@ impl Scheduler {
 /// A simulated run: start time of each job, and the makespan, given durations.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Simulation {
+    /// Each job's start time on the virtual clock, in milliseconds, by index.
     pub start_ms: Vec<u64>,
+    /// When the last job ends, in milliseconds.
     pub makespan_ms: u64,
 }
 

@@ -36,17 +36,26 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Step {
+    /// Check the host and the scenario's inputs (devices, kernel, initrd, QEMU).
     Check,
+    /// Bind the host devices to vfio-pci (skipped for emulated stand-ins).
     Bind,
+    /// Start the VM and wait for the guest agent.
     VmUp,
+    /// Hot-plug the devices over QMP (skipped for cold plug).
     Plug,
+    /// Check the devices in the guest through its agent (nested: run the L1 guest's own passthrough).
     Validate,
+    /// Hot-unplug the devices (skipped for cold plug).
     Unplug,
+    /// Stop the VM.
     VmDown,
+    /// Give the host devices back to their drivers (skipped for emulated stand-ins).
     Restore,
 }
 
 impl Step {
+    /// Every step, in execution order.
     pub const ALL: [Step; 8] = [
         Step::Check,
         Step::Bind,
@@ -58,6 +67,7 @@ impl Step {
         Step::Restore,
     ];
 
+    /// The step's name as plans, results and reports write it (`vm-up`).
     pub fn name(self) -> &'static str {
         match self {
             Step::Check => "check",
@@ -142,11 +152,13 @@ impl FromStr for Step {
 /// Where a scenario is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum State {
+    /// Not started.
     Pending,
     /// On the forward path (teardown included when nothing failed).
     Running(Step),
     /// Tearing down after a failure.
     Cleanup(Step),
+    /// Finished: every step that applies ran (or cleanup ended).
     Done,
 }
 
@@ -208,6 +220,7 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// Whether this scenario has `step`.
     pub fn applies(self, step: Step) -> bool {
         match step {
             Step::Bind | Step::Restore => self.bind,
@@ -230,6 +243,7 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// A machine at [`State::Pending`] for a scenario of this shape.
     pub fn new(shape: Shape) -> Self {
         Self {
             shape,
@@ -239,6 +253,7 @@ impl Machine {
         }
     }
 
+    /// Where the scenario is: the step to run now, or pending/done.
     pub fn state(&self) -> State {
         self.state
     }
