@@ -19,20 +19,30 @@ use super::write::{self, fault_point, write_timed, TimedError};
 /// What happened to one device.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct DeviceOutcome {
+    /// The device.
     pub bdf: Bdf,
+    /// Its original driver (`None`: driverless).
     pub from: Option<String>,
+    /// The driver it was bound to.
     pub to: String,
+    /// Its final state (`on-vfio` after a successful bind).
     pub state: BindState,
+    /// Every state it went through, in order.
     pub history: Vec<BindState>,
 }
 
+/// What [`execute`] did.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct BindReport {
+    /// How each target driver was made available.
     pub loaded: Vec<Loaded>,
+    /// Every device moved, in plan order.
     pub devices: Vec<DeviceOutcome>,
     /// `/dev/vfio/<group>` per bound group.
     pub group_nodes: Vec<String>,
+    /// Boot-time override files written (`/etc/driverctl.d/pci-<bdf>`).
     pub persisted: Vec<String>,
+    /// Things to know that did not stop the bind (e.g. driverctl not installed).
     pub warnings: Vec<String>,
 }
 
@@ -567,12 +577,17 @@ pub fn execute(p: &Prepared) -> Result<BindReport, BindError> {
 /// What `restore`/`unbind` did to one device.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct RestoreOutcome {
+    /// The device.
     pub bdf: Bdf,
     /// The driver it was given back to (`None`: left driverless, as it was).
     pub driver: Option<String>,
+    /// The `driver_override` it was given back (`None`: unset).
     pub driver_override: Option<String>,
+    /// Its state after the restore (`restored` on success, `failed` when a step failed).
     pub state: BindState,
+    /// Why its restore failed, if it did.
     pub error: Option<String>,
+    /// The boot-time override file removed, if there was one.
     pub persist_removed: Option<String>,
     /// The device is no longer on the bus (hot-removed): nothing to give back, the entry
     /// was cleared.
@@ -580,9 +595,12 @@ pub struct RestoreOutcome {
     pub gone: bool,
 }
 
+/// What [`restore`] did.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct RestoreReport {
+    /// Every device handled, gone ones included.
     pub devices: Vec<RestoreOutcome>,
+    /// Modules vfioctl had loaded and unloaded again (`modprobe -r`), once unused.
     pub unloaded: Vec<String>,
 }
 

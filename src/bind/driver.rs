@@ -106,17 +106,27 @@ pub fn driver_dir(root: &SysRoot, driver: &str) -> Option<String> {
 #[serde(rename_all = "kebab-case", tag = "how")]
 pub enum Loaded {
     /// The driver was already registered.
-    AlreadyLoaded { driver: String },
+    AlreadyLoaded {
+        /// The driver's name as registered under `/sys/bus/pci/drivers/`.
+        driver: String,
+    },
     /// vfioctl ran `modprobe`.
-    Modprobe { driver: String, module: String },
+    Modprobe {
+        /// The driver's name as registered under `/sys/bus/pci/drivers/`.
+        driver: String,
+        /// The module loaded (the driver name with `-` as `_`).
+        module: String,
+    },
 }
 
 impl Loaded {
+    /// The driver's registered name.
     pub fn driver(&self) -> &str {
         match self {
             Loaded::AlreadyLoaded { driver } | Loaded::Modprobe { driver, .. } => driver,
         }
     }
+    /// Whether vfioctl loaded it (so `restore` may unload it).
     pub fn by_vfioctl(&self) -> bool {
         matches!(self, Loaded::Modprobe { .. })
     }

@@ -48,24 +48,63 @@ pub const MAX_TIMEOUT_SECS: u64 = 86_400;
 #[serde(tag = "step", rename_all = "kebab-case")]
 pub enum Step {
     /// Make the target driver available (`modprobe` on the real host).
-    LoadModule { driver: String, describe: String },
+    LoadModule {
+        /// The target driver.
+        driver: String,
+        /// The command, for people: `modprobe <module>`.
+        describe: String,
+    },
     /// Record every device's original driver and override (and the boot-time overrides
     /// to come) in the ledger, before any other side effect.
-    RecordLedger { persist: bool },
+    RecordLedger {
+        /// Boot-time overrides will be written too (`--persist`).
+        persist: bool,
+    },
     /// `echo <to> > driver_override`.
-    Override { bdf: Bdf, to: String },
+    Override {
+        /// The device.
+        bdf: Bdf,
+        /// The target driver written to `driver_override`.
+        to: String,
+    },
     /// `echo <bdf> > drivers/<from>/unbind`.
-    Unbind { bdf: Bdf, from: String },
+    Unbind {
+        /// The device.
+        bdf: Bdf,
+        /// The driver it is unbound from.
+        from: String,
+    },
     /// `echo <bdf> > drivers_probe`.
-    Probe { bdf: Bdf },
+    Probe {
+        /// The device.
+        bdf: Bdf,
+    },
     /// `echo <bdf> > drivers/<to>/bind`, only when the probe left it elsewhere.
-    BindDirect { bdf: Bdf, to: String },
+    BindDirect {
+        /// The device.
+        bdf: Bdf,
+        /// The target driver.
+        to: String,
+    },
     /// The `driver` link must name `to`.
-    Verify { bdf: Bdf, to: String },
+    Verify {
+        /// The device.
+        bdf: Bdf,
+        /// The driver it must be on.
+        to: String,
+    },
     /// `/dev/vfio/<group>` (or the device's vfio cdev) must exist.
-    GroupNode { group: u32 },
+    GroupNode {
+        /// The IOMMU group number.
+        group: u32,
+    },
     /// `echo <to> > /etc/driverctl.d/pci-<bdf>`.
-    Persist { bdf: Bdf, to: String },
+    Persist {
+        /// The device.
+        bdf: Bdf,
+        /// The driver named in the override file.
+        to: String,
+    },
     /// Mark every device `on-vfio` in the ledger.
     LedgerDone,
 }
@@ -143,13 +182,17 @@ impl std::fmt::Display for Step {
 /// A planned bind: what will move, what was found in use, and the steps.
 #[derive(Clone, Debug)]
 pub struct Prepared {
+    /// The root the host was read from (`/`, or a `--root` fixture or snapshot).
     pub root: SysRoot,
+    /// The group-aware plan.
     pub plan: Plan,
     /// In-use findings that `force` overrode.
     pub forced: Vec<Refusal>,
     /// In-use findings that stop the bind; [`execute`](super::execute) refuses while any.
     pub blocking: Vec<Refusal>,
+    /// Every step [`execute`](super::execute) runs, in order (empty when nothing moves).
     pub steps: Vec<Step>,
+    /// The options it was prepared with.
     pub opts: PrepareOptions,
 }
 

@@ -18,6 +18,7 @@ use vfioctl_common::{Bdf, SysRoot};
 use super::error::BindError;
 use super::state::BindState;
 
+/// The ledger's directory (under the root): `ledger.json` and `ledger.lock`.
 pub const DIR: &str = "/var/lib/vfioctl";
 
 /// One device's record.
@@ -29,6 +30,7 @@ pub struct Entry {
     pub original_override: Option<String>,
     /// The driver vfioctl binds it to.
     pub target_driver: String,
+    /// Its IOMMU group when recorded.
     pub iommu_group: Option<u32>,
     /// vfioctl loaded the target driver's module for this run.
     pub module_loaded_by_vfioctl: bool,
@@ -45,9 +47,12 @@ pub struct Entry {
     pub plan: String,
 }
 
+/// The contents of `ledger.json`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LedgerFile {
+    /// Format version (1).
     pub version: u32,
+    /// Devices vfioctl moved, by address.
     pub devices: BTreeMap<Bdf, Entry>,
     /// Physical functions whose VFs vfioctl enabled (`vfioctl vf create`); `restore`
     /// disables them after the VFs themselves are given back.
@@ -64,6 +69,7 @@ pub struct Ledger {
     path: PathBuf,
     dir: RootDir,
     _lock: Flock<File>,
+    /// The contents; changes are written by [`Ledger::save`].
     pub data: LedgerFile,
 }
 
@@ -146,24 +152,29 @@ impl Ledger {
             .map_err(io(&self.path))
     }
 
+    /// The entry of `bdf`, if any.
     pub fn get(&self, bdf: &Bdf) -> Option<&Entry> {
         self.data.devices.get(bdf)
     }
 
+    /// Add or replace the entry of `bdf` (in memory until saved).
     pub fn record(&mut self, bdf: Bdf, e: Entry) {
         self.data.devices.insert(bdf, e);
     }
 
+    /// Set the state of `bdf`'s entry, if it has one (in memory until saved).
     pub fn set_state(&mut self, bdf: &Bdf, s: BindState) {
         if let Some(e) = self.data.devices.get_mut(bdf) {
             e.state = s;
         }
     }
 
+    /// Remove and return the entry of `bdf` (in memory until saved).
     pub fn remove(&mut self, bdf: &Bdf) -> Option<Entry> {
         self.data.devices.remove(bdf)
     }
 
+    /// The addresses of every entry, in order.
     pub fn bdfs(&self) -> Vec<Bdf> {
         self.data.devices.keys().copied().collect()
     }

@@ -13,6 +13,8 @@
 //! | `sim` | a simulated kernel for fixture trees (`fault-injection` feature, tests only) |
 //! | [`persist`] | boot-time overrides in driverctl's format |
 
+#![warn(missing_docs)]
+
 pub mod apply;
 pub mod driver;
 pub mod error;

@@ -13,8 +13,10 @@ use vfioctl_common::{Bdf, SysRoot};
 
 use super::error::BindError;
 
+/// driverctl's override directory.
 pub const DIR: &str = "/etc/driverctl.d";
 
+/// The override file of `bdf`: `/etc/driverctl.d/pci-<bdf>`.
 pub fn path(bdf: Bdf) -> String {
     format!("{DIR}/pci-{bdf}")
 }

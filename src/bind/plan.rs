@@ -26,8 +26,11 @@ use super::error::BindError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
+    /// Named by a selector.
     Selected,
+    /// Another endpoint of a selected device's IOMMU group, or linked to it as a consumer.
     Companion,
+    /// A PCI bridge in the group; it stays where it is.
     Bridge,
 }
 
@@ -36,13 +39,18 @@ pub enum Role {
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum Action {
     /// Move to `to` (override, unbind, probe, verify).
-    Bind { to: String },
+    Bind {
+        /// The target driver (vfio-pci or a vfio variant).
+        to: String,
+    },
     /// Leave as is.
     Keep,
 }
 
+/// One device of a group and what the plan does with it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Member {
+    /// The device's PCI address.
     pub bdf: Bdf,
     /// `vendor:device`, lower-case hex as lspci -n prints it.
     pub id: String,
@@ -50,12 +58,16 @@ pub struct Member {
     #[serde(serialize_with = "crate::output::pci_id::class")]
     #[schemars(with = "crate::output::pci_id::ClassSchema")]
     pub class: u32,
+    /// Why it is in the plan.
     pub role: Role,
+    /// The driver it is on now (`None`: driverless).
     pub driver: Option<String>,
+    /// Its `driver_override` now (`None`: unset).
     pub driver_override: Option<String>,
     /// `sriov_numvfs` (PFs only), recorded in the ledger.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sriov_numvfs: Option<u32>,
+    /// What happens to it.
     #[serde(flatten)]
     pub action: Action,
     /// Why this role and action, for people.
@@ -63,6 +75,7 @@ pub struct Member {
 }
 
 impl Member {
+    /// The driver it will be moved to, `None` when it is kept.
     pub fn target(&self) -> Option<&str> {
         match &self.action {
             Action::Bind { to } => Some(to),
@@ -71,21 +84,28 @@ impl Member {
     }
 }
 
+/// The plan for one IOMMU group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct GroupPlan {
+    /// The IOMMU group number.
     pub group: u32,
+    /// Its members: selected first, then companions, then bridges, by address.
     pub members: Vec<Member>,
 }
 
+/// The whole plan, one entry per IOMMU group involved, by group number.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Plan {
+    /// The groups, in group-number order.
     pub groups: Vec<GroupPlan>,
 }
 
 /// One sysfs write the binder makes, in order, for `--dry-run`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct SysWrite {
+    /// The sysfs file.
     pub path: String,
+    /// The value written to it.
     pub value: String,
 }
 
@@ -104,6 +124,7 @@ impl Plan {
             .filter(|m| m.target().is_some())
     }
 
+    /// Nothing to move: every device is already where the plan wants it.
     pub fn is_noop(&self) -> bool {
         self.to_bind().next().is_none()
     }

@@ -16,7 +16,9 @@ use vfioctl_common::{Bdf, PciDevice, SysRoot};
 /// Why a device may not be unbound, and how to release it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Refusal {
+    /// The device refused.
     pub bdf: Bdf,
+    /// Which rule refused it.
     pub kind: RefusalKind,
     /// What holds the device ("/ (ext4 on nvme0n1p2)", "eth0 carries the default route").
     pub reason: String,
@@ -26,13 +28,19 @@ pub struct Refusal {
     pub forceable: bool,
 }
 
+/// Which in-use rule refused a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RefusalKind {
+    /// It holds the root filesystem (never overridable, not even with `--force`).
     RootFilesystem,
+    /// It holds a mounted filesystem.
     MountedFilesystem,
+    /// A network interface on it is up and carries routes.
     NetworkRoute,
+    /// Processes have its device nodes open (`/dev/nvidia*`, `/dev/dri/*`).
     OpenDeviceNode,
+    /// It is the boot VGA device (the firmware console).
     BootVga,
     /// Something the in-use rules need could not be read: refused rather than assumed idle.
     Unreadable,
@@ -53,25 +61,35 @@ pub enum Concern {
 /// A file or directory the scan could not read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Unreadable {
+    /// The path under the root.
     pub path: String,
+    /// The read error.
     pub error: String,
+    /// What is unknown because of it.
     pub concern: Concern,
 }
 
 /// One mounted filesystem.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Mount {
+    /// Where it is mounted (octal escapes decoded).
     pub mountpoint: String,
+    /// Filesystem type (e.g. `ext4`).
     pub fstype: String,
+    /// The mount source (e.g. `/dev/nvme0n1p2`).
     pub source: String,
+    /// The filesystem's `major:minor`.
     pub dev: String,
 }
 
 /// A process with a device node open.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Opener {
+    /// Process id.
     pub pid: u32,
+    /// Its command name (`/proc/<pid>/comm`; `?` if unreadable).
     pub comm: String,
+    /// The device node it has open.
     pub node: String,
 }
 
@@ -82,6 +100,7 @@ pub struct HostUse {
     pub block: BTreeMap<Bdf, Vec<String>>,
     /// `major:minor` per block device name.
     pub block_dev: BTreeMap<String, String>,
+    /// Every mounted filesystem (`/proc/self/mountinfo`).
     pub mounts: Vec<Mount>,
     /// Interface name, operstate, routes (destinations) per PCI device.
     pub net: BTreeMap<Bdf, Vec<NetIf>>,
@@ -93,9 +112,12 @@ pub struct HostUse {
     pub unreadable: Vec<Unreadable>,
 }
 
+/// One network interface of a PCI device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct NetIf {
+    /// Interface name (e.g. `eth0`).
     pub name: String,
+    /// `/sys/class/net/<if>/operstate` (e.g. `up`, `down`).
     pub operstate: String,
     /// IFF_UP from `/sys/class/net/<if>/flags`: configured up, whatever the carrier does.
     /// `None` when the attribute is missing (then `operstate` decides).
@@ -536,6 +558,7 @@ pub fn assess(d: &PciDevice, u: &HostUse) -> Vec<Refusal> {
     out
 }
 
+/// `comm (pid N) has NODE`, comma-separated.
 pub fn describe_openers(o: &[&Opener]) -> String {
     o.iter()
         .map(|o| format!("{} (pid {}) has {}", o.comm, o.pid, o.node))

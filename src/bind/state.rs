@@ -16,6 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Where one device is in a bind, unbind or restore (the ledger records it as kebab-case).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum BindState {
@@ -38,6 +39,7 @@ pub enum BindState {
 }
 
 impl BindState {
+    /// Every state, in diagram order.
     pub const ALL: [BindState; 8] = [
         BindState::HostDriver,
         BindState::OverrideWritten,
@@ -67,6 +69,7 @@ impl BindState {
         )
     }
 
+    /// `Restored` or `Failed`: no further step.
     pub fn is_terminal(self) -> bool {
         matches!(self, BindState::Restored | BindState::Failed)
     }
@@ -97,6 +100,7 @@ impl Default for Tracker {
 }
 
 impl Tracker {
+    /// A device on its host driver (`HostDriver`), the start of a bind.
     pub fn new() -> Self {
         Self {
             state: BindState::HostDriver,
@@ -110,12 +114,15 @@ impl Tracker {
             history: vec![state],
         }
     }
+    /// The current state.
     pub fn state(&self) -> BindState {
         self.state
     }
+    /// Every state so far, the first one included.
     pub fn history(&self) -> &[BindState] {
         &self.history
     }
+    /// Move to `to` and record it (an invalid transition panics in debug builds, is logged in release).
     pub fn go(&mut self, to: BindState) {
         let ok = self.state.valid_transition(to);
         debug_assert!(ok, "invalid bind transition {} -> {}", self.state, to);

@@ -28,7 +28,10 @@ pub const KILL_GRACE: Duration = Duration::from_secs(2);
 pub enum TimedError {
     /// The write did not return in time. `pending`: the helper still lives (blocked in
     /// the kernel, unkillable), with this pid; `None`: it was killed and reaped.
-    Timeout { pending: Option<i32> },
+    Timeout {
+        /// The still-living helper's pid, or `None` when it was killed and reaped.
+        pending: Option<i32>,
+    },
     /// open or write failed with this error.
     Io(std::io::Error),
 }
@@ -36,8 +39,11 @@ pub enum TimedError {
 /// A write whose helper outlived its kill.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingWrite {
+    /// The helper process, blocked in the write.
     pub pid: i32,
+    /// The sysfs file written.
     pub path: String,
+    /// The value written.
     pub value: String,
 }
 

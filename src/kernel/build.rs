@@ -41,10 +41,13 @@ pub struct BuildOptions {
     /// Flavours beyond the always-merged ones (`nvidia`, `vfio-guest`, `debug`; `base`
     /// is accepted and means nothing extra).
     pub flavours: Vec<String>,
+    /// Output directory; `None` = `<lab>/kernel/vfioctl-<flavours>`.
     pub out: Option<PathBuf>,
     /// The lab cache root (`VFIOCTL_LAB`, `.lab`).
     pub lab: PathBuf,
+    /// Parallel make jobs (`make -j`).
     pub jobs: u32,
+    /// Also build NVIDIA open modules this way; `None` = no NVIDIA modules.
     pub nvidia: Option<NvidiaMode>,
     /// Build a tarball whose checksum differs from the pin.
     pub allow_unpinned: bool,
@@ -61,21 +64,31 @@ pub struct BuildOptions {
 /// A progress event, for the command line to print.
 #[derive(Clone, Debug)]
 pub enum Progress {
+    /// A phase began.
     Start {
+        /// The phase name (e.g. `configure`, `compile`).
         phase: &'static str,
+        /// What it works on, for display.
         what: String,
     },
+    /// The current phase ended.
     Done {
+        /// The phase name.
         phase: &'static str,
+        /// How long it took, in seconds.
         seconds: f64,
+        /// Skipped because its result was already there (cache).
         skipped: bool,
+        /// A one-line result, for display.
         note: String,
     },
     /// The compile phase's objects: `done` of about `total` (kbuild's `CC`/`AS`/`LD`
     /// lines against the previous build's count or an estimate from the configured tree;
     /// `total` grows when the estimate was short).
     Objects {
+        /// Objects built so far.
         done: u64,
+        /// The expected number of objects.
         total: u64,
     },
 }
@@ -163,10 +176,13 @@ fn objects_total(tree: &Path, obj: &Path, cfg: &DotConfig) -> u64 {
 /// What a build produced.
 #[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct BuildResult {
+    /// The output directory (`vmlinuz`, `lib/modules/`, `build-manifest.json`...).
     pub out: PathBuf,
     /// True when the cache answered and nothing was rebuilt.
     pub up_to_date: bool,
+    /// The build manifest (the previous one when up to date).
     pub manifest: BuildManifest,
+    /// The verification report of the final `.config`.
     pub verify: Report,
 }
 

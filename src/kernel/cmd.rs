@@ -11,13 +11,18 @@ use super::error::{io, KernelError};
 /// A command line with its environment and working directory.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Cmd {
+    /// The program, looked up on `PATH`.
     pub program: String,
+    /// Its arguments.
     pub args: Vec<String>,
+    /// Environment variables added to the inherited environment.
     pub env: Vec<(String, String)>,
+    /// Working directory; `None` = the current one.
     pub cwd: Option<PathBuf>,
 }
 
 impl Cmd {
+    /// A command running `program` with no arguments.
     pub fn new(program: impl Into<String>) -> Cmd {
         Cmd {
             program: program.into(),
@@ -26,18 +31,22 @@ impl Cmd {
             cwd: None,
         }
     }
+    /// Append one argument.
     pub fn arg(mut self, a: impl Into<String>) -> Cmd {
         self.args.push(a.into());
         self
     }
+    /// Append arguments.
     pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, a: I) -> Cmd {
         self.args.extend(a.into_iter().map(Into::into));
         self
     }
+    /// Set an environment variable for the command.
     pub fn env(mut self, k: impl Into<String>, v: impl Into<String>) -> Cmd {
         self.env.push((k.into(), v.into()));
         self
     }
+    /// Run in directory `d`.
     pub fn cwd(mut self, d: impl Into<PathBuf>) -> Cmd {
         self.cwd = Some(d.into());
         self

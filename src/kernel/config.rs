@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(tag = "kind", content = "value", rename_all = "lowercase")]
 pub enum Value {
+    /// `=y`: built in (or a bool set).
     Y,
+    /// `=m`: built as a module.
     M,
     /// `=n` or `# CONFIG_X is not set`.
     N,
@@ -32,13 +34,22 @@ pub enum Value {
 pub enum ValueError {
     /// A `"` without its closing quote.
     #[error("unterminated string {raw}")]
-    Unterminated { raw: String },
+    Unterminated {
+        /// The right-hand side as written.
+        raw: String,
+    },
     /// A string ending in a lone `\`.
     #[error("dangling backslash in {raw}")]
-    DanglingBackslash { raw: String },
+    DanglingBackslash {
+        /// The right-hand side as written.
+        raw: String,
+    },
     /// Neither y, m, n, a string nor a number.
     #[error("`{raw}` is not y, m, n, a quoted string or a number")]
-    NotAValue { raw: String },
+    NotAValue {
+        /// The right-hand side as written.
+        raw: String,
+    },
 }
 
 impl Value {
@@ -139,8 +150,11 @@ pub fn parse_num(s: &str) -> Option<i128> {
 pub struct Assignment {
     /// Symbol name without the `CONFIG_` prefix.
     pub symbol: String,
+    /// The value assigned (`N` for "is not set").
     pub value: Value,
+    /// The file it was read from.
     pub file: PathBuf,
+    /// Its 1-based line number.
     pub line: usize,
 }
 
@@ -163,9 +177,13 @@ pub fn render(symbol: &str, value: &Value) -> String {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{}:{line}: {reason}: `{text}`", file.display())]
 pub struct ParseError {
+    /// The file.
     pub file: PathBuf,
+    /// The 1-based line number.
     pub line: usize,
+    /// The line as written.
     pub text: String,
+    /// What is wrong with it.
     pub reason: String,
 }
 
@@ -229,10 +247,12 @@ pub fn parse_assignments(file: &Path, text: &str) -> Result<Vec<Assignment>, Par
 /// A final `.config`: symbol -> value (last assignment wins, as in Kconfig).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DotConfig {
+    /// Symbol (without `CONFIG_`) -> value; absent means n.
     pub values: BTreeMap<String, Value>,
 }
 
 impl DotConfig {
+    /// Parse a `.config`'s text; `file` is only for error messages.
     pub fn parse(file: &Path, text: &str) -> Result<DotConfig, ParseError> {
         let mut values = BTreeMap::new();
         for a in parse_assignments(file, text)? {

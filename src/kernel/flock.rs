@@ -11,6 +11,8 @@ use super::error::{io, KernelError};
 pub struct FileLock(#[allow(dead_code)] std::fs::File);
 
 impl FileLock {
+    /// Take the lock on `path` (created with its parent directories if missing),
+    /// blocking until it is free; `waiting` is called once first if another holder has it.
     pub fn take(path: &Path, mut waiting: impl FnMut()) -> Result<FileLock, KernelError> {
         use std::os::fd::AsRawFd;
         if let Some(d) = path.parent() {

@@ -21,14 +21,19 @@ use super::config::{DotConfig, Value};
 /// A dependency expression.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Expr {
+    /// A symbol name (without `CONFIG_`), or `y`/`m`/`n` or a number.
     Sym(String),
     /// A quoted string constant.
     Const(String),
     /// `$(...)` preprocessor macro (not evaluated).
     Macro(String),
+    /// `!e`.
     Not(Box<Expr>),
+    /// `a && b`.
     And(Box<Expr>, Box<Expr>),
+    /// `a || b`.
     Or(Box<Expr>, Box<Expr>),
+    /// `a OP b` with OP one of `=`, `!=`, `<`, `<=`, `>`, `>=` (the first field).
     Cmp(String, Box<Expr>, Box<Expr>),
 }
 
@@ -37,19 +42,30 @@ pub enum Expr {
 pub enum ExprError {
     /// A character no token starts with.
     #[error("unexpected `{c}` in `{expr}`")]
-    UnexpectedChar { c: char, expr: String },
+    UnexpectedChar {
+        /// The character.
+        c: char,
+        /// The whole expression.
+        expr: String,
+    },
     /// `(` without its `)`.
     #[error("missing `)`")]
     MissingParen,
     /// An operator where an operand belongs.
     #[error("unexpected `{op}`")]
-    UnexpectedOp { op: &'static str },
+    UnexpectedOp {
+        /// The operator, e.g. `&&`.
+        op: &'static str,
+    },
     /// The expression ends where an operand belongs.
     #[error("unexpected end of expression")]
     UnexpectedEnd,
     /// Tokens after a complete expression.
     #[error("trailing tokens in `{expr}`")]
-    Trailing { expr: String },
+    Trailing {
+        /// The whole expression.
+        expr: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -337,24 +353,31 @@ impl Expr {
 pub struct Dep {
     /// As written, e.g. `depends on PCI && ACPI` or `if VIRTIO_MENU` or `menu "..." depends on NET`.
     pub text: String,
+    /// The parsed expression.
     pub expr: Expr,
+    /// The Kconfig file, relative to the source tree.
     pub file: PathBuf,
+    /// The 1-based line number.
     pub line: usize,
 }
 
 /// A `select` (or `imply`) of this symbol by another.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Selector {
+    /// The selecting symbol (without `CONFIG_`).
     pub by: String,
     /// `select X if COND`
     pub cond: Option<Expr>,
+    /// `imply` rather than `select` (a weak hint, not forced).
     pub imply: bool,
 }
 
 /// One `config X` / `menuconfig X` block.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Definition {
+    /// The Kconfig file, relative to the source tree.
     pub file: PathBuf,
+    /// The 1-based line of the `config` line.
     pub line: usize,
     /// bool, tristate, string, int, hex (empty when a later definition gives it).
     pub kind: String,
@@ -362,14 +385,18 @@ pub struct Definition {
     pub has_prompt: bool,
     /// Its own `depends on` lines, then the enclosing `if`/`menu`/`choice` dependencies.
     pub deps: Vec<Dep>,
+    /// Inside a `choice` block.
     pub in_choice: bool,
 }
 
 /// Every symbol of one kernel source tree for one architecture.
 #[derive(Clone, Debug, Default)]
 pub struct KconfigTree {
+    /// The source tree's top directory.
     pub root: PathBuf,
+    /// Every definition of each symbol (a symbol may be defined in several places).
     pub symbols: BTreeMap<String, Vec<Definition>>,
+    /// Who `select`s or `implies` each symbol.
     pub selected_by: BTreeMap<String, Vec<Selector>>,
     /// Files read (for tests and diagnostics).
     pub files: usize,
@@ -377,11 +404,15 @@ pub struct KconfigTree {
     pub warnings: Vec<String>,
 }
 
+/// A Kconfig file of the tree could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum KconfigError {
+    /// Reading a file (the top-level `Kconfig` or a `source`d one) failed.
     #[error("cannot read Kconfig file {}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -683,6 +714,7 @@ impl KconfigTree {
         Ok(())
     }
 
+    /// Every definition of `sym` (without `CONFIG_`), `None` if it is not defined.
     pub fn get(&self, sym: &str) -> Option<&[Definition]> {
         self.symbols.get(sym).map(Vec::as_slice)
     }

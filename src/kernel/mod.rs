@@ -13,6 +13,8 @@
 //! | [`manifest`] | `kernel-configs/manifest.toml` pins and `build-manifest.json` |
 //! | [`cmd`] | external commands as data, run with logs |
 
+#![warn(missing_docs)]
+
 pub mod build;
 pub mod cmd;
 pub mod config;

@@ -34,7 +34,10 @@ pub enum BadNvidiaMode {
     RunWithoutFile,
     /// Anything else.
     #[error("`{input}`: expected open-535 or run:FILE")]
-    Unknown { input: String },
+    Unknown {
+        /// The `--nvidia` value given.
+        input: String,
+    },
 }
 
 impl FromStr for NvidiaMode {
@@ -79,6 +82,7 @@ pub struct ModuleBuild<'a> {
     pub syssrc: &'a Path,
     /// Kernel build tree with `Module.symvers` (`SYSOUT`, the `O=` dir).
     pub sysout: &'a Path,
+    /// Parallel make jobs (`-jN`).
     pub jobs: u32,
     /// Compiler (`gcc` or `ccache gcc`); NVIDIA's Makefile would otherwise take
     /// `CONFIG_CC_VERSION_TEXT`'s compiler.

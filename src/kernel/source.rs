@@ -136,8 +136,11 @@ fn stamp_text(sha: &str, patches: &[FragmentInfo]) -> String {
 /// A kernel tree ready for `make O=...`.
 #[derive(Clone, Debug)]
 pub struct Tree {
+    /// The tree's top directory (the one with the top-level `Makefile`).
     pub dir: PathBuf,
+    /// The kernel version from its Makefile (e.g. `6.1.192`).
     pub version: String,
+    /// What the build manifest records about the source.
     pub info: SourceInfo,
     /// Whether it had to be extracted now.
     pub extracted: bool,
@@ -148,6 +151,7 @@ pub struct Tree {
 pub struct SourceRequest<'a> {
     /// `--source` (a tree or a tarball); `None` = the pinned package's tarball.
     pub given: Option<&'a Path>,
+    /// The `[kernel]` pin (tarball, package, series, patches).
     pub pin: &'a KernelPin,
     /// `kernel-configs/` (patches, `manifest.toml`, `kernel.lock`).
     pub configs: &'a Path,

@@ -17,14 +17,19 @@ use super::kconfig::KconfigTree;
 /// One fragment file (`kernel-configs/20-nvidia.config` is flavour `nvidia`).
 #[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct Fragment {
+    /// The flavour name: the file stem without its `NN-` prefix.
     pub flavour: String,
+    /// The fragment file.
     pub path: PathBuf,
+    /// sha256 (hex) of its text.
     pub sha256: String,
+    /// Its assignments in file order (not serialized).
     #[serde(skip)]
     pub assignments: Vec<Assignment>,
 }
 
 impl Fragment {
+    /// Parse a fragment's text; `path` names the flavour and the error positions.
     pub fn parse(path: &Path, text: &str) -> Result<Fragment, ParseError> {
         use sha2::Digest;
         let stem = path
@@ -48,8 +53,11 @@ impl Fragment {
 /// The same symbol assigned twice across (or within) fragments.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Redefinition {
+    /// The symbol, without `CONFIG_`.
     pub symbol: String,
+    /// The earlier assignment.
     pub first: Assignment,
+    /// The later one, which wins.
     pub then: Assignment,
 }
 
@@ -64,7 +72,9 @@ impl Redefinition {
 /// Fragments merged in order: the last assignment of each symbol wins.
 #[derive(Clone, Debug, Default)]
 pub struct Merged {
+    /// Symbol (without `CONFIG_`) -> its winning assignment.
     pub requests: BTreeMap<String, Assignment>,
+    /// Every symbol assigned more than once, in merge order.
     pub redefinitions: Vec<Redefinition>,
 }
 
@@ -100,10 +110,12 @@ impl Merged {
 /// Intended exceptions: `CONFIG_X  reason` per line (`#` comments).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Allowlist {
+    /// Symbol (without `CONFIG_`) -> the reason it may be dropped.
     pub entries: BTreeMap<String, String>,
 }
 
 impl Allowlist {
+    /// Parse the allowlist's text; `file` is only for error messages.
     pub fn parse(file: &Path, text: &str) -> Result<Allowlist, ParseError> {
         let mut entries = BTreeMap::new();
         for (i, raw) in text.lines().enumerate() {
@@ -153,11 +165,17 @@ pub enum Cause {
 /// One option that did not land as requested.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Finding {
+    /// The symbol, without `CONFIG_`.
     pub symbol: String,
+    /// The value the fragments asked for.
     pub requested: Value,
+    /// Its value in the final `.config`; `None` when absent.
     pub actual: Option<Value>,
+    /// The fragment with the winning request.
     pub file: PathBuf,
+    /// The request's 1-based line in that fragment.
     pub line: usize,
+    /// Why it did not land.
     pub cause: Cause,
     /// Human lines: the unmet `depends on` with its blockers, the selectors, ...
     pub details: Vec<String>,
@@ -166,9 +184,11 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// The request as a `.config` line (`CONFIG_X=y`, `# CONFIG_X is not set`).
     pub fn request_text(&self) -> String {
         render(&self.symbol, &self.requested)
     }
+    /// The actual value for people: `=y`, `not set` or `absent`.
     pub fn actual_text(&self) -> String {
         match &self.actual {
             None => "absent".into(),
