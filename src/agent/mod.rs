@@ -3,6 +3,8 @@
 //! validation behind `vfioctl validate` ([`validate`]). The protocol itself is
 //! `vfioctl_common::proto`, shared with the agent in `guest/`.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod transport;
 pub mod validate;

@@ -20,12 +20,25 @@ use vfioctl_common::proto::DEFAULT_PORT;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Transport {
     /// `AF_VSOCK` to guest CID `cid`, port `port`.
-    Vsock { cid: u32, port: u32 },
+    Vsock {
+        /// The guest's context id (`guest-cid=` of `vhost-vsock-pci`).
+        cid: u32,
+        /// The vsock port the agent listens on.
+        port: u32,
+    },
     /// The hybrid protocol over the unix socket a vsock backend exposes (`uds-path=` of
     /// vhost-device-vsock).
-    Hybrid { uds_path: PathBuf, port: u32 },
+    Hybrid {
+        /// The backend's unix socket on the host.
+        uds_path: PathBuf,
+        /// The vsock port the agent listens on in the guest.
+        port: u32,
+    },
     /// A plain unix socket the agent itself listens on.
-    Unix { path: PathBuf },
+    Unix {
+        /// The socket's path.
+        path: PathBuf,
+    },
 }
 
 impl fmt::Display for Transport {
@@ -38,10 +51,13 @@ impl fmt::Display for Transport {
     }
 }
 
+/// An agent address (`--agent`, a state file) that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid agent address {input:?}: {reason}; expected vsock:CID[:PORT], unix:UDS_PATH[:PORT] (hybrid vsock) or local:SOCKET")]
 pub struct TransportParseError {
+    /// The address as given.
     pub input: String,
+    /// What is wrong with it.
     pub reason: &'static str,
 }
 
@@ -102,7 +118,9 @@ pub enum ConnectError {
 
 /// A connected byte stream to the agent.
 pub enum Stream {
+    /// A unix socket (the hybrid protocol once `OK` came back, or a plain socket).
     Unix(UnixStream),
+    /// An `AF_VSOCK` socket.
     Vsock(File),
 }
 

@@ -18,9 +18,13 @@ pub const IVSHMEM: (u16, u16) = (0x1af4, 0x1110);
 /// A BAR the guest must show.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ExpectedBar {
+    /// BAR number (0-5).
     pub index: u8,
+    /// Size in bytes.
     pub size: u64,
+    /// A 64-bit memory BAR.
     pub is_64bit: bool,
+    /// Prefetchable memory.
     pub prefetchable: bool,
 }
 
@@ -33,9 +37,11 @@ pub struct Expected {
     #[serde(serialize_with = "crate::output::pci_id::id16")]
     #[schemars(with = "crate::output::pci_id::Id16Schema")]
     pub vendor: u16,
+    /// Device id: 4 lower-case hex digits.
     #[serde(serialize_with = "crate::output::pci_id::id16")]
     #[schemars(with = "crate::output::pci_id::Id16Schema")]
     pub device: u16,
+    /// The memory BARs the guest must show, with these sizes and flags.
     pub bars: Vec<ExpectedBar>,
     /// The guest's address for it, when known (from the VM state).
     pub guest_bdf: Option<Bdf>,
@@ -94,6 +100,7 @@ impl Expected {
         }
     }
 
+    /// How to find it in the guest: its guest address when known, else its vendor and device ids.
     pub fn selector(&self) -> Selector {
         match self.guest_bdf {
             Some(bdf) => Selector::Bdf { bdf },
@@ -104,10 +111,12 @@ impl Expected {
         }
     }
 
+    /// `vendor:device`, 4 hex digits each (`1af4:1110`).
     pub fn id(&self) -> String {
         format!("{:04x}:{:04x}", self.vendor, self.device)
     }
 
+    /// The `nvidia` driver must be bound in the guest: the NVIDIA checks run too.
     pub fn nvidia(&self) -> bool {
         self.driver.as_deref() == Some("nvidia")
     }
@@ -116,9 +125,11 @@ impl Expected {
 /// What the agent reported.
 #[derive(Clone, Debug, Serialize)]
 pub struct GuestView {
+    /// The agent's hello: its version, the guest's kernel and command line.
     pub hello: HelloReply,
     /// The matching guest device as last seen (after waiting for it).
     pub device: Option<PciDevice>,
+    /// The guest kernel's log since boot (at most 2000 lines).
     pub klog: KernelLogReply,
     /// NVIDIA checks run in the guest (empty when not an NVIDIA guest).
     pub nvidia: Vec<CheckOutcome>,
@@ -130,9 +141,11 @@ pub struct GuestView {
 /// them, and its JUnit `time` is that question's.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Timings {
+    /// The agent's hello.
     pub hello_ms: u64,
     /// Waiting for the device with its BARs assigned.
     pub device_ms: u64,
+    /// Reading the guest kernel's log.
     pub kernel_log_ms: u64,
     /// Per NVIDIA check, by name.
     pub checks_ms: std::collections::BTreeMap<String, u64>,
@@ -452,15 +465,20 @@ pub fn collect(
 /// The whole result, as `--json` prints it.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Report {
+    /// Where the agent was reached.
     pub agent: Transport,
+    /// The device validated, when one was named.
     pub target: Option<Expected>,
+    /// No check failed.
     pub passed: bool,
+    /// Every check, with its verdict.
     pub checks: Vec<CheckOutcome>,
     /// How long each question to the agent took.
     pub timings: Timings,
 }
 
 impl Report {
+    /// A report of `checks` (passed when none failed), timings left at zero.
     pub fn new(agent: Transport, target: Option<Expected>, checks: Vec<CheckOutcome>) -> Self {
         let passed = checks.iter().all(|c| c.verdict != Verdict::Fail);
         Report {

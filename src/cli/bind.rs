@@ -11,6 +11,7 @@ use crate::bind::{self, plan::class_name, safety, BindError, Plan, Refusal, Role
 use crate::output::{emit, Table};
 use crate::{Context, Exit, Failure};
 
+/// `vfioctl bind` arguments.
 #[derive(Debug, clap::Args)]
 pub struct BindArgs {
     /// Devices to bind: 0000:d0:00.0, 10de:20b9, class:gpu.
@@ -37,6 +38,7 @@ pub struct BindArgs {
     pub persist: bool,
 }
 
+/// `vfioctl unbind` arguments.
 #[derive(Debug, clap::Args)]
 pub struct UnbindArgs {
     /// Devices to give back (0000:d0:00.0, 10de:20b9, class:gpu); only devices the ledger
@@ -51,6 +53,7 @@ pub struct UnbindArgs {
     pub timeout: u64,
 }
 
+/// `vfioctl restore` arguments.
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
     /// Devices to restore (default with --all: every ledger entry).
@@ -66,9 +69,11 @@ pub struct RestoreArgs {
 /// `bind --json` (and `bind --dry-run --json`).
 #[derive(Serialize, schemars::JsonSchema)]
 pub struct BindOutput<'a> {
+    /// The plan: per IOMMU group, each member with its role and what happens to it.
     pub plan: &'a Plan,
     /// In-use findings that --force overrode.
     pub forced: Vec<Refusal>,
+    /// The output is of a dry run (nothing was changed).
     pub dry_run: bool,
     /// --dry-run: every step `execute` would run, in order, as text.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -143,6 +148,8 @@ impl BindArgs {
     }
 }
 
+/// `vfioctl bind`: plan the binding, refuse it or carry it out (or only print it with
+/// `--dry-run`), and report.
 pub fn run_bind(ctx: &Context, a: BindArgs) -> Result<Exit, Failure> {
     let sel = selectors(&a.selectors)?;
     let prepared = bind::prepare(&ctx.root, &sel, a.options())?;
@@ -277,6 +284,8 @@ fn ledger_matches(ctx: &Context, args: &[String]) -> Result<Vec<Bdf>, Failure> {
 /// `unbind --json` and `restore --json`.
 #[derive(Serialize, schemars::JsonSchema)]
 pub struct RestoreOutput<'a> {
+    /// Each device given back, with its outcome, and the modules unloaded (its fields
+    /// appear at the top level).
     #[serde(flatten)]
     pub devices: &'a bind::RestoreReport,
     /// What vfioctl had created (VFs, mdevs) and `restore --all` removed (only with
@@ -367,6 +376,7 @@ fn vfio_in_use(ctx: &Context, bdfs: &[Bdf]) -> Result<(), Failure> {
     Err(BindError::Refused(refusals).into())
 }
 
+/// `vfioctl unbind`: give back the devices (and companions bound with them) vfioctl bound.
 pub fn run_unbind(ctx: &Context, a: UnbindArgs) -> Result<Exit, Failure> {
     let mut bdfs = ledger_matches(ctx, &a.selectors)?;
     // The companions bound with them in the same plan and group go back too.
@@ -401,6 +411,8 @@ pub fn run_unbind(ctx: &Context, a: UnbindArgs) -> Result<Exit, Failure> {
     Ok(Exit::Ok)
 }
 
+/// `vfioctl restore`: give back the devices the ledger records (the selected ones, or all;
+/// with `--all` also remove the VFs and mediated devices vfioctl created).
 pub fn run_restore(ctx: &Context, a: RestoreArgs) -> Result<Exit, Failure> {
     let bdfs = if a.all {
         if !a.selectors.is_empty() {

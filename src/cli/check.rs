@@ -2,6 +2,7 @@
 use crate::host::run_checks;
 use crate::{Context, Exit, Failure};
 
+/// `vfioctl check` arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Devices to check (default: every GPU, class 0x03).

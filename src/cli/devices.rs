@@ -2,6 +2,7 @@
 use crate::pci::{list, select};
 use crate::{Context, Exit, Failure};
 
+/// `vfioctl devices` arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Devices to show: 0000:d0:00.0, d0:00.0, 10de:20b9, 10de:*, class:gpu. Default: all.
@@ -11,6 +12,7 @@ pub struct Args {
     pub class: Option<vfioctl_common::ClassFilter>,
 }
 
+/// `vfioctl devices`: list the selected PCI devices as a table, or as JSON with `--json`.
 pub fn run(ctx: &Context, args: Args) -> Result<Exit, Failure> {
     let sels = super::selectors(&args.selectors, None)?;
     let mut devs = select(&ctx.root, &sels, false)?;

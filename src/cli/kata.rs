@@ -6,6 +6,7 @@ use crate::kata::{self, Artefacts, Base, Guest, KataError, Options, PlugMode, Ru
 use crate::output::Table;
 use crate::{Context, Exit, Failure};
 
+/// `vfioctl kata` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum KataCommand {
     /// Print or patch configuration.toml for GPU passthrough.
@@ -20,6 +21,7 @@ pub enum KataCommand {
     Config(ConfigArgs),
 }
 
+/// `vfioctl kata config` arguments.
 #[derive(Debug, clap::Args)]
 pub struct ConfigArgs {
     /// Kata release the file is for (`kata-runtime --version`), e.g. 3.1.0, 3.5.0, 3.30.0.
@@ -77,6 +79,7 @@ pub struct ConfigArgs {
     pub vfio_backend: crate::shared::BackendChoice,
 }
 
+/// `vfioctl kata`: run the subcommand.
 pub fn run(ctx: &Context, c: KataCommand) -> Result<Exit, Failure> {
     match c {
         KataCommand::Config(a) => config(ctx, a),
@@ -300,11 +303,13 @@ fn config(ctx: &Context, a: ConfigArgs) -> Result<Exit, Failure> {
 /// for the VFIO backend.
 #[derive(serde::Serialize, schemars::JsonSchema)]
 pub struct ConfigOutput {
+    /// What was planned and produced (its fields appear at the top level).
     #[serde(flatten)]
     pub outcome: kata::Outcome,
     /// The file written (`--out`), absolute.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub out: Option<String>,
+    /// The VFIO backend the device nodes are for.
     pub vfio_backend: crate::shared::VfioBackend,
     /// The device nodes the container needs (`/dev/vfio/<group>` or
     /// `/dev/vfio/devices/vfioN`).
@@ -318,12 +323,18 @@ pub struct DropInOutput {
     pub drop_in: String,
     /// The keys it sets (only those that change something).
     pub keys: Vec<kata::Setting>,
+    /// How the devices reach the VM (cold: at boot; hot: `device_add` after boot).
     pub mode: PlugMode,
     /// The other drop-ins in the directory, read over.
     pub read_over: Vec<String>,
+    /// The Kata release and runtime the file is for, and where that choice came from.
     pub target: kata::TargetChoice,
+    /// How the PCIe ports are laid out in the guest (root ports or a switch).
     pub topology: kata::Topology,
+    /// Commands to try the configuration on a GPU host.
     pub try_commands: Vec<String>,
+    /// Devices still on a host driver, the topology chosen and why, drop-ins that
+    /// override this one.
     pub warnings: Vec<String>,
 }
 

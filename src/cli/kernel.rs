@@ -5,6 +5,7 @@ use crate::kernel::{self, BuildOptions, NvidiaMode, Progress};
 use crate::output::emit;
 use crate::{Context, Exit, Failure};
 
+/// `vfioctl kernel` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum KernelCommand {
     /// Build a guest kernel from kernel-configs/ fragments (tinyconfig + fragments +
@@ -20,6 +21,7 @@ pub enum KernelCommand {
     Lock(LockArgs),
 }
 
+/// `vfioctl kernel lock` arguments.
 #[derive(Debug, clap::Args)]
 pub struct LockArgs {
     /// Fragments, allowlist, manifest.toml and kernel.lock.
@@ -33,6 +35,7 @@ pub struct LockArgs {
     pub check: bool,
 }
 
+/// Arguments `kernel build` and `kernel verify` share.
 #[derive(Debug, clap::Args)]
 pub struct Common {
     /// Fragments, allowlist, manifest.toml and patches.
@@ -44,8 +47,10 @@ pub struct Common {
     pub flavours: Vec<String>,
 }
 
+/// `vfioctl kernel build` arguments.
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
+    /// The configs directory and flavours.
     #[command(flatten)]
     pub common: Common,
     /// Kernel source tree or tarball [default: the pinned /usr/src/linux-source-6.1.tar.xz].
@@ -81,8 +86,10 @@ pub struct BuildArgs {
     pub clean: bool,
 }
 
+/// `vfioctl kernel verify` arguments.
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
+    /// The configs directory and flavours.
     #[command(flatten)]
     pub common: Common,
     /// The final .config to check.
@@ -105,6 +112,7 @@ fn configs_dir(c: &Common) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-configs")
 }
 
+/// `vfioctl kernel`: run the subcommand.
 pub fn run(ctx: &Context, c: KernelCommand) -> Result<Exit, Failure> {
     match c {
         KernelCommand::Build(a) => run_build(ctx, a),

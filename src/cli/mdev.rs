@@ -8,6 +8,7 @@ use crate::output::{cell, emit, table_or, write_failed};
 use crate::shared::mdev::{self, MdevDevice, MdevUuid};
 use crate::{Context, Exit, Failure};
 
+/// `vfioctl mdev` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum MdevCommand {
     /// Mediated device types per parent: id, name, description, available instances,
@@ -21,12 +22,14 @@ pub enum MdevCommand {
     Remove(RemoveArgs),
 }
 
+/// `vfioctl mdev types` arguments.
 #[derive(Debug, clap::Args)]
 pub struct TypesArgs {
     /// A parent (`0000:3b:00.0`, `mtty`); default: every parent.
     pub parent: Option<String>,
 }
 
+/// `vfioctl mdev create` arguments.
 #[derive(Debug, clap::Args)]
 pub struct CreateArgs {
     /// The parent device (a PCI address such as `0000:41:00.0`, as /sys/class/mdev_bus
@@ -46,6 +49,7 @@ pub struct CreateArgs {
     pub timeout: u64,
 }
 
+/// `vfioctl mdev remove` arguments.
 #[derive(Debug, clap::Args)]
 pub struct RemoveArgs {
     /// The mediated device's UUID.
@@ -61,7 +65,9 @@ pub struct RemoveArgs {
 /// `mdev create --dry-run --json`.
 #[derive(serde::Serialize, schemars::JsonSchema)]
 pub struct CreateDryRun {
+    /// Always true: nothing was written.
     pub dry_run: bool,
+    /// The UUID the device would get.
     pub uuid: MdevUuid,
     /// The sysfs write `create` would make.
     pub writes: Vec<String>,
@@ -70,6 +76,7 @@ pub struct CreateDryRun {
 /// `mdev remove --json`.
 #[derive(serde::Serialize, schemars::JsonSchema)]
 pub struct RemoveOutput {
+    /// The UUID of the mediated device removed.
     pub removed: MdevUuid,
 }
 
@@ -92,6 +99,7 @@ fn devices(out: &mut dyn Write, v: &[MdevDevice]) -> std::io::Result<()> {
     )
 }
 
+/// `vfioctl mdev`: run the subcommand.
 pub fn run(ctx: &Context, c: MdevCommand) -> Result<Exit, Failure> {
     match c {
         MdevCommand::Types(a) => {

@@ -1,6 +1,8 @@
 //! The command line: argument parsing and dispatch only. Each subcommand's arguments and
 //! its thin `run` live in a file named after it; the work happens in the library modules.
 
+#![warn(missing_docs)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -61,10 +63,12 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List PCI devices with driver, IOMMU group and BARs.
@@ -275,6 +279,7 @@ pub struct ErrorReport {
     pub hint: Option<String>,
     /// The process exit code (see the exit code table).
     pub exit_code: u8,
+    /// The same exit code by name (`check-failed`, `usage`, ...).
     pub exit: Exit,
 }
 

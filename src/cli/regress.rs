@@ -14,9 +14,11 @@ use crate::regress::results::{fmt_ms, RunResults, StepStatus};
 use crate::regress::{collect, html, junit, Plan};
 use crate::{Context, Exit, Failure};
 
+/// `vfioctl regress` arguments.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Args {
+    /// `regress collect`, instead of running a plan.
     #[command(subcommand)]
     pub command: Option<RegressCommand>,
 
@@ -46,6 +48,7 @@ pub struct Args {
     #[arg(long, value_enum)]
     pub emit: Option<EmitKind>,
 
+    /// Options of `--emit k8s` (nodes, image, namespace, host directories).
     #[command(flatten)]
     pub fleet: Box<FleetArgs>,
 
@@ -94,6 +97,7 @@ pub struct FleetArgs {
     pub host_lab: PathBuf,
 }
 
+/// What `--emit` writes instead of running the plan.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum EmitKind {
     /// Kubernetes: a ConfigMap with the plan and one Job per node (a YAML stream of JSON
@@ -101,12 +105,14 @@ pub enum EmitKind {
     K8s,
 }
 
+/// `vfioctl regress` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum RegressCommand {
     /// Merge the results of several nodes or runs into one report.
     Collect(CollectArgs),
 }
 
+/// `vfioctl regress collect` arguments.
 #[derive(Debug, clap::Args)]
 pub struct CollectArgs {
     /// Directories with results.json (a run's --out, its latest/, or a history dir).
@@ -233,6 +239,7 @@ fn progress(ctx: &Context, bar: &crate::output::Progress, e: Event) {
     }
 }
 
+/// `vfioctl regress`: run a plan (or emit manifests for it), or collect results.
 pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
     if let Some(RegressCommand::Collect(c)) = a.command {
         return run_collect(ctx, c);

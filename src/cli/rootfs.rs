@@ -5,12 +5,14 @@ use crate::output::emit;
 use crate::rootfs::{self, BuildOptions, Compression};
 use crate::{Context, Exit, Failure};
 
+/// `vfioctl rootfs` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum RootfsCommand {
     /// Build an initramfs (and optionally an ext4 image) from a rootfs/ manifest.
     Build(BuildArgs),
 }
 
+/// `vfioctl rootfs build` arguments.
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
     /// The manifest (rootfs/lab.toml, rootfs/lab-vfio.toml, rootfs/nvidia.toml).
@@ -53,6 +55,7 @@ pub struct BuildArgs {
     pub compression: Option<String>,
 }
 
+/// `vfioctl rootfs`: run the subcommand.
 pub fn run(ctx: &Context, c: RootfsCommand) -> Result<Exit, Failure> {
     match c {
         RootfsCommand::Build(a) => build(ctx, a),

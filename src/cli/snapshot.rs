@@ -7,6 +7,7 @@ use crate::output::emit;
 use crate::snapshot::{self, Replayed};
 use crate::{Context, Exit, Failure};
 
+/// `vfioctl snapshot` arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Where to write: a new directory, or a new file ending in .tar.zst.
@@ -67,6 +68,7 @@ pub struct ReplayOutput {
     pub snapshot: std::path::PathBuf,
 }
 
+/// `vfioctl snapshot`: take a snapshot, or replay one with `--replay`.
 pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
     let timeout = Duration::from_secs(a.timeout);
     if let Some(snap) = &a.replay {

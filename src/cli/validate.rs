@@ -9,6 +9,7 @@ use crate::vm::VmName;
 use crate::{Context, Exit, Failure};
 use vfioctl_common::proto::{Token, Verdict};
 
+/// `vfioctl validate` arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A VM started by `vfioctl vm up`: its agent address and plugged device come from its

@@ -11,6 +11,7 @@ use crate::output::{cell, emit, write_failed, Table};
 use crate::shared::sriov::{self, Options, PfStatus};
 use crate::{Context, Exit, Failure};
 
+/// `vfioctl vf` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum VfCommand {
     /// SR-IOV physical functions and their VFs (BDF, index, IOMMU group, driver).
@@ -22,12 +23,14 @@ pub enum VfCommand {
     Remove(RemoveArgs),
 }
 
+/// `vfioctl vf list` arguments.
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
     /// One physical function (default: every SR-IOV capable one).
     pub pf: Option<Bdf>,
 }
 
+/// `vfioctl vf create` arguments.
 #[derive(Debug, clap::Args)]
 pub struct CreateArgs {
     /// The physical function (`0000:41:00.0`).
@@ -46,6 +49,7 @@ pub struct CreateArgs {
     pub timeout: u64,
 }
 
+/// `vfioctl vf remove` arguments.
 #[derive(Debug, clap::Args)]
 pub struct RemoveArgs {
     /// The physical function whose VFs go (`0000:41:00.0`).
@@ -115,12 +119,15 @@ fn on_off(v: Option<bool>) -> &'static str {
 /// `vf create --dry-run --json`.
 #[derive(Serialize, schemars::JsonSchema)]
 pub struct DryRun {
+    /// Always true: nothing was written.
     pub dry_run: bool,
+    /// The physical function.
     pub pf: Bdf,
     /// The sysfs writes `create` would make, in order.
     pub writes: Vec<String>,
 }
 
+/// `vfioctl vf`: run the subcommand.
 pub fn run(ctx: &Context, c: VfCommand) -> Result<Exit, Failure> {
     match c {
         VfCommand::List(a) => {

@@ -15,6 +15,7 @@ use crate::vm::VmName;
 use crate::{Context, Exit, Failure};
 use vfioctl_common::{units, PciDevice};
 
+/// `vfioctl vm` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum VmCommand {
     /// Start a VM and wait until the guest is ready; with --gpu, hotplug it too.
@@ -33,6 +34,7 @@ pub enum VmCommand {
     Plan(PlanArgs),
 }
 
+/// `vfioctl vm up` arguments.
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
     /// Profile TOML (defaults are built in; flags override the file).
@@ -111,6 +113,7 @@ pub struct UpArgs {
     pub dry_run: bool,
 }
 
+/// `vfioctl vm down` arguments.
 #[derive(Debug, clap::Args)]
 pub struct DownArgs {
     /// The VM to stop.
@@ -121,6 +124,7 @@ pub struct DownArgs {
     pub timeout: u64,
 }
 
+/// The VM name argument of `vm status`.
 #[derive(Debug, clap::Args)]
 pub struct NameArg {
     /// The VM.
@@ -128,6 +132,7 @@ pub struct NameArg {
     pub name: VmName,
 }
 
+/// `vfioctl vm plug` arguments.
 #[derive(Debug, clap::Args)]
 pub struct PlugArgs {
     /// The running VM to plug into.
@@ -146,6 +151,7 @@ pub struct PlugArgs {
     pub bind: bool,
 }
 
+/// `vfioctl vm unplug` arguments.
 #[derive(Debug, clap::Args)]
 pub struct UnplugArgs {
     /// The running VM to unplug from.
@@ -156,6 +162,7 @@ pub struct UnplugArgs {
     pub id: String,
 }
 
+/// `vfioctl vm plan` arguments.
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     /// Devices to size root ports for (repeatable): a host BDF (BAR sizes read from
@@ -184,12 +191,17 @@ pub struct PlanArgs {
 /// One row of `vm list --json`.
 #[derive(serde::Serialize, schemars::JsonSchema)]
 pub struct ListRow {
+    /// KVM or TCG.
     pub accel: Accel,
+    /// The VM's name.
     pub name: VmName,
+    /// QEMU's pid, when known.
     pub pid: Option<u32>,
     /// What is plugged (`emulated:8G`, a BDF, `mdev:UUID`).
     pub plugged: Vec<String>,
+    /// The VM's runtime directory (state file, sockets, logs).
     pub run_dir: PathBuf,
+    /// Where the VM is in its life.
     pub state: crate::vm::state::VmState,
 }
 
@@ -200,6 +212,7 @@ pub struct PlugOutput {
     pub guest: plug::Confirmed,
     /// The device as the VM record keeps it.
     pub plugged: Option<crate::vm::state::Plugged>,
+    /// The VM plugged into.
     pub vm: VmName,
 }
 
@@ -210,6 +223,7 @@ pub struct UnplugOutput {
     pub seconds: f64,
     /// The device id that was unplugged.
     pub unplugged: String,
+    /// The VM unplugged from.
     pub vm: VmName,
 }
 
@@ -220,6 +234,7 @@ pub struct DryRunOutput {
     pub argv: Vec<String>,
     /// The root ports and windows for the devices.
     pub plan: ports::Plan,
+    /// Warnings from preparing the VM (without `--json` they go to stderr).
     pub warnings: Vec<String>,
 }
 
@@ -313,6 +328,7 @@ pub fn profile_from(a: &UpArgs) -> Result<Profile, Failure> {
     Ok(p)
 }
 
+/// `vfioctl vm`: run the subcommand.
 pub fn run(ctx: &Context, c: VmCommand) -> Result<Exit, Failure> {
     match c {
         VmCommand::Up(a) => up(ctx, *a),

@@ -18,14 +18,23 @@ use crate::output::Table;
 /// One BAR in the JSON listing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct BarEntry {
+    /// BAR number (0-5).
     pub index: u8,
+    /// Start address, `0x`-prefixed hex; `null` when unassigned.
     pub start: Option<String>,
+    /// Size in bytes; `null` when it cannot be read (never assigned).
     pub size: Option<u64>,
+    /// The size for people (`32G`).
     pub size_human: Option<String>,
+    /// A 64-bit memory BAR.
     pub is_64bit: bool,
+    /// Prefetchable memory.
     pub prefetchable: bool,
+    /// An I/O BAR.
     pub io: bool,
+    /// The kernel assigned an address range to this BAR.
     pub assigned: bool,
+    /// Assigned at or above 4 GiB.
     pub above_4g: bool,
     /// `BAR1 32G 64b pref @0x222800000000`.
     pub summary: String,
@@ -48,64 +57,103 @@ impl From<&Bar> for BarEntry {
     }
 }
 
+/// The PCIe link of a device (`vfioctl devices --json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct LinkEntry {
+    /// `current_link_speed` (`16.0 GT/s PCIe`).
     pub current_speed: Option<String>,
+    /// `current_link_width`, in lanes.
     pub current_width: Option<u32>,
+    /// `max_link_speed`.
     pub max_speed: Option<String>,
+    /// `max_link_width`, in lanes.
     pub max_width: Option<u32>,
+    /// The link trained below what both ends can do (a GPU at x8 or 2.5 GT/s).
     pub degraded: bool,
 }
 
+/// SR-IOV state of a physical function.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct SriovEntry {
+    /// `sriov_totalvfs`: the most VFs the device offers.
     pub total_vfs: u32,
+    /// `sriov_numvfs`: the VFs enabled now.
     pub num_vfs: u32,
 }
 
+/// One BAR the Resizable BAR capability covers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ResizableEntry {
+    /// The BAR number.
     pub index: u8,
+    /// The sizes it supports, smallest first, for people (`256M`, `32G`).
     pub sizes: Vec<String>,
 }
 
 /// One device in `vfioctl devices --json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct DeviceEntry {
+    /// The device's address.
     pub bdf: Bdf,
+    /// Vendor id.
     #[schemars(with = "crate::output::pci_id::Id16Schema")]
     pub vendor: String,
+    /// Device id.
     #[schemars(with = "crate::output::pci_id::Id16Schema")]
     pub device: String,
+    /// The vendor's name from pci.ids, when known.
     pub vendor_name: Option<String>,
+    /// The device's name from pci.ids, when known.
     pub device_name: Option<String>,
+    /// 24-bit class code, 6 hex digits (`030200` = 3D controller).
     #[schemars(with = "crate::output::pci_id::ClassSchema")]
     pub class: String,
+    /// The class's name from pci.ids, when known.
     pub class_name: Option<String>,
+    /// Subsystem vendor id, when the device has one.
     #[schemars(with = "Option<crate::output::pci_id::Id16Schema>")]
     pub subsystem_vendor: Option<String>,
+    /// Subsystem device id, when the device has one.
     #[schemars(with = "Option<crate::output::pci_id::Id16Schema>")]
     pub subsystem_device: Option<String>,
+    /// Revision id, 2 hex digits.
     pub revision: Option<String>,
+    /// The bound driver (`driver` link), `null` when none.
     pub driver: Option<String>,
+    /// `driver_override`, `null` when unset.
     pub driver_override: Option<String>,
+    /// The IOMMU group, `null` without an IOMMU.
     pub iommu_group: Option<u32>,
+    /// Other members of the IOMMU group (this device excluded), sorted.
     pub iommu_group_peers: Vec<Bdf>,
+    /// Bridges above this device, nearest first (root port last).
     pub parents: Vec<Bdf>,
+    /// A PCI-to-PCI bridge (header type 1), root ports included.
     pub is_bridge: bool,
+    /// A PCI Express function (it has the PCIe capability).
     pub is_pcie: bool,
+    /// `numa_node` as the kernel shows it (`-1`: no node), `null` when absent.
     pub numa_node: Option<i32>,
+    /// The PCIe link, for PCIe functions whose sysfs shows it.
     pub link: Option<LinkEntry>,
+    /// Enabled reset methods in order; `null` when the device has none (no `reset_method`).
     pub reset_methods: Option<Vec<String>>,
+    /// `boot_vga`: the firmware's console GPU.
     pub boot_vga: Option<bool>,
+    /// `D0`, `D3hot`, `D3cold`, ...
     pub power_state: Option<String>,
+    /// `d3cold_allowed`.
     pub d3cold_allowed: Option<bool>,
+    /// SR-IOV state, for physical functions.
     pub sriov: Option<SriovEntry>,
+    /// BARs the Resizable BAR capability covers.
     pub resizable_bars: Vec<ResizableEntry>,
+    /// BARs 0-5: assigned ones, plus BARs that config space shows but that were never assigned.
     pub bars: Vec<BarEntry>,
 }
 
 impl DeviceEntry {
+    /// The entry for `d`, with names from `ids`.
     pub fn new(d: &PciDevice, ids: &PciIds) -> Self {
         Self {
             bdf: d.bdf,

@@ -6,6 +6,9 @@
 //! - [`list`]: `vfioctl devices` as JSON entries and as a table.
 //!
 //! The fixture trees the tests read are written by the `vfioctl-testkit` dev crate.
+
+#![warn(missing_docs)]
+
 pub use vfioctl_common::pci::*;
 pub use vfioctl_common::{Bdf, ClassFilter, Selector};
 

@@ -17,17 +17,26 @@ use super::{agent_bin, RootfsError};
 
 /// Where the agent reads its settings and module list in the guest (see `guest/`).
 pub const AGENT_CONF: &str = "etc/vfioctl/agent.conf";
+/// Where the guest finds the modules to load at boot, dependencies first, one path a line.
 pub const MODULES_LOAD: &str = "etc/vfioctl/modules.load";
 
+/// What `vfioctl rootfs build` was asked to do (its command-line arguments).
 #[derive(Clone, Debug, Default)]
 pub struct BuildOptions {
+    /// The manifest (`rootfs/*.toml`) to build from.
     pub manifest: PathBuf,
     /// `lib/modules/KVER` itself, or a root that contains `lib/modules/KVER`.
     pub kernel_modules: Option<PathBuf>,
+    /// The kernel version; default: the directory name when `kernel_modules` is
+    /// `lib/modules/KVER` itself, else the only kernel under its `lib/modules`.
     pub kver: Option<String>,
+    /// Where to write the initramfs.
     pub out: PathBuf,
+    /// Also write an ext4 image of the same tree here (needs `mkfs.ext4`).
     pub ext4: Option<PathBuf>,
+    /// The static guest agent to ship; default: an installed one.
     pub agent: Option<PathBuf>,
+    /// Where firmware files are read from; default `/lib/firmware`.
     pub firmware_dir: Option<PathBuf>,
     /// Extra files: (host source, guest destination).
     pub extra: Vec<(PathBuf, String)>,
@@ -35,36 +44,57 @@ pub struct BuildOptions {
     pub exec: Option<bool>,
     /// Ship and load no modules (a kernel with everything built in).
     pub no_modules: bool,
+    /// Override the manifest's `compression`.
     pub compression: Option<Compression>,
 }
 
+/// One module the manifest asked for, as shipped.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ModuleReport {
+    /// The module's name (canonical: `-` as `_`).
     pub name: String,
     /// Files shipped for it (dependencies first); empty when built in.
     pub files: Vec<String>,
+    /// Compiled into the kernel (or taken to be, with `--no-modules`): no file shipped.
     pub builtin: bool,
+    /// Listed in the load list ([`MODULES_LOAD`]), so the agent loads it at boot.
     pub loaded_at_boot: bool,
 }
 
+/// What `vfioctl rootfs build` wrote (`--json`).
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct BuildReport {
+    /// The manifest's `name`.
     pub manifest: String,
+    /// The initramfs written.
     pub out: PathBuf,
+    /// Its size on disk (compressed), in bytes.
     pub bytes: u64,
+    /// Bytes of file contents in the image, before compression.
     pub uncompressed_bytes: u64,
+    /// SHA-256 of the initramfs as written, in lower-case hex.
     pub sha256: String,
+    /// Entries in the cpio archive (directories, files, symlinks, device nodes).
     pub entries: usize,
+    /// The compression used.
     pub compression: Compression,
+    /// The agent binary shipped.
     pub agent: PathBuf,
+    /// Its size, in bytes.
     pub agent_bytes: u64,
+    /// The kernel version the modules came from; `None` when no modules were read.
     pub kver: Option<String>,
+    /// One report per module the manifest asked for.
     pub modules: Vec<ModuleReport>,
+    /// Firmware files shipped, relative to `lib/firmware`.
     pub firmware: Vec<String>,
     /// Optional inputs that were not found, with what they are.
     pub missing_optional: Vec<String>,
+    /// The ext4 image written, when asked for.
     pub ext4: Option<PathBuf>,
+    /// The manifest's `kata.guest_hook_path`, for Kata's configuration.
     pub guest_hook_path: Option<String>,
+    /// How long the build took, in milliseconds.
     pub build_ms: u64,
 }
 

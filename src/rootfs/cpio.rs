@@ -7,17 +7,29 @@ use std::io::{self, Write};
 /// What one archive entry is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// A directory.
     Dir,
+    /// A regular file with its contents.
     File(Vec<u8>),
+    /// A symbolic link with its target.
     Symlink(String),
-    CharDev { major: u32, minor: u32 },
+    /// A character device node.
+    CharDev {
+        /// The device's major number.
+        major: u32,
+        /// The device's minor number.
+        minor: u32,
+    },
 }
 
 /// One entry: a path relative to the root (`init`, `lib/modules/...`), a permission mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
+    /// The path relative to the archive root, without a leading `/`.
     pub path: String,
+    /// The permission bits (only the low 12 are used; the file type comes from `kind`).
     pub mode: u32,
+    /// What the entry is.
     pub kind: Kind,
 }
 

@@ -2,6 +2,8 @@
 //! `/init`, kernel modules resolved with their dependencies, firmware, busybox, extra
 //! files. [`cpio`] writes the archive deterministically; [`build`] puts it together.
 
+#![warn(missing_docs)]
+
 pub mod agent_bin;
 pub mod build;
 pub mod cpio;
@@ -15,36 +17,81 @@ pub use manifest::{Compression, Manifest, ManifestError};
 
 use crate::exit::{Diagnose, Exit};
 
+/// Why `vfioctl rootfs build` could not build the image.
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
+    /// The manifest could not be read or parsed.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// The arguments or the manifest ask for something that cannot be done (the message
+    /// says what, e.g. modules listed without `--kernel-modules`).
     #[error("{0}")]
     Usage(String),
+    /// A required input is not there.
     #[error("missing {what}: {}", path.display())]
-    Missing { what: String, path: PathBuf },
+    Missing {
+        /// What the input is (e.g. "input file", a manifest item, `modules.dep`).
+        what: String,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A required kernel module is neither a module file nor built into the kernel.
     #[error("kernel module {name} is neither in modules.dep nor built into kernel {kver}")]
-    Module { name: String, kver: String },
+    Module {
+        /// The module's name, as the manifest gives it.
+        name: String,
+        /// The kernel version searched.
+        kver: String,
+    },
+    /// A guest destination path cannot be used: not absolute, with `..` or a NUL byte, or
+    /// clashing with what is already staged there (e.g. a file where a directory is wanted).
     #[error("guest path {path:?}: {reason}")]
-    GuestPath { path: String, reason: String },
+    GuestPath {
+        /// The guest path as given.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An input is not a regular file, or is larger than [`build::MAX_SOURCE_BYTES`].
     #[error("input {}: {reason}", path.display())]
-    BadSource { path: PathBuf, reason: String },
+    BadSource {
+        /// The input on the host.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The agent or busybox binary is not a static executable (the guest has no libc).
     #[error("{} is not a static executable", path.display())]
-    NotStatic { path: PathBuf },
+    NotStatic {
+        /// The binary.
+        path: PathBuf,
+    },
     /// No `--agent PATH` and no installed agent in any of `searched`.
     #[error(
         "no static guest agent: pass --agent PATH (looked for an installed one at {})",
         display_paths(searched)
     )]
-    NoAgent { searched: Vec<PathBuf> },
+    NoAgent {
+        /// The places an installed agent was looked for.
+        searched: Vec<PathBuf>,
+    },
+    /// Reading an input or writing an output failed.
     #[error("{}", path.display())]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// An external tool (`mkfs.ext4`, busybox, a decompressor) could not run or failed.
     #[error("`{cmd}` failed: {message}")]
-    Tool { cmd: String, message: String },
+    Tool {
+        /// The command line run.
+        cmd: String,
+        /// Why it failed: its standard error, or why it could not start.
+        message: String,
+    },
 }
 
 fn display_paths(v: &[PathBuf]) -> String {

@@ -23,6 +23,7 @@ pub struct ModuleIndex {
     builtin: BTreeSet<String>,
 }
 
+/// What a module name resolves to in a kernel ([`ModuleIndex::resolve`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
     /// Module files to ship, dependencies first (load order).
@@ -32,6 +33,7 @@ pub enum Resolved {
 }
 
 impl ModuleIndex {
+    /// The index of `modules.dep` and `modules.builtin` as read (either may be empty).
     pub fn parse(modules_dep: &str, modules_builtin: &str) -> Self {
         let mut idx = ModuleIndex::default();
         for line in modules_dep.lines() {
@@ -52,6 +54,8 @@ impl ModuleIndex {
         idx
     }
 
+    /// The `modules.dep` path (relative to `lib/modules/KVER`) of a module, by any
+    /// spelling of its name (see [`canonical`]).
     pub fn path_of(&self, name: &str) -> Option<&str> {
         self.by_name.get(&canonical(name)).map(String::as_str)
     }

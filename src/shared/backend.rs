@@ -43,7 +43,9 @@ pub enum BackendChoice {
     /// iommufd when the kernel and QEMU both have it, else groups.
     #[default]
     Auto,
+    /// Legacy VFIO groups (`/dev/vfio/<group>`), always.
     Group,
+    /// iommufd with VFIO device cdevs; an error when the kernel or QEMU lacks it.
     Iommufd,
 }
 

@@ -6,85 +6,198 @@ use vfioctl_common::{Bdf, PciError, SysError};
 use crate::bind::BindError;
 use crate::{Diagnose, Exit};
 
+/// Every failure of the shared-GPU commands (`vf`, `mdev`, `--vfio-backend`); each variant
+/// names the device, path or id involved, [`Diagnose`] adds the fix and the exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedError {
+    /// A PCI device is not there or its sysfs files could not be read.
     #[error(transparent)]
     Pci(#[from] PciError),
+    /// A sysfs (or fixture tree) read, list or link lookup failed.
     #[error(transparent)]
     Sys(#[from] SysError),
     /// The ledger (shared with `bind`) could not be read or written.
     #[error(transparent)]
     Ledger(#[from] BindError),
+    /// The function has no SR-IOV capability (no `sriov_totalvfs`).
     #[error("{pf} has no SR-IOV capability (no sriov_totalvfs)")]
-    NotSriov { pf: Bdf },
+    NotSriov {
+        /// The function asked for.
+        pf: Bdf,
+    },
+    /// The address given as a physical function is a VF (it has a `physfn` link).
     #[error("{bdf} is virtual function {index} of {pf}, not a physical function")]
-    IsVf { bdf: Bdf, pf: Bdf, index: u32 },
+    IsVf {
+        /// The address given.
+        bdf: Bdf,
+        /// Its physical function.
+        pf: Bdf,
+        /// N of the PF's `virtfnN` link to it.
+        index: u32,
+    },
+    /// `--count` is 0 or above what the device offers (`sriov_totalvfs`).
     #[error("{pf}: {count} VFs asked for, the device offers 1 to {total} (sriov_totalvfs)")]
-    CountOutOfRange { pf: Bdf, count: u32, total: u32 },
+    CountOutOfRange {
+        /// The physical function.
+        pf: Bdf,
+        /// The VF count asked for.
+        count: u32,
+        /// `sriov_totalvfs`: the most VFs the device offers.
+        total: u32,
+    },
+    /// The PF is bound to no driver, so nothing can enable its VFs (`sriov_configure`).
     #[error("{pf} has no driver: the kernel enables VFs through the physical function's driver (sriov_configure)")]
-    PfNoDriver { pf: Bdf },
+    PfNoDriver {
+        /// The physical function.
+        pf: Bdf,
+    },
+    /// The PF already has VFs enabled (`sriov_numvfs` is not 0).
     #[error("{pf} already has {num_vfs} VFs enabled{}", if *.by_vfioctl { " by vfioctl" } else { " (not by vfioctl)" })]
     VfsAlreadyEnabled {
+        /// The physical function.
         pf: Bdf,
+        /// `sriov_numvfs`: the VFs enabled now.
         num_vfs: u32,
+        /// The ledger says vfioctl created them.
         by_vfioctl: bool,
     },
+    /// Fewer VFs than asked for appeared before the timeout; they were disabled again.
     #[error(
         "{pf}: {want} VFs asked for, {got} appeared within {secs} s; the VFs were disabled again"
     )]
     VfsDidNotAppear {
+        /// The physical function.
         pf: Bdf,
+        /// The VF count asked for.
         want: u32,
+        /// The VFs that had appeared (sysfs directory present) when the wait ended.
         got: u32,
+        /// The timeout, in seconds.
         secs: u64,
     },
+    /// VFs were still present after `sriov_numvfs` was set to 0 and the timeout passed.
     #[error("{pf}: {left} VFs still present {secs} s after sriov_numvfs was set to 0")]
-    VfsDidNotGo { pf: Bdf, left: u32, secs: u64 },
+    VfsDidNotGo {
+        /// The physical function.
+        pf: Bdf,
+        /// The VFs still present.
+        left: u32,
+        /// The timeout, in seconds.
+        secs: u64,
+    },
+    /// Removal refused: some of the PF's VFs are still bound by vfioctl (in the bind ledger).
     #[error("{pf}: VFs {} are still bound by vfioctl", list(.vfs))]
-    VfsInUse { pf: Bdf, vfs: Vec<Bdf> },
+    VfsInUse {
+        /// The physical function.
+        pf: Bdf,
+        /// The VFs still in the bind ledger.
+        vfs: Vec<Bdf>,
+    },
+    /// Removal refused without `--force`: the ledger has no record of vfioctl creating the VFs.
     #[error("{pf}: its VFs were not created by vfioctl (not in the ledger)")]
-    NotCreatedByVfioctl { pf: Bdf },
+    NotCreatedByVfioctl {
+        /// The physical function.
+        pf: Bdf,
+    },
+    /// A sysfs write did not return within the timeout (the driver is blocked).
     #[error("{path}: write {value:?} did not finish within {secs} s")]
     Timeout {
+        /// The sysfs attribute written.
         path: String,
+        /// The value written.
         value: String,
+        /// The timeout, in seconds.
         secs: u64,
     },
+    /// A sysfs write failed.
     #[error("{path}: write {value:?}")]
     Write {
+        /// The sysfs attribute written.
         path: String,
+        /// The value written.
         value: String,
+        /// The error the write returned.
         #[source]
         source: std::io::Error,
     },
+    /// The mdev parent given is neither a PCI address nor a name without '/'.
     #[error(
         "{input:?} is not a mediated device parent name (a PCI address or a name without '/')"
     )]
-    BadParent { input: String },
+    BadParent {
+        /// What the user gave.
+        input: String,
+    },
+    /// The device is not a mediated device parent (not under `/sys/class/mdev_bus`).
     #[error("{parent} is not a mediated device parent (no /sys/class/mdev_bus/{parent})")]
-    NoMdevParent { parent: String },
+    NoMdevParent {
+        /// The parent name given.
+        parent: String,
+    },
+    /// The parent does not offer the mdev type asked for.
     #[error("{parent} has no mdev type {type_id:?} (it offers: {})", .known.join(", "))]
     UnknownMdevType {
+        /// The mdev parent.
         parent: String,
+        /// The type asked for.
         type_id: String,
+        /// The types the parent offers.
         known: Vec<String>,
     },
+    /// The mdev type's `available_instances` is 0.
     #[error("{parent}: mdev type {type_id} has no instances left (available_instances is 0)")]
-    NoInstances { parent: String, type_id: String },
+    NoInstances {
+        /// The mdev parent.
+        parent: String,
+        /// The mdev type.
+        type_id: String,
+    },
+    /// A mediated device UUID given (e.g. `--uuid`) is not a UUID.
     #[error("{input:?} is not a UUID (8-4-4-4-12 hex digits)")]
-    BadUuid { input: String },
+    BadUuid {
+        /// What the user gave.
+        input: String,
+    },
+    /// A mediated device with this UUID already exists.
     #[error("mediated device {uuid} already exists")]
-    MdevExists { uuid: String },
+    MdevExists {
+        /// The UUID asked for.
+        uuid: String,
+    },
+    /// The mediated device did not show up in sysfs within the timeout after `create`.
     #[error("mediated device {uuid} did not appear within {secs} s of the create write")]
-    MdevDidNotAppear { uuid: String, secs: u64 },
+    MdevDidNotAppear {
+        /// The UUID written to `create`.
+        uuid: String,
+        /// The timeout, in seconds.
+        secs: u64,
+    },
+    /// No mediated device with this UUID.
     #[error("no mediated device {uuid} (no /sys/bus/mdev/devices/{uuid})")]
-    MdevNotFound { uuid: String },
+    MdevNotFound {
+        /// The UUID asked for.
+        uuid: String,
+    },
+    /// The mediated device was still present within the timeout after `remove`.
     #[error("mediated device {uuid} is still present {secs} s after the remove write")]
-    MdevDidNotGo { uuid: String, secs: u64 },
+    MdevDidNotGo {
+        /// The mediated device's UUID.
+        uuid: String,
+        /// The timeout, in seconds.
+        secs: u64,
+    },
+    /// Removal refused without `--force`: the ledger has no record of vfioctl creating it.
     #[error("mediated device {uuid} was not created by vfioctl (not in the ledger)")]
-    MdevNotOurs { uuid: String },
+    MdevNotOurs {
+        /// The mediated device's UUID.
+        uuid: String,
+    },
+    /// `--vfio-backend iommufd` was asked for but the host kernel or QEMU lacks it.
     #[error("--vfio-backend iommufd: {missing}")]
-    IommufdUnavailable { missing: String },
+    IommufdUnavailable {
+        /// What is missing (`/dev/iommu`, VFIO device cdevs, QEMU iommufd support), `; `-separated.
+        missing: String,
+    },
 }
 
 fn list(v: &[Bdf]) -> String {

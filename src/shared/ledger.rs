@@ -26,16 +26,20 @@ pub struct SriovRecord {
 /// A mediated device vfioctl created.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MdevRecord {
+    /// The mdev parent (PCI address or parent name) it was created on.
     pub parent: String,
+    /// The mdev type id written to (`mdev_supported_types/<type_id>/create`).
     pub type_id: String,
     /// False while the create is under way (recorded before the write).
     pub created: bool,
+    /// Unix seconds.
     pub since: u64,
 }
 
 /// What `restore` removed of the things vfioctl created.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct SharedRestoreReport {
+    /// UUIDs of the mediated devices removed.
     pub mdevs_removed: Vec<String>,
     /// PFs whose VFs were disabled, with how many.
     pub vfs_removed: Vec<(Bdf, u32)>,

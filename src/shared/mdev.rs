@@ -81,6 +81,7 @@ impl MdevUuid {
         ))
     }
 
+    /// The UUID as text (lower-case 8-4-4-4-12).
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -155,10 +156,15 @@ fn check_type(type_id: &str) -> Result<(), SharedError> {
 /// One mdev type of one parent (`vfioctl mdev types --json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct MdevType {
+    /// The parent device (`/sys/class/mdev_bus/<parent>`).
     pub parent: String,
+    /// The type id (directory name under `mdev_supported_types/`).
     pub type_id: String,
+    /// The type's `name` attribute, when it has one.
     pub name: Option<String>,
+    /// The type's `description` attribute, when it has one.
     pub description: Option<String>,
+    /// `available_instances`: how many more instances can be created now.
     pub available_instances: Option<u32>,
     /// `vfio-pci` for a device QEMU passes as PCI.
     pub device_api: Option<String>,
@@ -169,13 +175,19 @@ pub struct MdevType {
 /// One mediated device (`vfioctl mdev list --json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct MdevDevice {
+    /// The mediated device's UUID.
     pub uuid: String,
+    /// The parent device (the directory above it once its sysfs path is resolved).
     pub parent: Option<String>,
+    /// The mdev type id (`mdev_type` link).
     pub type_id: Option<String>,
+    /// The IOMMU group (`iommu_group` link).
     pub iommu_group: Option<u32>,
+    /// The driver it is bound to (`driver` link), if any.
     pub driver: Option<String>,
     /// What QEMU's `sysfsdev=` takes.
     pub sysfsdev: String,
+    /// vfioctl created it (the ledger records it).
     pub created_by_vfioctl: bool,
 }
 

@@ -15,6 +15,8 @@
 //! Every sysfs access goes through the [`SysRoot`](vfioctl_common::SysRoot), so the same
 //! code runs against fixture trees (`--root`) and inside lab guests.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod error;
 pub mod lab;

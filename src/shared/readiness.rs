@@ -20,7 +20,9 @@ fn hinted(c: Check, h: impl Into<String>) -> Check {
 /// One entry of `creatable_vgpu_types` (`ID    : vGPU Name` table).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct VgpuType {
+    /// The type id (the `ID` column).
     pub id: u32,
+    /// The type name (the `vGPU Name` column).
     pub name: String,
 }
 

@@ -25,10 +25,13 @@ use crate::bind::Ledger;
 /// One virtual function.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct VfInfo {
+    /// The VF's PCI address.
     pub bdf: Bdf,
     /// N of the PF's `virtfnN` link.
     pub index: u32,
+    /// The VF's IOMMU group number (`iommu_group` link).
     pub iommu_group: Option<u32>,
+    /// The driver the VF is bound to, if any.
     pub driver: Option<String>,
     /// NVIDIA Ampere+ vGPU on this VF (`nvidia/current_vgpu_type`): the type id, 0 = none.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -38,6 +41,7 @@ pub struct VfInfo {
 /// A physical function and its VFs (`vf list --json`, one object per PF).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PfStatus {
+    /// The PF's PCI address.
     pub pf: Bdf,
     /// 4 lower-case hex digits (see `crate::output::pci_id`).
     #[serde(serialize_with = "crate::output::pci_id::id16")]
@@ -45,10 +49,13 @@ pub struct PfStatus {
     pub vendor: u16,
     #[serde(serialize_with = "crate::output::pci_id::id16")]
     #[schemars(with = "crate::output::pci_id::Id16Schema")]
+    /// The PF's device id: 4 lower-case hex digits.
     pub device: u16,
     /// The PF's own driver (which enables the VFs).
     pub driver: Option<String>,
+    /// `sriov_totalvfs`: the most VFs the device offers.
     pub total_vfs: u32,
+    /// `sriov_numvfs`: the VFs enabled now.
     pub num_vfs: u32,
     /// `sriov_drivers_autoprobe`: new VFs are probed by their host driver.
     pub drivers_autoprobe: Option<bool>,
@@ -58,6 +65,7 @@ pub struct PfStatus {
     pub vf_device: Option<u16>,
     /// vfioctl created the VFs (the ledger records the PF).
     pub created_by_vfioctl: bool,
+    /// The enabled VFs, by index.
     pub vfs: Vec<VfInfo>,
 }
 
@@ -361,7 +369,9 @@ pub fn create(
 /// What `remove` did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct RemoveReport {
+    /// The physical function.
     pub pf: Bdf,
+    /// How many VFs were disabled (`sriov_numvfs` or the VFs listed before, the larger).
     pub removed: u32,
     /// `sriov_drivers_autoprobe` put back to this value.
     pub drivers_autoprobe: Option<bool>,

@@ -18,7 +18,9 @@ use serde::Serialize;
 /// A resolved stack.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Stack {
+    /// The stack's name (`system` or `modern`).
     pub name: String,
+    /// The QEMU binary: a name looked up on `PATH`, or the lab's unpacked one.
     pub qemu: PathBuf,
     /// QEMU's firmware and option ROM directory (`-L`), for an unpacked QEMU.
     pub data_dir: Option<PathBuf>,
@@ -29,10 +31,20 @@ pub struct Stack {
 /// A stack name that is not known or not set up.
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {
+    /// The name is neither `system` nor `modern`.
     #[error("unknown stack {name:?} (known: system, modern)")]
-    Unknown { name: String },
+    Unknown {
+        /// The name given.
+        name: String,
+    },
+    /// A file the stack needs (its QEMU or kernel) is not in the lab directory.
     #[error("stack {name}: {} is missing", path.display())]
-    Missing { name: String, path: PathBuf },
+    Missing {
+        /// The stack's name.
+        name: String,
+        /// The missing file.
+        path: PathBuf,
+    },
 }
 
 impl crate::Diagnose for StackError {

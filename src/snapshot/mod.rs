@@ -13,6 +13,8 @@
 //! whatever else was read, plus `MANIFEST` and `SNAPSHOT.json` (format, vfioctl version,
 //! kernel, and every command with its exit status and output).
 
+#![warn(missing_docs)]
+
 pub mod archive;
 mod error;
 pub mod record;

@@ -37,6 +37,7 @@ const ID_FILES: [&str; 11] = [
 /// The redaction rules for one snapshot.
 #[derive(Clone, Debug, Default)]
 pub struct Redactor {
+    /// `--keep-identifiers`: MAC addresses and serial numbers are kept as read.
     pub keep_identifiers: bool,
     /// PCI (vendor, device) ids present (`pci.ids` keeps their names).
     pub ids: BTreeSet<(u16, u16)>,

@@ -20,6 +20,7 @@ pub const FORMAT: u32 = 1;
 /// `SNAPSHOT.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Meta {
+    /// The snapshot format it was written in (see [`FORMAT`]).
     pub format: u32,
     /// The vfioctl version that took it.
     pub vfioctl: String,
@@ -51,6 +52,7 @@ impl Scratch {
         })?;
         Ok(Scratch(p))
     }
+    /// The directory's path.
     pub fn path(&self) -> &Path {
         &self.0
     }
@@ -66,7 +68,9 @@ impl Drop for Scratch {
 /// came as an archive.
 #[derive(Debug)]
 pub struct Opened {
+    /// The snapshot directory: the one given, or where its archive was unpacked.
     pub dir: PathBuf,
+    /// Its `SNAPSHOT.json`.
     pub meta: Meta,
     _scratch: Option<Scratch>,
 }
@@ -133,9 +137,13 @@ pub fn open(snap: &Path) -> Result<Opened, SnapshotError> {
 /// One recorded command run again against the snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Replayed {
+    /// The command's name, as recorded.
     pub label: String,
+    /// The arguments after `vfioctl --root R --json`.
     pub args: Vec<String>,
+    /// The exit status recorded when the snapshot was taken.
     pub live_exit: i32,
+    /// The exit status of the replay.
     pub replay_exit: i32,
     /// Same exit status and byte-identical standard output.
     pub identical: bool,

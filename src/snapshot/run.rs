@@ -23,17 +23,22 @@ pub const KATA_VERSION: &str = "4.1.0";
 pub struct Recorded {
     /// The command's name (`devices`, `check`, `bind --dry-run`, `vm plan`, `kata config`).
     pub label: String,
+    /// The arguments after `vfioctl --root R --json`.
     pub args: Vec<String>,
     /// The exit status (128 + signal number when a signal ended it).
     pub exit: i32,
+    /// What it printed on standard output.
     pub stdout: String,
+    /// What it printed on standard error.
     pub stderr: String,
 }
 
 /// A command to run: its name for the MANIFEST and its arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Planned {
+    /// Its name, as [`Recorded::label`].
     pub label: &'static str,
+    /// The arguments after `vfioctl --root R --json`.
     pub args: Vec<String>,
 }
 

@@ -35,13 +35,16 @@ pub struct Options {
 /// What was written.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Report {
+    /// The snapshot written (the `--out` path).
     pub out: PathBuf,
     /// Written as `.tar.zst` (else a directory).
     pub archive: bool,
     /// Size of the `.tar.zst`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compressed_bytes: Option<u64>,
+    /// How many entries of each kind the tree holds.
     pub entries: Counts,
+    /// Taken with `--keep-identifiers` (MAC addresses and serial numbers as read).
     pub keep_identifiers: bool,
     /// Each recorded command, replayed against the snapshot.
     pub commands: Vec<Replayed>,

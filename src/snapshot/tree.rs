@@ -27,18 +27,22 @@ const MAX_PATH_COPY: u64 = 1 << 20;
 /// What one tree entry is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// A directory.
     Dir,
     /// A symlink with the target text the source had.
     Link(PathBuf),
     /// A file with its contents as read (`bytes` long).
     File {
+        /// Its size, in bytes.
         bytes: u64,
     },
     /// Named in a listing or tested for existence only: an empty placeholder.
     Name,
     /// A file whose contents were replaced (`why`).
     Redacted {
+        /// The size of the replaced contents, in bytes.
         bytes: u64,
+        /// What was replaced.
         why: String,
     },
     /// A file the source would not let be read (the error); an empty placeholder.
@@ -61,19 +65,27 @@ impl Kind {
 /// One entry and the reasons it is in the tree: how it was used, and by which commands.
 #[derive(Clone, Debug)]
 pub struct Entry {
+    /// What the entry is.
     pub kind: Kind,
+    /// How it was used (`read`, `listed`, `opened`, `tested`, `followed`) to the labels of
+    /// the commands that used it so.
     pub why: BTreeMap<&'static str, BTreeSet<String>>,
 }
 
 /// Counts for the report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Counts {
+    /// Directories.
     pub dirs: usize,
+    /// Files copied as read.
     pub files: usize,
+    /// Symlinks.
     pub links: usize,
     /// Empty placeholders (listed or tested names, device nodes).
     pub names: usize,
+    /// Files whose contents were replaced.
     pub redacted: usize,
+    /// Files that could not be read (empty placeholders).
     pub unreadable: usize,
     /// Bytes of file contents.
     pub bytes: u64,
@@ -130,10 +142,12 @@ impl Tree {
         }
     }
 
+    /// Every entry, by absolute path on the source.
     pub fn entries(&self) -> &BTreeMap<PathBuf, Entry> {
         &self.entries
     }
 
+    /// How many entries of each kind, and the bytes copied.
     pub fn counts(&self) -> Counts {
         let mut c = Counts::default();
         for e in self.entries.values() {
