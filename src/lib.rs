@@ -17,6 +17,7 @@
 //! | [`interrupt`] | SIGINT/SIGTERM for commands that start things (exit 130/143) |
 //! | [`shared`] | shared GPUs: SR-IOV VFs, mediated devices (vGPU), iommufd vs groups |
 //! | [`snapshot`] | `vfioctl snapshot`: what the commands read, captured for `--root` replay |
+#![warn(missing_docs)]
 
 pub use vfioctl_common as common;
 pub use vfioctl_common::{Bdf, SysRoot};
