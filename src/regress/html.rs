@@ -262,6 +262,7 @@ fn scenario_details(x: &mut String, s: &ScenarioResult) {
     let mut shown: Vec<&str> = Vec::new();
     for st in s.steps.iter().filter(|st| st.status == StepStatus::Failed) {
         let Some(f) = &st.failure else { continue };
+        let (head, rest) = headline(&f.message);
         let _ = writeln!(
             x,
             "<p><b>{}{}</b> failed after {} (exit {}): {}</p>",
@@ -269,13 +270,12 @@ fn scenario_details(x: &mut String, s: &ScenarioResult) {
             if st.cleanup { " (cleanup)" } else { "" },
             fmt_ms(st.ms),
             f.exit_code,
-            esc(headline(&f.message).0)
+            esc(head)
         );
         if let Some(h) = &f.hint {
             let _ = writeln!(x, "<p class=\"hint\">hint: {}</p>", esc(h));
         }
         // The rest of a multi-line message, unless a log block below (or above) has it.
-        let rest = headline(&f.message).1;
         if !rest.is_empty()
             && !f.logs.iter().any(|l| l.text.contains(rest))
             && !shown.iter().any(|t| t.contains(rest))

@@ -13,10 +13,6 @@ fn check(id: &'static str, status: Status, message: impl Into<String>) -> Check 
     Check::new(id, status, message)
 }
 
-fn hinted(c: Check, h: impl Into<String>) -> Check {
-    c.hint(h)
-}
-
 /// One entry of `creatable_vgpu_types` (`ID    : vGPU Name` table).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct VgpuType {
@@ -93,14 +89,12 @@ pub fn device_checks(root: &SysRoot, d: &PciDevice) -> Vec<Check> {
                 .max()
                 .unwrap_or(0);
             v.push(if types.is_empty() {
-                hinted(
-                    check(
-                        "mdev-types",
-                        Status::Warn,
-                        "mediated device parent with no types",
-                    ),
-                    "is the vGPU manager (nvidia-vgpu-mgr) running? check dmesg",
+                check(
+                    "mdev-types",
+                    Status::Warn,
+                    "mediated device parent with no types",
                 )
+                .hint("is the vGPU manager (nvidia-vgpu-mgr) running? check dmesg")
             } else {
                 check(
                     "mdev-types",
@@ -137,10 +131,7 @@ fn sriov_checks(root: &SysRoot, d: &PciDevice, st: &sriov::PfStatus) -> Vec<Chec
         None => "",
     };
     v.push(match (&st.driver, st.num_vfs) {
-        (None, 0) => hinted(
-            check("sriov-ready", Status::Warn, format!("{} VFs offered, but the PF has no driver to enable them", st.total_vfs)),
-            "bind the PF to its own driver (igb, nvidia with the vGPU manager) before `vfioctl vf create`",
-        ),
+        (None, 0) => check("sriov-ready", Status::Warn, format!("{} VFs offered, but the PF has no driver to enable them", st.total_vfs)).hint("bind the PF to its own driver (igb, nvidia with the vGPU manager) before `vfioctl vf create`"),
         (Some(drv), 0) => check(
             "sriov-ready",
             Status::Pass,
@@ -165,14 +156,11 @@ fn sriov_checks(root: &SysRoot, d: &PciDevice, st: &sriov::PfStatus) -> Vec<Chec
         .flatten();
     v.push(match (ari.as_deref(), needs_ari) {
         (Some("1"), _) => check("sriov-ari", Status::Pass, "ARI forwarding enabled on the PF's bus"),
-        (Some(_), true) => hinted(
-            check(
+        (Some(_), true) => check(
                 "sriov-ari",
                 Status::Warn,
                 format!("ARI forwarding off on the PF's bus: of {} VFs only those within functions 0-7 are addressable", st.total_vfs),
-            ),
-            "enable ARI / SR-IOV support in the firmware setup (PCIe ARI Support)",
-        ),
+            ).hint("enable ARI / SR-IOV support in the firmware setup (PCIe ARI Support)"),
         (Some(_), false) => check("sriov-ari", Status::Pass, "ARI off, not needed (at most 8 functions)"),
         (None, _) => check("sriov-ari", Status::Skip, "no ari_enabled attribute"),
     });
@@ -187,10 +175,7 @@ fn sriov_checks(root: &SysRoot, d: &PciDevice, st: &sriov::PfStatus) -> Vec<Chec
         if own {
             check("sriov-acs", Status::Pass, format!("each of the {} VFs is alone in its IOMMU group", st.vfs.len()))
         } else {
-            hinted(
-                check("sriov-acs", Status::Warn, "VFs share IOMMU groups: a VM must take a whole group"),
-                "enable ACS in the firmware setup, or pass all VFs of a group to one VM",
-            )
+            check("sriov-acs", Status::Warn, "VFs share IOMMU groups: a VM must take a whole group").hint("enable ACS in the firmware setup, or pass all VFs of a group to one VM")
         }
     } else {
         let mut missing = Vec::new();
@@ -211,10 +196,7 @@ fn sriov_checks(root: &SysRoot, d: &PciDevice, st: &sriov::PfStatus) -> Vec<Chec
         }
         if !missing.is_empty() {
             let names: Vec<String> = missing.iter().map(Bdf::to_string).collect();
-            hinted(
-                check("sriov-acs", Status::Warn, format!("no isolating ACS on {}: VFs may share an IOMMU group", names.join(", "))),
-                "enable ACS in the firmware setup",
-            )
+            check("sriov-acs", Status::Warn, format!("no isolating ACS on {}: VFs may share an IOMMU group", names.join(", "))).hint("enable ACS in the firmware setup")
         } else if unknown {
             check("sriov-acs", Status::Skip, "extended config space not readable (run as root); VF groups are known once VFs exist")
         } else {
@@ -243,10 +225,7 @@ fn sriov_checks(root: &SysRoot, d: &PciDevice, st: &sriov::PfStatus) -> Vec<Chec
             }
         }
         v.push(match first {
-            None => hinted(
-                check("vgpu-types", Status::Warn, "NVIDIA PF with VFs but no nvidia/creatable_vgpu_types on them: no vGPU manager"),
-                "install and start NVIDIA's vGPU manager (nvidia-vgpu-mgr); it needs a vGPU-licensed host driver",
-            ),
+            None => check("vgpu-types", Status::Warn, "NVIDIA PF with VFs but no nvidia/creatable_vgpu_types on them: no vGPU manager").hint("install and start NVIDIA's vGPU manager (nvidia-vgpu-mgr); it needs a vGPU-licensed host driver"),
             Some((vf, types)) => check(
                 "vgpu-types",
                 Status::Pass,
