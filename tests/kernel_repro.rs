@@ -18,6 +18,7 @@ fn two_clean_builds_of_the_same_inputs_give_the_same_bzimage() {
         let opts = vfioctl::kernel::BuildOptions {
             configs: configs(),
             source: None,
+            series: None,
             flavours: Vec::new(),
             out: Some(dir.path().join(name)),
             lab: lab(),

@@ -30,6 +30,10 @@ pub struct LockArgs {
     /// The tarball to record [default: the pinned package's, /usr/src/linux-source-6.1.tar.xz].
     #[arg(long, value_name = "TARBALL")]
     pub source: Option<PathBuf>,
+    /// The pinned series to record (a `[series."x.y"]` table, e.g. 6.12, into its own
+    /// kernel-<series>.lock) [default: manifest.toml's `[kernel]` series, 6.1].
+    #[arg(long, value_name = "X.Y")]
+    pub series: Option<String>,
     /// Write nothing; exit 1 when the lock does not match the installed source.
     #[arg(long)]
     pub check: bool,
@@ -45,6 +49,10 @@ pub struct Common {
     /// vfio-guest, debug. Merged in kernel-configs/ file-name order, whatever the order here.
     #[arg(long = "flavour", value_delimiter = ',', value_name = "NAME")]
     pub flavours: Vec<String>,
+    /// The pinned kernel series (manifest.toml's `[series."x.y"]` tables, e.g. 6.12 for
+    /// iommufd and VFIO device cdevs) [default: the `[kernel]` series, 6.1].
+    #[arg(long, value_name = "X.Y")]
+    pub series: Option<String>,
 }
 
 /// `vfioctl kernel build` arguments.
@@ -125,16 +133,11 @@ fn run_lock(ctx: &Context, a: LockArgs) -> Result<Exit, Failure> {
     let configs = configs_dir(&Common {
         configs: a.configs,
         flavours: Vec::new(),
+        series: None,
     });
-    let pins = read_pins(&configs)?;
+    let pins = read_pins(&configs, a.series.as_deref())?;
     let tarball = a.source.unwrap_or_else(|| pins.kernel.tarball.clone());
-    let u = kernel::lock::update(
-        &configs,
-        &pins.kernel.package,
-        &pins.kernel.series,
-        &tarball,
-        a.check,
-    )?;
+    let u = kernel::lock::update(&configs, &pins.kernel, &tarball, a.check)?;
     emit(ctx, &u, |out| {
         if u.changes.is_empty() {
             writeln!(
@@ -162,7 +165,8 @@ fn run_lock(ctx: &Context, a: LockArgs) -> Result<Exit, Failure> {
     })
 }
 
-fn read_pins(configs: &Path) -> Result<kernel::manifest::Pins, Failure> {
+/// The pin manifest of `configs`, with `series` selected (see [`kernel::manifest::Pins::select`]).
+fn read_pins(configs: &Path, series: Option<&str>) -> Result<kernel::manifest::Pins, Failure> {
     if !configs.is_dir() {
         return Err(Failure::usage(format!(
             "--configs {}: no such directory; it holds the config fragments, the allowlist and manifest.toml (default: kernel-configs/ of this source tree)",
@@ -177,18 +181,20 @@ fn read_pins(configs: &Path) -> Result<kernel::manifest::Pins, Failure> {
             source,
         })
     })?;
-    kernel::manifest::Pins::parse(&text).map_err(|source| {
+    let pins = kernel::manifest::Pins::parse(&text).map_err(|source| {
         Failure::from(kernel::KernelError::Pins {
-            path: pins_path,
+            path: pins_path.clone(),
             source,
         })
-    })
+    })?;
+    Ok(pins.select(series, &pins_path)?)
 }
 
 fn run_build(ctx: &Context, a: BuildArgs) -> Result<Exit, Failure> {
     let opts = BuildOptions {
         configs: configs_dir(&a.common),
         source: a.source,
+        series: a.common.series,
         flavours: a.common.flavours,
         out: a.out,
         lab: a.lab,
@@ -280,7 +286,7 @@ fn run_build(ctx: &Context, a: BuildArgs) -> Result<Exit, Failure> {
 
 fn run_verify(ctx: &Context, a: VerifyArgs) -> Result<Exit, Failure> {
     let configs = configs_dir(&a.common);
-    let pins = read_pins(&configs)?;
+    let pins = read_pins(&configs, a.common.series.as_deref())?;
     let flavours: Vec<String> = a
         .common
         .flavours

@@ -383,6 +383,14 @@ pub fn run(ctx: &Context, c: VmCommand) -> Result<Exit, Failure> {
                         .unwrap_or_default()
                     )?;
                 }
+                if !s.objects.is_empty() {
+                    let objs: Vec<String> = s
+                        .objects
+                        .iter()
+                        .map(|x| format!("{} ({})", x.id, x.qom_type))
+                        .collect();
+                    writeln!(o, "  objects: {}", objs.join(", "))?;
+                }
                 for w in &s.warnings {
                     writeln!(o, "  warning: {w}")?;
                 }

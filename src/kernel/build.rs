@@ -38,6 +38,10 @@ pub struct BuildOptions {
     pub configs: PathBuf,
     /// Kernel source directory or tarball; `None` = the pinned tarball.
     pub source: Option<PathBuf>,
+    /// The pinned series to build (`[series."<x.y>"]` of the manifest); `None` = the
+    /// default `[kernel]` series. Builds of another series than the default are named
+    /// `vfioctl-<series>-<flavours>` (output and `O=` tree).
+    pub series: Option<String>,
     /// Flavours beyond the always-merged ones (`nvidia`, `vfio-guest`, `debug`; `base`
     /// is accepted and means nothing extra).
     pub flavours: Vec<String>,
@@ -391,10 +395,11 @@ impl Inputs {
         let pins_path = opts.configs.join("manifest.toml");
         let pins_text =
             std::fs::read_to_string(&pins_path).map_err(io(&pins_path, "cannot read"))?;
-        let pins = Pins::parse(&pins_text).map_err(|source| KernelError::Pins {
+        let all = Pins::parse(&pins_text).map_err(|source| KernelError::Pins {
             path: pins_path.clone(),
             source,
         })?;
+        let pins = all.select(opts.series.as_deref(), &pins_path)?;
         let mut flavours: Vec<String> = opts
             .flavours
             .iter()
@@ -405,7 +410,10 @@ impl Inputs {
             flavours.push("nvidia".into());
         }
         let fragments = select_fragments(&opts.configs, &pins.kernel.always, &flavours)?;
-        let fkey = flavour_key(&fragments, &pins.kernel.always);
+        let mut fkey = flavour_key(&fragments, &pins.kernel.always);
+        if pins.kernel.series != all.kernel.series {
+            fkey = format!("{}-{fkey}", pins.kernel.series);
+        }
         let allow_path = opts.configs.join("allowlist");
         let allow_text = std::fs::read_to_string(&allow_path).unwrap_or_default();
         let allow = Allowlist::parse(&allow_path, &allow_text)?;
@@ -676,7 +684,7 @@ fn source_phase(
         format!(
             "{} {found}: {}",
             tree.dir.display(),
-            tree.info.lock.note(&found)
+            tree.info.lock.note(&found, &inputs.pins.kernel)
         ),
     );
     Ok(tree)

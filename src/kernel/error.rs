@@ -83,6 +83,16 @@ pub enum KernelError {
         /// The log holding `patch`'s output.
         log: PathBuf,
     },
+    /// `--series` names a series the pin manifest has no table for.
+    #[error("kernel series `{name}` is not pinned in {} (pinned: {known})", manifest.display())]
+    UnknownSeries {
+        /// The series asked for.
+        name: String,
+        /// The series the manifest pins, comma-separated, the default first.
+        known: String,
+        /// The pin manifest.
+        manifest: PathBuf,
+    },
     /// A requested flavour has no `NN-<name>.config` fragment in `kernel-configs/`.
     #[error("unknown flavour `{name}` (kernel-configs/ has: {known})")]
     UnknownFlavour {
@@ -153,6 +163,10 @@ impl Diagnose for KernelError {
             KernelError::Lock { .. } => {
                 "fix the file at the position named above, or re-create it with `vfioctl kernel lock`".into()
             }
+            KernelError::UnknownSeries { manifest, .. } => format!(
+                "pass one of the pinned series, or add a [series.\"x.y\"] table to {}",
+                manifest.display()
+            ),
             KernelError::UnknownFlavour { .. } => {
                 "flavours are the NN-<name>.config files in kernel-configs/".into()
             }
@@ -175,6 +189,7 @@ impl Diagnose for KernelError {
             KernelError::Parse(_)
             | KernelError::Pins { .. }
             | KernelError::UnknownFlavour { .. }
+            | KernelError::UnknownSeries { .. }
             | KernelError::Source { .. }
             | KernelError::Checksum { .. }
             | KernelError::Series { .. }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cmd::Cmd;
 use super::error::{io, KernelError};
+use super::manifest::KernelPin;
 
 /// The lock file's name inside `kernel-configs/`.
 pub const LOCK_FILE: &str = "kernel.lock";
@@ -46,9 +47,10 @@ impl SourceLock {
         toml::from_str(text)
     }
 
-    /// Read `<configs>/kernel.lock`; `Ok(None)` when there is none.
-    pub fn read(configs: &Path) -> Result<Option<SourceLock>, KernelError> {
-        let path = configs.join(LOCK_FILE);
+    /// Read `<configs>/<file>` (`kernel.lock` for the default series); `Ok(None)` when
+    /// there is none.
+    pub fn read(configs: &Path, file: &str) -> Result<Option<SourceLock>, KernelError> {
+        let path = configs.join(file);
         match std::fs::read_to_string(&path) {
             Ok(t) => SourceLock::parse(&t)
                 .map(Some)
@@ -68,10 +70,10 @@ impl SourceLock {
         )
     }
 
-    /// Write `<configs>/kernel.lock` atomically (temporary file + rename).
-    pub fn write(&self, configs: &Path) -> Result<PathBuf, KernelError> {
-        let path = configs.join(LOCK_FILE);
-        let tmp = configs.join(format!(".{LOCK_FILE}.tmp"));
+    /// Write `<configs>/<file>` atomically (temporary file + rename).
+    pub fn write(&self, configs: &Path, file: &str) -> Result<PathBuf, KernelError> {
+        let path = configs.join(file);
+        let tmp = configs.join(format!(".{file}.tmp"));
         std::fs::write(&tmp, self.render()).map_err(io(&tmp, "cannot write"))?;
         std::fs::rename(&tmp, &path).map_err(io(&path, "cannot replace"))?;
         Ok(path)
@@ -107,16 +109,23 @@ impl LockState {
         }
     }
 
-    /// One line for people, naming the fix where there is one.
-    pub fn note(&self, found: &str) -> String {
+    /// One line for people, naming the fix where there is one; `pin` names the lock
+    /// file and, for a series other than the default, the `--series` the fix needs.
+    pub fn note(&self, found: &str, pin: &KernelPin) -> String {
+        let file = &pin.lock;
+        let cmd = if file == LOCK_FILE {
+            "vfioctl kernel lock".to_string()
+        } else {
+            format!("vfioctl kernel lock --series {}", pin.series)
+        };
         match self {
-            LockState::Locked => "matches kernel-configs/kernel.lock".into(),
+            LockState::Locked => format!("matches kernel-configs/{file}"),
             LockState::Newer { locked } => format!(
-                "{found} differs from kernel-configs/kernel.lock ({} {}): building it; run `vfioctl kernel lock` to record it",
+                "{found} differs from kernel-configs/{file} ({} {}): building it; run `{cmd}` to record it",
                 locked.package, locked.package_version
             ),
             LockState::Unlocked => {
-                "no kernel-configs/kernel.lock: run `vfioctl kernel lock` to record this source".into()
+                format!("no kernel-configs/{file}: run `{cmd}` to record this source")
             }
             LockState::Unpinned => "NOT the pinned series (--allow-unpinned)".into(),
         }
@@ -231,11 +240,11 @@ pub fn diff(old: Option<&LockedSource>, new: &LockedSource) -> Vec<String> {
 /// is written (CI: fail when the lock is stale).
 pub fn update(
     configs: &Path,
-    package: &str,
-    series: &str,
+    pin: &KernelPin,
     tarball: &Path,
     check: bool,
 ) -> Result<LockUpdate, KernelError> {
+    let (package, series) = (pin.package.as_str(), pin.series.as_str());
     if !tarball.is_file() {
         return Err(KernelError::Source {
             path: tarball.to_path_buf(),
@@ -250,15 +259,15 @@ pub fn update(
         version,
         sha256: super::source::sha256_file(tarball)?,
     };
-    let old = SourceLock::read(configs)?.map(|l| l.kernel);
+    let old = SourceLock::read(configs, &pin.lock)?.map(|l| l.kernel);
     let changes = diff(old.as_ref(), &new);
-    let mut path = configs.join(LOCK_FILE);
+    let mut path = configs.join(&pin.lock);
     let written = !check && !changes.is_empty();
     if written {
         path = SourceLock {
             kernel: new.clone(),
         }
-        .write(configs)?;
+        .write(configs, &pin.lock)?;
     }
     Ok(LockUpdate {
         path,
@@ -301,10 +310,20 @@ mod tests {
         assert_eq!(LockState::of("aa", Some(&lock)), LockState::Locked);
         let n = LockState::of("bb", Some(&lock));
         assert!(matches!(&n, LockState::Newer { locked } if locked.package_version == "6.1.192-2"));
-        let note = n.note("6.1.192 (linux-source-6.1 6.1.192-3)");
+        let pins = committed_pins();
+        let note = n.note("6.1.192 (linux-source-6.1 6.1.192-3)", &pins.kernel);
         assert!(
-            note.contains("6.1.192-2") && note.contains("vfioctl kernel lock"),
+            note.contains("6.1.192-2") && note.contains("run `vfioctl kernel lock` to record"),
             "{note}"
+        );
+        // another series names its own lock file and the --series its fix needs
+        let modern = pins
+            .select(Some("6.12"), Path::new("manifest.toml"))
+            .unwrap();
+        let note = LockState::Unlocked.note("6.12.95", &modern.kernel);
+        assert_eq!(
+            note,
+            "no kernel-configs/kernel-6.12.lock: run `vfioctl kernel lock --series 6.12` to record this source"
         );
         assert_eq!(LockState::of("aa", None), LockState::Unlocked);
     }
@@ -335,13 +354,16 @@ mod tests {
         let l = SourceLock {
             kernel: rec("6.1.192-3", "cc"),
         };
-        l.write(d.path()).unwrap();
+        l.write(d.path(), LOCK_FILE).unwrap();
         let text = std::fs::read_to_string(d.path().join(LOCK_FILE)).unwrap();
         assert!(
             text.starts_with("# Written by `vfioctl kernel lock`"),
             "{text}"
         );
-        assert_eq!(SourceLock::read(d.path()).unwrap(), Some(l.clone()));
+        assert_eq!(
+            SourceLock::read(d.path(), LOCK_FILE).unwrap(),
+            Some(l.clone())
+        );
         assert_eq!(diff(Some(&l.kernel), &l.kernel), Vec::<String>::new());
         let ch = diff(Some(&rec("6.1.192-2", "aa")), &l.kernel);
         assert_eq!(
@@ -351,21 +373,34 @@ mod tests {
                 "sha256: aa -> cc".to_string()
             ]
         );
-        assert_eq!(SourceLock::read(&d.path().join("none")).unwrap(), None);
+        assert_eq!(
+            SourceLock::read(&d.path().join("none"), LOCK_FILE).unwrap(),
+            None
+        );
+    }
+
+    fn committed_pins() -> super::super::manifest::Pins {
+        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-configs");
+        super::super::manifest::Pins::parse(
+            &std::fs::read_to_string(configs.join("manifest.toml")).unwrap(),
+        )
+        .unwrap()
     }
 
     #[test]
-    fn the_committed_lock_parses_and_is_in_the_pinned_series() {
+    fn every_committed_lock_parses_and_is_in_its_pinned_series() {
         let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-configs");
-        let lock = SourceLock::read(&configs)
-            .unwrap()
-            .expect("kernel.lock committed");
-        let pins = super::super::manifest::Pins::parse(
-            &std::fs::read_to_string(configs.join("manifest.toml")).unwrap(),
-        )
-        .unwrap();
-        assert!(in_series(&pins.kernel.series, &lock.kernel.version));
-        assert_eq!(lock.kernel.package, pins.kernel.package);
-        assert_eq!(lock.kernel.sha256.len(), 64);
+        let all = committed_pins();
+        for series in all.series_names() {
+            let pins = all
+                .select(Some(&series), Path::new("manifest.toml"))
+                .unwrap();
+            let lock = SourceLock::read(&configs, &pins.kernel.lock)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{} committed", pins.kernel.lock));
+            assert!(in_series(&pins.kernel.series, &lock.kernel.version));
+            assert_eq!(lock.kernel.package, pins.kernel.package);
+            assert_eq!(lock.kernel.sha256.len(), 64);
+        }
     }
 }

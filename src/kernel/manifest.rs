@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::KernelError;
+
 /// `kernel-configs/manifest.toml`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Pins {
@@ -14,6 +16,10 @@ pub struct Pins {
     /// The `[nvidia.<key>]` tables: pinned NVIDIA driver packages by mode key (e.g. `open-535`).
     #[serde(default)]
     pub nvidia: BTreeMap<String, NvidiaPin>,
+    /// The `[series."<x.y>"]` tables: further kernel series a build may select with
+    /// `--series` (e.g. `6.12` for iommufd and VFIO device cdevs); `[kernel]` is the default.
+    #[serde(default)]
+    pub series: BTreeMap<String, KernelPin>,
 }
 
 /// The `[kernel]` table of `kernel-configs/manifest.toml`.
@@ -36,6 +42,14 @@ pub struct KernelPin {
     pub always: Vec<String>,
     /// Directory, relative to `kernel-configs/`, of `*.patch` files applied to the extracted tarball in name order.
     pub patches: PathBuf,
+    /// The lock file inside `kernel-configs/` recording the exact source of this series
+    /// (default `kernel.lock`; each further series has its own).
+    #[serde(default = "default_lock_file")]
+    pub lock: String,
+}
+
+fn default_lock_file() -> String {
+    super::lock::LOCK_FILE.to_string()
 }
 
 /// A `[nvidia.<key>]` table: the Debian packages of one NVIDIA open-module driver version.
@@ -70,6 +84,35 @@ impl Pins {
     /// Parse the manifest's TOML text.
     pub fn parse(text: &str) -> Result<Pins, toml::de::Error> {
         toml::from_str(text)
+    }
+
+    /// The series names this manifest pins, the default (`[kernel]`) first.
+    pub fn series_names(&self) -> Vec<String> {
+        std::iter::once(self.kernel.series.clone())
+            .chain(self.series.keys().cloned())
+            .collect()
+    }
+
+    /// These pins with `[kernel]` replaced by the requested series' table (`None`, or the
+    /// default series' name, keeps `[kernel]`); `manifest` is the file they came from,
+    /// for the error naming the series that are pinned.
+    pub fn select(&self, series: Option<&str>, manifest: &Path) -> Result<Pins, KernelError> {
+        let Some(want) = series.filter(|s| *s != self.kernel.series) else {
+            return Ok(self.clone());
+        };
+        let pin = self
+            .series
+            .get(want)
+            .ok_or_else(|| KernelError::UnknownSeries {
+                name: want.to_string(),
+                known: self.series_names().join(", "),
+                manifest: manifest.to_path_buf(),
+            })?;
+        Ok(Pins {
+            kernel: pin.clone(),
+            nvidia: self.nvidia.clone(),
+            series: self.series.clone(),
+        })
     }
 }
 

@@ -274,7 +274,7 @@ pub fn prepare(req: &SourceRequest<'_>, log: &Path) -> Result<Tree, KernelError>
     // The package version only when this is the package's own tarball.
     let packaged = std::fs::canonicalize(&pin.tarball).ok().as_ref() == Some(&given);
     let lock = if in_pin {
-        LockState::of(&sha, SourceLock::read(req.configs)?.as_ref())
+        LockState::of(&sha, SourceLock::read(req.configs, &pin.lock)?.as_ref())
     } else {
         LockState::Unpinned
     };

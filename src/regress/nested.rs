@@ -297,11 +297,156 @@ fi
     )
 }
 
+/// The L1 script lines that start an L2 guest with the static vfioctl inside L1
+/// (`vfioctl vm up`: its q35 machine, root ports, VFIO backend and QMP hotplug, exactly
+/// as on a real host) with `vm_args` (`--gpu X` hot-plugs over QMP once L2 is up,
+/// `--cold X` puts X on QEMU's command line, `--vfio-backend B`), then report what it did
+/// and what L2 saw, and take it down. Prints `@@ NAME up rc=N`, `@@json NAME-up {..}` (the
+/// `vm up --json` result), `@@json NAME-status {..}` (`vm status --json`: QEMU's own
+/// objects), `@@ NAME fds ...` (the VFIO and iommufd nodes QEMU holds open), L2's console
+/// lines as `@@ NAME.pci ...` / `@@ NAME.hot ...`, and `@@ NAME down rc=N`.
+pub fn l2_vm(name: &str, vm_args: &str, boot_timeout_s: u64) -> String {
+    format!(
+        r#"export VFIOCTL_RUN_DIR=/tmp/vms
+vfioctl --json vm up --name {name} --accel tcg --vsock none --ready 'serial:@@ l2-ready' \
+  --boot-timeout {boot_timeout_s} --kernel /l2/vmlinuz --initrd /l2/initrd.gz --memory 256M --vcpus 1 \
+  --qemu /usr/bin/qemu-system-x86_64 --cmdline 'console=ttyS0 panic=-1 l2.stay' {vm_args} \
+  > /tmp/{name}.json 2> /tmp/{name}.err
+echo "@@ {name} up rc=$?"
+sed 's/^/@@ {name}-err /' /tmp/{name}.err | tail -n 15
+echo "@@json {name}-up $(tr -d '\n' < /tmp/{name}.json)"
+sleep 4
+vfioctl --json vm status {name} 2>/dev/null | tr -d '\n' | sed 's/^/@@json {name}-status /'; echo
+qpid=$(cat /tmp/vms/{name}/qemu.pid 2>/dev/null)
+fds=$(ls -l /proc/$qpid/fd 2>/dev/null | sed -n 's/.*-> //p' | grep -E '^/dev/(iommu|vfio/)' | sort -u | tr '\n' ,)
+echo "@@ {name} fds pid=$qpid nodes=$fds"
+tr -d '\r' < /tmp/vms/{name}/serial.log | grep '^@@ ' | sed 's/^@@ /@@ {name}./'
+vfioctl vm down {name} --timeout 2 > /dev/null 2>&1
+echo "@@ {name} down rc=$?"
+"#
+    )
+}
+
+/// What an L2 started by [`l2_vm`] reported (parsed from the L1 output, pure).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct L2Seen {
+    /// `vm up`'s exit code.
+    pub up_rc: Option<i32>,
+    /// `vm up --json`, when it printed one.
+    pub up: Option<serde_json::Value>,
+    /// `vm status --json` after the plug.
+    pub status: Option<serde_json::Value>,
+    /// The `/dev/iommu` and `/dev/vfio/...` nodes QEMU held open.
+    pub nodes: Vec<String>,
+    /// What L2 listed at boot: `(bdf, vendor:device, driver)`.
+    pub boot: Vec<(String, String, String)>,
+    /// What appeared in L2 after boot (hotplugged).
+    pub hot: Vec<(String, String, String)>,
+    /// vfioctl's error lines when `vm up` failed.
+    pub errors: Vec<String>,
+}
+
+impl L2Seen {
+    /// The report of the L2 guest `name` in `out`.
+    pub fn parse(out: &str, name: &str) -> L2Seen {
+        let mut s = L2Seen::default();
+        let json = |tag: &str| {
+            out.lines().find_map(|l| {
+                let rest = l.trim().strip_prefix(&format!("@@json {name}-{tag} "))?;
+                serde_json::from_str(rest.trim()).ok()
+            })
+        };
+        s.up = json("up");
+        s.status = json("status");
+        let dev = |rest: &str| {
+            let mut f = rest.split_whitespace().map(str::to_string);
+            Some((
+                f.next()?,
+                f.next()?,
+                f.next().unwrap_or_else(|| "none".into()),
+            ))
+        };
+        for l in out.lines().map(str::trim) {
+            if let Some(r) = l.strip_prefix(&format!("@@ {name}.pci ")) {
+                s.boot.extend(dev(r));
+            } else if let Some(r) = l.strip_prefix(&format!("@@ {name}.hot ")) {
+                s.hot.extend(dev(r));
+            } else if let Some(r) = l.strip_prefix(&format!("@@ {name}-err ")) {
+                s.errors.push(r.to_string());
+            } else if let Some(r) = l.strip_prefix(&format!("@@ {name} up rc=")) {
+                s.up_rc = r.trim().parse().ok();
+            } else if let Some(r) = l.strip_prefix(&format!("@@ {name} fds ")) {
+                if let Some((_, n)) = r.split_once("nodes=") {
+                    s.nodes = n
+                        .split(',')
+                        .filter(|x| !x.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                }
+            }
+        }
+        s
+    }
+
+    /// The VFIO backend `vm up` chose (`group`, `iommufd`), from its JSON.
+    pub fn backend(&self) -> Option<String> {
+        let b = self.up.as_ref()?.get("vfio_backend")?;
+        b.as_str().map(str::to_string)
+    }
+
+    /// QEMU's objects of type `qom_type` (`vm status` after the plug).
+    pub fn objects(&self, qom_type: &str) -> Vec<String> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.get("objects"))
+            .and_then(|o| o.as_array())
+            .into_iter()
+            .flatten()
+            .filter(|o| o.get("qom_type").and_then(|t| t.as_str()) == Some(qom_type))
+            .filter_map(|o| o.get("id")?.as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Whether L2 has a device `id` (`vendor:device`), at boot (`hot` false) or after it.
+    pub fn lists(&self, id: &str, hot: bool) -> Option<&str> {
+        let v = if hot { &self.hot } else { &self.boot };
+        v.iter().find(|d| d.1 == id).map(|d| d.0.as_str())
+    }
+
+    /// Why this L2 run does not show `id` (cold or hot), or `None` when it does.
+    pub fn missing(&self, name: &str, id: &str, hot: bool) -> Option<String> {
+        if self.up_rc != Some(0) {
+            return Some(format!(
+                "L1: vfioctl vm up --name {name} failed (rc {}): {}",
+                self.up_rc.map(|r| r.to_string()).unwrap_or("?".into()),
+                self.errors.join(" / ")
+            ));
+        }
+        if self.lists(id, hot).is_none() {
+            let seen: Vec<String> = self
+                .boot
+                .iter()
+                .chain(&self.hot)
+                .map(|d| format!("{} {}", d.0, d.1))
+                .collect();
+            return Some(format!(
+                "L2 `{name}` lists no {id} {} (it lists: {})",
+                if hot { "after the hotplug" } else { "at boot" },
+                seen.join(", ")
+            ));
+        }
+        None
+    }
+}
+
 /// The L1 script, run through the agent's exec: bind, run L2 with the device cold-plugged
-/// (its serial console to a file, printed afterwards), restore. Prints `@@ name key=value`.
+/// (its serial console to a file, printed afterwards), then a second L2 started by the
+/// static vfioctl with the device hot-plugged over QMP ([`l2_vm`] `l2hot`), restore.
+/// Prints `@@ name key=value`.
 pub fn l1_script(l2_timeout_s: u64) -> String {
     let d = L1_DEVICE;
     let l2 = l2_run(d, l2_timeout_s);
+    let hot = l2_vm("l2hot", &format!("--gpu {d}"), l2_timeout_s);
     format!(
         r#"/bin/busybox --install -s /bin 2>/dev/null
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -310,7 +455,7 @@ vfioctl bind {d} 2>&1; rc=$?
 echo "@@ bind rc=$rc driver=$(drv {d}) group=$(basename $(readlink /sys/bus/pci/devices/{d}/iommu_group))"
 # QEMU needs an IOMMU backend for the VFIO container: vfio's softdep on vfio_iommu_type1
 # is honoured by kmod's modprobe, not busybox's, so load it here.
-{l2}vfioctl restore --all 2>&1
+{l2}{hot}vfioctl restore --all 2>&1
 echo "@@ restore rc=$? driver=$(drv {d})"
 "#
     )
@@ -350,6 +495,10 @@ pub fn verdict(out: &str) -> Result<String, ScenarioFailed> {
                 .join(", ")
         )));
     };
+    let hot = L2Seen::parse(out, "l2hot");
+    if let Some(why) = hot.missing("l2hot", EXPECTED_ID, true) {
+        return Err(ScenarioFailed::from(why));
+    }
     let restored = field("restore", "driver");
     if field("restore", "rc").as_deref() != Some("0") || restored.as_deref() != Some("e1000e") {
         return Err(ScenarioFailed::from(format!(
@@ -358,9 +507,11 @@ pub fn verdict(out: &str) -> Result<String, ScenarioFailed> {
         )));
     }
     Ok(format!(
-        "L1 bound {L1_DEVICE} to vfio-pci (group {}); L2 lists {bdf} {EXPECTED_ID} among {} device(s); restored to e1000e",
+        "L1 bound {L1_DEVICE} to vfio-pci (group {}); L2 lists {bdf} {EXPECTED_ID} among {} device(s) cold-plugged, and {} after vfioctl in L1 hot-plugged it over QMP ({} backend); restored to e1000e",
         field("bind", "group").unwrap_or_default(),
-        l2.len()
+        l2.len(),
+        hot.lists(EXPECTED_ID, true).unwrap_or("?"),
+        hot.backend().unwrap_or_else(|| "?".into())
     ))
 }
 
@@ -382,7 +533,10 @@ mod tests {
         );
     }
 
-    const GOOD: &str = "@@ before driver=e1000e\n@@ bind rc=0 driver=vfio-pci group=3\n@@ l2 rc=0\n@@ pci 0000:00:00.0 8086:29c0 none\n@@ pci 0000:01:00.0 8086:10d3 none\n@@ l2-done\n@@ restore rc=0 driver=e1000e\n";
+    const GOOD: &str = "@@ before driver=e1000e\n@@ bind rc=0 driver=vfio-pci group=3\n@@ l2 rc=0\n@@ pci 0000:00:00.0 8086:29c0 none\n@@ pci 0000:01:00.0 8086:10d3 none\n@@ l2-done\n\
+@@ l2hot up rc=0\n@@json l2hot-up {\"name\":\"l2hot\",\"vfio_backend\":\"group\"}\n@@json l2hot-status {\"objects\":[]}\n\
+@@ l2hot fds pid=77 nodes=/dev/vfio/3,/dev/vfio/vfio,\n@@ l2hot.pci 0000:00:00.0 8086:29c0 none\n@@ l2hot.l2-done\n@@ l2hot.l2-ready\n\
+@@ l2hot.hot 0000:01:00.0 8086:10d3 e1000e\n@@ l2hot down rc=0\n@@ restore rc=0 driver=e1000e\n";
 
     #[test]
     fn verdict_passes_when_l2_lists_the_device() {
@@ -406,5 +560,42 @@ mod tests {
             .contains("did not finish"));
         let no_restore = GOOD.replace("restore rc=0 driver=e1000e", "restore rc=1 driver=vfio-pci");
         assert!(verdict(&no_restore).unwrap_err().reason.contains("restore"));
+        let no_hot = GOOD.replace("@@ l2hot.hot 0000:01:00.0 8086:10d3 e1000e\n", "");
+        let e = verdict(&no_hot).unwrap_err().reason;
+        assert!(
+            e.contains("L2 `l2hot` lists no 8086:10d3 after the hotplug"),
+            "{e}"
+        );
+        let up_failed = GOOD.replace(
+            "l2hot up rc=0",
+            "l2hot up rc=5\n@@ l2hot-err error: 0000:01:00.0: no VFIO node",
+        );
+        let e = verdict(&up_failed).unwrap_err().reason;
+        assert!(
+            e.contains("vm up --name l2hot failed (rc 5): error: 0000:01:00.0: no VFIO node"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn l2_seen_reads_the_vm_up_report_objects_and_nodes() {
+        let out = "@@ x up rc=0\n@@json x-up {\"vfio_backend\":\"iommufd\"}\n@@json x-status {\"objects\":[{\"id\":\"iommufd0\",\"qom_type\":\"iommufd\"}]}\n@@ x fds pid=9 nodes=/dev/iommu,/dev/vfio/devices/vfio0,\n@@ x.pci 0000:01:00.0 8086:10ca none\n";
+        let s = L2Seen::parse(out, "x");
+        assert_eq!(s.up_rc, Some(0));
+        assert_eq!(s.backend().as_deref(), Some("iommufd"));
+        assert_eq!(s.objects("iommufd"), ["iommufd0"]);
+        assert_eq!(s.nodes, ["/dev/iommu", "/dev/vfio/devices/vfio0"]);
+        assert_eq!(s.lists("8086:10ca", false), Some("0000:01:00.0"));
+        assert_eq!(s.missing("x", "8086:10ca", false), None);
+        assert!(s.missing("x", "8086:10ca", true).is_some());
+    }
+
+    #[test]
+    fn l1_script_hot_plugs_with_vfioctl_after_the_cold_run() {
+        let s = l1_script(300);
+        let cold = s.find("-device vfio-pci,host=0000:01:00.0").unwrap();
+        let hot = s.find("vm up --name l2hot").unwrap();
+        assert!(cold < hot && hot < s.find("vfioctl restore --all").unwrap());
+        assert!(s.contains("--gpu 0000:01:00.0"));
     }
 }

@@ -215,6 +215,57 @@ pub enum Kind {
     /// A guest with an emulated intel-iommu binds an emulated device with vfioctl and
     /// passes it to a nested guest through vfio-pci.
     Nested,
+    /// SR-IOV: a guest (kernel 6.12) creates virtual functions of QEMU 10's igb with
+    /// `vfioctl vf create`, binds one and passes it to a nested guest, cold and hot.
+    Sriov,
+    /// Mediated devices: a guest on vfioctl's own 6.12 kernel creates an mtty instance
+    /// with `vfioctl mdev create` and passes it to a nested guest, cold and hot.
+    Mdev,
+    /// iommufd: a guest on vfioctl's own 6.12 kernel passes a VF to a nested guest with
+    /// `--vfio-backend iommufd` (cold) and `auto` (hot), shown by QEMU's objects and the
+    /// cdev it holds.
+    Iommufd,
+}
+
+impl Kind {
+    /// Every kind, in declaration order.
+    pub const ALL: [Kind; 5] = [
+        Kind::Passthrough,
+        Kind::Nested,
+        Kind::Sriov,
+        Kind::Mdev,
+        Kind::Iommufd,
+    ];
+
+    /// The kind runs a nested guest inside an L1 guest that is itself a VFIO host (its
+    /// devices are L1's emulated ones, never the host's).
+    pub fn is_nested(self) -> bool {
+        match self {
+            Kind::Passthrough => false,
+            Kind::Nested | Kind::Sriov | Kind::Mdev | Kind::Iommufd => true,
+        }
+    }
+
+    /// The lab stack the kind needs, when it needs one: QEMU 10's igb (SR-IOV) and
+    /// `-object iommufd` exist only in the `modern` stack.
+    pub fn required_stack(self) -> Option<&'static str> {
+        match self {
+            Kind::Passthrough | Kind::Nested => None,
+            Kind::Sriov | Kind::Mdev | Kind::Iommufd => Some("modern"),
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Passthrough => "passthrough",
+            Kind::Nested => "nested",
+            Kind::Sriov => "sriov",
+            Kind::Mdev => "mdev",
+            Kind::Iommufd => "iommufd",
+        })
+    }
 }
 
 /// What a scenario must show for the run to count as expected.
@@ -299,8 +350,13 @@ pub struct Scenario {
     pub plug: PlugMode,
     /// The guest firmware (`firmware`, default SeaBIOS).
     pub firmware: Firmware,
-    /// The guest kernel (`kernel`, `${VAR}` and `~` expanded); None: the lab's current kernel.
+    /// The guest kernel (`kernel`: a name from the plan's `[kernels]` table or a path,
+    /// `${VAR}` and `~` expanded); None: the stack's, else the lab's current kernel.
     pub kernel: Option<PathBuf>,
+    /// The lab stack (`stack`: `system` or `modern`, see [`crate::shared::stack`]): the
+    /// QEMU that runs the guest (and its firmware directory) and the default kernel. None:
+    /// QEMU from `PATH`.
+    pub stack: Option<String>,
     /// The guest initrd (`initrd`, expanded like `kernel`).
     pub initrd: Option<PathBuf>,
     /// What the scenario must show (`expect`, default pass).
@@ -384,11 +440,15 @@ struct RawPlan {
     fleet: FleetCfg,
     #[serde(default, rename = "scenario")]
     scenarios: Vec<RawScenario>,
+    /// Named guest kernels (`name = "path"`), for `kernel = "name"` and matrices.
+    #[serde(default)]
+    kernels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCommon {
+    stack: Option<String>,
     firmware: Option<Firmware>,
     plug: Option<PlugMode>,
     kernel: Option<String>,
@@ -399,12 +459,14 @@ struct RawCommon {
     timeouts: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawScenario {
     name: Option<String>,
     description: Option<String>,
     kind: Option<Kind>,
+    stack: Option<String>,
+    matrix: Option<RawMatrix>,
     #[serde(default)]
     devices: Vec<String>,
     firmware: Option<Firmware>,
@@ -420,14 +482,25 @@ struct RawScenario {
     locks: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `matrix = { stack = [...], kernel = [...] }`: the scenario once per combination, named
+/// `<name>-<stack>-<kernel>`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatrix {
+    #[serde(default)]
+    stack: Vec<String>,
+    #[serde(default)]
+    kernel: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum RawExpect {
     Word(String),
     Table(RawExpectTable),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawExpectTable {
     outcome: String,
@@ -436,7 +509,7 @@ struct RawExpectTable {
     pattern: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawVm {
     memory: Option<String>,
@@ -592,10 +665,19 @@ impl Plan {
         if raw.history.window == 0 {
             return Err(plan_err("history.window", "must be at least 1".into()));
         }
+        for k in raw.kernels.keys() {
+            if !is_name(k) {
+                return Err(plan_err(
+                    &format!("kernels.{k}"),
+                    "kernel names are lower-case letters, digits and '-' (they name matrix scenarios)".into(),
+                ));
+            }
+        }
         let d = &raw.defaults;
         let mut seen = BTreeSet::new();
         let mut scenarios = Vec::new();
-        for (i, s) in raw.scenarios.into_iter().enumerate() {
+        let expanded = expand_matrices(raw.scenarios, &raw.kernels, &plan_err)?;
+        for (i, s) in expanded.into_iter().enumerate() {
             let label = s.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
             let err = |key: String, reason: String| PlanError::Invalid {
                 path: path.to_path_buf(),
@@ -634,7 +716,7 @@ impl Plan {
                     DeviceSpec::parse(d).map_err(|r| err(format!("devices[{j}]"), r.to_string()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            if kind == Kind::Nested && devices.iter().any(DeviceSpec::is_host) {
+            if kind.is_nested() && devices.iter().any(DeviceSpec::is_host) {
                 return Err(err(
                     "devices".into(),
                     "a nested scenario passes an emulated device through an emulated IOMMU; host selectors do not apply".into(),
@@ -646,7 +728,33 @@ impl Plan {
                     .map(|p| expand_path(p, &base, env).map_err(|r| err(key.into(), r.to_string())))
                     .transpose()
             };
-            let kernel = path_of("kernel", &s.kernel, &d.kernel)?;
+            let named = |v: &Option<String>| {
+                v.as_ref()
+                    .map(|k| raw.kernels.get(k).cloned().unwrap_or_else(|| k.clone()))
+            };
+            let kernel = path_of("kernel", &named(&s.kernel), &named(&d.kernel))?;
+            let stack = s.stack.clone().or(d.stack.clone());
+            if let Some(st) = &stack {
+                if !crate::shared::stack::NAMES.contains(&st.as_str()) {
+                    return Err(err(
+                        "stack".into(),
+                        format!(
+                            "unknown stack {st:?}; known: {}",
+                            crate::shared::stack::NAMES.join(", ")
+                        ),
+                    ));
+                }
+            }
+            let stack = match (kind.required_stack(), stack) {
+                (Some(need), Some(st)) if st != need => {
+                    return Err(err(
+                        "stack".into(),
+                        format!("a {kind} scenario needs the {need} stack (QEMU 10: igb with SR-IOV, -object iommufd), not {st}"),
+                    ))
+                }
+                (Some(need), None) => Some(need.to_string()),
+                (_, st) => st,
+            };
             let initrd = path_of("initrd", &s.initrd, &d.initrd)?;
             let expect = match s.expect {
                 None => Expect::Pass,
@@ -696,6 +804,7 @@ impl Plan {
                 plug: s.plug.or(d.plug).unwrap_or_default(),
                 firmware: s.firmware.or(d.firmware).unwrap_or_default(),
                 kernel,
+                stack,
                 initrd,
                 expect,
                 timeouts,
@@ -722,6 +831,70 @@ impl Plan {
     pub fn scenario(&self, name: &str) -> Option<&Scenario> {
         self.scenarios.iter().find(|s| s.name == name)
     }
+}
+
+/// Scenarios with a `matrix`, once per (stack, kernel) combination, named
+/// `<name>-<stack>-<kernel>`; the others as they are. Matrix kernels must be names from
+/// `[kernels]`.
+fn expand_matrices(
+    raw: Vec<RawScenario>,
+    kernels: &BTreeMap<String, String>,
+    plan_err: &dyn Fn(&str, String) -> PlanError,
+) -> Result<Vec<RawScenario>, PlanError> {
+    let mut out = Vec::new();
+    for s in raw {
+        let Some(m) = s.matrix.clone() else {
+            out.push(s);
+            continue;
+        };
+        let label = s.name.clone().unwrap_or_default();
+        let key = |k: &str| format!("scenario {label:?} matrix.{k}");
+        if m.stack.is_empty() && m.kernel.is_empty() {
+            return Err(plan_err(
+                &key("stack"),
+                "a matrix needs a `stack` or a `kernel` list".into(),
+            ));
+        }
+        for k in &m.kernel {
+            if !kernels.contains_key(k) {
+                return Err(plan_err(
+                    &key("kernel"),
+                    format!(
+                        "{k:?} is not in [kernels] (known: {})",
+                        kernels.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+        let stacks: Vec<Option<String>> = if m.stack.is_empty() {
+            vec![None]
+        } else {
+            m.stack.iter().cloned().map(Some).collect()
+        };
+        let ks: Vec<Option<String>> = if m.kernel.is_empty() {
+            vec![None]
+        } else {
+            m.kernel.iter().cloned().map(Some).collect()
+        };
+        for st in &stacks {
+            for k in &ks {
+                let mut one = s.clone();
+                one.matrix = None;
+                let mut name = label.clone();
+                if let Some(st) = st {
+                    name = format!("{name}-{st}");
+                    one.stack = Some(st.clone());
+                }
+                if let Some(k) = k {
+                    name = format!("{name}-{k}");
+                    one.kernel = Some(k.clone());
+                }
+                one.name = Some(name);
+                out.push(one);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A scenario's `expect` that is not an outcome ([`parse_outcome`]).
@@ -948,6 +1121,88 @@ expect = "pass"
     fn device_specs_round_trip_through_display() {
         for s in ["emulated:8G", "0000:41:00.0", "10de:20b9", "10de:*"] {
             assert_eq!(DeviceSpec::parse(s).unwrap().to_string(), s);
+        }
+    }
+
+    const MATRIX: &str = r#"
+name = "m"
+[kernels]
+debian61 = "${VFIOCTL_LAB}/kernel/current/vmlinuz"
+vfioctl612 = "${VFIOCTL_LAB}/kernel/vfioctl-6.12-vfio-guest+vfio-host/vmlinuz"
+
+[[scenario]]
+name = "hot"
+devices = ["emulated:8G"]
+matrix = { stack = ["system", "modern"], kernel = ["debian61", "vfioctl612"] }
+
+[[scenario]]
+name = "mdev"
+kind = "mdev"
+kernel = "vfioctl612"
+devices = ["emulated:16M"]
+"#;
+
+    #[test]
+    fn a_matrix_expands_into_one_scenario_per_stack_and_kernel() {
+        let p = parse(MATRIX).unwrap();
+        let names: Vec<&str> = p.scenarios.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "hot-system-debian61",
+                "hot-system-vfioctl612",
+                "hot-modern-debian61",
+                "hot-modern-vfioctl612",
+                "mdev"
+            ]
+        );
+        let s = p.scenario("hot-modern-vfioctl612").unwrap();
+        assert_eq!(s.stack.as_deref(), Some("modern"));
+        assert_eq!(
+            s.kernel.as_deref(),
+            Some(Path::new(
+                "/lab/kernel/vfioctl-6.12-vfio-guest+vfio-host/vmlinuz"
+            ))
+        );
+        // a shared-GPU kind gets the modern stack it needs; a named kernel is resolved
+        let m = p.scenario("mdev").unwrap();
+        assert_eq!((m.kind, m.stack.as_deref()), (Kind::Mdev, Some("modern")));
+        assert!(m.kernel.as_ref().unwrap().ends_with("vmlinuz"));
+    }
+
+    #[test]
+    fn matrix_and_stack_mistakes_name_the_key_and_the_choices() {
+        let e = err(&MATRIX.replace("\"vfioctl612\"]", "\"vfioctl999\"]"));
+        assert!(
+            e.contains("matrix.kernel")
+                && e.contains("\"vfioctl999\" is not in [kernels] (known: debian61, vfioctl612)"),
+            "{e}"
+        );
+        let e = err(&MATRIX.replace("\"system\", \"modern\"", "\"ancient\""));
+        assert!(
+            e.contains("unknown stack \"ancient\"; known: system, modern"),
+            "{e}"
+        );
+        let e = err(&MATRIX.replace("kind = \"mdev\"", "kind = \"mdev\"\nstack = \"system\""));
+        assert!(e.contains("a mdev scenario needs the modern stack"), "{e}");
+        let e = err(&MATRIX.replace("matrix = { stack = [\"system\", \"modern\"], kernel = [\"debian61\", \"vfioctl612\"] }", "matrix = {}"));
+        assert!(
+            e.contains("a matrix needs a `stack` or a `kernel` list"),
+            "{e}"
+        );
+        let e = err(&MATRIX.replace("debian61 =", "Debian61 ="));
+        assert!(e.contains("kernels.Debian61"), "{e}");
+    }
+
+    #[test]
+    fn the_nested_kinds_are_the_ones_with_an_l1_host() {
+        for k in Kind::ALL {
+            assert_eq!(k.is_nested(), k != Kind::Passthrough, "{k}");
+            assert_eq!(
+                k.required_stack().is_some(),
+                matches!(k, Kind::Sriov | Kind::Mdev | Kind::Iommufd),
+                "{k}"
+            );
         }
     }
 }

@@ -28,6 +28,9 @@ pub struct Stack {
     pub kernel: Option<PathBuf>,
 }
 
+/// The stack names [`resolve`] knows.
+pub const NAMES: &[&str] = &["system", "modern"];
+
 /// A stack name that is not known or not set up.
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {

@@ -952,6 +952,54 @@ pub struct Status {
     pub warnings: Vec<String>,
     /// Tail of QEMU's stderr and the serial log for a crashed VM.
     pub crash: Option<String>,
+    /// QEMU's user-created objects (`qom-list /objects`: the iommufd backend, memory
+    /// backends, ...) when QMP answers: what QEMU itself says it runs with.
+    pub objects: Vec<QomObject>,
+}
+
+/// One of QEMU's user-created objects, as `qom-list /objects` names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct QomObject {
+    /// The object's id (`iommufd0`).
+    pub id: String,
+    /// Its QOM type (`iommufd`, `memory-backend-ram`).
+    pub qom_type: String,
+}
+
+/// `qom-list /objects` reply entries (pure): `child<TYPE>` properties are objects.
+pub fn qom_objects(reply: &serde_json::Value) -> Vec<QomObject> {
+    let mut v: Vec<QomObject> = reply
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let id = p.get("name")?.as_str()?;
+            let t = p.get("type")?.as_str()?;
+            let t = t.strip_prefix("child<")?.strip_suffix('>')?;
+            Some(QomObject {
+                id: id.to_string(),
+                qom_type: t.to_string(),
+            })
+        })
+        .collect();
+    v.sort_by(|a, b| a.id.cmp(&b.id));
+    v
+}
+
+/// QEMU's user-created objects (empty when QMP does not answer within `limit`).
+async fn objects(rec: &VmRecord, limit: Duration) -> Vec<QomObject> {
+    let Ok(Ok(q)) = tokio::time::timeout(limit * 2, Qmp::connect(&rec.qmp_socket, limit)).await
+    else {
+        return Vec::new();
+    };
+    q.execute_raw_timeout(
+        "qom-list",
+        Some(serde_json::json!({ "path": "/objects" })),
+        limit,
+    )
+    .await
+    .map(|v| qom_objects(&v))
+    .unwrap_or_default()
 }
 
 impl Status {
@@ -975,6 +1023,11 @@ pub async fn status(env: &Env, name: &VmName) -> Result<Status, VmError> {
         Health::Answering { run_status } => Some(run_status.clone()),
         _ => None,
     };
+    let objects = if run_status.is_some() {
+        objects(&rec, Duration::from_secs(2)).await
+    } else {
+        Vec::new()
+    };
     Ok(Status {
         name: rec.name.to_string(),
         state: rec.state,
@@ -991,6 +1044,7 @@ pub async fn status(env: &Env, name: &VmName) -> Result<Status, VmError> {
         plugged: rec.plugged.clone(),
         warnings: rec.warnings.clone(),
         crash: (rec.state == VmState::Crashed).then(|| crashed(&rec).to_string()),
+        objects,
     })
 }
 
@@ -1027,6 +1081,30 @@ pub fn agent_target(
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+
+    #[test]
+    fn qom_objects_are_the_child_properties_of_objects() {
+        // QEMU 10's reply with -object iommufd,id=iommufd0
+        let reply = serde_json::json!([
+            {"name": "type", "type": "string"},
+            {"name": "iommufd0", "type": "child<iommufd>"},
+            {"name": "pc.ram", "type": "child<memory-backend-ram>"}
+        ]);
+        assert_eq!(
+            super::qom_objects(&reply),
+            [
+                super::QomObject {
+                    id: "iommufd0".into(),
+                    qom_type: "iommufd".into()
+                },
+                super::QomObject {
+                    id: "pc.ram".into(),
+                    qom_type: "memory-backend-ram".into()
+                }
+            ]
+        );
+        assert!(super::qom_objects(&serde_json::json!({})).is_empty());
+    }
 
     use super::*;
 

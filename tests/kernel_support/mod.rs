@@ -100,6 +100,7 @@ pub fn build(flavours: &[&str], nvidia: Option<&str>) -> Result<kernel::BuildRes
     let opts = kernel::BuildOptions {
         configs: configs(),
         source: None,
+        series: None,
         flavours: flavours.iter().map(|s| s.to_string()).collect(),
         out: None,
         lab: lab(),
