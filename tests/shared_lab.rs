@@ -1,139 +1,193 @@
-//! Shared GPUs proven on real kernels (issue 16), nightly tier:
+//! Shared GPUs proven on real kernels (issue 16), nightly tier: the shared-GPU scenarios of
+//! `scripts/lab-plan.toml`, run by `vfioctl regress` as a nightly run would:
 //!
-//! - SR-IOV: L0 runs QEMU 10 (the `modern` stack from `scripts/setup --modern`) with an
-//!   emulated intel-iommu and an `igb` (82576) for an L1 guest on kernel 6.12; inside L1
-//!   the static vfioctl runs `vf create 0000:01:00.0 --count 2` (autoprobe off), binds VF 0
-//!   with the group planner, QEMU 10 inside L1 starts an L2 guest with the VF cold-plugged
-//!   through `-device vfio-pci`, L2 lists 8086:10ca, and `restore --all` gives the VF back
-//!   and removes both VFs (PF on igb, no VFs, autoprobe as before). The scenario is
-//!   [`vfioctl::shared::lab`]; the nested machinery is [`vfioctl::regress::nested`].
+//! - `sriov-vf`: L0 runs QEMU 10 (the `modern` stack) with an emulated intel-iommu and an
+//!   `igb` (82576) for an L1 guest on Debian's 6.12; inside L1 the static vfioctl runs `vf
+//!   create 0000:01:00.0 --count 2` (autoprobe off) and binds VF 0; L2 lists 8086:10ca
+//!   cold-plugged by a QEMU 10 inside L1 and again after vfioctl inside L1 (`vm up --gpu
+//!   vf:BDF`) hot-plugged it over QMP; `restore --all` removes both VFs.
+//! - `mdev-mtty`: L1 on vfioctl's own 6.12 (`--series 6.12 --flavour vfio-guest,vfio-host`,
+//!   built here through the library when missing, cached after) creates an mtty-2 instance
+//!   with `vfioctl mdev create`; L2 lists 4348:3253 through `vfio-pci,sysfsdev=` cold and
+//!   hot; `restore --all` removes the mdev.
+//! - `iommufd-vf`: the same own kernel; a VF passed with `--vfio-backend iommufd` (cold) and
+//!   `auto` (hot, which must choose iommufd), shown by QEMU's `iommufd` object (`vm status`)
+//!   and by `/dev/iommu` + `/dev/vfio/devices/vfioN` held open by QEMU.
 //!
-//! Several minutes of nested TCG: the `nested` tier (`scripts/test --nightly`, or
+//! Each is several minutes of nested TCG: the `nested` tier (`scripts/test --nightly`, or
 //! `cargo test --test shared_lab -- --ignored --nocapture`). A missing prerequisite (QEMU 10
-//! / kernel 6.12 in $VFIOCTL_LAB, vhost-device-vsock, busybox) is a loud skip, and a
-//! failure under VFIOCTL_REQUIRE_LAB=1: it never counts as a pass.
-
-mod common;
+//! / kernel 6.12 in $VFIOCTL_LAB, linux-source-6.12, vhost-device-vsock, busybox) is a loud
+//! skip, and a failure under VFIOCTL_REQUIRE_LAB=1: it never counts as a pass.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use vfioctl::regress::nested;
-use vfioctl::shared::{lab, stack};
-use vfioctl::vm::lifecycle;
-use vfioctl::vm::profile::{AccelChoice, Profile, Ready, VsockChoice};
-use vfioctl::vm::VmName;
+use vfioctl::regress::{Outcome, RunResults, ScenarioResult};
 use vfioctl_testkit::prereq::{self, Missing};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "nightly tier (scripts/test --nightly): SR-IOV through two levels of TCG, about 10 minutes"]
-async fn sriov_vf_created_in_l1_reaches_l2_and_restore_removes_it() {
-    vfioctl_testkit::require!(prereq::modern_qemu());
-    vfioctl_testkit::require!(prereq::vsock_backend());
-    vfioctl_testkit::require!(prereq::busybox());
-    let labdir = vfioctl::vm::profile::lab_dir();
-    let st =
-        vfioctl_testkit::require!(stack::resolve("modern", &labdir).map_err(|e| Missing::new(
-            "the modern stack",
-            "scripts/setup --modern"
-        )
-        .detail(e.to_string())));
-    let kernel = st.kernel.clone().expect("modern stack has a kernel");
-    let started = Instant::now();
-
-    // Initramfs: L2 (busybox listing PCI devices), L1 (agent, igb, vfio, static vfioctl,
-    // QEMU 10 with its libraries and firmware, L2 kernel + initrd).
-    let work = tempfile::tempdir().unwrap();
-    let agent = vfioctl_testkit::build::static_agent();
-    let vfioctl_bin = vfioctl_testkit::build::static_vfioctl();
-    let qdir = labdir.join("stacks/qemu-10");
-    let payload = nested::qemu_payload_from(
-        &st.qemu,
-        &qdir.join("usr/lib/x86_64-linux-gnu/qemu"),
-        st.data_dir.as_deref(),
-    )
-    .expect("QEMU 10 payload");
-    let initrd = nested::build_initrds_with(
-        &nested::NestedInputs {
-            tree: &repo(),
-            kernel: &kernel,
-            agent: &agent,
-            vfioctl: &vfioctl_bin,
-            qemu: &st.qemu,
-            out_dir: work.path(),
-        },
-        payload,
-        "rootfs/lab-sriov.toml",
-        "sriov-l1.cpio.gz",
-    )
-    .expect("building the SR-IOV L1 initramfs");
-    let built = started.elapsed();
-
-    let h = common::Harness::new("shared_lab_sriov");
-    let mut qemu_args = st.qemu_args();
-    qemu_args.extend(lab::sriov_l1_qemu_args());
-    let name: VmName = "sriov".parse().unwrap();
-    let profile = Profile {
-        name: name.to_string(),
-        agent_exec: true,
-        vcpus: 2,
-        memory: "2G".into(),
-        kernel: Some(kernel.clone()),
-        initrd: Some(initrd),
-        cmdline: nested::l1_cmdline(None),
-        qemu: st.qemu.clone(),
-        ready: Ready::Agent,
-        vsock: VsockChoice::Auto,
-        // The lab is TCG (LAB.md fact 7): QEMU 10 with -cpu host passes the KVM probe on
-        // these machines, but its guests never boot.
-        accel: AccelChoice::Tcg,
-        boot_timeout: 900,
-        qemu_args,
-        ..Profile::default()
-    };
-    let up = lifecycle::up(&h.env, &profile).await;
-    if let Ok(r) = &up {
-        h.track(r);
+/// The modern stack (QEMU 10 + Debian's 6.12) and what every nested run needs.
+fn modern_prerequisites() -> Result<(), Missing> {
+    prereq::modern_qemu()?;
+    prereq::vsock_backend()?;
+    prereq::busybox()?;
+    let k = prereq::lab_dir().join("kernel/modern/vmlinuz");
+    if !k.is_file() {
+        return Err(Missing::new("the modern stack's kernel 6.12", "scripts/setup --modern")
+            .detail(format!("{} is missing", k.display())));
     }
-    let rec = up.expect("L1 up with the agent answering");
-    let booted = started.elapsed();
-    let versions = stack::versions(&st.qemu, Some(&kernel), "seabios", &rec.accel.to_string());
-    let script = lab::sriov_l1_script(1200);
-    let reply = tokio::task::spawn_blocking(move || {
-        let mut c =
-            vfioctl::vm::guest::connect(&rec, Duration::from_secs(60)).expect("agent connect");
-        c.exec(
-            &["/bin/busybox", "sh", "-c", &script],
-            Duration::from_secs(1500),
-            1 << 20,
-        )
-        .expect("agent exec")
-    })
-    .await
+    Ok(())
+}
+
+/// vfioctl's own 6.12 kernel with the VFIO-host options, built through the library (the
+/// same as `vfioctl kernel build --series 6.12 --flavour vfio-guest,vfio-host`); instant
+/// when its inputs are unchanged.
+fn own_modern_kernel() -> Result<PathBuf, Missing> {
+    prereq::kernel_build_tools()?;
+    let configs = repo().join("kernel-configs");
+    let pins = vfioctl::kernel::manifest::Pins::parse(
+        &std::fs::read_to_string(configs.join("manifest.toml")).unwrap(),
+    )
+    .unwrap()
+    .select(
+        Some(vfioctl::shared::lab::OWN_KERNEL_SERIES),
+        &configs.join("manifest.toml"),
+    )
     .unwrap();
-    let total = started.elapsed();
-    let _ = std::fs::write(
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("shared-lab-sriov.log"),
-        &reply.stdout,
-    );
-    let verdict = lab::sriov_verdict(&reply.stdout);
-    eprintln!(
-        "shared_lab::sriov: {versions:?}; initramfs {:.0} s, L1 ready at {:.0} s, total {:.0} s",
-        built.as_secs_f64(),
-        booted.as_secs_f64(),
-        total.as_secs_f64()
-    );
-    match verdict {
-        Ok(note) => eprintln!("shared_lab::sriov: PASS: {note}"),
-        Err(why) => panic!(
-            "{why}\n--- L1 output ---\n{}\n--- stderr ---\n{}",
-            reply.stdout, reply.stderr
-        ),
+    if !pins.kernel.tarball.is_file() {
+        return Err(Missing::new(
+            format!("the {} kernel source", pins.kernel.package),
+            "scripts/setup --modern",
+        )
+        .detail(format!("{} is missing", pins.kernel.tarball.display())));
     }
-    let down = lifecycle::down(&h.env, &name, Duration::from_secs(10)).await;
-    assert!(down.is_ok(), "{down:?}");
+    let opts = vfioctl::kernel::BuildOptions {
+        configs,
+        source: None,
+        series: Some(vfioctl::shared::lab::OWN_KERNEL_SERIES.into()),
+        flavours: vfioctl::shared::lab::OWN_KERNEL_FLAVOURS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        out: None,
+        lab: prereq::lab_dir(),
+        jobs: 2,
+        nvidia: None,
+        allow_unpinned: false,
+        force: false,
+        nice: 10,
+        ccache: true,
+        clean: false,
+    };
+    let r = vfioctl::kernel::build(&opts, &mut |p| {
+        if !matches!(p, vfioctl::kernel::build::Progress::Objects { .. }) {
+            eprintln!("own 6.12 kernel: {p:?}");
+        }
+    })
+    .unwrap_or_else(|e| panic!("vfioctl kernel build --series 6.12: {e}"));
+    Ok(r.manifest.artefacts.vmlinuz)
+}
+
+/// `vfioctl regress scripts/lab-plan.toml --only NAME`: the scenario's result and what the
+/// run printed on stderr.
+fn regress(name: &str) -> (ScenarioResult, String) {
+    let out = tempfile::tempdir().unwrap();
+    let path = format!(
+        "{}/.cargo/bin:{}",
+        std::env::var("HOME").unwrap_or_default(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let res = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
+        .arg("regress")
+        .arg(repo().join("scripts/lab-plan.toml"))
+        .arg("--agent")
+        .arg(vfioctl_testkit::build::static_agent())
+        .arg("--static-vfioctl")
+        .arg(vfioctl_testkit::build::static_vfioctl())
+        .args(["--only", name, "--out"])
+        .arg(out.path().join("out"))
+        .arg("--json")
+        .env("VFIOCTL_LAB", prereq::lab_dir())
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr).to_string();
+    let r: RunResults = serde_json::from_slice(&res.stdout)
+        .unwrap_or_else(|e| panic!("no results JSON ({e}); stderr:\n{stderr}"));
+    let sc = r
+        .scenarios
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("{name} did not run; stderr:\n{stderr}"));
+    let log = out.path().join("out");
+    let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("shared-lab-{name}"));
+    let _ = std::fs::remove_dir_all(&keep);
+    let _ = Command::new("cp").arg("-a").arg(&log).arg(&keep).status();
+    (sc, stderr)
+}
+
+fn assert_passed(name: &str, wants: &[&str]) {
+    let (sc, stderr) = regress(name);
+    let json = serde_json::to_string_pretty(&sc).unwrap();
+    assert_eq!(
+        sc.outcome,
+        Outcome::Passed,
+        "{}\n{json}\nstderr:\n{stderr}",
+        sc.summary
+    );
+    for w in wants {
+        assert!(json.contains(w), "{name}: the validate note lacks {w:?}:\n{json}");
+    }
+    eprintln!(
+        "shared_lab::{name}: PASS in {:.0} s on {:?}",
+        sc.wall_ms as f64 / 1000.0,
+        sc.stack
+    );
+}
+
+#[test]
+#[ignore = "nightly tier (scripts/test --nightly): SR-IOV through two levels of TCG, about 10 minutes"]
+fn sriov_vf_created_in_l1_reaches_l2_cold_and_hot_and_restore_removes_it() {
+    vfioctl_testkit::require!(modern_prerequisites());
+    assert_passed(
+        "sriov-vf",
+        &[
+            "L2 lists 0000:01:00.0 8086:10ca",
+            "after vfioctl in L1 hot-plugged it over QMP",
+            "restore --all left the PF on igb with no VFs",
+        ],
+    );
+}
+
+#[test]
+#[ignore = "nightly tier (scripts/test --nightly): an mdev through two levels of TCG"]
+fn mdev_created_in_l1_reaches_l2_cold_and_hot_and_restore_removes_it() {
+    vfioctl_testkit::require!(modern_prerequisites());
+    vfioctl_testkit::require!(own_modern_kernel());
+    assert_passed(
+        "mdev-mtty",
+        &[
+            "4348:3253 cold-plugged through sysfsdev=",
+            "after the QMP hotplug",
+            "restore --all removed it",
+        ],
+    );
+}
+
+#[test]
+#[ignore = "nightly tier (scripts/test --nightly): iommufd through two levels of TCG"]
+fn iommufd_backend_is_used_cold_and_chosen_by_auto_for_hotplug() {
+    vfioctl_testkit::require!(modern_prerequisites());
+    vfioctl_testkit::require!(own_modern_kernel());
+    assert_passed(
+        "iommufd-vf",
+        &[
+            "cold-plugged, QEMU object iommufd",
+            "after the QMP hotplug (auto chose iommufd)",
+            "restore --all left the PF on igb with no VFs",
+        ],
+    );
 }

@@ -1,0 +1,117 @@
+//! The version matrix of `scripts/lab-plan.toml` (issue 16), nightly tier: the 8 GiB
+//! stand-in, hot and cold, on QEMU 7.2 (`system`) and QEMU 10.0 (`modern`) with guest
+//! kernels Debian 6.1, Debian 6.12 and vfioctl's own 6.1 (`v8g-hot-<stack>-<kernel>`,
+//! `v8g-cold-...`: twelve scenarios), run by `vfioctl regress` as the nightly timer does.
+//! Every scenario must pass and record the QEMU and guest kernel it ran on, and each
+//! combination must really differ (two QEMU versions, three kernel releases).
+//!
+//! About 10 minutes of TCG with --jobs 3: `scripts/test --nightly`, or `cargo test --test
+//! regress_matrix -- --ignored --nocapture`. Missing stacks or kernels skip loudly (fail
+//! under VFIOCTL_REQUIRE_LAB=1).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+
+use vfioctl::regress::{Outcome, RunResults};
+use vfioctl_testkit::prereq::{self, Missing};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The matrix's kernels: Debian's two and vfioctl's own base build (built through the
+/// library when missing; cached after).
+fn kernels() -> Result<(), Missing> {
+    let lab = prereq::lab_dir();
+    for (k, fix) in [
+        ("kernel/current/vmlinuz", "scripts/setup"),
+        ("kernel/modern/vmlinuz", "scripts/setup --modern"),
+    ] {
+        if !lab.join(k).is_file() {
+            return Err(Missing::new(format!("guest kernel {k}"), fix));
+        }
+    }
+    if !lab.join("kernel/vfioctl-base/vmlinuz").is_file() {
+        prereq::kernel_build_tools()?;
+        let opts = vfioctl::kernel::BuildOptions {
+            configs: repo().join("kernel-configs"),
+            source: None,
+            series: None,
+            flavours: Vec::new(),
+            out: None,
+            lab: lab.clone(),
+            jobs: 2,
+            nvidia: None,
+            allow_unpinned: false,
+            force: false,
+            nice: 10,
+            ccache: true,
+            clean: false,
+        };
+        vfioctl::kernel::build(&opts, &mut |_| {})
+            .map_err(|e| Missing::new("vfioctl's own 6.1 kernel", "vfioctl kernel build").detail(e.to_string()))?;
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "nightly tier (scripts/test --nightly): twelve stand-in scenarios under TCG, about 10 minutes"]
+fn the_8g_standin_passes_on_every_qemu_and_guest_kernel() {
+    vfioctl_testkit::require!(prereq::qemu());
+    vfioctl_testkit::require!(prereq::modern_qemu());
+    vfioctl_testkit::require!(prereq::vsock_backend());
+    vfioctl_testkit::require!(kernels());
+    let out = tempfile::tempdir().unwrap();
+    let path = format!(
+        "{}/.cargo/bin:{}",
+        std::env::var("HOME").unwrap_or_default(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let names: Vec<String> = ["hot", "cold"]
+        .iter()
+        .flat_map(|p| {
+            ["system", "modern"].iter().flat_map(move |st| {
+                ["debian61", "debian612", "vfioctl61"]
+                    .iter()
+                    .map(move |k| format!("v8g-{p}-{st}-{k}"))
+            })
+        })
+        .collect();
+    let res = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
+        .arg("regress")
+        .arg(repo().join("scripts/lab-plan.toml"))
+        .arg("--agent")
+        .arg(vfioctl_testkit::build::static_agent())
+        .args(["--only", &names.join(","), "--jobs", "3", "--out"])
+        .arg(out.path().join("out"))
+        .arg("--json")
+        .env("VFIOCTL_LAB", prereq::lab_dir())
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    let r: RunResults = serde_json::from_slice(&res.stdout)
+        .unwrap_or_else(|e| panic!("no results JSON ({e}); stderr:\n{stderr}"));
+    assert_eq!(r.scenarios.len(), 12, "stderr:\n{stderr}");
+    let mut qemus = BTreeSet::new();
+    let mut kernels = BTreeSet::new();
+    for sc in &r.scenarios {
+        assert_eq!(
+            sc.outcome,
+            Outcome::Passed,
+            "{}: {}\n{}",
+            sc.name,
+            sc.summary,
+            serde_json::to_string_pretty(sc).unwrap()
+        );
+        let q = sc.stack.get("qemu").cloned().unwrap_or_default();
+        let k = sc.stack.get("guest-kernel").cloned().unwrap_or_default();
+        eprintln!("{}: {q} / {k} ({} ms)", sc.name, sc.wall_ms);
+        qemus.insert(q);
+        kernels.insert(k);
+    }
+    assert_eq!(qemus.len(), 2, "two QEMU versions: {qemus:?}");
+    assert_eq!(kernels.len(), 3, "three guest kernels: {kernels:?}");
+    assert!(res.status.success(), "exit {:?}; {stderr}", res.status);
+}
