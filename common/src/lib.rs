@@ -8,6 +8,7 @@
 //! - [`proto`]: the versioned host <-> guest agent protocol.
 //! - [`units`]: byte sizes as people write them (`32G`, `256M`).
 //! - [`error`]: an error and its causes on one line.
+//! - [`state_machine`]: lifecycles as exhaustive transition tables, and their one refusal.
 //! - [`text`]: escaping of untrusted (guest) text for terminals, logs and XML.
 //!
 //! The guest agent links this crate too, so the guest lists its PCI devices with the very
@@ -19,10 +20,12 @@ pub mod bdf;
 pub mod error;
 pub mod pci;
 pub mod proto;
+pub mod state_machine;
 pub mod sysroot;
 pub mod text;
 pub mod units;
 
 pub use bdf::{Bdf, BdfError, ClassFilter, Selector};
 pub use pci::{Bar, BarKind, PciDevice, PciError};
+pub use state_machine::{StateMachine, TransitionError};
 pub use sysroot::{SysDir, SysError, SysRoot};

@@ -152,7 +152,7 @@ pub fn restore_device(
     fault: &str,
     n: usize,
 ) -> Result<(), BindError> {
-    t.go(BindState::RollingBack);
+    t.go(BindState::RollingBack)?;
     let r = (|| {
         if let Some(p) = pending_for(bdf) {
             return Err(p);
@@ -219,7 +219,7 @@ pub fn restore_device(
         BindState::Restored
     } else {
         BindState::Failed
-    });
+    })?;
     r
 }
 
@@ -265,7 +265,7 @@ impl Run<'_> {
 
     fn tracker(&mut self, bdf: Bdf) -> &mut Tracker {
         if !self.done.iter().any(|(b, _)| *b == bdf) {
-            self.done.push((bdf, Tracker::new()));
+            self.done.push((bdf, Tracker::new(bdf)));
         }
         &mut self
             .done
@@ -331,17 +331,17 @@ impl Run<'_> {
             Step::Override { bdf, to } => {
                 let to = self.resolve(to);
                 write_override(root, *bdf, Some(&to))?;
-                self.tracker(*bdf).go(BindState::OverrideWritten);
+                self.tracker(*bdf).go(BindState::OverrideWritten)?;
             }
             Step::Unbind { bdf, .. } => {
                 // Whatever it is on now (the plan was checked against it under the lock).
                 unbind_current(root, *bdf, timeout)?;
-                self.tracker(*bdf).go(BindState::Unbound);
+                self.tracker(*bdf).go(BindState::Unbound)?;
             }
             Step::Probe { bdf } => {
                 if self.tracker(*bdf).state() == BindState::OverrideWritten {
                     // A driverless device: nothing was unbound.
-                    self.tracker(*bdf).go(BindState::Unbound);
+                    self.tracker(*bdf).go(BindState::Unbound)?;
                 }
                 let r = timed(
                     root,
@@ -354,7 +354,7 @@ impl Run<'_> {
                     return Err(e);
                 }
                 self.probes.insert(*bdf, r);
-                self.tracker(*bdf).go(BindState::Probed);
+                self.tracker(*bdf).go(BindState::Probed)?;
             }
             Step::BindDirect { bdf, to } => {
                 // drivers_probe returns success even when no driver bound; the `driver`
@@ -388,7 +388,7 @@ impl Run<'_> {
                         got,
                     });
                 }
-                self.tracker(*bdf).go(BindState::OnVfio);
+                self.tracker(*bdf).go(BindState::OnVfio)?;
                 tracing::debug!("{bdf}: verified on {to}");
             }
             Step::GroupNode { group } => {
@@ -633,10 +633,13 @@ pub fn restore(
         };
         // A recorded device is somewhere between HostDriver (recorded, bind under way:
         // any step may have happened) and OnVfio, or Failed from an earlier attempt.
-        let mut t = Tracker::at(match e.state {
-            BindState::HostDriver => BindState::OverrideWritten,
-            s => s,
-        });
+        let mut t = Tracker::at(
+            *bdf,
+            match e.state {
+                BindState::HostDriver => BindState::OverrideWritten,
+                s => s,
+            },
+        );
         // A device that left the bus (hot-removed, or its slot powered off) has nothing
         // to give back; keeping its entry would block every later restore --all.
         if !root.exists_nofollow(bdf.sysfs_path()) && pending_for(*bdf).is_none() {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use vfioctl_common::{Bdf, PciError, SysError};
+use vfioctl_common::{Bdf, PciError, SysError, TransitionError};
 
 use super::safety::Refusal;
 use crate::{Diagnose, Exit};
@@ -66,6 +66,15 @@ pub enum BindError {
         value: String,
         /// The helper process still blocked in the write.
         pid: i32,
+    },
+    /// A step the device's state does not allow (a bug in vfioctl); nothing was written
+    /// for it. The refusal is part of the message, not a source, like every machine's.
+    #[error("{bdf}: {refused}")]
+    Transition {
+        /// The device.
+        bdf: Bdf,
+        /// The refused transition.
+        refused: TransitionError<super::BindState>,
     },
     /// Reading a PCI device from sysfs failed.
     #[error(transparent)]
@@ -280,7 +289,7 @@ impl Diagnose for BindError {
             BindError::RolledBack { cause } => return cause.hint(),
             BindError::RollbackFailed { .. } => "run `vfioctl restore --all`, then check `vfioctl devices`".into(),
             BindError::RestoreFailed { .. } => "see dmesg; `vfioctl restore --all` can be run again".into(),
-            BindError::Write { .. } | BindError::Sys(_) => return None,
+            BindError::Write { .. } | BindError::Sys(_) | BindError::Transition { .. } => return None,
         })
     }
 

@@ -1,5 +1,6 @@
 //! The life of one device during `bind`, `unbind` and `restore`, as an explicit state
-//! machine (Cloud Hypervisor's `VmState::valid_transition` is the model).
+//! machine ([`StateMachine`]; Cloud Hypervisor's `VmState::valid_transition` is the
+//! model).
 //!
 //! ```text
 //! HostDriver --override--> OverrideWritten --unbind--> Unbound --probe--> Probed --verify--> OnVfio
@@ -15,6 +16,9 @@
 //! state vfioctl could not undo, and the ledger entry stays for `vfioctl restore`.
 
 use serde::{Deserialize, Serialize};
+use vfioctl_common::{Bdf, StateMachine};
+
+use super::error::BindError;
 
 /// Where one device is in a bind, unbind or restore (the ledger records it as kebab-case).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
@@ -51,27 +55,32 @@ impl BindState {
         BindState::Failed,
     ];
 
-    /// Whether `self -> to` is a step the binder may take.
-    pub fn valid_transition(self, to: BindState) -> bool {
-        use BindState::*;
-        matches!(
-            (self, to),
-            (HostDriver, OverrideWritten)
-                | (OverrideWritten, Unbound)
-                | (Unbound, Probed)
-                | (Probed, OnVfio)
-                | (OverrideWritten | Unbound | Probed | OnVfio, RollingBack)
-                // restore/unbind of a verified binding goes through RollingBack too;
-                // a failed restore can be retried.
-                | (Failed, RollingBack)
-                | (RollingBack, Restored)
-                | (RollingBack, Failed)
-        )
-    }
-
     /// `Restored` or `Failed`: no further step.
     pub fn is_terminal(self) -> bool {
         matches!(self, BindState::Restored | BindState::Failed)
+    }
+}
+
+/// The steps the binder may take; anything else is a bug and is refused.
+impl StateMachine for BindState {
+    const NAME: &'static str = "device binding";
+
+    /// Where each state may go: an exhaustive match, so a new state does not compile until
+    /// its transitions are decided.
+    fn successors(self) -> &'static [BindState] {
+        use BindState::*;
+        match self {
+            HostDriver => &[OverrideWritten],
+            OverrideWritten => &[Unbound, RollingBack],
+            Unbound => &[Probed, RollingBack],
+            Probed => &[OnVfio, RollingBack],
+            // restore/unbind of a verified binding goes through RollingBack too.
+            OnVfio => &[RollingBack],
+            RollingBack => &[Restored, Failed],
+            Restored => &[],
+            // A failed restore can be retried.
+            Failed => &[RollingBack],
+        }
     }
 }
 
@@ -85,34 +94,32 @@ impl std::fmt::Display for BindState {
     }
 }
 
-/// A device's state with its transitions checked. An invalid transition is a bug in the
-/// binder, so it panics in debug builds and is logged in release builds.
+/// One device's state with its transitions checked. A transition the table does not
+/// allow is a bug in the binder: [`Tracker::go`] refuses it ([`BindError::Transition`],
+/// naming the device) and the state stays where it was.
 #[derive(Clone, Debug)]
 pub struct Tracker {
+    bdf: Bdf,
     state: BindState,
     history: Vec<BindState>,
 }
 
-impl Default for Tracker {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Tracker {
-    /// A device on its host driver (`HostDriver`), the start of a bind.
-    pub fn new() -> Self {
-        Self {
-            state: BindState::HostDriver,
-            history: vec![BindState::HostDriver],
-        }
+    /// `bdf` on its host driver (`HostDriver`), the start of a bind.
+    pub fn new(bdf: Bdf) -> Self {
+        Self::at(bdf, BindState::HostDriver)
     }
-    /// Resume tracking a device known to be in `state` (from the ledger).
-    pub fn at(state: BindState) -> Self {
+    /// Resume tracking `bdf`, known to be in `state` (from the ledger).
+    pub fn at(bdf: Bdf, state: BindState) -> Self {
         Self {
+            bdf,
             state,
             history: vec![state],
         }
+    }
+    /// The device tracked.
+    pub fn bdf(&self) -> Bdf {
+        self.bdf
     }
     /// The current state.
     pub fn state(&self) -> BindState {
@@ -122,21 +129,31 @@ impl Tracker {
     pub fn history(&self) -> &[BindState] {
         &self.history
     }
-    /// Move to `to` and record it (an invalid transition panics in debug builds, is logged in release).
-    pub fn go(&mut self, to: BindState) {
-        let ok = self.state.valid_transition(to);
-        debug_assert!(ok, "invalid bind transition {} -> {}", self.state, to);
-        if !ok {
-            tracing::error!("invalid bind transition {} -> {}", self.state, to);
-        }
+    /// Move to `to` and record it, if the table allows it; a refusal changes nothing.
+    pub fn go(&mut self, to: BindState) -> Result<(), BindError> {
+        self.state
+            .check(to)
+            .map_err(|refused| BindError::Transition {
+                bdf: self.bdf,
+                refused,
+            })?;
         self.state = to;
         self.history.push(to);
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use vfioctl_common::{Bdf, StateMachine};
+
+    use super::super::error::BindError;
     use super::BindState::{self, *};
+    use super::Tracker;
+
+    fn bdf() -> Bdf {
+        "0000:41:00.0".parse().unwrap()
+    }
 
     /// Every pair, spelled out: the allowed ones are exactly this list.
     #[test]
@@ -179,8 +196,39 @@ mod tests {
     }
 
     #[test]
+    fn every_pair_outside_the_table_is_refused() {
+        let mut refused = 0;
+        for from in BindState::ALL {
+            for to in BindState::ALL {
+                if from.successors().contains(&to) {
+                    assert_eq!(from.check(to), Ok(()), "{from} -> {to}");
+                    continue;
+                }
+                let e = from.check(to).unwrap_err();
+                assert_eq!((e.machine, e.from, e.to), (BindState::NAME, from, to));
+                // The tracker refuses it the same way, naming the device, and stays put.
+                let mut t = Tracker::at(bdf(), from);
+                match t.go(to) {
+                    Err(BindError::Transition { bdf: b, refused }) => {
+                        assert_eq!((b, refused), (bdf(), e));
+                    }
+                    other => panic!("{from} -> {to}: {other:?}"),
+                }
+                assert_eq!((t.state(), t.history()), (from, &[from][..]));
+                refused += 1;
+            }
+        }
+        // 64 pairs, 11 of them allowed.
+        assert_eq!(refused, 64 - 11);
+        assert_eq!(
+            Tracker::new(bdf()).go(OnVfio).unwrap_err().to_string(),
+            "0000:41:00.0: device binding: cannot go from host-driver to on-vfio"
+        );
+    }
+
+    #[test]
     fn tracker_records_history() {
-        let mut t = super::Tracker::new();
+        let mut t = Tracker::new(bdf());
         for s in [
             OverrideWritten,
             Unbound,
@@ -189,10 +237,11 @@ mod tests {
             RollingBack,
             Restored,
         ] {
-            t.go(s);
+            t.go(s).unwrap();
         }
         assert_eq!(t.history().len(), 7);
         assert!(t.state().is_terminal());
+        assert_eq!(t.bdf(), bdf());
         assert_eq!(OnVfio.to_string(), "on-vfio");
     }
 }

@@ -6,7 +6,9 @@
 //! real library (host checks, bind, VM, agent). The executor owns the guarantees that do
 //! not depend on it: the cleanup path always runs (a step that panics counts as failed,
 //! and teardown still follows), each step is timed, and after the last step the backend
-//! is asked what it left behind (processes, bindings); anything left is an error.
+//! is asked what it left behind (processes, bindings); anything left is an error. A
+//! transition the lifecycle refuses (a bug in [`Machine`]) stops the scenario as an error
+//! too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -121,8 +123,19 @@ pub fn run_scenario<B: Backend>(
     let mut session = backend.session(sc, dir);
     let mut m = Machine::new(shape);
     let mut steps = Vec::new();
+    // A transition the lifecycle refuses is a bug in the machine: the scenario stops there
+    // and is an infrastructure error (what it left behind is reported below).
+    let mut refused = None;
     let mut state = m.start();
-    while let State::Running(step) | State::Cleanup(step) = state {
+    loop {
+        let step = match state {
+            Ok(State::Running(step) | State::Cleanup(step)) => step,
+            Ok(State::Pending | State::Done) => break,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        };
         let ctx = StepCtx {
             scenario: sc,
             timeout: sc.timeouts.get(step),
@@ -171,6 +184,10 @@ pub fn run_scenario<B: Backend>(
         state = m.finish(ok);
     }
     let (mut outcome, failed_step, mut summary) = judge(&sc.expect, &steps);
+    if let Some(e) = refused {
+        outcome = Outcome::Error;
+        summary = format!("{summary}; stopped: {e}");
+    }
     let stack = backend.stack(&session);
     let left = backend.leftovers(&mut session);
     if !left.is_empty() {

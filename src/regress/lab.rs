@@ -400,6 +400,8 @@ impl LabSession {
 }
 
 impl LabBackend {
+    /// The VM profile for a scenario's `vm-up`; the devices the VM gets go to
+    /// `s.devices`, in port order.
     fn profile(
         &self,
         sc: &Scenario,
@@ -410,87 +412,124 @@ impl LabBackend {
             // L1: the VFIO host for the nested guest; its e1000e is the passed device, so
             // no devices of the plan go to this VM.
             s.devices.clear();
-            return Ok(Profile {
-                name: sc.name.clone(),
-                vcpus: sc.vm.cpus,
-                memory: sc.vm.memory.to_string(),
-                kernel: sc.kernel.clone().or_else(lab_kernel),
-                initrd: Some(self.initrd(sc)?),
-                cmdline: nested::l1_cmdline(sc.vm.append.as_deref()),
-                qemu: self.qemu.clone(),
-                ready: Ready::Agent,
-                boot_timeout: limit.as_secs().max(1),
-                qemu_args: nested::l1_qemu_args(),
-                // L1 runs its script through the agent's exec (the image allows it too).
-                agent_exec: true,
-                ..Profile::default()
-            });
+            return self.nested_profile(sc, limit);
         }
         let mut p = Profile {
+            firmware: match sc.firmware {
+                Firmware::Seabios => VmFirmware::Seabios,
+                Firmware::Ovmf => VmFirmware::Ovmf,
+            },
+            cmdline: lab_cmdline(sc.vm.append.as_deref()),
+            ..self.base_profile(sc, limit)?
+        };
+        place(sc, scenario_gpus(sc, &s.host_devices))?.apply(&mut p, &mut s.devices);
+        Ok(p)
+    }
+
+    /// What every scenario's VM has: its name and size, the guest kernel and initramfs,
+    /// QEMU, and the boot limit. Ready when the guest agent answers over vsock; plugs are
+    /// confirmed by it.
+    fn base_profile(&self, sc: &Scenario, limit: Duration) -> Result<Profile, StepFailure> {
+        Ok(Profile {
             name: sc.name.clone(),
             vcpus: sc.vm.cpus,
             memory: sc.vm.memory.to_string(),
             kernel: sc.kernel.clone().or_else(lab_kernel),
             initrd: Some(self.initrd(sc)?),
-            firmware: match sc.firmware {
-                Firmware::Seabios => VmFirmware::Seabios,
-                Firmware::Ovmf => VmFirmware::Ovmf,
-            },
             qemu: self.qemu.clone(),
-            // Ready when the guest agent answers over vsock; plugs are confirmed by it.
             ready: Ready::Agent,
             boot_timeout: limit.as_secs().max(1),
             ..Profile::default()
-        };
-        p.cmdline = format!(
-            "console=ttyS0 panic=-1{}",
-            sc.vm
-                .append
-                .as_deref()
-                .map(|a| format!(" {a}"))
-                .unwrap_or_default()
-        );
-        let mut gpus: Vec<GpuSpec> = Vec::new();
-        for d in &sc.devices {
-            match d {
-                DeviceSpec::Emulated { bar } => gpus.push(GpuSpec::Emulated { size: bar.0 }),
-                DeviceSpec::Host { .. } => {}
+        })
+    }
+
+    /// The nested scenario's L1 guest: an emulated IOMMU and its own passed device (see
+    /// [`nested`]).
+    fn nested_profile(&self, sc: &Scenario, limit: Duration) -> Result<Profile, StepFailure> {
+        Ok(Profile {
+            cmdline: nested::l1_cmdline(sc.vm.append.as_deref()),
+            qemu_args: nested::l1_qemu_args(),
+            // L1 runs its script through the agent's exec (the image allows it too).
+            agent_exec: true,
+            ..self.base_profile(sc, limit)?
+        })
+    }
+}
+
+/// The lab guest's kernel command line: the serial console, no reboot loop after a
+/// panic, then the plan's `vm.append`.
+fn lab_cmdline(append: Option<&str>) -> String {
+    format!(
+        "console=ttyS0 panic=-1{}",
+        append.map(|a| format!(" {a}")).unwrap_or_default()
+    )
+}
+
+/// The devices a scenario gives its VM: its emulated stand-ins in plan order, then the
+/// host devices its `check` step resolved.
+fn scenario_gpus(sc: &Scenario, host: &[HostDevice]) -> Vec<GpuSpec> {
+    let mut gpus: Vec<GpuSpec> = Vec::new();
+    for d in &sc.devices {
+        match d {
+            DeviceSpec::Emulated { bar } => gpus.push(GpuSpec::Emulated { size: bar.0 }),
+            DeviceSpec::Host { .. } => {}
+        }
+    }
+    gpus.extend(host.iter().map(|h| GpuSpec::Vfio { bdf: h.bdf }));
+    gpus
+}
+
+/// Where a scenario's devices go: devices with a port sized for them first (ports
+/// rp0..), then devices meant for a spare port without any reserve (the negative
+/// control). The VM module orders its ports the same way.
+#[derive(Debug)]
+struct Placement {
+    /// Each device with the profile entry that sizes (and, cold, plugs) its port.
+    sized: Vec<(GpuSpec, DeviceEntry)>,
+    /// Devices hot-plugged into a spare port with no reserve.
+    spare: Vec<GpuSpec>,
+}
+
+/// Place `gpus` after the scenario's `vm.pref64_reserve` and plug mode (pure). A reserve
+/// other than `auto` needs hot plug: cold-plugged devices get ports sized for them.
+fn place(sc: &Scenario, gpus: Vec<GpuSpec>) -> Result<Placement, StepFailure> {
+    let hot = sc.plug == PlugMode::Hot;
+    let mut sized: Vec<(GpuSpec, DeviceEntry)> = Vec::new();
+    let mut spare: Vec<GpuSpec> = Vec::new();
+    for g in gpus {
+        match (sc.vm.pref64_reserve, hot) {
+            (Reserve::Auto, _) => {
+                let plug = if hot { PlugWhen::Port } else { PlugWhen::Cold };
+                sized.push((g.clone(), DeviceEntry { gpu: g.label(), plug }));
+            }
+            // A port sized as for an n-byte BAR.
+            (Reserve::Size(n), true) => sized.push((
+                g,
+                DeviceEntry {
+                    gpu: format!("emulated:{n}"),
+                    plug: PlugWhen::Port,
+                },
+            )),
+            (Reserve::None, true) => spare.push(g),
+            (_, false) => {
+                return Err(fail(
+                    Exit::Usage,
+                    format!("scenario {}: vm.pref64_reserve other than auto needs plug = \"hot\" (cold-plugged devices get ports sized for them)", sc.name),
+                ))
             }
         }
-        gpus.extend(s.host_devices.iter().map(|h| GpuSpec::Vfio { bdf: h.bdf }));
-        let hot = sc.plug == PlugMode::Hot;
-        // Devices with a port sized for them first (ports rp0..), then devices meant for a
-        // spare port without any reserve (the negative control); the VM module orders
-        // its ports the same way.
-        let mut sized: Vec<(GpuSpec, DeviceEntry)> = Vec::new();
-        let mut spare: Vec<GpuSpec> = Vec::new();
-        for g in gpus {
-            match (sc.vm.pref64_reserve, hot) {
-                (Reserve::Auto, _) => {
-                    let plug = if hot { PlugWhen::Port } else { PlugWhen::Cold };
-                    sized.push((g.clone(), DeviceEntry { gpu: g.label(), plug }));
-                }
-                // A port sized as for an n-byte BAR.
-                (Reserve::Size(n), true) => sized.push((
-                    g,
-                    DeviceEntry {
-                        gpu: format!("emulated:{n}"),
-                        plug: PlugWhen::Port,
-                    },
-                )),
-                (Reserve::None, true) => spare.push(g),
-                (_, false) => {
-                    return Err(fail(
-                        Exit::Usage,
-                        format!("scenario {}: vm.pref64_reserve other than auto needs plug = \"hot\" (cold-plugged devices get ports sized for them)", sc.name),
-                    ))
-                }
-            }
-        }
-        s.devices.clear();
-        for (g, e) in sized {
+    }
+    Ok(Placement { sized, spare })
+}
+
+impl Placement {
+    /// Give the profile its port entries and number the devices by port, sized ports
+    /// first; `devices` is replaced.
+    fn apply(self, p: &mut Profile, devices: &mut Vec<VmDevice>) {
+        devices.clear();
+        for (g, e) in self.sized {
             p.devices.push(e);
-            s.devices.push(VmDevice {
+            devices.push(VmDevice {
                 gpu: g,
                 port: p.devices.len() - 1,
                 id: None,
@@ -498,16 +537,15 @@ impl LabBackend {
             });
         }
         let n = p.devices.len();
-        for (k, g) in spare.into_iter().enumerate() {
-            s.devices.push(VmDevice {
+        for (k, g) in self.spare.into_iter().enumerate() {
+            devices.push(VmDevice {
                 gpu: g,
                 port: n + k,
                 id: None,
                 guest_bdf: None,
             });
         }
-        p.gpu_ports = s.devices.len();
-        Ok(p)
+        p.gpu_ports = devices.len();
     }
 }
 
@@ -986,5 +1024,73 @@ mod tests {
             keys_for(&d).into_iter().collect::<Vec<_>>(),
             ["iommu-group:12", "pci:0000:81:00.0"]
         );
+    }
+
+    fn scenario(extra: &str) -> Scenario {
+        let text = format!(
+            "[[scenario]]\nname = \"a\"\ndevices = [\"emulated:8G\", \"0000:41:00.0\"]\n{extra}"
+        );
+        let mut plan = Plan::parse(&text, Path::new("/p/lab.toml"), &|_| None).unwrap();
+        plan.scenarios.remove(0)
+    }
+
+    /// (profile entries as `gpu plug`, device labels with their port, port count).
+    fn placed(sc: &Scenario) -> (Vec<String>, Vec<String>, usize) {
+        let host = [HostDevice {
+            bdf: "0000:41:00.0".parse().unwrap(),
+            group: Some(12),
+        }];
+        let mut p = Profile::default();
+        let mut devices = Vec::new();
+        place(sc, scenario_gpus(sc, &host))
+            .unwrap()
+            .apply(&mut p, &mut devices);
+        (
+            p.devices
+                .iter()
+                .map(|e| format!("{} {:?}", e.gpu, e.plug))
+                .collect(),
+            devices
+                .iter()
+                .map(|d| format!("{} rp{}", d.gpu.label(), d.port))
+                .collect(),
+            p.gpu_ports,
+        )
+    }
+
+    #[test]
+    fn devices_get_sized_ports_first_then_spare_ones() {
+        let both = ["emulated:8G rp0", "0000:41:00.0 rp1"];
+        assert_eq!(
+            placed(&scenario("")),
+            (
+                vec!["emulated:8G Port".into(), "0000:41:00.0 Port".into()],
+                both.map(String::from).to_vec(),
+                2
+            )
+        );
+        assert_eq!(
+            placed(&scenario("plug = \"cold\"\n")).0,
+            ["emulated:8G Cold", "0000:41:00.0 Cold"]
+        );
+        assert_eq!(
+            placed(&scenario("vm = { pref64_reserve = \"16G\" }\n")).0,
+            ["emulated:16G Port", "emulated:16G Port"]
+        );
+        assert_eq!(
+            placed(&scenario("vm = { pref64_reserve = \"none\" }\n")),
+            (vec![], both.map(String::from).to_vec(), 2)
+        );
+        let cold_none = scenario("plug = \"cold\"\nvm = { pref64_reserve = \"none\" }\n");
+        let e = place(&cold_none, scenario_gpus(&cold_none, &[])).unwrap_err();
+        assert_eq!(e.exit_code, Exit::Usage.code());
+        assert!(
+            e.message
+                .starts_with("scenario a: vm.pref64_reserve other than auto needs plug = \"hot\""),
+            "{}",
+            e.message
+        );
+        assert_eq!(lab_cmdline(Some("quiet")), "console=ttyS0 panic=-1 quiet");
+        assert_eq!(lab_cmdline(None), "console=ttyS0 panic=-1");
     }
 }

@@ -19,6 +19,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use vfioctl_common::{StateMachine, TransitionError};
 
 /// One step of a scenario, in execution order.
 #[derive(
@@ -107,11 +108,6 @@ impl Step {
             _ => false,
         }
     }
-
-    /// Teardown steps a scenario may legitimately not have (cold plug, no host device).
-    fn skippable(self) -> bool {
-        matches!(self, Step::Bind | Step::Plug | Step::Unplug | Step::Restore)
-    }
 }
 
 impl fmt::Display for Step {
@@ -163,49 +159,75 @@ pub enum State {
 }
 
 impl State {
-    /// Every state, for exhaustive tests.
-    pub fn all() -> Vec<State> {
-        let mut v = vec![State::Pending];
-        v.extend(Step::ALL.iter().map(|s| State::Running(*s)));
-        v.extend(
-            Step::ALL
-                .iter()
-                .filter(|s| s.is_teardown())
-                .map(|s| State::Cleanup(*s)),
-        );
-        v.push(State::Done);
-        v
-    }
+    /// Every state: pending, each step forward, each teardown step in cleanup, done.
+    pub const ALL: [State; 13] = [
+        State::Pending,
+        State::Running(Step::Check),
+        State::Running(Step::Bind),
+        State::Running(Step::VmUp),
+        State::Running(Step::Plug),
+        State::Running(Step::Validate),
+        State::Running(Step::Unplug),
+        State::Running(Step::VmDown),
+        State::Running(Step::Restore),
+        State::Cleanup(Step::Unplug),
+        State::Cleanup(Step::VmDown),
+        State::Cleanup(Step::Restore),
+        State::Done,
+    ];
+}
 
-    /// Whether `self -> to` can happen in some scenario (any plug mode, with or without
-    /// host devices, any pattern of step failures).
-    pub fn valid_transition(self, to: State) -> bool {
-        use State::*;
-        // Forward steps strictly between two steps may be skipped only if skippable.
-        let gap_ok = |a: Step, b: Step| {
-            Step::ALL
-                .iter()
-                .filter(|s| **s > a && **s < b)
-                .all(|s| s.skippable())
-        };
-        // Teardown steps strictly between `a` and `b` that may be held at `at` may be
-        // left out only if the scenario can lack them.
-        let teardown_gap_ok = |at: Step, a: Step, b: Step| {
-            Step::ALL
-                .iter()
-                .filter(|s| s.is_teardown() && **s > a && **s < b && s.may_hold(at))
-                .all(|s| s.skippable())
-        };
-        match (self, to) {
-            (Pending, Running(Step::Check)) => true,
-            (Running(a), Running(b)) => b > a && gap_ok(a, b),
-            // A failure jumps to the first teardown step that may be held.
-            (Running(a), Cleanup(b)) => b.may_hold(a) && teardown_gap_ok(a, a, b),
-            // Done after the last teardown step, or after a failure that held nothing.
-            (Running(a), Done) => matches!(a, Step::Check | Step::VmDown | Step::Restore),
-            (Cleanup(a), Cleanup(b)) => b > a && b.is_teardown() && teardown_gap_ok(a, a, b),
-            (Cleanup(a), Done) => a == Step::VmDown || a == Step::Restore,
-            _ => false,
+/// `pending`, the step (`vm-up`), the step in cleanup (`vm-down (cleanup)`), `done`.
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            State::Pending => f.write_str("pending"),
+            State::Running(s) => write!(f, "{s}"),
+            State::Cleanup(s) => write!(f, "{s} (cleanup)"),
+            State::Done => f.write_str("done"),
+        }
+    }
+}
+
+/// Every transition some scenario can make (any plug mode, with or without host devices,
+/// any pattern of step failures); [`Machine`] never asks for another. Steps that do not
+/// apply are skipped: `bind`/`restore` without host devices, `plug`/`unplug` for cold
+/// plug. A failure jumps to the first teardown step whose resource may be held.
+impl StateMachine for State {
+    const NAME: &'static str = "scenario lifecycle";
+
+    /// An exhaustive match, so a new step or state does not compile until its transitions
+    /// are decided.
+    fn successors(self) -> &'static [State] {
+        use State::{Cleanup, Done, Pending, Running};
+        use Step::*;
+        match self {
+            Pending => &[Running(Check)],
+            // Done: the check failed, nothing is held.
+            Running(Check) => &[Running(Bind), Running(VmUp), Done],
+            // A failed bind is rolled back by the bind module; restore runs anyway.
+            Running(Bind) => &[Running(VmUp), Cleanup(Restore)],
+            // A QEMU that never answered may still run: vm-down.
+            Running(VmUp) => &[Running(Plug), Running(Validate), Cleanup(VmDown)],
+            // vm-down removes a device whose plug failed half-way with the VM.
+            Running(Plug) => &[Running(Validate), Cleanup(VmDown)],
+            // Unplug (forward or in cleanup) for hot plug only.
+            Running(Validate) => &[
+                Running(Unplug),
+                Running(VmDown),
+                Cleanup(Unplug),
+                Cleanup(VmDown),
+            ],
+            Running(Unplug) => &[Running(VmDown), Cleanup(VmDown)],
+            // Restore for host devices only.
+            Running(VmDown) => &[Running(Restore), Cleanup(Restore), Done],
+            Running(Restore) => &[Done],
+            Cleanup(Unplug) => &[Cleanup(VmDown)],
+            Cleanup(VmDown) => &[Cleanup(Restore), Done],
+            Cleanup(Restore) => &[Done],
+            // Not teardown steps: never cleanup states.
+            Cleanup(Check | Bind | VmUp | Plug | Validate) => &[],
+            Done => &[],
         }
     }
 }
@@ -269,18 +291,16 @@ impl Machine {
     }
 
     /// Leave `Pending`.
-    pub fn start(&mut self) -> State {
+    pub fn start(&mut self) -> Result<State, TransitionError<State>> {
         self.go(State::Running(Step::Check))
     }
 
-    fn go(&mut self, to: State) -> State {
-        debug_assert!(
-            self.state.valid_transition(to),
-            "invalid transition {:?} -> {to:?}",
-            self.state
-        );
+    /// Move to `to` if the table allows it; a refusal (a bug in the machine) changes
+    /// nothing.
+    fn go(&mut self, to: State) -> Result<State, TransitionError<State>> {
+        self.state.check(to)?;
         self.state = to;
-        to
+        Ok(to)
     }
 
     fn next_forward(&self, after: Step) -> State {
@@ -301,8 +321,9 @@ impl Machine {
             .unwrap_or(State::Done)
     }
 
-    /// Record the end of the current step and move on.
-    pub fn finish(&mut self, ok: bool) -> State {
+    /// Record the end of the current step and move on (pending and done stay where they
+    /// are).
+    pub fn finish(&mut self, ok: bool) -> Result<State, TransitionError<State>> {
         let next = match self.state {
             State::Running(s) if ok => self.next_forward(s),
             State::Running(s) => {
@@ -316,7 +337,7 @@ impl Machine {
                 }
                 self.next_cleanup(s, self.failed_at.unwrap_or(s))
             }
-            State::Pending | State::Done => return self.state,
+            State::Pending | State::Done => return Ok(self.state),
         };
         self.go(next)
     }
@@ -344,13 +365,13 @@ mod tests {
         let mut edges = Vec::new();
         let mut visited = vec![State::Pending];
         let mut prev = m.state();
-        let mut cur = m.start();
+        let mut cur = m.start().unwrap();
         edges.push((prev, cur));
         let mut i = 0;
         while cur != State::Done {
             visited.push(cur);
             prev = cur;
-            cur = m.finish(fails & (1 << i) == 0);
+            cur = m.finish(fails & (1 << i) == 0).unwrap();
             edges.push((prev, cur));
             i += 1;
             assert!(i < 20, "machine does not terminate");
@@ -368,8 +389,8 @@ mod tests {
                 }
             }
         }
-        for from in State::all() {
-            for to in State::all() {
+        for from in State::ALL {
+            for to in State::ALL {
                 assert_eq!(
                     from.valid_transition(to),
                     taken.contains(&(from, to)),
@@ -377,6 +398,65 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_pair_outside_the_table_is_refused() {
+        let mut refused = 0;
+        for from in State::ALL {
+            for to in State::ALL {
+                if from.successors().contains(&to) {
+                    assert_eq!(from.check(to), Ok(()), "{from} -> {to}");
+                    continue;
+                }
+                let e = from.check(to).unwrap_err();
+                assert_eq!((e.machine, e.from, e.to), (State::NAME, from, to));
+                refused += 1;
+            }
+        }
+        // 169 pairs, 25 of them allowed.
+        assert_eq!(refused, 169 - 25);
+        // The machine refuses the same way and stays where it was.
+        let mut m = Machine::new(Shape {
+            bind: true,
+            hot: true,
+        });
+        let e = m.go(State::Done).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "scenario lifecycle: cannot go from pending to done"
+        );
+        assert_eq!(m.state(), State::Pending);
+        m.start().unwrap();
+        m.finish(true).unwrap();
+        assert_eq!(m.finish(false), Ok(State::Cleanup(Step::Restore)));
+        assert_eq!(
+            m.go(State::Running(Step::VmUp)).unwrap_err().to_string(),
+            "scenario lifecycle: cannot go from restore (cleanup) to vm-up"
+        );
+    }
+
+    #[test]
+    fn state_names() {
+        let names: Vec<String> = State::ALL.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            names,
+            [
+                "pending",
+                "check",
+                "bind",
+                "vm-up",
+                "plug",
+                "validate",
+                "unplug",
+                "vm-down",
+                "restore",
+                "unplug (cleanup)",
+                "vm-down (cleanup)",
+                "restore (cleanup)",
+                "done"
+            ]
+        );
     }
 
     #[test]
@@ -435,16 +515,16 @@ mod tests {
             bind: true,
             hot: true,
         });
-        m.start();
+        m.start().unwrap();
         for _ in 0..4 {
-            m.finish(true); // check bind vm-up plug
+            m.finish(true).unwrap(); // check bind vm-up plug
         }
         assert_eq!(m.state(), State::Running(Step::Validate));
-        assert_eq!(m.finish(false), State::Cleanup(Step::Unplug));
+        assert_eq!(m.finish(false), Ok(State::Cleanup(Step::Unplug)));
         assert!(m.in_cleanup());
-        assert_eq!(m.finish(false), State::Cleanup(Step::VmDown));
-        assert_eq!(m.finish(true), State::Cleanup(Step::Restore));
-        assert_eq!(m.finish(true), State::Done);
+        assert_eq!(m.finish(false), Ok(State::Cleanup(Step::VmDown)));
+        assert_eq!(m.finish(true), Ok(State::Cleanup(Step::Restore)));
+        assert_eq!(m.finish(true), Ok(State::Done));
         assert_eq!(m.failed(), Some(Step::Validate));
     }
 
@@ -454,8 +534,8 @@ mod tests {
             bind: true,
             hot: true,
         });
-        m.start();
-        assert_eq!(m.finish(false), State::Done);
+        m.start().unwrap();
+        assert_eq!(m.finish(false), Ok(State::Done));
     }
 
     #[test]

@@ -168,9 +168,15 @@ pub enum VmError {
     /// A hot plug or unplug failed.
     #[error(transparent)]
     Plug(Box<PlugError>),
-    /// The VM's state does not allow the requested transition.
-    #[error(transparent)]
-    Transition(#[from] super::state::TransitionError),
+    /// The VM's state does not allow the requested transition (a bug in vfioctl). The
+    /// refusal is part of the message, not a source, like every machine's.
+    #[error("VM {name}: {refused}")]
+    Transition {
+        /// The VM's name.
+        name: String,
+        /// The refused transition.
+        refused: vfioctl_common::TransitionError<super::state::VmState>,
+    },
     /// A host PCI device given to the VM could not be read.
     #[error("VM {name}: reading host device {bdf}")]
     HostDevice {

@@ -7,6 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use vfioctl_common::StateMachine;
 
 use super::accel::Accel;
 use super::error::VmError;
@@ -54,9 +55,32 @@ impl VmState {
         VmState::Orphaned,
     ];
 
+    /// QEMU should be running in this state.
+    pub fn expects_running(self) -> bool {
+        use VmState::*;
+        match self {
+            Booting | Ready | DevicePlugged | Stopping => true,
+            Created | Stopped | Failed | Crashed | Orphaned => false,
+        }
+    }
+
+    /// A `vm up` is (or was) still working on the VM: its death leaves the VM orphaned.
+    pub fn starting(self) -> bool {
+        use VmState::*;
+        match self {
+            Created | Booting => true,
+            Ready | DevicePlugged | Stopping | Stopped | Failed | Crashed | Orphaned => false,
+        }
+    }
+}
+
+/// The transitions the code may make; everything else is a bug and is refused.
+impl StateMachine for VmState {
+    const NAME: &'static str = "VM lifecycle";
+
     /// Where each state may go: an exhaustive match, so a new state does not compile until
     /// its transitions are decided.
-    pub fn successors(self) -> &'static [VmState] {
+    fn successors(self) -> &'static [VmState] {
         use VmState::*;
         match self {
             Created => &[Booting, Failed, Stopping, Orphaned],
@@ -73,29 +97,6 @@ impl VmState {
             Failed => &[Stopping],
             Crashed => &[Stopping],
             Orphaned => &[Stopping],
-        }
-    }
-
-    /// The transitions the code may make. Everything else is a bug and is refused.
-    pub fn valid_transition(self, to: VmState) -> bool {
-        self.successors().contains(&to)
-    }
-
-    /// QEMU should be running in this state.
-    pub fn expects_running(self) -> bool {
-        use VmState::*;
-        match self {
-            Booting | Ready | DevicePlugged | Stopping => true,
-            Created | Stopped | Failed | Crashed | Orphaned => false,
-        }
-    }
-
-    /// A `vm up` is (or was) still working on the VM: its death leaves the VM orphaned.
-    pub fn starting(self) -> bool {
-        use VmState::*;
-        match self {
-            Created | Booting => true,
-            Ready | DevicePlugged | Stopping | Stopped | Failed | Crashed | Orphaned => false,
         }
     }
 }
@@ -213,18 +214,6 @@ fn group_backend() -> crate::shared::VfioBackend {
     crate::shared::VfioBackend::Group
 }
 
-/// A state change the state machine does not allow ([`VmState::successors`]): a bug.
-#[derive(Debug, thiserror::Error)]
-#[error("VM {name}: invalid state transition {from} -> {to}")]
-pub struct TransitionError {
-    /// The VM's name.
-    pub name: String,
-    /// The state it is in.
-    pub from: VmState,
-    /// The state asked for.
-    pub to: VmState,
-}
-
 impl VmRecord {
     /// A fresh record for `rd`, in state `created`, nothing started.
     pub fn new(rd: &RunDir) -> Self {
@@ -270,18 +259,18 @@ impl VmRecord {
         self.rundir().state_file()
     }
 
-    /// Move to `to` if the machine allows it.
-    pub fn transition(&mut self, to: VmState) -> Result<(), TransitionError> {
+    /// Move to `to` if the machine allows it (staying in the same state is a no-op); a
+    /// refusal ([`VmError::Transition`]) changes nothing.
+    pub fn transition(&mut self, to: VmState) -> Result<(), VmError> {
         if self.state == to {
             return Ok(());
         }
-        if !self.state.valid_transition(to) {
-            return Err(TransitionError {
+        self.state
+            .check(to)
+            .map_err(|refused| VmError::Transition {
                 name: self.name.to_string(),
-                from: self.state,
-                to,
-            });
-        }
+                refused,
+            })?;
         tracing::info!("vm {}: {} -> {}", self.name, self.state, to);
         self.state = to;
         Ok(())
@@ -469,18 +458,42 @@ mod tests {
             let mut c = r.clone();
             match c.transition(to) {
                 Ok(()) => assert!(to == Created || Created.valid_transition(to)),
-                Err(e) => {
-                    assert_eq!((e.from, e.to), (Created, to));
+                Err(VmError::Transition { name, refused }) => {
+                    assert_eq!(name, "lab");
+                    assert_eq!((refused.from, refused.to), (Created, to));
                     assert_eq!(
-                        e.to_string(),
-                        format!("VM lab: invalid state transition created -> {to}")
+                        VmError::Transition { name, refused }.to_string(),
+                        format!("VM lab: VM lifecycle: cannot go from created to {to}")
                     );
                     assert_eq!(c.state, Created, "a refused move changes nothing");
                 }
+                Err(e) => panic!("not a transition error: {e}"),
             }
         }
         r.state = Stopped;
         assert!(r.transition(Booting).is_err());
+    }
+
+    #[test]
+    fn every_pair_outside_the_table_is_refused() {
+        let mut refused = 0;
+        for from in VmState::ALL {
+            for to in VmState::ALL {
+                if from.successors().contains(&to) {
+                    assert_eq!(from.check(to), Ok(()), "{from} -> {to}");
+                    continue;
+                }
+                let e = from.check(to).unwrap_err();
+                assert_eq!((e.machine, e.from, e.to), (VmState::NAME, from, to));
+                assert_eq!(
+                    e.to_string(),
+                    format!("VM lifecycle: cannot go from {from} to {to}")
+                );
+                refused += 1;
+            }
+        }
+        // 81 pairs, 23 of them allowed.
+        assert_eq!(refused, 81 - 23);
     }
 
     #[test]
