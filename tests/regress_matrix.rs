@@ -49,8 +49,9 @@ fn kernels() -> Result<(), Missing> {
             ccache: true,
             clean: false,
         };
-        vfioctl::kernel::build(&opts, &mut |_| {})
-            .map_err(|e| Missing::new("vfioctl's own 6.1 kernel", "vfioctl kernel build").detail(e.to_string()))?;
+        vfioctl::kernel::build(&opts, &mut |_| {}).map_err(|e| {
+            Missing::new("vfioctl's own 6.1 kernel", "vfioctl kernel build").detail(e.to_string())
+        })?;
     }
     Ok(())
 }

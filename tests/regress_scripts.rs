@@ -32,11 +32,23 @@ fn lab_plan_has_the_scenarios_the_issue_asks_for() {
     // the shared-GPU scenarios, on the modern stack, with the kernels they need
     for (name, kind, kernel) in [
         ("sriov-vf", Kind::Sriov, "kernel/modern/vmlinuz"),
-        ("mdev-mtty", Kind::Mdev, "vfioctl-6.12-vfio-guest+vfio-host/vmlinuz"),
-        ("iommufd-vf", Kind::Iommufd, "vfioctl-6.12-vfio-guest+vfio-host/vmlinuz"),
+        (
+            "mdev-mtty",
+            Kind::Mdev,
+            "vfioctl-6.12-vfio-guest+vfio-host/vmlinuz",
+        ),
+        (
+            "iommufd-vf",
+            Kind::Iommufd,
+            "vfioctl-6.12-vfio-guest+vfio-host/vmlinuz",
+        ),
     ] {
         let sc = plan.scenario(name).unwrap();
-        assert_eq!((sc.kind, sc.stack.as_deref()), (kind, Some("modern")), "{name}");
+        assert_eq!(
+            (sc.kind, sc.stack.as_deref()),
+            (kind, Some("modern")),
+            "{name}"
+        );
         assert!(sc.kernel.as_ref().unwrap().ends_with(kernel), "{name}");
     }
     // the version matrix: QEMU 7.2 and 10.0, kernels 6.1, 6.12 and vfioctl's own

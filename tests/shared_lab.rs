@@ -36,8 +36,10 @@ fn modern_prerequisites() -> Result<(), Missing> {
     prereq::busybox()?;
     let k = prereq::lab_dir().join("kernel/modern/vmlinuz");
     if !k.is_file() {
-        return Err(Missing::new("the modern stack's kernel 6.12", "scripts/setup --modern")
-            .detail(format!("{} is missing", k.display())));
+        return Err(
+            Missing::new("the modern stack's kernel 6.12", "scripts/setup --modern")
+                .detail(format!("{} is missing", k.display())),
+        );
     }
     Ok(())
 }
@@ -139,7 +141,10 @@ fn assert_passed(name: &str, wants: &[&str]) {
         sc.summary
     );
     for w in wants {
-        assert!(json.contains(w), "{name}: the validate note lacks {w:?}:\n{json}");
+        assert!(
+            json.contains(w),
+            "{name}: the validate note lacks {w:?}:\n{json}"
+        );
     }
     eprintln!(
         "shared_lab::{name}: PASS in {:.0} s on {:?}",

@@ -319,27 +319,31 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
     backend.agent = a.agent.clone();
     backend.static_vfioctl = a.static_vfioctl.clone();
     let t = std::time::Instant::now();
-    match backend.prepare_guest(&plan, &out) {
-        Some(Ok(p)) => crate::output::note(
-            ctx,
-            format!(
-                "[regress] lab initramfs {} ready in {}",
-                p.display(),
-                fmt_ms(t.elapsed().as_millis() as u64)
+    for (kernel, r) in backend.prepare_guest(&plan, &out) {
+        let k = kernel
+            .map(|k| format!(" for {}", k.display()))
+            .unwrap_or_default();
+        match r {
+            Ok(p) => crate::output::note(
+                ctx,
+                format!(
+                    "[regress] lab initramfs {}{k} ready in {}",
+                    p.display(),
+                    fmt_ms(t.elapsed().as_millis() as u64)
+                ),
             ),
-        ),
-        Some(Err(e)) => crate::output::warn(
-            ctx,
-            format!(
-                "lab initramfs: {}{}",
-                e.message,
-                e.hint
-                    .as_deref()
-                    .map(|h| format!("\n  hint: {h}"))
-                    .unwrap_or_default()
+            Err(e) => crate::output::warn(
+                ctx,
+                format!(
+                    "lab initramfs{k}: {}{}",
+                    e.message,
+                    e.hint
+                        .as_deref()
+                        .map(|h| format!("\n  hint: {h}"))
+                        .unwrap_or_default()
+                ),
             ),
-        ),
-        None => {}
+        }
     }
     let bar = crate::output::Progress::bar(ctx, plan.scenarios.len() as u64, "scenarios");
     let mut r = run_plan(&plan, &backend, &opts, &|e| progress(ctx, &bar, e));

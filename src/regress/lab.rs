@@ -12,9 +12,10 @@
 //! cancelled and fails; cleanup follows). Failures carry the serial console, QEMU's
 //! stderr, the QMP error and, from the agent, the guest's kernel log.
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use vfioctl_common::pci::device::enumerate;
@@ -32,7 +33,9 @@ use crate::agent::AgentClient;
 use crate::bind;
 use crate::qmp::Qmp;
 use crate::rootfs::{self, agent_bin, BuildOptions};
-use crate::vm::profile::{lab_kernel, DeviceEntry, GpuSpec, PlugWhen, Profile, Ready};
+use crate::shared::lab as shared_lab;
+use crate::shared::stack::{self, Stack};
+use crate::vm::profile::{lab_kernel, AccelChoice, DeviceEntry, GpuSpec, PlugWhen, Profile, Ready};
 use crate::vm::{lifecycle, plug, process, Env, Firmware as VmFirmware, VmError, VmName, VmRecord};
 use crate::{Context, Diagnose, Exit, Failure};
 
@@ -110,12 +113,12 @@ pub struct LabBackend {
     /// Where VM runtime directories go: short, because unix socket paths are limited to
     /// 108 bytes (the per-scenario output directory may be deep).
     pub run_base: PathBuf,
-    /// The lab guest initramfs (agent as /init) for scenarios without `initrd`, built by
-    /// [`LabBackend::prepare_guest`].
-    guest: OnceLock<Result<PathBuf, StepFailure>>,
-    /// The nested scenario's L1 initramfs (QEMU, vfioctl and the L2 guest inside), built
-    /// once per run by its `check` step.
-    nested: OnceLock<Result<PathBuf, StepFailure>>,
+    /// The lab guest initramfs (agent as /init) per guest kernel (its modules go in), for
+    /// scenarios without `initrd`, built by [`LabBackend::prepare_guest`].
+    guest: Mutex<BTreeMap<PathBuf, Result<PathBuf, StepFailure>>>,
+    /// The nested scenarios' L1 initramfs (QEMU, vfioctl and the L2 guest inside) per kind
+    /// and L1 kernel, built once per run by the first such scenario's `check` step.
+    nested: Mutex<BTreeMap<(Kind, PathBuf), Result<PathBuf, StepFailure>>>,
     /// The static guest agent for the initramfs images it builds (`regress --agent`).
     pub agent: Option<PathBuf>,
     /// The static vfioctl for the nested scenario's L1 guest (`regress --static-vfioctl`).
@@ -133,8 +136,8 @@ impl LabBackend {
             ctx,
             qemu: PathBuf::from("qemu-system-x86_64"),
             run_base: std::env::temp_dir().join(format!("vfioctl-regress-{}", std::process::id())),
-            guest: OnceLock::new(),
-            nested: OnceLock::new(),
+            guest: Mutex::new(BTreeMap::new()),
+            nested: Mutex::new(BTreeMap::new()),
             agent: None,
             static_vfioctl: None,
         }
@@ -190,77 +193,201 @@ impl LabBackend {
             })
     }
 
-    /// Build the lab initramfs (`rootfs/lab.toml`: the static agent as /init plus the vsock
-    /// modules of the scenario kernel) into `out`, once per run, when some scenario needs it.
-    pub fn prepare_guest(&self, plan: &Plan, out: &Path) -> Option<&Result<PathBuf, StepFailure>> {
-        let sc = plan.scenarios.iter().find(|s| s.initrd.is_none())?;
-        Some(self.guest.get_or_init(|| {
-            let kernel = sc.kernel.clone().or_else(lab_kernel).ok_or_else(|| {
-                StepFailure::new(Exit::Usage, "no guest kernel: set `kernel` in the plan or run scripts/setup")
-            })?;
-            let tree = agent_bin::source_tree().ok_or_else(|| {
-                StepFailure::new(
-                    Exit::Usage,
-                    "no source tree with rootfs/lab.toml next to this vfioctl: set `initrd` in the plan",
-                )
-            })?;
-            let modules = kernel.parent().map(Path::to_path_buf).unwrap_or_default();
-            let opts = BuildOptions {
-                manifest: tree.join("rootfs/lab.toml"),
-                kernel_modules: Some(modules),
-                out: out.join("guest/initramfs.cpio.gz"),
-                agent: Some(self.agent_binary()?),
-                ..BuildOptions::default()
-            };
-            rootfs::build(&opts)
-                .map(|r| r.out)
-                .map_err(|e| StepFailure::from(Failure::from(e)))
-        }))
+    /// The scenario's lab stack (`stack = "..."` in the plan), resolved in the lab dir.
+    fn stack(sc: &Scenario) -> Result<Option<Stack>, StepFailure> {
+        sc.stack
+            .as_deref()
+            .map(|n| {
+                stack::resolve(n, &crate::vm::profile::lab_dir()).map_err(|e| {
+                    let mut f = fail(e.exit(), format!("scenario {}: {e}", sc.name));
+                    f.hint = e.hint();
+                    f
+                })
+            })
+            .transpose()
     }
 
-    /// Build the nested scenario's initramfs once (see [`nested`]).
-    fn prepare_nested(&self, kernel: &Path, dir: &Path) -> Result<PathBuf, StepFailure> {
-        self.nested
-            .get_or_init(|| {
-                let tree = agent_bin::source_tree().ok_or_else(|| {
-                    fail(
-                        Exit::Usage,
-                        "no source tree with rootfs/lab-nested.toml next to this vfioctl",
-                    )
-                })?;
-                let qemu = which(&self.qemu).ok_or_else(|| {
-                    fail(
-                        Exit::Infrastructure,
-                        format!("{} not found", self.qemu.display()),
-                    )
-                })?;
-                let agent = self.agent_binary()?;
-                let vfioctl = self.static_vfioctl_binary()?;
-                nested::build_initrds(&nested::NestedInputs {
-                    tree: &tree,
-                    kernel,
-                    agent: &agent,
-                    vfioctl: &vfioctl,
-                    qemu: &qemu,
-                    out_dir: dir,
-                })
-                .map_err(|e| fail(Exit::Infrastructure, e.to_string()))
-            })
-            .clone()
+    /// The QEMU a scenario runs and the arguments its stack needs (`-L`): the stack's, else
+    /// the backend's.
+    fn qemu_for(&self, sc: &Scenario) -> Result<(PathBuf, Vec<String>), StepFailure> {
+        Ok(match Self::stack(sc)? {
+            Some(st) => {
+                let args = st.qemu_args();
+                (st.qemu, args)
+            }
+            None => (self.qemu.clone(), Vec::new()),
+        })
+    }
+
+    /// The guest kernel of a scenario: its own, else its stack's, else the lab's current.
+    fn kernel_for(sc: &Scenario) -> Option<PathBuf> {
+        sc.kernel.clone().or_else(|| {
+            Self::stack(sc)
+                .ok()
+                .flatten()
+                .and_then(|st| st.kernel)
+                .or_else(lab_kernel)
+        })
+    }
+
+    /// Build the lab initramfs (`rootfs/lab.toml`: the static agent as /init plus the vsock
+    /// modules of the scenario kernel) into `out`, once per guest kernel that a scenario
+    /// without `initrd` boots (`guest/initramfs.cpio.gz` for the first kernel,
+    /// `guest/<kernel dir>/...` for the others). Returns each kernel with its result.
+    pub fn prepare_guest(
+        &self,
+        plan: &Plan,
+        out: &Path,
+    ) -> Vec<(Option<PathBuf>, Result<PathBuf, StepFailure>)> {
+        let mut kernels: Vec<Option<PathBuf>> = Vec::new();
+        for sc in plan
+            .scenarios
+            .iter()
+            .filter(|s| s.initrd.is_none() && !s.kind.is_nested())
+        {
+            let k = Self::kernel_for(sc);
+            if !kernels.contains(&k) {
+                kernels.push(k);
+            }
+        }
+        let mut done = Vec::new();
+        let mut map = self.guest.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, k) in kernels.into_iter().enumerate() {
+            let sub = match (i, &k) {
+                (0, _) | (_, None) => out.join("guest"),
+                (_, Some(k)) => out.join("guest").join(
+                    k.parent()
+                        .and_then(|p| p.file_name())
+                        .map(|n| n.to_string_lossy().to_string())
+                        .unwrap_or_else(|| format!("k{i}")),
+                ),
+            };
+            let r = self.build_guest(k.as_deref(), &sub);
+            if let Some(k) = &k {
+                map.insert(k.clone(), r.clone());
+            }
+            done.push((k, r));
+        }
+        done
+    }
+
+    fn build_guest(&self, kernel: Option<&Path>, dir: &Path) -> Result<PathBuf, StepFailure> {
+        let kernel = kernel.ok_or_else(|| {
+            StepFailure::new(
+                Exit::Usage,
+                "no guest kernel: set `kernel` in the plan or run scripts/setup",
+            )
+        })?;
+        let tree = agent_bin::source_tree().ok_or_else(|| {
+            StepFailure::new(
+                Exit::Usage,
+                "no source tree with rootfs/lab.toml next to this vfioctl: set `initrd` in the plan",
+            )
+        })?;
+        let modules = kernel.parent().map(Path::to_path_buf).unwrap_or_default();
+        let opts = BuildOptions {
+            manifest: tree.join("rootfs/lab.toml"),
+            kernel_modules: Some(modules),
+            out: dir.join("initramfs.cpio.gz"),
+            agent: Some(self.agent_binary()?),
+            ..BuildOptions::default()
+        };
+        rootfs::build(&opts)
+            .map(|r| r.out)
+            .map_err(|e| StepFailure::from(Failure::from(e)))
+    }
+
+    /// Build a nested scenario's L1 initramfs once per kind and L1 kernel (see
+    /// [`nested`]): the nested kind carries the system QEMU and `rootfs/lab-nested.toml`,
+    /// the shared-GPU kinds their stack's QEMU (10) and `rootfs/lab-sriov.toml`.
+    fn prepare_nested(
+        &self,
+        sc: &Scenario,
+        kernel: &Path,
+        dir: &Path,
+    ) -> Result<PathBuf, StepFailure> {
+        let key = (sc.kind, kernel.to_path_buf());
+        let mut map = self.nested.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = map.get(&key) {
+            return r.clone();
+        }
+        let r = self.build_nested(sc, kernel, dir);
+        map.insert(key, r.clone());
+        r
+    }
+
+    fn build_nested(
+        &self,
+        sc: &Scenario,
+        kernel: &Path,
+        dir: &Path,
+    ) -> Result<PathBuf, StepFailure> {
+        let tree = agent_bin::source_tree().ok_or_else(|| {
+            fail(
+                Exit::Usage,
+                "no source tree with rootfs/lab-nested.toml next to this vfioctl",
+            )
+        })?;
+        let (qemu, _) = self.qemu_for(sc)?;
+        let qemu = which(&qemu).ok_or_else(|| {
+            fail(
+                Exit::Infrastructure,
+                format!("{} not found", qemu.display()),
+            )
+        })?;
+        let agent = self.agent_binary()?;
+        let vfioctl = self.static_vfioctl_binary()?;
+        let inputs = nested::NestedInputs {
+            tree: &tree,
+            kernel,
+            agent: &agent,
+            vfioctl: &vfioctl,
+            qemu: &qemu,
+            out_dir: dir,
+        };
+        let built = match (sc.kind, Self::stack(sc)?) {
+            (Kind::Nested, None) | (Kind::Passthrough, _) => nested::build_initrds(&inputs),
+            (kind, st) => {
+                let payload = match &st {
+                    Some(st) => {
+                        nested::qemu_payload_from(&qemu, &st.module_dir, st.data_dir.as_deref())
+                    }
+                    None => nested::qemu_payload(&qemu),
+                }
+                .map_err(|e| fail(Exit::Infrastructure, e.to_string()))?;
+                let manifest = match kind {
+                    Kind::Nested | Kind::Passthrough => "rootfs/lab-nested.toml",
+                    Kind::Sriov | Kind::Mdev | Kind::Iommufd => "rootfs/lab-sriov.toml",
+                };
+                nested::build_initrds_with(
+                    &inputs,
+                    payload,
+                    manifest,
+                    &format!("{kind}-l1.cpio.gz"),
+                )
+            }
+        };
+        built.map_err(|e| fail(Exit::Infrastructure, e.to_string()))
     }
 
     fn initrd(&self, sc: &Scenario) -> Result<PathBuf, StepFailure> {
-        if sc.kind == Kind::Nested {
-            if let Some(r) = self.nested.get() {
+        let kernel = Self::kernel_for(sc);
+        if sc.kind.is_nested() {
+            let map = self.nested.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(r) = kernel.and_then(|k| map.get(&(sc.kind, k))) {
                 return r.clone();
             }
+            return Err(StepFailure::new(
+                Exit::Infrastructure,
+                "the L1 initramfs was not prepared (the check step builds it)",
+            ));
         }
         if let Some(p) = &sc.initrd {
             return Ok(p.clone());
         }
-        match self.guest.get() {
-            Some(Ok(p)) => Ok(p.clone()),
-            Some(Err(e)) => Err(e.clone()),
+        let map = self.guest.lock().unwrap_or_else(|e| e.into_inner());
+        match kernel.and_then(|k| map.get(&k).cloned()) {
+            Some(r) => r,
             None => Err(StepFailure::new(
                 Exit::Infrastructure,
                 "the lab initramfs was not prepared (LabBackend::prepare_guest)",
@@ -408,9 +535,9 @@ impl LabBackend {
         s: &mut LabSession,
         limit: Duration,
     ) -> Result<Profile, StepFailure> {
-        if sc.kind == Kind::Nested {
-            // L1: the VFIO host for the nested guest; its e1000e is the passed device, so
-            // no devices of the plan go to this VM.
+        if sc.kind.is_nested() {
+            // L1: the VFIO host for the nested guest; its own emulated devices are the
+            // passed ones, so no devices of the plan go to this VM.
             s.devices.clear();
             return self.nested_profile(sc, limit);
         }
@@ -430,13 +557,15 @@ impl LabBackend {
     /// QEMU, and the boot limit. Ready when the guest agent answers over vsock; plugs are
     /// confirmed by it.
     fn base_profile(&self, sc: &Scenario, limit: Duration) -> Result<Profile, StepFailure> {
+        let (qemu, qemu_args) = self.qemu_for(sc)?;
         Ok(Profile {
             name: sc.name.clone(),
             vcpus: sc.vm.cpus,
             memory: sc.vm.memory.to_string(),
-            kernel: sc.kernel.clone().or_else(lab_kernel),
+            kernel: Self::kernel_for(sc),
             initrd: Some(self.initrd(sc)?),
-            qemu: self.qemu.clone(),
+            qemu,
+            qemu_args,
             ready: Ready::Agent,
             boot_timeout: limit.as_secs().max(1),
             ..Profile::default()
@@ -446,14 +575,51 @@ impl LabBackend {
     /// The nested scenario's L1 guest: an emulated IOMMU and its own passed device (see
     /// [`nested`]).
     fn nested_profile(&self, sc: &Scenario, limit: Duration) -> Result<Profile, StepFailure> {
-        Ok(Profile {
+        let mut p = Profile {
             cmdline: nested::l1_cmdline(sc.vm.append.as_deref()),
-            qemu_args: nested::l1_qemu_args(),
             // L1 runs its script through the agent's exec (the image allows it too).
             agent_exec: true,
+            // The lab is TCG (docs/LAB.md fact 7): QEMU 10 with -cpu host passes the KVM
+            // probe on these machines, but its guests never boot.
+            accel: if sc.kind.required_stack().is_some() {
+                AccelChoice::Tcg
+            } else {
+                Profile::default().accel
+            },
             ..self.base_profile(sc, limit)?
-        })
+        };
+        p.qemu_args.extend(match sc.kind {
+            Kind::Passthrough | Kind::Nested => nested::l1_qemu_args(),
+            Kind::Sriov => shared_lab::sriov_l1_qemu_args(),
+            Kind::Mdev | Kind::Iommufd => shared_lab::modern_l1_qemu_args(),
+        });
+        Ok(p)
     }
+}
+
+/// How to get a missing guest kernel (pure): vfioctl's own builds are named
+/// `vfioctl-[<series>-]<flavours>` (`vfioctl kernel build`), the others come from setup.
+pub fn kernel_hint(path: &Path) -> String {
+    let dir = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let Some(key) = dir.strip_prefix("vfioctl-") else {
+        return "the Debian guest kernels come from scripts/setup (6.1) and scripts/setup --modern (6.12)".into();
+    };
+    let (series, flavours) = match key.split_once('-') {
+        Some((s, f)) if s.contains('.') => (Some(s), f),
+        _ => (None, key),
+    };
+    let mut cmd = "vfioctl kernel build".to_string();
+    if let Some(s) = series {
+        cmd.push_str(&format!(" --series {s}"));
+    }
+    if flavours != "base" {
+        cmd.push_str(&format!(" --flavour {}", flavours.replace('+', ",")));
+    }
+    format!("build it with `{cmd}`")
 }
 
 /// The lab guest's kernel command line: the serial console, no reboot loop after a
@@ -557,15 +723,16 @@ impl LabBackend {
     /// QEMU on PATH, the guest kernel and initramfs, and the scenario's host devices.
     fn check(&self, s: &mut LabSession, ctx: &StepCtx) -> StepResult {
         let sc = ctx.scenario;
-        let qemu = which(&self.qemu).ok_or_else(|| {
+        let (qemu, _) = self.qemu_for(sc)?;
+        let qemu = which(&qemu).ok_or_else(|| {
             let mut f = fail(
                 Exit::Infrastructure,
-                format!("{} not found on PATH", self.qemu.display()),
+                format!("{} not found on PATH", qemu.display()),
             );
             f.hint = Some("install qemu-system-x86 (scripts/setup does)".into());
             f
         })?;
-        let kernel = sc.kernel.clone().or_else(lab_kernel).ok_or_else(|| {
+        let kernel = Self::kernel_for(sc).ok_or_else(|| {
             fail(
                 Exit::Usage,
                 "no guest kernel: set `kernel` in the plan or run scripts/setup",
@@ -574,22 +741,27 @@ impl LabBackend {
         for (key, p) in [("kernel", Some(&kernel)), ("initrd", sc.initrd.as_ref())] {
             if let Some(p) = p {
                 if !p.is_file() {
-                    return Err(fail(
+                    let mut f = fail(
                         Exit::Usage,
                         format!("scenario {}: {key} {} does not exist", sc.name, p.display()),
-                    ));
+                    );
+                    if key == "kernel" {
+                        f.hint = Some(kernel_hint(p));
+                    }
+                    return Err(f);
                 }
             }
         }
-        if sc.kind == Kind::Nested {
-            self.prepare_nested(&kernel, ctx.dir)?;
+        if sc.kind.is_nested() {
+            self.prepare_nested(sc, &kernel, ctx.dir)?;
         }
         self.initrd(sc)?;
         s.host_devices =
             resolve(&self.ctx.root, sc).map_err(|e| fail(Exit::Usage, e.to_string()))?;
         Ok(Some(format!(
-            "qemu {}; {} host device(s)",
+            "qemu {}; kernel {}; {} host device(s)",
             qemu.display(),
+            kernel.display(),
             s.host_devices.len()
         )))
     }
@@ -734,15 +906,31 @@ impl LabBackend {
         Ok(Some(notes.join("; ")))
     }
 
-    /// Nested: in L1, bind, L2 with the device cold-plugged, restore (see `nested`).
+    /// Nested kinds: in L1, the kind's script (bind or create, L2 cold and hot, restore;
+    /// see `nested` and `shared::lab`), judged from what L1 and L2 printed.
     fn validate_nested(&self, s: &mut LabSession, ctx: &StepCtx) -> StepResult {
         let mut client = s.agent(ctx.timeout)?;
-        let script = nested::l1_script(ctx.timeout.as_secs().saturating_sub(30).max(60));
+        // Each L2 run inside L1 gets at most this long (a scenario runs two or three).
+        let l2 = ctx.timeout.as_secs().saturating_sub(30).max(60) / 3;
+        let l2 = l2.max(120);
+        let kind = ctx.scenario.kind;
+        let script = match kind {
+            Kind::Passthrough | Kind::Nested => nested::l1_script(l2),
+            Kind::Sriov => shared_lab::sriov_l1_script(l2),
+            Kind::Mdev => shared_lab::mdev_l1_script(l2),
+            Kind::Iommufd => shared_lab::iommufd_l1_script(l2),
+        };
         let reply = client
             .exec(&["/bin/busybox", "sh", "-c", &script], ctx.timeout, 1 << 20)
             .map_err(|e| vm_logs(from_diag(e), s.rec.as_ref()))?;
         let _ = std::fs::write(s.dir.join("nested.log"), &reply.stdout);
-        nested::verdict(&reply.stdout).map(Some).map_err(|why| {
+        let verdict = match kind {
+            Kind::Passthrough | Kind::Nested => nested::verdict(&reply.stdout),
+            Kind::Sriov => shared_lab::sriov_verdict(&reply.stdout),
+            Kind::Mdev => shared_lab::mdev_verdict(&reply.stdout),
+            Kind::Iommufd => shared_lab::iommufd_verdict(&reply.stdout),
+        };
+        verdict.map(Some).map_err(|why| {
             fail(Exit::ValidationFailed, why.reason)
                 .with_log(excerpt("l1-exec", &reply.stdout, 60))
                 .with_log(excerpt("l1-exec-stderr", &reply.stderr, 20))
@@ -940,7 +1128,7 @@ impl Backend for LabBackend {
             Step::Restore => self.restore(s, ctx),
             Step::VmUp => self.vm_up(s, ctx),
             Step::Plug => self.plug(s, ctx),
-            Step::Validate if ctx.scenario.kind == Kind::Nested => self.validate_nested(s, ctx),
+            Step::Validate if ctx.scenario.kind.is_nested() => self.validate_nested(s, ctx),
             Step::Validate => self.validate(s, ctx),
             Step::Unplug => self.unplug(s, ctx),
             Step::VmDown => self.vm_down(s, ctx),
@@ -1093,4 +1281,23 @@ mod tests {
         assert_eq!(lab_cmdline(Some("quiet")), "console=ttyS0 panic=-1 quiet");
         assert_eq!(lab_cmdline(None), "console=ttyS0 panic=-1");
     }
+
+    #[test]
+    fn a_missing_kernel_names_the_build_that_makes_it() {
+        let h = |p: &str| kernel_hint(Path::new(p));
+        assert_eq!(
+            h("/lab/kernel/vfioctl-6.12-vfio-guest+vfio-host/vmlinuz"),
+            "build it with `vfioctl kernel build --series 6.12 --flavour vfio-guest,vfio-host`"
+        );
+        assert_eq!(
+            h("/lab/kernel/vfioctl-base/vmlinuz"),
+            "build it with `vfioctl kernel build`"
+        );
+        assert_eq!(
+            h("/lab/kernel/vfioctl-nvidia+debug/vmlinuz"),
+            "build it with `vfioctl kernel build --flavour nvidia,debug`"
+        );
+        assert!(h("/lab/kernel/modern/vmlinuz").contains("scripts/setup --modern"));
+    }
+
 }

@@ -206,7 +206,9 @@ pub enum Firmware {
 }
 
 /// Which scenario shape runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// The device goes from the host (or QEMU's emulation) into one guest.

@@ -26,6 +26,8 @@ pub struct Stack {
     pub data_dir: Option<PathBuf>,
     /// The stack's guest kernel, when the lab has it.
     pub kernel: Option<PathBuf>,
+    /// Where this QEMU's loadable modules (the TCG accelerator on Debian) are.
+    pub module_dir: PathBuf,
 }
 
 /// The stack names [`resolve`] knows.
@@ -73,6 +75,7 @@ pub fn resolve(name: &str, lab: &Path) -> Result<Stack, StackError> {
             qemu: "qemu-system-x86_64".into(),
             data_dir: None,
             kernel: Some(lab.join("kernel/current/vmlinuz")).filter(|k| k.is_file()),
+            module_dir: PathBuf::from(crate::regress::nested::QEMU_MODULE_DIR),
         }),
         "modern" => {
             let dir = lab.join("stacks/qemu-10");
@@ -95,6 +98,7 @@ pub fn resolve(name: &str, lab: &Path) -> Result<Stack, StackError> {
                 qemu,
                 data_dir: Some(dir.join("usr/share/qemu")),
                 kernel: Some(kernel),
+                module_dir: dir.join("usr/lib/x86_64-linux-gnu/qemu"),
             })
         }
         _ => Err(StackError::Unknown { name: name.into() }),
