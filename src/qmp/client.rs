@@ -271,10 +271,20 @@ impl Qmp {
             events,
             next_id: AtomicU64::new(1),
             reader,
-            timeout,
+            // `timeout` bounds the handshake only: a short connect slice (200 ms while
+            // QEMU starts) as every command's limit made a device_add that takes longer
+            // (iommufd mapping guest RAM under nested TCG) fail "no reply within 0.2s".
+            timeout: DEFAULT_TIMEOUT,
         };
-        qmp.execute_raw("qmp_capabilities", None).await?;
+        qmp.execute_raw_timeout("qmp_capabilities", None, timeout)
+            .await?;
         Ok(qmp)
+    }
+
+    /// The limit of each command sent without its own ([`DEFAULT_TIMEOUT`]), whatever
+    /// limit the connection was made with.
+    pub fn command_timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// What QEMU said when the client connected.
@@ -743,6 +753,19 @@ mod tests {
             seen[1],
             json!({"execute": "device_del", "arguments": {"id": "dev1"}, "id": 2})
         );
+    }
+
+    #[tokio::test]
+    async fn a_short_connect_limit_is_not_every_commands_limit() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let _srv = fake(b, |cmd, id| match cmd["execute"].as_str().unwrap() {
+            "qmp_capabilities" => vec![format!(r#"{{"return": {{}}, "id": {id}}}"#)],
+            _ => vec![],
+        });
+        let q = Qmp::handshake(a, "fake".into(), Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert_eq!(q.command_timeout(), DEFAULT_TIMEOUT);
     }
 
     #[tokio::test]

@@ -1299,5 +1299,4 @@ mod tests {
         );
         assert!(h("/lab/kernel/modern/vmlinuz").contains("scripts/setup --modern"));
     }
-
 }

@@ -306,6 +306,15 @@ fi
 /// objects), `@@ NAME fds ...` (the VFIO and iommufd nodes QEMU holds open), L2's console
 /// lines as `@@ NAME.pci ...` / `@@ NAME.hot ...`, and `@@ NAME down rc=N`.
 pub fn l2_vm(name: &str, vm_args: &str, boot_timeout_s: u64) -> String {
+    // After a hotplug, L2's own listing (`@@ hot`) comes seconds later under nested TCG:
+    // wait for it (at most a minute) before reading L2's console.
+    let settle = if vm_args.contains("--gpu") {
+        format!(
+            "i=0; while [ $i -lt 60 ] && ! grep -q '^@@ hot' /tmp/vms/{name}/serial.log 2>/dev/null; do sleep 1; i=$((i+1)); done\n"
+        )
+    } else {
+        String::new()
+    };
     format!(
         r#"export VFIOCTL_RUN_DIR=/tmp/vms
 vfioctl --json vm up --name {name} --accel tcg --vsock none --ready 'serial:@@ l2-ready' \
@@ -315,8 +324,7 @@ vfioctl --json vm up --name {name} --accel tcg --vsock none --ready 'serial:@@ l
 echo "@@ {name} up rc=$?"
 sed 's/^/@@ {name}-err /' /tmp/{name}.err | tail -n 15
 echo "@@json {name}-up $(tr -d '\n' < /tmp/{name}.json)"
-sleep 4
-vfioctl --json vm status {name} 2>/dev/null | tr -d '\n' | sed 's/^/@@json {name}-status /'; echo
+{settle}vfioctl --json vm status {name} 2>/dev/null | tr -d '\n' | sed 's/^/@@json {name}-status /'; echo
 qpid=$(cat /tmp/vms/{name}/qemu.pid 2>/dev/null)
 fds=$(ls -l /proc/$qpid/fd 2>/dev/null | sed -n 's/.*-> //p' | grep -E '^/dev/(iommu|vfio/)' | sort -u | tr '\n' ,)
 echo "@@ {name} fds pid=$qpid nodes=$fds"

@@ -53,6 +53,17 @@ fn bar_index(rest: &str) -> Option<(u8, &str)> {
     Some((r[..end].parse().ok()?, &r[end..]))
 }
 
+/// A BAR range with a non-zero start (`mem 0xfe800000-0xfe803fff`, `io 0xc000-0xc007`):
+/// the firmware placed it; a hot-plugged BAR is listed at 0 until the kernel assigns it.
+fn placed(range: &str) -> bool {
+    range
+        .split_whitespace()
+        .nth(1)
+        .and_then(|r| r.split('-').next())
+        .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+        .is_some_and(|a| a != 0)
+}
+
 fn bracketed(s: &str) -> Option<String> {
     let a = s.find('[')?;
     let b = s[a..].find(']')? + a;
@@ -96,6 +107,11 @@ pub fn scan(text: &str, id_pair: &str) -> Option<PciEvidence> {
                         }
                     } else if !e.found.contains(&i) {
                         e.found.push(i);
+                        // A cold-plugged device's BARs were placed by the firmware: the
+                        // kernel lists them at their address and prints no "assigned".
+                        if let Some(r) = bracketed(tail).filter(|r| placed(r)) {
+                            e.assigned.push((i, r));
+                        }
                     }
                 } else if let Some(r) = msg.strip_prefix("reg 0x") {
                     // Older kernels: `reg 0x18: [mem ...]` -> BAR (reg - 0x10) / 4.
@@ -155,6 +171,22 @@ VFIOCTL-READY 2.10
             e.assigned[0],
             (2, "mem 0x200000000-0x3ffffffff 64bit pref".into())
         );
+    }
+
+    #[test]
+    fn a_cold_plugged_device_with_firmware_placed_bars_is_settled() {
+        // The form 6.12 prints at boot for a device whose BARs SeaBIOS placed (an igb VF
+        // cold-plugged through vfio-pci in the iommufd lab): listed, never "assigned".
+        let log = "\
+[    9.1] pci 0000:01:00.0: [8086:10ca] type 00 class 0x020000 PCIe Endpoint
+[    9.1] pci 0000:01:00.0: BAR 0 [mem 0xfe800000-0xfe803fff 64bit]
+[    9.1] pci 0000:01:00.0: BAR 3 [mem 0xfe804000-0xfe807fff 64bit]
+";
+        let e = scan(log, "8086:10ca").unwrap();
+        assert_eq!(e.found, vec![0, 3]);
+        assert!(e.all_assigned(), "{e:?}");
+        assert!(!placed("mem 0x00000000-0x000000ff"));
+        assert!(placed("io 0xc000-0xc007"));
     }
 
     #[test]
