@@ -22,7 +22,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vfioctl::regress::{Outcome, RunResults, ScenarioResult};
+use vfioctl::regress::results::ScenarioResult;
+use vfioctl::regress::{Outcome, RunResults};
 use vfioctl_testkit::prereq::{self, Missing};
 
 fn repo() -> PathBuf {
