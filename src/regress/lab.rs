@@ -910,9 +910,9 @@ impl LabBackend {
     /// see `nested` and `shared::lab`), judged from what L1 and L2 printed.
     fn validate_nested(&self, s: &mut LabSession, ctx: &StepCtx) -> StepResult {
         let mut client = s.agent(ctx.timeout)?;
-        // Each L2 run inside L1 gets at most this long (a scenario runs two or three).
-        let l2 = ctx.timeout.as_secs().saturating_sub(30).max(60) / 3;
-        let l2 = l2.max(120);
+        // Each L2 run inside L1 (cold, then hot) may take what the step has left; the
+        // step's own limit bounds them together.
+        let l2 = ctx.timeout.as_secs().saturating_sub(30).max(60);
         let kind = ctx.scenario.kind;
         let script = match kind {
             Kind::Passthrough | Kind::Nested => nested::l1_script(l2),
