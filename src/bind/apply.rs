@@ -14,6 +14,7 @@ use super::ledger::{Entry, Ledger};
 use super::persist;
 use super::safety;
 use super::state::{BindState, Tracker};
+use super::timing::Laps;
 use super::write::{self, fault_point, write_timed, TimedError};
 
 /// What happened to one device.
@@ -502,8 +503,9 @@ pub fn execute(p: &Prepared) -> Result<BindReport, BindError> {
         return Ok(report);
     }
     let root = &p.root;
+    let mut laps = Laps::start("execute");
     let mut ledger = Ledger::open(root)?;
-    tracing::debug!("ledger locked");
+    laps.lap("ledger lock and read");
     // The plan was read before the lock: check that nobody moved a device since.
     for m in p.plan.to_bind() {
         let now = PciDevice::read(root, m.bdf)?;
@@ -533,6 +535,7 @@ pub fn execute(p: &Prepared) -> Result<BindReport, BindError> {
             });
         }
     }
+    laps.lap("devices re-read under the lock");
     let mut run = Run {
         p,
         loaded: Vec::new(),
@@ -548,6 +551,10 @@ pub fn execute(p: &Prepared) -> Result<BindReport, BindError> {
         }
         let n = step.bdf().map_or(1, |b| run.ordinal(b));
         fault_point(step.name(), n);
+        match step.bdf() {
+            Some(b) => laps.lap(format_args!("{} {b}", step.name())),
+            None => laps.lap(step.name()),
+        }
     }
     if p.opts.persist {
         if let Some(w) = persist::warning(root) {
