@@ -90,6 +90,45 @@ fn kill_and_reap(child: Pid) -> bool {
     }
 }
 
+/// Close every descriptor from 3 up but `a` and `b` (-1: none), in a forked child.
+/// `close_range(2)` does it in at most three system calls; on kernels before 5.9
+/// (`ENOSYS`) every descriptor below 4096 is closed one by one, as before. Under TCG
+/// the 4,093 `close` calls cost 1.5-3 ms per write.
+///
+/// # Safety
+/// Only in a child between `fork` and `_exit`: it closes descriptors that other owners in
+/// the parent's address space would still think open.
+unsafe fn close_all_but(a: i32, b: i32) {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    let mut ok = true;
+    let mut from: u32 = 3;
+    for keep in [lo, hi] {
+        let Ok(k) = u32::try_from(keep) else { continue };
+        if k >= from {
+            if k > from {
+                ok &= close_range(from, k - 1);
+            }
+            from = k + 1;
+        }
+    }
+    ok &= close_range(from, u32::MAX);
+    if !ok {
+        for fd in 3..4096 {
+            if fd != a && fd != b {
+                // SAFETY: the caller's contract (a child about to _exit).
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+}
+
+/// `close_range(first, last, 0)`; false when the kernel lacks it. One system call, no
+/// allocation (async-signal-safe).
+fn close_range(first: u32, last: u32) -> bool {
+    // SAFETY: closes descriptors only; no pointers are passed.
+    unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) == 0 }
+}
+
 /// Write `value` to host path `abs` (one `write(2)`, as `echo -n` does), giving up after
 /// `timeout`. The path is resolved inside the root ([`SysRoot::prepare_open`]).
 pub fn write_timed(
@@ -121,11 +160,7 @@ pub fn write_timed(
                 }
                 let keep = w.as_raw_fd();
                 let dir = target.dir_fd().unwrap_or(-1);
-                for fd in 3..4096 {
-                    if fd != keep && fd != dir {
-                        libc::close(fd);
-                    }
-                }
+                close_all_but(keep, dir);
                 let fd = target.open_raw();
                 let mut err: i32 = 0;
                 if fd < 0 {
@@ -268,6 +303,36 @@ mod tests {
         match write_timed(&root, "/missing/attr", "x", Duration::from_secs(5)) {
             Err(TimedError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_child_keeps_only_the_descriptors_it_needs() {
+        let files: Vec<std::fs::File> = (0..6).map(|_| tempfile::tempfile().unwrap()).collect();
+        let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+        let (a, b) = (fds[1], fds[4]);
+        // SAFETY: the child makes system calls only (close_range, fcntl, _exit).
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                // SAFETY: a forked child about to _exit.
+                unsafe { close_all_but(a, b) };
+                let open = |fd: i32| {
+                    // SAFETY: F_GETFD on any number only asks whether it is open.
+                    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+                };
+                let ok = (0..3).all(open)
+                    && open(a)
+                    && open(b)
+                    && fds
+                        .iter()
+                        .filter(|f| **f != a && **f != b)
+                        .all(|f| !open(*f));
+                // SAFETY: ends the child without running the parent's destructors.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+            }
+            ForkResult::Parent { child } => {
+                assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
+            }
         }
     }
 
