@@ -782,6 +782,39 @@ impl SysDir {
 
     /// Read the whole entry `name` (a plain name, no `/`).
     pub fn read_bytes(&self, name: &str) -> Result<Vec<u8>, SysError> {
+        let f = self.open_read(name)?;
+        // Same rule as SysRoot::read_bytes: a short first read of a sysfs file is all.
+        let sysfs = self.abs.starts_with("/sys/");
+        read_bounded(f, MAX_ATTR_READ, sysfs).map_err(|e| self.err("read", name, e))
+    }
+
+    /// Read at most the first `len` bytes of the regular file `name` (a plain name, no
+    /// `/`): fewer only where the file ends first. For files whose head is all that is
+    /// needed and whose whole costs the kernel work: a device's `config` is 4 KiB of
+    /// config-space reads, one hardware access per dword, where the 64-byte header is what
+    /// [`crate::pci::config::parse`] reads. Anything but a regular file is refused, as by
+    /// [`read_bytes`](Self::read_bytes).
+    pub fn read_prefix(&self, name: &str, len: usize) -> Result<Vec<u8>, SysError> {
+        use std::io::Read;
+        let mut f = self.open_read(name)?;
+        check_regular(&f).map_err(|e| self.err("read", name, e))?;
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match f.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.err("read", name, e)),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    /// Open the entry `name` for reading (`O_NONBLOCK`: a FIFO in its place cannot hang
+    /// the open).
+    fn open_read(&self, name: &str) -> Result<fs::File, SysError> {
         use std::os::fd::{AsRawFd, FromRawFd};
         self.note(Access::Read, name);
         let c = self.cname(name)?;
@@ -798,10 +831,7 @@ impl SysDir {
             return Err(self.err("read", name, io::Error::last_os_error()));
         }
         // SAFETY: `fd` was just returned by openat, is valid, and nothing else owns it.
-        let f = unsafe { fs::File::from_raw_fd(fd) };
-        // Same rule as SysRoot::read_bytes: a short first read of a sysfs file is all.
-        let sysfs = self.abs.starts_with("/sys/");
-        read_bounded(f, MAX_ATTR_READ, sysfs).map_err(|e| self.err("read", name, e))
+        Ok(unsafe { fs::File::from_raw_fd(fd) })
     }
 
     /// A one-value attribute, trimmed; `None` when it does not exist.
@@ -960,6 +990,29 @@ mod tests {
         assert!(format!("{e:?}").contains("longer than"), "{e:?}");
         std::os::unix::fs::symlink("/dev/null", d.join("vendor")).unwrap();
         let e = h.read_bytes("vendor").unwrap_err();
+        assert!(format!("{e:?}").contains("character device"), "{e:?}");
+    }
+
+    #[test]
+    fn a_prefix_read_takes_the_head_and_refuses_what_is_not_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SysRoot::new(dir.path());
+        let d = r.path("/sys/devices/x");
+        std::fs::create_dir_all(&d).unwrap();
+        let cfg: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(d.join("config"), &cfg).unwrap();
+        std::fs::write(d.join("short"), b"0123456789").unwrap();
+        let h = r.open_dir("/sys/devices/x").unwrap();
+        assert_eq!(h.read_prefix("config", 64).unwrap(), &cfg[..64]);
+        assert_eq!(h.read_prefix("short", 64).unwrap(), b"0123456789");
+        assert!(h.read_prefix("nope", 64).unwrap_err().is_not_found());
+        let fifo = std::ffi::CString::new(d.join("fifo").to_str().unwrap()).unwrap();
+        // SAFETY: a valid path string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let e = h.read_prefix("fifo", 64).unwrap_err();
+        assert!(format!("{e:?}").contains("FIFO"), "{e:?}");
+        std::os::unix::fs::symlink("/dev/zero", d.join("zero")).unwrap();
+        let e = h.read_prefix("zero", 64).unwrap_err();
         assert!(format!("{e:?}").contains("character device"), "{e:?}");
     }
 
