@@ -169,6 +169,24 @@ pub fn open_how_in_root(flags: i32, mode: u32) -> libc::open_how {
     how
 }
 
+/// Open `path` with `flags` as [`PreparedOpen::open_raw`] does, for a process that got
+/// the path ([`PreparedOpen::path`]) from elsewhere, e.g. a forked helper from its parent:
+/// a plain `open` on the real machine (`dir` -1), else `openat2` resolved inside the root
+/// that `dir` is a descriptor of. One system call, no allocation (async-signal-safe).
+/// Returns the descriptor or -1 with `errno` set.
+///
+/// # Safety
+/// `path` must point to a NUL-terminated string.
+pub unsafe fn open_raw_in(dir: i32, path: *const libc::c_char, flags: i32) -> i32 {
+    if dir < 0 {
+        // SAFETY: the caller guarantees `path`.
+        unsafe { libc::open(path, flags | libc::O_CLOEXEC) }
+    } else {
+        // SAFETY: the caller guarantees `path`; the open_how is valid.
+        unsafe { openat2_raw(dir, path, &open_how_in_root(flags, 0)) }
+    }
+}
+
 /// The raw `openat2` system call (async-signal-safe: one syscall, no allocation).
 ///
 /// # Safety
@@ -619,6 +637,12 @@ impl PreparedOpen {
     /// The directory descriptor it resolves under (kept open across a fork's fd cleanup).
     pub fn dir_fd(&self) -> Option<i32> {
         self.dir.as_ref().map(|d| d.as_raw_fd())
+    }
+
+    /// The path it opens: host-absolute on the real machine, else relative to
+    /// [`dir_fd`](Self::dir_fd).
+    pub fn path(&self) -> &std::ffi::CStr {
+        &self.path
     }
 }
 

@@ -534,6 +534,8 @@ pub fn execute(p: &Prepared) -> Result<BindReport, BindError> {
     }
     let root = &p.root;
     let mut laps = Laps::start("execute");
+    // One write helper for the run's blocking writes (and a rollback's).
+    let _writes = write::Session::begin();
     let mut ledger = Ledger::open(root)?;
     laps.lap("ledger lock and read");
     // The plan was read before the lock: check that nobody moved a device since.
@@ -649,6 +651,7 @@ pub fn restore(
     timeout: Duration,
     remove_persist: bool,
 ) -> Result<RestoreReport, BindError> {
+    let _writes = write::Session::begin();
     let mut ledger = Ledger::open(root)?;
     let targets: Vec<Bdf> = match bdfs {
         Some(b) => {
