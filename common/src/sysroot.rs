@@ -169,6 +169,24 @@ pub fn open_how_in_root(flags: i32, mode: u32) -> libc::open_how {
     how
 }
 
+/// Open `path` with `flags` as [`PreparedOpen::open_raw`] does, for a process that got
+/// the path ([`PreparedOpen::path`]) from elsewhere, e.g. a forked helper from its parent:
+/// a plain `open` on the real machine (`dir` -1), else `openat2` resolved inside the root
+/// that `dir` is a descriptor of. One system call, no allocation (async-signal-safe).
+/// Returns the descriptor or -1 with `errno` set.
+///
+/// # Safety
+/// `path` must point to a NUL-terminated string.
+pub unsafe fn open_raw_in(dir: i32, path: *const libc::c_char, flags: i32) -> i32 {
+    if dir < 0 {
+        // SAFETY: the caller guarantees `path`.
+        unsafe { libc::open(path, flags | libc::O_CLOEXEC) }
+    } else {
+        // SAFETY: the caller guarantees `path`; the open_how is valid.
+        unsafe { openat2_raw(dir, path, &open_how_in_root(flags, 0)) }
+    }
+}
+
 /// The raw `openat2` system call (async-signal-safe: one syscall, no allocation).
 ///
 /// # Safety
@@ -620,6 +638,12 @@ impl PreparedOpen {
     pub fn dir_fd(&self) -> Option<i32> {
         self.dir.as_ref().map(|d| d.as_raw_fd())
     }
+
+    /// The path it opens: host-absolute on the real machine, else relative to
+    /// [`dir_fd`](Self::dir_fd).
+    pub fn path(&self) -> &std::ffi::CStr {
+        &self.path
+    }
 }
 
 /// A directory opened inside a [`SysRoot`]; its entries are opened by plain name relative
@@ -782,6 +806,39 @@ impl SysDir {
 
     /// Read the whole entry `name` (a plain name, no `/`).
     pub fn read_bytes(&self, name: &str) -> Result<Vec<u8>, SysError> {
+        let f = self.open_read(name)?;
+        // Same rule as SysRoot::read_bytes: a short first read of a sysfs file is all.
+        let sysfs = self.abs.starts_with("/sys/");
+        read_bounded(f, MAX_ATTR_READ, sysfs).map_err(|e| self.err("read", name, e))
+    }
+
+    /// Read at most the first `len` bytes of the regular file `name` (a plain name, no
+    /// `/`): fewer only where the file ends first. For files whose head is all that is
+    /// needed and whose whole costs the kernel work: a device's `config` is 4 KiB of
+    /// config-space reads, one hardware access per dword, where the 64-byte header is what
+    /// [`crate::pci::config::parse`] reads. Anything but a regular file is refused, as by
+    /// [`read_bytes`](Self::read_bytes).
+    pub fn read_prefix(&self, name: &str, len: usize) -> Result<Vec<u8>, SysError> {
+        use std::io::Read;
+        let mut f = self.open_read(name)?;
+        check_regular(&f).map_err(|e| self.err("read", name, e))?;
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match f.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.err("read", name, e)),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    /// Open the entry `name` for reading (`O_NONBLOCK`: a FIFO in its place cannot hang
+    /// the open).
+    fn open_read(&self, name: &str) -> Result<fs::File, SysError> {
         use std::os::fd::{AsRawFd, FromRawFd};
         self.note(Access::Read, name);
         let c = self.cname(name)?;
@@ -798,10 +855,7 @@ impl SysDir {
             return Err(self.err("read", name, io::Error::last_os_error()));
         }
         // SAFETY: `fd` was just returned by openat, is valid, and nothing else owns it.
-        let f = unsafe { fs::File::from_raw_fd(fd) };
-        // Same rule as SysRoot::read_bytes: a short first read of a sysfs file is all.
-        let sysfs = self.abs.starts_with("/sys/");
-        read_bounded(f, MAX_ATTR_READ, sysfs).map_err(|e| self.err("read", name, e))
+        Ok(unsafe { fs::File::from_raw_fd(fd) })
     }
 
     /// A one-value attribute, trimmed; `None` when it does not exist.
@@ -960,6 +1014,29 @@ mod tests {
         assert!(format!("{e:?}").contains("longer than"), "{e:?}");
         std::os::unix::fs::symlink("/dev/null", d.join("vendor")).unwrap();
         let e = h.read_bytes("vendor").unwrap_err();
+        assert!(format!("{e:?}").contains("character device"), "{e:?}");
+    }
+
+    #[test]
+    fn a_prefix_read_takes_the_head_and_refuses_what_is_not_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SysRoot::new(dir.path());
+        let d = r.path("/sys/devices/x");
+        std::fs::create_dir_all(&d).unwrap();
+        let cfg: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(d.join("config"), &cfg).unwrap();
+        std::fs::write(d.join("short"), b"0123456789").unwrap();
+        let h = r.open_dir("/sys/devices/x").unwrap();
+        assert_eq!(h.read_prefix("config", 64).unwrap(), &cfg[..64]);
+        assert_eq!(h.read_prefix("short", 64).unwrap(), b"0123456789");
+        assert!(h.read_prefix("nope", 64).unwrap_err().is_not_found());
+        let fifo = std::ffi::CString::new(d.join("fifo").to_str().unwrap()).unwrap();
+        // SAFETY: a valid path string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let e = h.read_prefix("fifo", 64).unwrap_err();
+        assert!(format!("{e:?}").contains("FIFO"), "{e:?}");
+        std::os::unix::fs::symlink("/dev/zero", d.join("zero")).unwrap();
+        let e = h.read_prefix("zero", 64).unwrap_err();
         assert!(format!("{e:?}").contains("character device"), "{e:?}");
     }
 

@@ -11,6 +11,7 @@ use vfioctl_common::{Bdf, PciDevice, Selector, SysRoot};
 use super::error::BindError;
 use super::plan::{plan, Plan};
 use super::safety::{self, Refusal};
+use super::timing::Laps;
 use super::{driver, ledger, neighbourhood, persist};
 
 /// What the caller asks for.
@@ -239,9 +240,12 @@ pub fn prepare(
     opts: PrepareOptions,
 ) -> Result<Prepared, BindError> {
     check_options(&opts)?;
+    let mut laps = Laps::start("prepare");
     let selected = vfioctl_common::pci::select(root, selectors)?;
+    laps.lap("select");
     let known = neighbourhood(root, &selected)?;
     tracing::debug!("read {} device(s)", known.len());
+    laps.lap("group neighbourhood");
     let want = opts.driver.clone();
     let target = |d: &PciDevice| -> String {
         let name = if want == "auto" {
@@ -254,6 +258,7 @@ pub fn prepare(
     };
     let bdfs: Vec<Bdf> = selected.iter().map(|d| d.bdf).collect();
     let plan = plan(&bdfs, &known, &target, opts.no_companions)?;
+    laps.lap("plan");
 
     // In-use safety for every device that will lose its driver.
     let losing: Vec<&PciDevice> = plan
@@ -262,7 +267,7 @@ pub fn prepare(
         .filter_map(|m| known.get(&m.bdf))
         .collect();
     let usage = safety::HostUse::scan(root, &losing);
-    tracing::debug!("host use scanned");
+    laps.lap("in-use scan");
     let findings: Vec<Refusal> = losing
         .iter()
         .flat_map(|d| safety::assess(d, &usage))
@@ -318,6 +323,7 @@ pub fn prepare(
         }
         steps.push(Step::LedgerDone);
     }
+    laps.lap("in-use rules and step list");
     Ok(Prepared {
         root: root.clone(),
         plan,

@@ -12,6 +12,7 @@
 //! | [`write`] | sysfs writes with a timeout (in a child, killed and reaped on timeout), the fault hook (`fault-injection` feature) |
 //! | `sim` | a simulated kernel for fixture trees (`fault-injection` feature, tests only) |
 //! | [`persist`] | boot-time overrides in driverctl's format |
+//! | `timing` | phase times at debug level (`vfioctl -vv bind`) |
 
 #![warn(missing_docs)]
 
@@ -26,6 +27,7 @@ pub mod safety;
 #[cfg(feature = "fault-injection")]
 pub mod sim;
 pub mod state;
+mod timing;
 pub mod write;
 
 pub use apply::{execute, restore, BindReport, RestoreReport};

@@ -102,7 +102,8 @@ pub struct HostUse {
     pub block_dev: BTreeMap<String, String>,
     /// Every mounted filesystem (`/proc/self/mountinfo`).
     pub mounts: Vec<Mount>,
-    /// Interface name, operstate, routes (destinations) per PCI device.
+    /// Interface name, operstate, routes (destinations) per PCI device (the scanned
+    /// devices only).
     pub net: BTreeMap<Bdf, Vec<NetIf>>,
     /// Device nodes per PCI device (`/dev/nvidia0`, `/dev/dri/card1`, `/dev/dri/renderD128`).
     pub nodes: BTreeMap<Bdf, Vec<String>>,
@@ -138,8 +139,8 @@ fn pci_of(root: &SysRoot, abs: &str) -> Option<Bdf> {
 }
 
 impl HostUse {
-    /// Read everything the rules need for `devices` (node/opener scanning is limited to
-    /// those devices, the rest is host-wide and cheap).
+    /// Read everything the rules need for `devices` (interface states and node/opener
+    /// scanning are limited to those devices, the rest is host-wide).
     pub fn scan(root: &SysRoot, devices: &[&PciDevice]) -> HostUse {
         let mut u = HostUse::default();
         u.scan_block(root);
@@ -147,7 +148,8 @@ impl HostUse {
             Ok(m) => u.mounts = m,
             Err(e) => u.note(&e, Concern::Storage),
         }
-        u.scan_net(root);
+        let scanned: BTreeSet<Bdf> = devices.iter().map(|d| d.bdf).collect();
+        u.scan_net(root, &scanned);
         for d in devices {
             let nodes = match device_nodes_checked(root, d) {
                 Ok(n) => n,
@@ -241,7 +243,9 @@ impl HostUse {
         }
     }
 
-    fn scan_net(&mut self, root: &SysRoot) {
+    /// Routes host-wide; the interfaces of `devices` with their state (the rules ask
+    /// about no other interface, and each state is two sysfs reads).
+    fn scan_net(&mut self, root: &SysRoot, devices: &BTreeSet<Bdf>) {
         let mut routes: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let v4 = root.read_string("/proc/net/route");
         if let Err(e) = &v4 {
@@ -301,6 +305,9 @@ impl HostUse {
             let Some(bdf) = pci_of(root, &format!("/sys/class/net/{n}")) else {
                 continue;
             };
+            if !devices.contains(&bdf) {
+                continue;
+            }
             let operstate = root
                 .read_attr_opt(format!("/sys/class/net/{n}/operstate"))
                 .ok()

@@ -59,9 +59,12 @@ pub struct ConfigTooShort {
     pub len: usize,
 }
 
-/// Parse the standard header. Needs the first 64 bytes.
+/// The length of the standard header: all of config space that [`parse`] reads.
+pub const HEADER_LEN: usize = 64;
+
+/// Parse the standard header. Needs the first [`HEADER_LEN`] bytes.
 pub fn parse(cfg: &[u8]) -> Result<ConfigHeader, ConfigTooShort> {
-    if cfg.len() < 64 {
+    if cfg.len() < HEADER_LEN {
         return Err(ConfigTooShort { len: cfg.len() });
     }
     let header_type = cfg[0x0e] & 0x7f;
