@@ -16,19 +16,11 @@ fn two_clean_builds_of_the_same_inputs_give_the_same_bzimage() {
     let dir = tempfile::tempdir().unwrap();
     let clean = |name: &str, ccache: bool| {
         let opts = vfioctl::kernel::BuildOptions {
-            configs: configs(),
-            source: None,
-            series: None,
-            flavours: Vec::new(),
             out: Some(dir.path().join(name)),
-            lab: lab(),
-            jobs: 2,
-            nvidia: None,
-            allow_unpinned: false,
             force: true,
-            nice: 10,
             ccache,
             clean: true,
+            ..vfioctl::kernel::BuildOptions::defaults(configs(), lab())
         };
         vfioctl::kernel::build(&opts, &mut |p| {
             if !matches!(p, vfioctl::kernel::build::Progress::Objects { .. }) {

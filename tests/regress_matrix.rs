@@ -34,21 +34,8 @@ fn kernels() -> Result<(), Missing> {
     }
     if !lab.join("kernel/vfioctl-base/vmlinuz").is_file() {
         prereq::kernel_build_tools()?;
-        let opts = vfioctl::kernel::BuildOptions {
-            configs: repo().join("kernel-configs"),
-            source: None,
-            series: None,
-            flavours: Vec::new(),
-            out: None,
-            lab: lab.clone(),
-            jobs: 2,
-            nvidia: None,
-            allow_unpinned: false,
-            force: false,
-            nice: 10,
-            ccache: true,
-            clean: false,
-        };
+        let opts =
+            vfioctl::kernel::BuildOptions::defaults(repo().join("kernel-configs"), lab.clone());
         vfioctl::kernel::build(&opts, &mut |_| {}).map_err(|e| {
             Missing::new("vfioctl's own 6.1 kernel", "vfioctl kernel build").detail(e.to_string())
         })?;

@@ -68,22 +68,12 @@ fn own_modern_kernel() -> Result<PathBuf, Missing> {
         .detail(format!("{} is missing", pins.kernel.tarball.display())));
     }
     let opts = vfioctl::kernel::BuildOptions {
-        configs,
-        source: None,
         series: Some(vfioctl::shared::lab::OWN_KERNEL_SERIES.into()),
         flavours: vfioctl::shared::lab::OWN_KERNEL_FLAVOURS
             .iter()
             .map(|s| s.to_string())
             .collect(),
-        out: None,
-        lab: prereq::lab_dir(),
-        jobs: 2,
-        nvidia: None,
-        allow_unpinned: false,
-        force: false,
-        nice: 10,
-        ccache: true,
-        clean: false,
+        ..vfioctl::kernel::BuildOptions::defaults(configs, prereq::lab_dir())
     };
     let r = vfioctl::kernel::build(&opts, &mut |p| {
         if !matches!(p, vfioctl::kernel::build::Progress::Objects { .. }) {

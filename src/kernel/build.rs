@@ -65,6 +65,29 @@ pub struct BuildOptions {
     pub clean: bool,
 }
 
+impl BuildOptions {
+    /// The command line's defaults (`vfioctl kernel build` without flags): the default
+    /// series, no flavours beyond the always-merged ones, the lab's default output, 2
+    /// jobs at nice 10 with ccache, incremental, no NVIDIA modules.
+    pub fn defaults(configs: PathBuf, lab: PathBuf) -> BuildOptions {
+        BuildOptions {
+            configs,
+            source: None,
+            series: None,
+            flavours: Vec::new(),
+            out: None,
+            lab,
+            jobs: 2,
+            nvidia: None,
+            allow_unpinned: false,
+            force: false,
+            nice: 10,
+            ccache: true,
+            clean: false,
+        }
+    }
+}
+
 /// A progress event, for the command line to print.
 #[derive(Clone, Debug)]
 pub enum Progress {

@@ -98,19 +98,9 @@ pub use kit_lab::{boot, Boot};
 /// hash, so a second run is instant), printing phases.
 pub fn build(flavours: &[&str], nvidia: Option<&str>) -> Result<kernel::BuildResult, String> {
     let opts = kernel::BuildOptions {
-        configs: configs(),
-        source: None,
-        series: None,
         flavours: flavours.iter().map(|s| s.to_string()).collect(),
-        out: None,
-        lab: lab(),
-        jobs: 2,
         nvidia: nvidia.map(|n| n.parse().unwrap()),
-        allow_unpinned: false,
-        force: false,
-        nice: 10,
-        ccache: true,
-        clean: false,
+        ..kernel::BuildOptions::defaults(configs(), lab())
     };
     kernel::build(&opts, &mut |p| {
         if !matches!(p, kernel::build::Progress::Objects { .. }) {
