@@ -11,9 +11,8 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::Command;
 
-use vfioctl::regress::{Outcome, RunResults};
+use vfioctl::regress::Outcome;
 use vfioctl_testkit::prereq::{self, Missing};
 
 fn repo() -> PathBuf {
@@ -50,12 +49,6 @@ fn the_8g_standin_passes_on_every_qemu_and_guest_kernel() {
     vfioctl_testkit::require!(prereq::modern_qemu());
     vfioctl_testkit::require!(prereq::vsock_backend());
     vfioctl_testkit::require!(kernels());
-    let out = tempfile::tempdir().unwrap();
-    let path = format!(
-        "{}/.cargo/bin:{}",
-        std::env::var("HOME").unwrap_or_default(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let names: Vec<String> = ["hot", "cold"]
         .iter()
         .flat_map(|p| {
@@ -66,21 +59,13 @@ fn the_8g_standin_passes_on_every_qemu_and_guest_kernel() {
             })
         })
         .collect();
-    let res = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
-        .arg("regress")
-        .arg(repo().join("scripts/lab-plan.toml"))
-        .arg("--agent")
-        .arg(vfioctl_testkit::build::static_agent())
-        .args(["--only", &names.join(","), "--jobs", "3", "--out"])
-        .arg(out.path().join("out"))
-        .arg("--json")
-        .env("VFIOCTL_LAB", prereq::lab_dir())
-        .env("PATH", path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&res.stderr);
-    let r: RunResults = serde_json::from_slice(&res.stdout)
-        .unwrap_or_else(|e| panic!("no results JSON ({e}); stderr:\n{stderr}"));
+    let run = vfioctl_testkit::lab::regress_lab_plan(
+        env!("CARGO_BIN_EXE_vfioctl"),
+        &names,
+        false,
+        &["--jobs", "3"],
+    );
+    let (r, stderr) = (&run.results, &run.stderr);
     assert_eq!(r.scenarios.len(), 12, "stderr:\n{stderr}");
     let mut qemus = BTreeSet::new();
     let mut kernels = BTreeSet::new();
@@ -101,5 +86,5 @@ fn the_8g_standin_passes_on_every_qemu_and_guest_kernel() {
     }
     assert_eq!(qemus.len(), 2, "two QEMU versions: {qemus:?}");
     assert_eq!(kernels.len(), 3, "three guest kernels: {kernels:?}");
-    assert!(res.status.success(), "exit {:?}; {stderr}", res.status);
+    assert!(run.status.success(), "exit {:?}; {stderr}", run.status);
 }

@@ -10,47 +10,19 @@
 //! `nested` tier of scripts/test (CI). Without QEMU or the
 //! lab kernel it skips loudly (fails under `VFIOCTL_REQUIRE_LAB=1`).
 
-use std::path::Path;
-use std::process::Command;
-
-use vfioctl::regress::{Outcome, RunResults};
-
-fn lab() -> std::path::PathBuf {
-    vfioctl_testkit::prereq::lab_dir()
-}
+use vfioctl::regress::Outcome;
 
 #[test]
 fn nested_guest_lists_the_device_passed_through_by_l1() {
     vfioctl_testkit::require!(vfioctl_testkit::prereq::qemu());
     vfioctl_testkit::require!(vfioctl_testkit::prereq::lab_kernel());
-    let out = tempfile::tempdir().unwrap();
-    let path = format!(
-        "{}/.cargo/bin:{}",
-        std::env::var("HOME").unwrap_or_default(),
-        std::env::var("PATH").unwrap_or_default()
+    let run = vfioctl_testkit::lab::regress_lab_plan(
+        env!("CARGO_BIN_EXE_vfioctl"),
+        &["nested-passthrough".to_string()],
+        true,
+        &[],
     );
-    let res = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
-        .arg("regress")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lab-plan.toml"))
-        .arg("--agent")
-        .arg(vfioctl_testkit::build::static_agent())
-        .arg("--static-vfioctl")
-        .arg(vfioctl_testkit::build::static_vfioctl())
-        .args(["--only", "nested-passthrough", "--out"])
-        .arg(out.path().join("out"))
-        .arg("--json")
-        .env("VFIOCTL_LAB", lab())
-        .env("PATH", path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&res.stderr);
-    let r: RunResults = serde_json::from_slice(&res.stdout)
-        .unwrap_or_else(|e| panic!("no results JSON ({e}); stderr:\n{stderr}"));
-    let sc = r
-        .scenarios
-        .iter()
-        .find(|s| s.name == "nested-passthrough")
-        .expect("the nested scenario ran");
+    let (sc, stderr) = (run.scenario("nested-passthrough"), &run.stderr);
     assert_eq!(
         sc.outcome,
         Outcome::Passed,
@@ -68,5 +40,5 @@ fn nested_guest_lists_the_device_passed_through_by_l1() {
         json.contains("after vfioctl in L1 hot-plugged it over QMP (group backend)"),
         "validate note: {json}"
     );
-    assert!(res.status.success(), "exit {:?}; {stderr}", res.status);
+    assert!(run.status.success(), "exit {:?}; {stderr}", run.status);
 }

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use vfioctl::regress::results::ScenarioResult;
-use vfioctl::regress::{Outcome, RunResults};
+use vfioctl::regress::Outcome;
 use vfioctl_testkit::prereq::{self, Missing};
 
 fn repo() -> PathBuf {
@@ -87,39 +87,21 @@ fn own_modern_kernel() -> Result<PathBuf, Missing> {
 /// `vfioctl regress scripts/lab-plan.toml --only NAME`: the scenario's result and what the
 /// run printed on stderr.
 fn regress(name: &str) -> (ScenarioResult, String) {
-    let out = tempfile::tempdir().unwrap();
-    let path = format!(
-        "{}/.cargo/bin:{}",
-        std::env::var("HOME").unwrap_or_default(),
-        std::env::var("PATH").unwrap_or_default()
+    let run = vfioctl_testkit::lab::regress_lab_plan(
+        env!("CARGO_BIN_EXE_vfioctl"),
+        &[name.to_string()],
+        true,
+        &[],
     );
-    let res = Command::new(env!("CARGO_BIN_EXE_vfioctl"))
-        .arg("regress")
-        .arg(repo().join("scripts/lab-plan.toml"))
-        .arg("--agent")
-        .arg(vfioctl_testkit::build::static_agent())
-        .arg("--static-vfioctl")
-        .arg(vfioctl_testkit::build::static_vfioctl())
-        .args(["--only", name, "--out"])
-        .arg(out.path().join("out"))
-        .arg("--json")
-        .env("VFIOCTL_LAB", prereq::lab_dir())
-        .env("PATH", path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&res.stderr).to_string();
-    let r: RunResults = serde_json::from_slice(&res.stdout)
-        .unwrap_or_else(|e| panic!("no results JSON ({e}); stderr:\n{stderr}"));
-    let sc = r
-        .scenarios
-        .into_iter()
-        .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("{name} did not run; stderr:\n{stderr}"));
-    let log = out.path().join("out");
+    let sc = run.scenario(name).clone();
     let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("shared-lab-{name}"));
     let _ = std::fs::remove_dir_all(&keep);
-    let _ = Command::new("cp").arg("-a").arg(&log).arg(&keep).status();
-    (sc, stderr)
+    let _ = Command::new("cp")
+        .arg("-a")
+        .arg(run.out.path().join("out"))
+        .arg(&keep)
+        .status();
+    (sc, run.stderr)
 }
 
 fn assert_passed(name: &str, wants: &[&str]) {

@@ -318,8 +318,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
     let mut backend = LabBackend::new(ctx.clone());
     backend.agent = a.agent.clone();
     backend.static_vfioctl = a.static_vfioctl.clone();
-    let t = std::time::Instant::now();
-    for (kernel, r) in backend.prepare_guest(&plan, &out) {
+    for (kernel, r, took) in backend.prepare_guest(&plan, &out) {
         let k = kernel
             .map(|k| format!(" for {}", k.display()))
             .unwrap_or_default();
@@ -329,7 +328,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<Exit, Failure> {
                 format!(
                     "[regress] lab initramfs {}{k} ready in {}",
                     p.display(),
-                    fmt_ms(t.elapsed().as_millis() as u64)
+                    fmt_ms(took.as_millis() as u64)
                 ),
             ),
             Err(e) => crate::output::warn(

@@ -233,12 +233,17 @@ impl LabBackend {
     /// Build the lab initramfs (`rootfs/lab.toml`: the static agent as /init plus the vsock
     /// modules of the scenario kernel) into `out`, once per guest kernel that a scenario
     /// without `initrd` boots (`guest/initramfs.cpio.gz` for the first kernel,
-    /// `guest/<kernel dir>/...` for the others). Returns each kernel with its result.
+    /// `guest/<kernel dir>/...` for the others). Returns each kernel with its result and
+    /// how long that one build took.
     pub fn prepare_guest(
         &self,
         plan: &Plan,
         out: &Path,
-    ) -> Vec<(Option<PathBuf>, Result<PathBuf, StepFailure>)> {
+    ) -> Vec<(
+        Option<PathBuf>,
+        Result<PathBuf, StepFailure>,
+        std::time::Duration,
+    )> {
         let mut kernels: Vec<Option<PathBuf>> = Vec::new();
         for sc in plan
             .scenarios
@@ -262,11 +267,12 @@ impl LabBackend {
                         .unwrap_or_else(|| format!("k{i}")),
                 ),
             };
+            let t = std::time::Instant::now();
             let r = self.build_guest(k.as_deref(), &sub);
             if let Some(k) = &k {
                 map.insert(k.clone(), r.clone());
             }
-            done.push((k, r));
+            done.push((k, r, t.elapsed()));
         }
         done
     }

@@ -600,3 +600,69 @@ impl Drop for LocalAgent {
         let _ = self.child.wait();
     }
 }
+
+/// What `vfioctl regress scripts/lab-plan.toml --only ... --json` returned: the parsed
+/// results, its stderr, and the `--out` directory (removed when this is dropped).
+pub struct RegressRun {
+    /// The results JSON the command printed.
+    pub results: vfioctl::regress::RunResults,
+    /// Everything the command printed on stderr (progress, the per-scenario lines).
+    pub stderr: String,
+    /// The command's exit status.
+    pub status: std::process::ExitStatus,
+    /// The `--out` directory: reports and each scenario's logs.
+    pub out: tempfile::TempDir,
+}
+
+impl RegressRun {
+    /// The result of scenario `name`; panics with stderr when it did not run.
+    pub fn scenario(&self, name: &str) -> &vfioctl::regress::results::ScenarioResult {
+        self.results
+            .scenarios
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("{name} did not run; stderr:\n{}", self.stderr))
+    }
+}
+
+/// Run the real binary on the lab plan, the way the nightly does: `vfioctl regress
+/// scripts/lab-plan.toml --only ONLY --json` with the static guest agent, and with
+/// `--static-vfioctl` when `nested` (the scenarios that run vfioctl inside an L1 guest),
+/// against `$VFIOCTL_LAB` and with `~/.cargo/bin` on PATH (vhost-device-vsock). `extra`
+/// is appended (`--jobs 3`). `bin` is the test's `env!("CARGO_BIN_EXE_vfioctl")`.
+/// Panics with stderr when no results JSON came back.
+pub fn regress_lab_plan(bin: &str, only: &[String], nested: bool, extra: &[&str]) -> RegressRun {
+    let out = tempfile::tempdir().expect("temp dir");
+    let path = format!(
+        "{}/.cargo/bin:{}",
+        std::env::var("HOME").unwrap_or_default(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new(bin);
+    cmd.arg("regress")
+        .arg(prereq::repo().join("scripts/lab-plan.toml"))
+        .arg("--agent")
+        .arg(build::static_agent());
+    if nested {
+        cmd.arg("--static-vfioctl").arg(build::static_vfioctl());
+    }
+    let res = cmd
+        .args(["--only", &only.join(",")])
+        .args(extra)
+        .arg("--out")
+        .arg(out.path().join("out"))
+        .arg("--json")
+        .env("VFIOCTL_LAB", prereq::lab_dir())
+        .env("PATH", path)
+        .output()
+        .expect("run vfioctl regress");
+    let stderr = String::from_utf8_lossy(&res.stderr).into_owned();
+    let results = serde_json::from_slice(&res.stdout)
+        .unwrap_or_else(|e| panic!("no results JSON ({e}); stderr:\n{stderr}"));
+    RegressRun {
+        results,
+        stderr,
+        status: res.status,
+        out,
+    }
+}
